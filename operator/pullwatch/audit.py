@@ -1,0 +1,105 @@
+"""Decoding API server audit entries (audit.k8s.io/v1 ``Event``) into :class:`Pull` observations.
+
+The kubelet reports a pull by *creating* an Event; with a RequestResponse or Request audit policy
+for ``events`` the audit log holds that Event as ``requestObject``, plus who sent it. So:
+
+* only ``verb: create`` on ``resource: events`` (core or events.k8s.io) can be a pull;
+  entries for any other resource or verb never fire, whatever they contain;
+* one request is logged at several stages (RequestReceived, ResponseComplete…) under one
+  ``auditID``: :class:`AuditDeduper` makes it one pull;
+* a create the server refused (status >= 400) created nothing and is skipped.
+
+The actor (user, groups, source IPs, user agent) is attached to the Pull and ends up in the
+Finding and its message.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping
+
+from .pulls import Actor, DecodeError, Pull, decode_event
+
+AUDIT_API_PREFIX = "audit.k8s.io/"
+
+
+def is_audit_entry(obj: Mapping[str, Any]) -> bool:
+    api = obj.get("apiVersion")
+    return obj.get("kind") == "Event" and isinstance(api, str) and api.startswith(AUDIT_API_PREFIX)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def actor_of(entry: Mapping[str, Any]) -> Actor:
+    user = entry.get("user") if isinstance(entry.get("user"), Mapping) else {}
+    # With impersonation the request acts as impersonatedUser; the authenticated user did it.
+    username = user.get("username") if isinstance(user.get("username"), str) else None
+    agent = entry.get("userAgent")
+    return Actor(user=username, groups=_strings(user.get("groups")),
+                 source_ips=_strings(entry.get("sourceIPs")),
+                 user_agent=agent if isinstance(agent, str) else None)
+
+
+class AuditDeduper:
+    """Remembers recent auditIDs so that the stages of one request count once.
+
+    Bounded: a request's stages are logged within seconds of each other, so a window of the last
+    ``capacity`` pull-creating requests is plenty while memory stays flat on any log size.
+    """
+
+    def __init__(self, capacity: int = 200_000):
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, audit_id: str) -> bool:
+        if audit_id in self._seen:
+            return False
+        self._seen[audit_id] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+
+def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull | None:
+    """A Pull for a kubelet Event create, ``None`` for anything else (and for repeated stages)."""
+    ref = entry.get("objectRef")
+    if not isinstance(ref, Mapping) or ref.get("resource") != "events" or ref.get("subresource"):
+        return None
+    if entry.get("verb") != "create":
+        return None
+    request = entry.get("requestObject")
+    if request is None:
+        # Metadata-level policy, or the RequestReceived stage of a Request-level one: no Event
+        # body to read here (the ResponseComplete stage, if logged, carries it).
+        return None
+    status = entry.get("responseStatus")
+    if isinstance(status, Mapping) and isinstance(status.get("code"), int) and status["code"] >= 400:
+        return None
+    namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) else None
+    pull = decode_event(request, source="audit", actor=actor_of(entry),
+                        default_namespace=namespace or "default")
+    if pull is None:
+        return None
+    audit_id = entry.get("auditID")
+    if not isinstance(audit_id, str) or not audit_id:
+        raise DecodeError("audit entry without auditID")
+    if not deduper.first_time(audit_id):
+        return None
+    response = entry.get("responseObject")
+    series = pull.series
+    if isinstance(response, Mapping) and isinstance(response.get("metadata"), Mapping):
+        uid = response["metadata"].get("uid")
+        series = uid if isinstance(uid, str) and uid else series
+    if series is None:
+        # A create whose Event names no object: each request is its own series.
+        series = f"audit:{audit_id}"
+    when = entry.get("requestReceivedTimestamp")
+    when = when if isinstance(when, str) else None
+    return Pull(kind=pull.kind, image=pull.image, reason=pull.reason, involved=pull.involved,
+                node=pull.node, series=series, count=pull.count,
+                first_seen=pull.first_seen or when, last_seen=pull.last_seen or when,
+                source="audit", actor=pull.actor)

@@ -1,0 +1,177 @@
+"""Applying the rules to pulls and counting them exactly. Shared by ``scan`` and the operator.
+
+Counting, and why it is exact:
+
+* An Event object is a *series*: the kubelet raises ``count`` on the same object for repeats.
+  Each series keeps a high-water mark, so a series seen again adds only the difference
+  (ADDED count 2, then MODIFIED count 5 = 5 pulls; the same Event twice in a file = once;
+  a relist after a restart = nothing new).
+* A Pulling and the "Successfully pulled" that completes it are one pull. Per container the
+  count is ``max(pulling, pulled) + present`` ("already present on machine" needs no Pulling).
+  ``max`` also counts correctly when only one side of a pull was seen.
+* The high-water marks live in the Finding's ``status`` (bounded to ``MAX_SERIES`` most recent
+  series), so an operator that restarts, or re-lists after ``410 Gone``, can :meth:`seed` itself
+  from the Findings and count on without doubling.
+
+    >>> from .allowlist import Allowlist
+    >>> from .pulls import decode_event
+    >>> d = Detector(Allowlist())
+    >>> ev = {"reason": "Pulling", "message": 'Pulling image "nginx"', "count": 2,
+    ...       "metadata": {"uid": "e1", "namespace": "web"},
+    ...       "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "web"}}
+    >>> [x.delta for x in d.observe(decode_event(ev))]
+    [2]
+    >>> [x.delta for x in d.observe(decode_event(dict(ev, count=5)))]
+    [3]
+    >>> [x.delta for x in d.observe(decode_event(dict(ev, count=5)))]
+    [0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .allowlist import Allowlist
+from .findings import build_spec, earlier, finding_body, finding_name, later
+from .imageref import ImageRef, InvalidImageReference, parse_image
+from .pulls import PRESENT, PULLED, PULLING, Pull
+from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
+
+MAX_SERIES = 128  # per Finding; Events live an hour by default, so old series are gone anyway
+
+
+@dataclass
+class FindingState:
+    name: str
+    namespace: str
+    spec: dict[str, Any]
+    # series id -> [kind, container, high-water count], insertion order = least recent first
+    series: dict[str, list[Any]] = field(default_factory=dict)
+    # container ("" when unknown) -> {pulling, pulled, present} totals
+    tallies: dict[str, dict[str, int]] = field(default_factory=dict)
+    count: int = 0
+    first_seen: str | None = None
+    last_seen: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "firstSeen": self.first_seen,
+            "lastSeen": self.last_seen,
+            "tallies": {c: dict(t) for c, t in sorted(self.tallies.items())},
+            "series": [{"id": sid, "kind": k, "container": c, "count": n}
+                       for sid, (k, c, n) in self.series.items()],
+        }
+
+    def body(self) -> dict[str, Any]:
+        return finding_body(self.name, self.namespace, self.spec, self.status())
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What one observation did to one Finding. ``delta`` 0: a repeat, nothing new."""
+
+    state: FindingState
+    delta: int
+    created: bool
+
+
+def _total(tallies: dict[str, dict[str, int]]) -> int:
+    return sum(max(t.get(PULLING, 0), t.get(PULLED, 0)) + t.get(PRESENT, 0) for t in tallies.values())
+
+
+class Detector:
+    """Holds the rules' configuration, the allowlist in force and the Findings' counting state.
+
+    ``allowlist`` may be replaced at any time (the operator does on every AllowedImages change);
+    the next pull is judged by the new one.
+    """
+
+    def __init__(self, allowlist: Allowlist, scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
+                 max_series: int = MAX_SERIES):
+        self.allowlist = allowlist
+        self.scanners = frozenset(scanners)
+        self.max_series = max_series
+        self.states: dict[str, FindingState] = {}
+
+    def rules_for(self, pull: Pull) -> list[tuple[Rule, ImageRef | None, str | None]]:
+        """Which rules fire for this pull: (rule, parsed image, reason it is not allowed)."""
+        try:
+            ref: ImageRef | None = parse_image(pull.image)
+        except InvalidImageReference:
+            ref = None
+        fired: list[tuple[Rule, ImageRef | None, str | None]] = []
+        # A scanner fires whether or not it is allowlisted: an allowlisted scanner still ran.
+        if ref is not None and ref.last_component in self.scanners:
+            fired.append((SCANNER_RULE, ref, None))
+        verdict = self.allowlist.check(pull.involved.namespace, pull.image)
+        if not verdict.allowed:
+            fired.append((SUSPICIOUS_RULE, ref, verdict.reason))
+        return fired
+
+    def observe(self, pull: Pull) -> list[Detection]:
+        out = []
+        for rule, ref, not_allowed in self.rules_for(pull):
+            image_id = ref.normalized if ref else pull.image
+            inv = pull.involved
+            name = finding_name(rule.short, inv.namespace, inv.kind, inv.name, image_id)
+            state = self.states.get(name)
+            created = state is None
+            if state is None:
+                state = FindingState(name=name, namespace=inv.namespace,
+                                     spec=build_spec(rule, pull, ref, not_allowed))
+                self.states[name] = state
+            out.append(Detection(state, self._count(state, pull), created))
+        return out
+
+    def _count(self, state: FindingState, pull: Pull) -> int:
+        container = pull.involved.container or ""
+        if pull.series is None:
+            added = pull.count  # nothing identifies the Event: every record is its own series
+        else:
+            entry = state.series.pop(pull.series, None)
+            seen = entry[2] if entry else 0
+            added = max(0, pull.count - seen)
+            state.series[pull.series] = [pull.kind, container, max(seen, pull.count)]
+            while len(state.series) > self.max_series:
+                state.series.pop(next(iter(state.series)))
+        if added:
+            tally = state.tallies.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
+            tally[pull.kind] += added
+            before, state.count = state.count, _total(state.tallies)
+            delta = state.count - before
+        else:
+            delta = 0
+        state.first_seen = earlier(state.first_seen, pull.first_seen)
+        state.last_seen = later(state.last_seen, pull.last_seen)
+        return delta
+
+    def seed(self, body: dict[str, Any]) -> FindingState | None:
+        """Adopt an existing Finding (from the API server) as counting state; None if unusable."""
+        try:
+            meta, spec, status = body["metadata"], body["spec"], body.get("status") or {}
+            state = FindingState(name=meta["name"], namespace=meta["namespace"], spec=dict(spec))
+            for item in status.get("series") or []:
+                state.series[str(item["id"])] = [item["kind"], item.get("container") or "", int(item["count"])]
+            for container, tally in (status.get("tallies") or {}).items():
+                state.tallies[container] = {k: int(tally.get(k, 0)) for k in (PULLING, PULLED, PRESENT)}
+            state.count = int(status.get("count") or 0)
+            if not state.tallies and state.count:
+                # A Finding written without tallies (by hand, or an older version): keep its count.
+                state.tallies[""] = {PULLING: state.count, PULLED: 0, PRESENT: 0}
+            state.first_seen = status.get("firstSeen")
+            state.last_seen = status.get("lastSeen")
+        except (KeyError, TypeError, ValueError):
+            return None
+        self.states[state.name] = state
+        return state
+
+    def forget(self, name: str) -> None:
+        """Drop a Finding's state (it was deleted): its next pull starts a new Finding."""
+        self.states.pop(name, None)
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Every Finding with at least one pull, sorted by namespace and name."""
+        return [s.body() for s in sorted(self.states.values(), key=lambda s: (s.namespace, s.name))
+                if s.count > 0]

@@ -1,0 +1,153 @@
+"""Allowlist image patterns: normalized like images, matched whole, in linear time.
+
+Semantics (the README's "Allowlist patterns" section says the same for users):
+
+* A pattern is normalized with Docker's own rule (:func:`pullwatch.imageref.split_domain`):
+  ``nginx:1.25.*`` means ``docker.io/library/nginx:1.25.*``.
+* A pattern with no tag, no digest and no trailing wildcard gets ``:latest``, exactly as the
+  image ``nginx`` means ``nginx:latest``. A trailing wildcard already spans the tag.
+* It is then matched against the *whole* normalized reference: ``*`` matches any run of
+  characters except ``/``; ``**`` matches any run including ``/``. Nothing else is special.
+  There is no implicit prefix match, so ``quay.io/**`` can never match
+  ``quay.io.attacker.example/x`` and ``docker.io/mycorp/**`` never ``docker.io/mycorpevil/x``.
+* A digest-only reference (``nginx@sha256:…``) has no tag, so a tag pattern such as
+  ``nginx:1.25.*`` never matches it: the tag cannot be known from a digest. Allow digests with
+  a pattern that names them (``nginx@sha256:<hex>``) or with a wildcard that spans them
+  (``docker.io/library/*``); wildcards inside a digest are not valid.
+* A pattern is valid when putting a letter in place of every wildcard gives a valid image
+  reference; anything else is rejected with the parser's reason, never loosened.
+
+Matching uses RE2 (``google-re2``), which runs in time linear in the input whatever the pattern,
+so no pattern (``**a**a**a**b``…) can make the operator backtrack catastrophically.
+
+    >>> p = compile_pattern("quay.io/prometheus/**")
+    >>> p.normalized
+    'quay.io/prometheus/**'
+    >>> compile_pattern("nginx").normalized
+    'docker.io/library/nginx:latest'
+    >>> compile_pattern("docker.io/mycorp/*").normalized
+    'docker.io/mycorp/*'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import re2
+
+from .imageref import DEFAULT_TAG, InvalidImageReference, parse_image, split_domain
+
+MAX_PATTERN_LENGTH = 512
+_WILDCARD_RUN = re.compile(r"\*+")
+
+
+class InvalidPattern(ValueError):
+    """An allowlist pattern that cannot be used (and so allows nothing)."""
+
+
+@dataclass(frozen=True)
+class ImagePattern:
+    raw: str
+    normalized: str
+    regex: str  # RE2 syntax, to be full-matched
+
+
+def _glob_to_re2(normalized: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(normalized):
+        if normalized.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif normalized[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            j = i
+            while j < len(normalized) and normalized[j] != "*":
+                j += 1
+            out.append(re2.escape(normalized[i:j]))
+            i = j
+    return "".join(out)
+
+
+def normalize_pattern(raw: str) -> str:
+    """Normalize ``raw`` like an image; raise :class:`InvalidPattern` with the reason."""
+    if not isinstance(raw, str):
+        raise InvalidPattern(f"pattern must be a string, not {type(raw).__name__}")
+    if not raw:
+        raise InvalidPattern("pattern is empty")
+    if len(raw) > MAX_PATTERN_LENGTH:
+        raise InvalidPattern(f"pattern is longer than {MAX_PATTERN_LENGTH} characters")
+    if any(len(run) > 2 for run in _WILDCARD_RUN.findall(raw)):
+        raise InvalidPattern(f"{raw!r}: use '*' or '**', not longer runs of '*'")
+    domain, remainder = split_domain(raw)
+    if "**" in domain:
+        # '**' crosses '/', so in the host it would reach into another registry's paths
+        # ('**.example.com/app' would match 'evil.com/x.example.com/app').
+        raise InvalidPattern(f"{raw!r}: '**' cannot stand in the registry host; use '*'")
+    last = remainder.rsplit("/", 1)[-1]
+    if ":" not in last and "@" not in remainder and not remainder.endswith("*"):
+        remainder += f":{DEFAULT_TAG}"
+    normalized = f"{domain}/{remainder}"
+    probe = _WILDCARD_RUN.sub("x", normalized)
+    try:
+        parsed = parse_image(probe)
+    except InvalidImageReference as exc:
+        raise InvalidPattern(f"{raw!r} is not an image pattern: {exc}") from None
+    if parsed.normalized not in (probe, f"{probe}:{DEFAULT_TAG}"):
+        # e.g. a wildcard standing where Docker would have inserted 'library/': refuse rather
+        # than guess what the author meant.
+        raise InvalidPattern(f"{raw!r} does not normalize unambiguously (as {parsed.normalized!r})")
+    return normalized
+
+
+def compile_pattern(raw: str) -> ImagePattern:
+    normalized = normalize_pattern(raw)
+    return ImagePattern(raw=raw, normalized=normalized, regex=_glob_to_re2(normalized))
+
+
+class PatternSet:
+    """Many patterns matched together in one RE2 pass; reports which pattern matched."""
+
+    def __init__(self, patterns: Sequence[ImagePattern]):
+        self.patterns: tuple[ImagePattern, ...] = tuple(patterns)
+        self._exact = {p.normalized: p for p in self.patterns if "*" not in p.normalized}
+        self._wild = [p for p in self.patterns if "*" in p.normalized]
+        self._set = None
+        if self._wild:
+            options = re2.Options()
+            options.max_mem = 64 << 20  # thousands of patterns fit; RE2 degrades, never fails
+            s = re2.Set.FullMatchSet(options)
+            for p in self._wild:
+                s.Add(p.regex)
+            s.Compile()
+            self._set = s
+
+    def match(self, normalized_image: str) -> ImagePattern | None:
+        hit = self._exact.get(normalized_image)
+        if hit is not None:
+            return hit
+        if self._set is None:
+            return None
+        found = self._set.Match(normalized_image)
+        if not found:
+            return None
+        return self._wild[min(found)]
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+
+def compile_patterns(raws: Iterable[object]) -> tuple[list[ImagePattern], list[str]]:
+    """Compile what can be compiled; return (patterns, one problem string per rejected one)."""
+    good: list[ImagePattern] = []
+    problems: list[str] = []
+    for index, raw in enumerate(raws):
+        try:
+            good.append(compile_pattern(raw))  # type: ignore[arg-type]
+        except InvalidPattern as exc:
+            problems.append(f"images[{index}]: {exc}")
+    return good, problems

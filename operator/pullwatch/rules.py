@@ -1,0 +1,124 @@
+"""Detection rules, as data (after pySigma: frozen dataclasses, validated on construction).
+
+The two rules carry the identity, scoring and ATT&CK mapping of the public SIEM detections they
+reimplement, so a Finding can be correlated with the same alert from a SIEM.
+
+    >>> SCANNER_RULE.risk_score, SUSPICIOUS_RULE.risk_score
+    (81, 49)
+    >>> SCANNER_RULE.render(host="node-1")
+    'Kubernetes Scanner image pulled on host node-1'
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+SEVERITIES = ("informational", "low", "medium", "high", "critical")
+_TEMPLATE_FIELD = re.compile(r"\$([a-z_]+)\$")
+_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Mitre:
+    technique_id: str
+    technique: str
+    tactic: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"techniqueId": self.technique_id, "technique": self.technique, "tactic": self.tactic}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    short: str  # prefix of Finding names: short, readable, stable
+    id: str
+    title: str
+    impact: int
+    confidence: int
+    severity: str
+    mitre: Mitre
+    message: str  # template with $field$ placeholders, as in the seed detections
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name) or not _NAME.match(self.short):
+            raise ValueError(f"rule name {self.name!r} / short {self.short!r} must be kebab-case")
+        uuid.UUID(self.id)  # raises ValueError on a malformed id
+        for label, value in (("impact", self.impact), ("confidence", self.confidence)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+                raise ValueError(f"rule {self.name}: {label} must be an integer 0..100")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"rule {self.name}: severity must be one of {SEVERITIES}")
+        if not re.match(r"^T\d{4}(\.\d{3})?$", self.mitre.technique_id):
+            raise ValueError(f"rule {self.name}: bad ATT&CK technique id {self.mitre.technique_id!r}")
+
+    @property
+    def risk_score(self) -> int:
+        return self.impact * self.confidence // 100
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(_TEMPLATE_FIELD.findall(self.message))
+
+    def render(self, **values: str) -> str:
+        """Fill the message template; a missing value renders as ``unknown``."""
+        return _TEMPLATE_FIELD.sub(lambda m: str(values.get(m.group(1)) or "unknown"), self.message)
+
+
+CLOUD_SERVICE_DISCOVERY = Mitre("T1526", "Cloud Service Discovery", "Discovery")
+
+SCANNER_RULE = Rule(
+    name="kubernetes-scanner-image-pulling",
+    short="scanner",
+    id="4890cd6b-0112-4974-a272-c5c153aee551",
+    title="Kubernetes Scanner Image Pulling",
+    impact=90,
+    confidence=90,
+    severity="high",
+    mitre=CLOUD_SERVICE_DISCOVERY,
+    message="Kubernetes Scanner image pulled on host $host$",
+)
+
+SUSPICIOUS_RULE = Rule(
+    name="kubernetes-suspicious-image-pulling",
+    short="suspicious",
+    id="4d3a17b3-0a6d-4ae0-9421-46623a69c122",
+    title="Kubernetes Suspicious Image Pulling",
+    impact=70,
+    confidence=70,
+    severity="medium",
+    mitre=CLOUD_SERVICE_DISCOVERY,
+    message="Suspicious image $image$ pulled in Kubernetes from ip $src_ip$ by user $user$",
+)
+
+RULES = (SCANNER_RULE, SUSPICIOUS_RULE)
+
+# Images whose repository's last path component is one of these are cluster reconnaissance or
+# offensive tools. Matched on the last component so that any registry or mirror counts.
+DEFAULT_SCANNER_IMAGES: frozenset[str] = frozenset({
+    "kube-hunter",   # Aqua Security: hunts for weaknesses in a cluster (the seed rule's list)
+    "kube-bench",    # Aqua Security: CIS benchmark checks of nodes (the seed rule's list)
+    "kube-recon",    # in-cluster reconnaissance (the seed rule's list)
+    "peirates",      # InGuardians: Kubernetes penetration-testing / privilege escalation tool
+    "kdigger",       # Quarkslab: context discovery from inside a pod
+    "kubeletctl",    # CyberArk: attacks the kubelet API (exec, token theft)
+    "kubesploit",    # CyberArk: post-exploitation C2 framework for containers
+    "kubiscan",      # CyberArk: scans RBAC for risky permissions
+    "kubestriker",   # security scanner for cluster misconfigurations
+    "kube-scan",     # Octarine: workload risk scanner
+    "botb",          # "Break out the Box": container escape and recon toolkit
+})
+
+_SCANNER_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+def validate_scanner_names(names: object) -> frozenset[str]:
+    """Scanner names must be single repository path components (the grammar's, lowercase)."""
+    if not isinstance(names, (list, tuple, set, frozenset)):
+        raise ValueError("scanner image names must be a list of strings")
+    bad = [n for n in names if not isinstance(n, str) or not _SCANNER_NAME.match(n)]
+    if bad:
+        raise ValueError(f"not a single image path component: {bad!r}")
+    return frozenset(names)
