@@ -6,7 +6,7 @@ exactly that, so ``pullwatch scan`` and ``pullwatch run`` name the same detectio
 and a re-delivered Event finds its Finding again.
 
     >>> finding_name("scanner", "default", "Pod", "hunter-7d9f", "docker.io/aquasec/kube-hunter:0.6.8")
-    'scanner-kube-hunter-hunter-7d9f-2b3d0cfc4a'
+    'scanner-kube-hunter-hunter-7d9f-72e9923749'
 """
 
 from __future__ import annotations

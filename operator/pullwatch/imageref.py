@@ -24,6 +24,7 @@ Worked examples::
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 from docker_image import digest as _digest
@@ -35,6 +36,12 @@ DEFAULT_TAG = "latest"
 # 255, a tag 128 and a registered digest 7 + 128. The cap keeps the backtracking regex engine
 # that docker-image-py uses away from attacker-sized inputs (event messages can be 100 kB).
 MAX_REFERENCE_LENGTH = 1024
+
+
+# Every character the grammar can produce. Checked first because docker-image-py anchors its
+# patterns with '$', which in Python (unlike Go) also matches before a trailing newline: without
+# this, "nginx\n" would parse.
+_GRAMMAR_CHARS = re.compile(r"[A-Za-z0-9._:/@\[\]+-]*")
 
 
 class InvalidImageReference(ValueError):
@@ -95,6 +102,9 @@ def parse_image(raw: str) -> ImageRef:
             f"image reference is {len(raw)} characters long; no valid reference exceeds "
             f"{MAX_REFERENCE_LENGTH}"
         )
+    if not _GRAMMAR_CHARS.fullmatch(raw):
+        bad = next(c for c in raw if not _GRAMMAR_CHARS.fullmatch(c))
+        raise InvalidImageReference(f"invalid reference format: character {bad!r} is not allowed")
     try:
         ref = _reference.Reference.parse_normalized_named(raw)
     except (_reference.InvalidReference, _digest.InvalidDigest) as exc:

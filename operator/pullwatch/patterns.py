@@ -3,7 +3,9 @@
 Semantics (the README's "Allowlist patterns" section says the same for users):
 
 * A pattern is normalized with Docker's own rule (:func:`pullwatch.imageref.split_domain`):
-  ``nginx:1.25.*`` means ``docker.io/library/nginx:1.25.*``.
+  ``nginx:1.25.*`` means ``docker.io/library/nginx:1.25.*``. One exception: ``library/`` is not
+  added where the one component holds ``**``, which may stand for several components, so
+  ``docker.io/**`` and ``**`` mean all of Docker Hub.
 * A pattern with no tag, no digest and no trailing wildcard gets ``:latest``, exactly as the
   image ``nginx`` means ``nginx:latest``. A trailing wildcard already spans the tag.
 * It is then matched against the *whole* normalized reference: ``*`` matches any run of
@@ -27,6 +29,8 @@ so no pattern (``**a**a**a**b``…) can make the operator backtrack catastrophic
     'docker.io/library/nginx:latest'
     >>> compile_pattern("docker.io/mycorp/*").normalized
     'docker.io/mycorp/*'
+    >>> compile_pattern("**").normalized        # all of Docker Hub (not only its library/)
+    'docker.io/**'
 """
 
 from __future__ import annotations
@@ -84,6 +88,12 @@ def normalize_pattern(raw: str) -> str:
     if any(len(run) > 2 for run in _WILDCARD_RUN.findall(raw)):
         raise InvalidPattern(f"{raw!r}: use '*' or '**', not longer runs of '*'")
     domain, remainder = split_domain(raw)
+    if domain == "docker.io" and remainder.startswith("library/") and "**" in remainder:
+        # Docker adds 'library/' to a one-component Hub name. '**' may stand for several
+        # components, so 'docker.io/**' (or '**') means all of Docker Hub, not its library.
+        written = raw.split("/", 1)[1] if "/" in raw else raw
+        if "/" not in written:
+            remainder = written
     if "**" in domain:
         # '**' crosses '/', so in the host it would reach into another registry's paths
         # ('**.example.com/app' would match 'evil.com/x.example.com/app').
@@ -92,16 +102,20 @@ def normalize_pattern(raw: str) -> str:
     if ":" not in last and "@" not in remainder and not remainder.endswith("*"):
         remainder += f":{DEFAULT_TAG}"
     normalized = f"{domain}/{remainder}"
-    probe = _WILDCARD_RUN.sub("x", normalized)
-    try:
-        parsed = parse_image(probe)
-    except InvalidImageReference as exc:
-        raise InvalidPattern(f"{raw!r} is not an image pattern: {exc}") from None
-    if parsed.normalized not in (probe, f"{probe}:{DEFAULT_TAG}"):
-        # e.g. a wildcard standing where Docker would have inserted 'library/': refuse rather
-        # than guess what the author meant.
-        raise InvalidPattern(f"{raw!r} does not normalize unambiguously (as {parsed.normalized!r})")
-    return normalized
+    # Valid when some reading of the wildcards gives a canonical image reference ('**' may be
+    # one path component or several).
+    error = ""
+    for multi in ("x", "x/x"):
+        probe = normalized.replace("**", multi).replace("*", "x")
+        try:
+            parsed = parse_image(probe)
+        except InvalidImageReference as exc:
+            error = error or str(exc)
+            continue
+        if parsed.normalized in (probe, f"{probe}:{DEFAULT_TAG}"):
+            return normalized
+        error = error or f"it does not normalize unambiguously (as {parsed.normalized!r})"
+    raise InvalidPattern(f"{raw!r} is not an image pattern: {error}")
 
 
 def compile_pattern(raw: str) -> ImagePattern:

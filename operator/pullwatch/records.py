@@ -94,6 +94,7 @@ def _read_rest(stream: BinaryIO, name: str) -> bytes:
 
 def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> Iterator[tuple[str, Any]]:
     pending = head
+    discarding = False  # inside a line longer than MAX_LINE: drop bytes up to its end
     while True:
         try:
             chunk = stream.read(CHUNK)
@@ -102,16 +103,22 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> I
             chunk = b""
         if chunk:
             pending += chunk
+            if discarding:
+                end = pending.find(b"\n")
+                if end == -1:
+                    pending = b""
+                    continue
+                pending, discarding = pending[end + 1:], False
             cut = pending.rfind(b"\n") + 1
             if cut == 0:
                 if len(pending) > MAX_LINE:
                     stats.records += 1
                     stats.skipped["line longer than 16 MiB"] += 1
-                    pending = b""
+                    pending, discarding = b"", True
                 continue
             block, pending = pending[:cut], pending[cut:]
         else:
-            block, pending = pending, b""
+            block, pending = (b"", b"") if discarding else (pending, b"")
         if block:
             yield from _scan_block(block, stats)
         if not chunk:

@@ -1,0 +1,6 @@
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # tests/kubelet.py and the e2e harness are importable helpers
+DATA = HERE / "data"

@@ -1,0 +1,88 @@
+"""Input format detection and reading."""
+
+import io
+import json
+
+import yaml
+
+from kubelet import image_event
+from pullwatch.records import ReadStats, iter_objects
+
+EV = image_event("Pulling", "ns", "p", "nginx")
+OTHER = {**EV, "reason": "Started", "message": "Started container p"}
+
+
+def read(data: bytes):
+    stats = ReadStats()
+    return list(iter_objects(io.BufferedReader(io.BytesIO(data)), stats)), stats
+
+
+def test_json_list_pretty_printed():
+    objs, stats = read(json.dumps({"apiVersion": "v1", "kind": "List", "items": [EV, OTHER]}, indent=2).encode())
+    assert [k for k, _ in objs] == ["event", "event"] and stats.records == 2
+
+
+def test_json_array_and_single_event():
+    assert len(read(json.dumps([EV, EV]).encode())[0]) == 2
+    assert len(read(json.dumps(EV, indent=1).encode())[0]) == 1
+
+
+def test_yaml_documents_and_list():
+    text = yaml.safe_dump(EV) + "---\n" + yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [EV]})
+    objs, stats = read(("---\n" + text).encode())
+    assert len(objs) == 2 and stats.records == 2
+
+
+def test_json_lines_prefilter_parses_only_candidates():
+    lines = [json.dumps({"type": "ADDED", "object": OTHER})] * 50 + [json.dumps({"type": "ADDED", "object": EV})]
+    objs, stats = read(("\n".join(lines) + "\n").encode())
+    assert len(objs) == 1 and stats.records == 51 and stats.examined == 1
+
+
+def test_last_line_without_newline_and_blank_lines():
+    data = (json.dumps(EV) + "\n\n" + json.dumps(EV)).encode()
+    objs, stats = read(data)
+    assert len(objs) == 2 and stats.records == 2
+
+
+def test_lines_across_chunk_boundaries(monkeypatch):
+    import pullwatch.records as records
+    monkeypatch.setattr(records, "CHUNK", 1000)
+    data = "".join(json.dumps({"type": "ADDED", "object": EV}) + "\n" for _ in range(40)).encode()
+    objs, stats = read(data)
+    assert len(objs) == 40 and stats.records == 40
+
+
+def test_garbage_first_line_then_json_lines():
+    data = b"garbage pull\n" + json.dumps(EV).encode() + b"\n"
+    objs, stats = read(data)
+    assert len(objs) == 1 and stats.skipped["not JSON"] == 1
+    data = b'{"broken": pull\n' + json.dumps(EV).encode() + b"\n"
+    objs, stats = read(data)
+    assert len(objs) == 1 and stats.skipped["not JSON"] == 1
+
+
+def test_audit_and_watch_classification():
+    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": "pull"}
+    data = (json.dumps(audit) + "\n" + json.dumps({"type": "BOOKMARK", "object": {"pull": 1}}) + "\n").encode()
+    objs, stats = read(data)
+    assert [k for k, _ in objs] == ["audit"] and stats.skipped["watch event of type BOOKMARK"] == 1
+
+
+def test_one_line_list():
+    objs, stats = read((json.dumps({"kind": "EventList", "items": [EV, EV, OTHER]}) + "\n").encode())
+    assert len(objs) == 3 and stats.records == 3
+
+
+def test_empty_input():
+    assert read(b"") == ([], ReadStats())
+    assert read(b"\n\n  \n")[0] == []
+
+
+def test_overlong_line_is_skipped(monkeypatch):
+    import pullwatch.records as records
+    monkeypatch.setattr(records, "MAX_LINE", 5000)
+    monkeypatch.setattr(records, "CHUNK", 1000)
+    data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b"pull\n" + json.dumps(EV).encode() + b"\n"
+    objs, stats = read(data)
+    assert len(objs) == 2 and stats.records == 3 and stats.skipped["line longer than 16 MiB"] == 1
