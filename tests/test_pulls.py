@@ -20,7 +20,6 @@ IMG = "aquasec/kube-hunter:0.6.8"
     ("Pulling", f'(combined from similar events): Pulling image "{IMG}"', PULLING),
     ("Pulled", f'(combined from similar events): Successfully pulled image "{IMG}" in 2s', PULLED),
     ("Pulled", f'(Combined from similar events): Container image "{IMG}" already present on machine', PRESENT),
-    ("pulling", f'Pulling image "{IMG}"', PULLING),
 ])
 def test_image_wordings(reason, message, kind):
     ev = image_event("Pulling", "default", "hunter", IMG)
@@ -39,6 +38,8 @@ def test_image_wordings(reason, message, kind):
     ("ErrImagePull", f'Pulling image "{IMG}"'),
     ("InspectFailed", f'Failed to inspect image "{IMG}"'),
     (None, f'Pulling image "{IMG}"'),
+    ("pulling", f'Pulling image "{IMG}"'),   # reasons are kubelet constants: exact case
+    ("PULLED", f'Successfully pulled image "{IMG}"'),
     (42, f'Pulling image "{IMG}"'),
 ])
 def test_other_reasons_never_fire(reason, message):

@@ -42,7 +42,7 @@ def test_json_lines_prefilter_parses_only_candidates():
 def test_last_line_without_newline_and_blank_lines():
     data = (json.dumps(EV) + "\n\n" + json.dumps(EV)).encode()
     objs, stats = read(data)
-    assert len(objs) == 2 and stats.records == 2
+    assert len(objs) == 2 and stats.records == 3  # lines, the blank one included
 
 
 def test_lines_across_chunk_boundaries(monkeypatch):
@@ -54,17 +54,17 @@ def test_lines_across_chunk_boundaries(monkeypatch):
 
 
 def test_garbage_first_line_then_json_lines():
-    data = b"garbage pull\n" + json.dumps(EV).encode() + b"\n"
+    data = b'garbage "Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
     assert len(objs) == 1 and stats.skipped["not JSON"] == 1
-    data = b'{"broken": pull\n' + json.dumps(EV).encode() + b"\n"
+    data = b'{"broken": "Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
     assert len(objs) == 1 and stats.skipped["not JSON"] == 1
 
 
 def test_audit_and_watch_classification():
-    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": "pull"}
-    data = (json.dumps(audit) + "\n" + json.dumps({"type": "BOOKMARK", "object": {"pull": 1}}) + "\n").encode()
+    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": "Pulling"}
+    data = (json.dumps(audit) + "\n" + json.dumps({"type": "BOOKMARK", "object": {"x": "Pull"}}) + "\n").encode()
     objs, stats = read(data)
     assert [k for k, _ in objs] == ["audit"] and stats.skipped["watch event of type BOOKMARK"] == 1
 
@@ -83,6 +83,6 @@ def test_overlong_line_is_skipped(monkeypatch):
     import pullwatch.records as records
     monkeypatch.setattr(records, "MAX_LINE", 5000)
     monkeypatch.setattr(records, "CHUNK", 1000)
-    data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b"pull\n" + json.dumps(EV).encode() + b"\n"
+    data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b'"Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
     assert len(objs) == 2 and stats.records == 3 and stats.skipped["line longer than 16 MiB"] == 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from .pulls import Actor, DecodeError, Pull, decode_event
+from .pulls import Actor, DecodeError, Pull, decode_event, event_head
 
 AUDIT_API_PREFIX = "audit.k8s.io/"
 
@@ -64,10 +64,10 @@ class AuditDeduper:
         return True
 
 
-def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull | None:
-    """A Pull for a kubelet Event create, ``None`` for anything else (and for repeated stages)."""
+def _created_event(entry: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """(the created Event, its namespace) for a successful create of an Event, else None."""
     ref = entry.get("objectRef")
-    if not isinstance(ref, Mapping) or ref.get("resource") != "events" or ref.get("subresource"):
+    if not isinstance(ref, dict) or ref.get("resource") != "events" or ref.get("subresource"):
         return None
     if entry.get("verb") != "create":
         return None
@@ -79,9 +79,22 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
     status = entry.get("responseStatus")
     if isinstance(status, Mapping) and isinstance(status.get("code"), int) and status["code"] >= 400:
         return None
-    namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) else None
-    pull = decode_event(request, source="audit", actor=actor_of(entry),
-                        default_namespace=namespace or "default")
+    namespace = ref.get("namespace")
+    return request, namespace if isinstance(namespace, str) and namespace else "default"
+
+
+def audit_head(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(namespace, image)`` when the entry records a kubelet image Event's creation."""
+    created = _created_event(entry)
+    return None if created is None else event_head(created[0], created[1])
+
+
+def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull | None:
+    """A Pull for a kubelet Event create, ``None`` for anything else (and for repeated stages)."""
+    created = _created_event(entry)
+    if created is None:
+        return None
+    pull = decode_event(created[0], source="audit", actor=actor_of(entry), default_namespace=created[1])
     if pull is None:
         return None
     audit_id = entry.get("auditID")

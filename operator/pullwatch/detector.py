@@ -41,7 +41,7 @@ from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
 MAX_SERIES = 128  # per Finding; Events live an hour by default, so old series are gone anyway
 
 
-@dataclass
+@dataclass(slots=True)
 class FindingState:
     name: str
     namespace: str
@@ -88,31 +88,51 @@ class Detector:
     the next pull is judged by the new one.
     """
 
+    RULES_CACHE = 16384
+
     def __init__(self, allowlist: Allowlist, scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
                  max_series: int = MAX_SERIES):
-        self.allowlist = allowlist
         self.scanners = frozenset(scanners)
         self.max_series = max_series
         self.states: dict[str, FindingState] = {}
+        self._rules_cache: dict[tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]] = {}
+        self.allowlist = allowlist
 
-    def rules_for(self, pull: Pull) -> list[tuple[Rule, ImageRef | None, str | None]]:
-        """Which rules fire for this pull: (rule, parsed image, reason it is not allowed)."""
+    @property
+    def allowlist(self) -> Allowlist:
+        return self._allowlist
+
+    @allowlist.setter
+    def allowlist(self, value: Allowlist) -> None:
+        self._allowlist = value
+        self._rules_cache = {}  # verdicts of the old allowlist must not outlive it
+
+    def rules_for(self, namespace: str, image: str) -> list[tuple[Rule, ImageRef | None, str | None]]:
+        """Which rules fire for ``image`` pulled in ``namespace``: (rule, parsed image, why not
+        allowed). Cached: the same few hundred (namespace, image) pairs repeat all day."""
+        key = (namespace, image)
+        fired = self._rules_cache.get(key)
+        if fired is not None:
+            return fired
         try:
-            ref: ImageRef | None = parse_image(pull.image)
+            ref: ImageRef | None = parse_image(image)
         except InvalidImageReference:
             ref = None
-        fired: list[tuple[Rule, ImageRef | None, str | None]] = []
+        fired = []
         # A scanner fires whether or not it is allowlisted: an allowlisted scanner still ran.
         if ref is not None and ref.last_component in self.scanners:
             fired.append((SCANNER_RULE, ref, None))
-        verdict = self.allowlist.check(pull.involved.namespace, pull.image)
+        verdict = self._allowlist.check(namespace, image)
         if not verdict.allowed:
             fired.append((SUSPICIOUS_RULE, ref, verdict.reason))
+        if len(self._rules_cache) >= self.RULES_CACHE:
+            self._rules_cache.clear()  # crude but bounded; refilling is cheap
+        self._rules_cache[key] = fired
         return fired
 
     def observe(self, pull: Pull) -> list[Detection]:
         out = []
-        for rule, ref, not_allowed in self.rules_for(pull):
+        for rule, ref, not_allowed in self.rules_for(pull.involved.namespace, pull.image):
             image_id = ref.normalized if ref else pull.image
             inv = pull.involved
             name = finding_name(rule.short, inv.namespace, inv.kind, inv.name, image_id)
@@ -171,7 +191,27 @@ class Detector:
         """Drop a Finding's state (it was deleted): its next pull starts a new Finding."""
         self.states.pop(name, None)
 
-    def findings(self) -> list[dict[str, Any]]:
-        """Every Finding with at least one pull, sorted by namespace and name."""
-        return [s.body() for s in sorted(self.states.values(), key=lambda s: (s.namespace, s.name))
-                if s.count > 0]
+    def findings(self) -> "FindingsView":
+        """Every Finding with at least one pull, sorted by namespace and name.
+
+        A lazy sequence: each body is built when it is read, so writing 20,000 Findings out
+        does not hold 20,000 bodies in memory at once."""
+        return FindingsView(sorted((s for s in self.states.values() if s.count > 0),
+                                   key=lambda s: (s.namespace, s.name)))
+
+
+class FindingsView:
+    def __init__(self, states: list[FindingState]):
+        self._states = states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __iter__(self):
+        return (s.body() for s in self._states)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._states[index].body()
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other)  # type: ignore[call-overload]

@@ -11,6 +11,7 @@ and a re-delivered Event finds its Finding again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import datetime, timezone
@@ -31,6 +32,7 @@ def _slug(text: str, limit: int) -> str:
     return _UNSAFE.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
 
 
+@functools.lru_cache(maxsize=65536)
 def finding_name(rule_short: str, namespace: str, kind: str, name: str, image_id: str) -> str:
     """Readable and deterministic; a valid DNS subdomain name well under 253 characters."""
     digest = hashlib.sha256("\0".join((rule_short, namespace, kind, name, image_id)).encode()).hexdigest()[:10]
@@ -104,6 +106,9 @@ def later(a: str | None, b: str | None) -> str | None:
 def _pick(a: str | None, b: str | None, better) -> str | None:
     if a is None or b is None:
         return a or b
+    if len(a) == len(b) and a[-1:] == b[-1:] == "Z":
+        # Same layout, both UTC: RFC 3339 strings then sort like the instants they name.
+        return b if better(b, a) else a
     ta, tb = _instant(a), _instant(b)
     if ta is None or tb is None:
         return a if ta is not None else b

@@ -11,7 +11,7 @@ control characters by themselves.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 import orjson
 import yaml
@@ -32,7 +32,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
-def table(findings: Iterable[dict[str, Any]]) -> str:
+def _rows(findings: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = [COLUMNS]
     for f in findings:
         spec, status, meta = f["spec"], f.get("status") or {}, f["metadata"]
@@ -41,29 +41,46 @@ def table(findings: Iterable[dict[str, Any]]) -> str:
             spec["image"], spec["involvedObject"]["name"], spec.get("node"), status.get("count"),
             status.get("lastSeen"),
         )))
+    return rows
+
+
+def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+    rows = _rows(findings)
     if len(rows) == 1:
-        return "No findings.\n"
+        out.write(b"No findings.\n")
+        return
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows)
+    for r in rows:
+        out.write(("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n").encode())
 
 
-def as_list(findings: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": findings}
+# The List formats are written one item at a time: the Findings are never all rendered at once.
+_LIST_HEAD = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}}
 
 
-def to_json(findings: list[dict[str, Any]]) -> str:
-    return orjson.dumps(as_list(findings), option=orjson.OPT_INDENT_2).decode() + "\n"
+def write_json(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+    out.write(orjson.dumps(_LIST_HEAD)[:-1] + b',"items":[')
+    sep = b"\n"
+    for f in findings:
+        out.write(sep + orjson.dumps(f, option=orjson.OPT_INDENT_2))
+        sep = b",\n"
+    out.write(b"\n]}\n")
 
 
-def to_jsonl(findings: list[dict[str, Any]]) -> str:
-    return "".join(orjson.dumps(f).decode() + "\n" for f in findings)
+def write_jsonl(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+    for f in findings:
+        out.write(orjson.dumps(f, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def to_yaml(findings: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump(as_list(findings), sort_keys=False, allow_unicode=False)
+def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    out.write(yaml.dump(_LIST_HEAD, Dumper=dumper, sort_keys=False).encode())
+    out.write(b"items:\n")
+    for f in findings:
+        out.write(yaml.dump([f], Dumper=dumper, sort_keys=False, allow_unicode=False).encode())
 
 
-FORMATS = {"table": table, "json": to_json, "yaml": to_yaml, "jsonl": to_jsonl}
+FORMATS = {"table": write_table, "json": write_json, "yaml": write_yaml, "jsonl": write_jsonl}
 
 
 def summary(records: int, examined: int, pulls: int, findings: int, skipped: dict[str, int]) -> str:

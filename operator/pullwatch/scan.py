@@ -13,7 +13,7 @@ import yaml
 from .allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
 from .audit import AuditDeduper, decode_audit_entry
 from .detector import Detector
-from .pulls import DecodeError, decode_event
+from .pulls import DecodeError, decode_event, event_head
 from .records import InputError, ReadStats, iter_objects, open_input
 
 
@@ -30,17 +30,42 @@ class Scanner:
         self.result = ScanResult()
         self._audit = AuditDeduper()
 
+    def admit(self, kind: str, obj: Any) -> bool:
+        """The cheap first look: is this a pull that some rule fires on?
+
+        Most pulls are of allowed images; they are counted here and never fully decoded.
+        Audit entries are always admitted: a request logged at several stages must be
+        de-duplicated (in :meth:`process`) before it is counted.
+        """
+        if kind == "audit":
+            return True
+        try:
+            head = event_head(obj)
+        except DecodeError as exc:
+            self.result.stats.skipped[str(exc)] += 1
+            return False
+        if head is None:
+            return False
+        if self.detector.rules_for(*head):
+            return True
+        self.result.pulls += 1
+        return False
+
+    def process(self, kind: str, obj: Any) -> None:
+        """Full decode and exact counting of an admitted record."""
+        try:
+            pull = decode_event(obj) if kind == "event" else decode_audit_entry(obj, self._audit)
+        except DecodeError as exc:
+            self.result.stats.skipped[str(exc)] += 1
+            return
+        if pull is not None:
+            self.result.pulls += 1
+            self.detector.observe(pull)
+
     def feed(self, records: Iterable[tuple[str, Any]]) -> None:
-        stats = self.result.stats
         for kind, obj in records:
-            try:
-                pull = decode_event(obj) if kind == "event" else decode_audit_entry(obj, self._audit)
-            except DecodeError as exc:
-                stats.skipped[str(exc)] += 1
-                continue
-            if pull is not None:
-                self.result.pulls += 1
-                self.detector.observe(pull)
+            if self.admit(kind, obj):
+                self.process(kind, obj)
 
     def feed_path(self, path: str) -> None:
         stream = open_input(path)
@@ -74,9 +99,15 @@ def load_policies(paths: Iterable[str]) -> list[Policy]:
     return policies
 
 
-def scan_paths(paths: Iterable[str], allowlist: Allowlist, scanners: Iterable[str] | None = None) -> ScanResult:
+def scan_paths(paths: Iterable[str], allowlist: Allowlist, scanners: Iterable[str] | None = None,
+               parallel: bool = True) -> ScanResult:
+    from . import parallel as par  # here: parallel builds on this module
+
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)
     scanner = Scanner(detector)
     for path in paths:
-        scanner.feed_path(path)
+        if parallel and par.usable(path):
+            par.feed_parallel(scanner, path)
+        else:
+            scanner.feed_path(path)
     return scanner.finish()

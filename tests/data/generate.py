@@ -92,12 +92,12 @@ def main() -> None:
     (HERE / "audit.jsonl").write_text("".join(json.dumps(e) + "\n" for e in audit))
 
     bad = [
-        "this is not json but mentions pulling",
-        '{"truncated": "pull',
+        "this is not json but mentions \"Pulling\"",
+        '{"truncated": "Pull',
         '["a", "list", "Pulling"]',
-        '"just a string Pulling"',
-        json.dumps({"type": "ADDED", "object": None, "note": "pull"}),
-        json.dumps({"type": "ERROR", "object": {"kind": "Status", "message": "too old resource version pull"}}),
+        json.dumps('just a string "Pulling"'),
+        json.dumps({"type": "ADDED", "object": None, "note": "Pulling"}),
+        json.dumps({"type": "ERROR", "object": {"kind": "Status", "message": "too old resource version \"Pulling\""}}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": None, "involvedObject": {"name": "p"}}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "x"', "involvedObject": None}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "x"'}),
