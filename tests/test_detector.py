@@ -167,3 +167,27 @@ def test_names_are_deterministic_and_distinct():
     b = Detector(Allowlist()).observe(decode_event(image_event("Pulling", "ns", "p", "nginx", seq=9)))[0].state.name
     c = Detector(Allowlist()).observe(decode_event(image_event("Pulling", "ns2", "p", "nginx")))[0].state.name
     assert a == b != c and len(a) <= 253
+
+
+def test_merge_takes_the_higher_high_water_mark_per_series():
+    ev_a = image_event("Pulling", "ns", "p", "nginx", count=3, seq=1)
+    ev_b = image_event("Pulled", "ns", "p", "nginx", count=1, seq=2)
+    here, there = Detector(Allowlist()), Detector(Allowlist())
+    here.observe(decode_event(ev_a))                        # this process saw a at 3
+    there.observe(decode_event(with_count(ev_a, 2)))        # the stored copy saw a at 2 and b
+    there.observe(decode_event(ev_b))
+    (state,) = here.states.values()
+    here.merge(there.findings()[0])
+    assert state.count == 3 and {s[2] for s in state.series.values()} == {3, 1}
+    here.merge(there.findings()[0])                          # merging again changes nothing
+    assert state.count == 3
+
+
+def test_merge_keeps_retired_tallies_of_evicted_series():
+    d = Detector(Allowlist(), max_series=2)
+    for seq in range(5):
+        d.observe(decode_event(image_event("Present", "ns", "p", "nginx", seq=seq)))
+    body = d.findings()[0]
+    assert body["status"]["retired"] == {"p": {"pulling": 0, "pulled": 0, "present": 3}}
+    fresh = Detector(Allowlist(), max_series=2)
+    assert fresh.merge(body).count == 5

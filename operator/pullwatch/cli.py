@@ -47,6 +47,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with other replicas")
     p.add_argument("--peering", default="pullwatch", metavar="NAME",
                    help="peering object for leader election (default: %(default)s)")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority; the highest live replica is active (default: random)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                    help="liveness endpoint (default: %(default)s; 'none' disables)")
     p.add_argument("--scanner", action="append", default=[], metavar="NAME")

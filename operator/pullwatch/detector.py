@@ -48,11 +48,15 @@ class FindingState:
     spec: dict[str, Any]
     # series id -> [kind, container, high-water count], insertion order = least recent first
     series: dict[str, list[Any]] = field(default_factory=dict)
-    # container ("" when unknown) -> {pulling, pulled, present} totals
+    # container ("" when unknown) -> {pulling, pulled, present} totals, kept incrementally;
+    # always equal to `retired` plus the high-water marks in `series`
     tallies: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the part of `tallies` from series evicted out of the bounded `series` map
+    retired: dict[str, dict[str, int]] = field(default_factory=dict)
     count: int = 0
     first_seen: str | None = None
     last_seen: str | None = None
+    spec_dirty: bool = False  # the spec changed after the Finding was first written
 
     def status(self) -> dict[str, Any]:
         return {
@@ -60,9 +64,19 @@ class FindingState:
             "firstSeen": self.first_seen,
             "lastSeen": self.last_seen,
             "tallies": {c: dict(t) for c, t in sorted(self.tallies.items())},
+            "retired": {c: dict(t) for c, t in sorted(self.retired.items())},
             "series": [{"id": sid, "kind": k, "container": c, "count": n}
                        for sid, (k, c, n) in self.series.items()],
         }
+
+    def recount(self) -> None:
+        """Rebuild tallies and count from `retired` and `series` (after a merge)."""
+        tallies = {c: dict(t) for c, t in self.retired.items()}
+        for kind, container, n in self.series.values():
+            tally = tallies.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
+            tally[kind] = tally.get(kind, 0) + n
+        self.tallies = tallies
+        self.count = _total(tallies)
 
     def body(self) -> dict[str, Any]:
         return finding_body(self.name, self.namespace, self.spec, self.status())
@@ -146,6 +160,11 @@ class Detector:
         return out
 
     def _count(self, state: FindingState, pull: Pull) -> int:
+        if pull.kind == PULLING and state.spec.get("reason") != "Pulling":
+            # spec.reason is "Pulling" once any Pulling was seen, else "Pulled": a function of
+            # the set of Events, not of their order, so scan and operator agree.
+            state.spec["reason"] = "Pulling"
+            state.spec_dirty = True
         container = pull.involved.container or ""
         if pull.series is None:
             added = pull.count  # nothing identifies the Event: every record is its own series
@@ -155,7 +174,9 @@ class Detector:
             added = max(0, pull.count - seen)
             state.series[pull.series] = [pull.kind, container, max(seen, pull.count)]
             while len(state.series) > self.max_series:
-                state.series.pop(next(iter(state.series)))
+                old_kind, old_container, old_count = state.series.pop(next(iter(state.series)))
+                retired = state.retired.setdefault(old_container, {PULLING: 0, PULLED: 0, PRESENT: 0})
+                retired[old_kind] += old_count
         if added:
             tally = state.tallies.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
             tally[pull.kind] += added
@@ -167,25 +188,54 @@ class Detector:
         state.last_seen = later(state.last_seen, pull.last_seen)
         return delta
 
-    def seed(self, body: dict[str, Any]) -> FindingState | None:
-        """Adopt an existing Finding (from the API server) as counting state; None if unusable."""
+    def merge(self, body: dict[str, Any]) -> FindingState | None:
+        """Fold a Finding as stored in the API server into the local state (None if unusable).
+
+        Per series the higher high-water mark wins (and per retired tally the higher total), so
+        merging what this process counted with what an earlier run (or another writer) stored
+        never counts a pull twice. Used on start-up, on 409 Conflict and on 409 AlreadyExists.
+        """
         try:
             meta, spec, status = body["metadata"], body["spec"], body.get("status") or {}
-            state = FindingState(name=meta["name"], namespace=meta["namespace"], spec=dict(spec))
-            for item in status.get("series") or []:
-                state.series[str(item["id"])] = [item["kind"], item.get("container") or "", int(item["count"])]
-            for container, tally in (status.get("tallies") or {}).items():
-                state.tallies[container] = {k: int(tally.get(k, 0)) for k in (PULLING, PULLED, PRESENT)}
-            state.count = int(status.get("count") or 0)
-            if not state.tallies and state.count:
-                # A Finding written without tallies (by hand, or an older version): keep its count.
-                state.tallies[""] = {PULLING: state.count, PULLED: 0, PRESENT: 0}
-            state.first_seen = status.get("firstSeen")
-            state.last_seen = status.get("lastSeen")
-        except (KeyError, TypeError, ValueError):
+            name, namespace = str(meta["name"]), str(meta["namespace"])
+            series = [(str(i["id"]), str(i["kind"]), str(i.get("container") or ""), int(i["count"]))
+                      for i in status.get("series") or []]
+            retired = {str(c): {k: int(t.get(k, 0)) for k in (PULLING, PULLED, PRESENT)}
+                       for c, t in (status.get("retired") or {}).items()}
+            stored_count = int(status.get("count") or 0)
+            first, last = status.get("firstSeen"), status.get("lastSeen")
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        self.states[state.name] = state
+        if any(kind not in (PULLING, PULLED, PRESENT) for _, kind, _, _ in series):
+            return None
+        state = self.states.get(name)
+        if state is None:
+            state = FindingState(name=name, namespace=namespace, spec=dict(spec))
+            self.states[name] = state
+        elif spec.get("reason") == "Pulling" and state.spec.get("reason") != "Pulling":
+            state.spec["reason"] = "Pulling"
+        elif state.spec.get("reason") == "Pulling" and spec.get("reason") != "Pulling":
+            state.spec_dirty = True  # the stored spec is behind ours
+        for sid, kind, container, n in series:
+            mine = state.series.get(sid)
+            if mine is None:
+                state.series[sid] = [kind, container, n]
+            elif n > mine[2]:
+                mine[2] = n
+        for container, tally in retired.items():
+            mine_t = state.retired.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
+            for k, n in tally.items():
+                mine_t[k] = max(mine_t.get(k, 0), n)
+        state.recount()
+        if not series and not retired and stored_count > state.count:
+            # Written without series (by hand, or by an older version): keep its count.
+            state.retired.setdefault("", {PULLING: 0, PULLED: 0, PRESENT: 0})[PULLING] += stored_count - state.count
+            state.recount()
+        state.first_seen = earlier(state.first_seen, first)
+        state.last_seen = later(state.last_seen, last)
         return state
+
+    seed = merge  # adopting a Finding from the API server is merging it into nothing
 
     def forget(self, name: str) -> None:
         """Drop a Finding's state (it was deleted): its next pull starts a new Finding."""

@@ -62,7 +62,7 @@ def build_spec(rule: Rule, pull: Pull, ref: ImageRef | None, not_allowed: str | 
         "normalizedImage": ref.normalized if ref else None,
         "involvedObject": pull.involved.as_dict(),
         "node": pull.node,
-        "reason": pull.reason,
+        "reason": "Pulling" if pull.kind == "pulling" else "Pulled",  # see Detector._count
         "source": pull.source,
     }
     if actor is not None:

@@ -1,0 +1,208 @@
+"""A real Kubernetes control plane on loopback: etcd + kube-apiserver, no kubelet.
+
+Used by the end-to-end tests and the demo (see ../shared/real-apiserver.md for the recipe). The
+kube-apiserver binary is built once from Debian's source package by build-kube-apiserver.sh and
+cached outside the repository. Everything listens on 127.0.0.1 only; each LocalCluster has its
+own data directory and ports, and ``stop()`` kills what it started.
+
+The API server also writes an audit log of Event creates (RequestResponse), the input of
+pullwatch's audit-log detection.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "build-kube-apiserver.sh"
+
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: RequestResponse
+    verbs: [create]
+    resources:
+      - group: ""
+        resources: [events]
+  - level: None
+"""
+
+
+def kube_apiserver_binary() -> str:
+    """Build (first time) or find the cached kube-apiserver; also installs etcd and friends."""
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    def __init__(self, workdir: Path, apiserver: str | None = None):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.apiserver_bin = apiserver or kube_apiserver_binary()
+        self.etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
+        self.etcd_port, self.peer_port, self.port = free_port(), free_port(), free_port()
+        self.token = "pullwatch-admin-" + os.urandom(8).hex()
+        self.kubeconfig = self.dir / "admin.kubeconfig"
+        self.audit_log = self.dir / "audit.log"
+        self.etcd: subprocess.Popen | None = None
+        self.api: subprocess.Popen | None = None
+        self.extra_api_args: list[str] = []
+        self._conn: http.client.HTTPSConnection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "LocalCluster":
+        (self.dir / "certs").mkdir(exist_ok=True)
+        if not (self.dir / "sa.key").exists():
+            subprocess.run(["openssl", "genrsa", "-out", str(self.dir / "sa.key"), "2048"], check=True,
+                           capture_output=True)
+            subprocess.run(["openssl", "rsa", "-in", str(self.dir / "sa.key"), "-pubout", "-out",
+                            str(self.dir / "sa.pub")], check=True, capture_output=True)
+        (self.dir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        self._start_etcd()
+        self.start_apiserver()
+        self._write_kubeconfig(self.kubeconfig, self.token)
+        return self
+
+    def _start_etcd(self) -> None:
+        log = open(self.dir / "etcd.log", "ab")
+        self.etcd = subprocess.Popen(
+            [self.etcd_bin, "--data-dir", str(self.dir / "etcd"), "--name", "pullwatch-test",
+             "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+             "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+             "--initial-cluster", f"pullwatch-test=http://127.0.0.1:{self.peer_port}"],
+            stdout=log, stderr=log, start_new_session=True)
+
+    def start_apiserver(self, wait: float = 60) -> None:
+        log = open(self.dir / "apiserver.log", "ab")
+        self.api = subprocess.Popen(
+            [self.apiserver_bin, f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
+             f"--cert-dir={self.dir / 'certs'}", f"--token-auth-file={self.dir / 'tokens.csv'}",
+             "--authorization-mode=RBAC", f"--service-account-key-file={self.dir / 'sa.pub'}",
+             f"--service-account-signing-key-file={self.dir / 'sa.key'}",
+             "--service-account-issuer=https://kubernetes.default.svc",
+             "--service-cluster-ip-range=10.96.0.0/24",
+             f"--audit-policy-file={self.dir / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
+             "--audit-log-format=json", *self.extra_api_args],
+            stdout=log, stderr=log, start_new_session=True)
+        self.wait_ready(wait)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        while time.monotonic() < deadline:
+            if self.api is not None and self.api.poll() is not None:
+                raise RuntimeError(f"kube-apiserver exited; see {self.dir / 'apiserver.log'}")
+            try:
+                req = urllib.request.Request(f"https://127.0.0.1:{self.port}/readyz",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+                with urllib.request.urlopen(req, context=ctx, timeout=2) as rsp:
+                    if rsp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"kube-apiserver not ready in {timeout}s; see {self.dir / 'apiserver.log'}")
+
+    def kill_apiserver(self) -> None:
+        """SIGKILL: immediate (SIGTERM waits out 1.20's 60 s graceful shutdown with a watch open)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self.api is not None and self.api.poll() is None:
+            os.killpg(self.api.pid, signal.SIGKILL)
+            self.api.wait()
+
+    def stop(self) -> None:
+        self.kill_apiserver()
+        if self.etcd is not None and self.etcd.poll() is None:
+            os.killpg(self.etcd.pid, signal.SIGKILL)
+            self.etcd.wait()
+
+    # -- clients ---------------------------------------------------------------------------
+    def _write_kubeconfig(self, path: Path, token: str) -> None:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "local",
+            "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{self.port}",
+                                                        "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
+        }))
+
+    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        r = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
+                           env=self.env(kubeconfig), timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
+        return r
+
+    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
+        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={hours}h").stdout.strip()
+        path = self.dir / f"{namespace}.{name}.kubeconfig"
+        self._write_kubeconfig(path, token)
+        return path
+
+    def request(self, method: str, path: str, body: object = None,
+                content_type: str = "application/json", token: str | None = None) -> tuple[int, object]:
+        """One API request as the admin (or ``token``) on a kept-alive connection: fast enough
+        to play thousands of kubelet Events. Returns (HTTP status, decoded JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {token or self.token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        for attempt in (1, 2):
+            conn = self._conn
+            if conn is None:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                conn = self._conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=30)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                rsp = conn.getresponse()
+                raw = rsp.read()
+                return rsp.status, (json.loads(raw) if raw else None)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def compact_etcd(self) -> None:
+        """Compact etcd at its current revision: every older resourceVersion is now 410 Gone."""
+        import urllib.request as rq
+        base = f"http://127.0.0.1:{self.etcd_port}"
+        with rq.urlopen(rq.Request(f"{base}/v3/kv/range", data=b'{"key":"AA=="}', method="POST"), timeout=5) as r:
+            rev = json.loads(r.read())["header"]["revision"]
+        body = json.dumps({"revision": rev, "physical": True}).encode()
+        with rq.urlopen(rq.Request(f"{base}/v3/kv/compaction", data=body, method="POST"), timeout=30) as r:
+            r.read()

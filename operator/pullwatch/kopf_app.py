@@ -1,0 +1,225 @@
+"""``pullwatch run``: the operator. A thin kopf adapter over the detection core.
+
+* AllowedImages are held in a kopf index. kopf fills every index before any handler runs, so
+  no pull is judged against a half-loaded allowlist at start-up; an edit reaches the index
+  (and so the next pull) without a restart. Each object's validity is written to its status.
+* Every core/v1 Event goes through the same ``Detector`` that ``pullwatch scan`` uses; the
+  Findings it touches are written by ``FindingWriter`` (coalesced, conflict-safe).
+* On start-up the existing Findings are listed and merged into the detector, so the re-list of
+  Events that kopf does (and every relist after ``410 Gone``) adds nothing already counted.
+* kopf's posting of its own Kubernetes Events is disabled: we watch Events and must not feed
+  on our own output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import random
+import warnings
+from typing import Any
+
+import kopf
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from . import GROUP, VERSION
+from .allowlist import Allowlist, Policy, policy_from_object
+from .detector import Detector
+from .k8s_sink import PLURAL as FINDINGS, FindingWriter
+from .pulls import IMAGE_REASONS, DecodeError, decode_event
+
+log = logging.getLogger("pullwatch")
+ALLOWED = "allowedimages"
+PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
+PEERING_LIFETIME = 15
+
+
+class Runtime:
+    """Everything the handlers share, for one operator process."""
+
+    def __init__(self, scanners: frozenset[str], flush_interval: float):
+        self.detector = Detector(Allowlist(), scanners)
+        self.flush_interval = flush_interval
+        self.writer: FindingWriter | None = None
+        self.api: kubernetes.client.CustomObjectsApi | None = None
+        self._policies_key: tuple[int, ...] = ()
+        self.skips: dict[str, int] = {}
+
+    def use_policies(self, policies: list[Policy]) -> None:
+        """Swap in a new Allowlist when the index changed (cheap identity check per Event)."""
+        key = tuple(sorted(id(p) for p in policies))
+        if key != self._policies_key:
+            self._policies_key = key
+            self.detector.allowlist = Allowlist(policies)
+
+    def skip(self, reason: str, event: dict[str, Any]) -> None:
+        """Count a malformed Event; log each reason once, not once per Event."""
+        n = self.skips.get(reason, 0) + 1
+        self.skips[reason] = n
+        if n == 1:
+            meta = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
+            log.warning("skipping Event %s/%s: %s (logged once per reason)",
+                        meta.get("namespace"), meta.get("name"), reason)
+
+
+def desired_status(policy: Policy, generation: Any) -> dict[str, Any]:
+    if not policy.usable:
+        ready = ("False", "Invalid", "; ".join(policy.problems))
+    elif policy.problems:
+        ready = ("False", "InvalidPatterns",
+                 f"{len(policy.problems)} pattern(s) ignored (they allow nothing): " + "; ".join(policy.problems))
+    else:
+        ready = ("True", "Valid", f"{len(policy.patterns)} pattern(s) in use")
+    return {
+        "observedGeneration": generation,
+        "patterns": len(policy.patterns),
+        "normalizedPatterns": [p.normalized for p in policy.patterns],
+        "problems": list(policy.problems),
+        "conditions": [{"type": "Ready", "status": ready[0], "reason": ready[1],
+                        "message": ready[2][:4000], "observedGeneration": generation}],
+    }
+
+
+def _same_status(current: Any, wanted: dict[str, Any]) -> bool:
+    if not isinstance(current, dict):
+        return False
+    strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in current.get("conditions") or []
+             if isinstance(c, dict)]
+    return strip == wanted["conditions"] and all(current.get(k) == v for k, v in wanted.items() if k != "conditions")
+
+
+def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> Any:
+        # A custom registry does not carry kopf's default login handler: log in the way the
+        # kubernetes client does (in-cluster ServiceAccount, else KUBECONFIG).
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry, id="configure")
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False          # never write Events: we watch them
+        settings.watching.reconnect_backoff = 1.0  # back within seconds of an API server restart
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = 10
+        settings.queueing.idle_timeout = 1.0       # per-Event workers exit soon: bounded memory in storms
+        # A crashed replica's lease expires within PEERING_LIFETIME; then a standby (or the
+        # restarted pod) takes over. kopf's default is 60 s.
+        settings.peering.lifetime = PEERING_LIFETIME
+        rt.api = kubernetes.client.CustomObjectsApi()
+        rt.writer = FindingWriter(rt.api, rt.detector, rt.flush_interval)
+        found = await asyncio.to_thread(rt.api.list_cluster_custom_object, GROUP, VERSION, FINDINGS)
+        for body in found.get("items", []):
+            rt.writer.adopt(body)
+        log.info("adopted %d existing Findings", len(found.get("items", [])))
+
+    @kopf.on.startup(registry=registry, id="start-flushing")
+    async def start_flushing(memo: kopf.Memo, **_: Any) -> None:
+        assert rt.writer is not None
+        memo["flusher"] = asyncio.get_running_loop().create_task(rt.writer.run())
+
+    @kopf.on.cleanup(registry=registry, id="final-flush")
+    async def final_flush(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get("flusher")
+        if task is not None:
+            task.cancel()
+        if rt.writer is not None:
+            await rt.writer.flush()  # what was counted before SIGTERM is not lost
+
+    @kopf.index(GROUP, VERSION, ALLOWED, registry=registry, id="allowed_policies")  # id = kwarg name
+    def allowed_policies(body: kopf.Body, **_: Any) -> dict[str, Policy]:
+        return {"all": policy_from_object(body)}
+
+    @kopf.on.event(GROUP, VERSION, ALLOWED, registry=registry, id="report-validity")
+    async def report_validity(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED" or rt.api is None:
+            return
+        policy = policy_from_object(body)
+        wanted = desired_status(policy, body.metadata.get("generation"))
+        if _same_status(body.get("status"), wanted):
+            return
+        wanted["conditions"][0]["lastTransitionTime"] = \
+            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await asyncio.to_thread(rt.api.patch_cluster_custom_object_status, GROUP, VERSION, ALLOWED,
+                                    body.metadata.name, {"status": wanted})
+        except ApiException as exc:
+            log.warning("cannot write status of AllowedImages %s: HTTP %s", body.metadata.name, exc.status)
+        if not policy.usable or policy.problems:
+            log.warning("AllowedImages %s: %s", body.metadata.name, "; ".join(policy.problems))
+
+    @kopf.on.event("v1", "events", registry=registry, id="kubelet-event",
+                   when=lambda body, **_: body.get("reason") in IMAGE_REASONS)
+    async def kubelet_event(event: dict[str, Any], allowed_policies: kopf.Index, **_: Any) -> None:
+        obj = event.get("object")
+        try:
+            pull = decode_event(obj)
+        except DecodeError as exc:
+            rt.skip(str(exc), obj if isinstance(obj, dict) else {})
+            return
+        if pull is None or rt.writer is None:
+            return
+        rt.use_policies(list(allowed_policies.get("all", [])))
+        for detection in rt.detector.observe(pull):
+            if detection.delta or detection.created:
+                rt.writer.mark(detection.state.name)
+
+    return registry
+
+
+def _load_config() -> None:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config()
+
+
+def ensure_peering(name: str) -> None:
+    """kopf waits for a mandatory peering object; create ours if it is missing."""
+    api = kubernetes.client.CustomObjectsApi()
+    body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "kind": "ClusterKopfPeering",
+            "metadata": {"name": name}}
+    try:
+        api.create_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def run_operator(args: argparse.Namespace, scanners: frozenset[str]) -> int:
+    kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
+    if not (args.verbose or args.debug):
+        # kopf logs every handler call at INFO: one line per Event is noise in an event storm.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # With insecure-skip-tls-verify, urllib3 warns on every request: say it once.
+    warnings.filterwarnings("once", category=urllib3.exceptions.InsecureRequestWarning)
+    try:
+        _load_config()
+    except kubernetes.config.ConfigException as exc:
+        log.error("no Kubernetes configuration (in-cluster or KUBECONFIG): %s", exc)
+        return 2
+    rt = Runtime(scanners, args.flush_interval)
+    if not args.standalone:
+        ensure_peering(args.peering)
+    liveness = None if args.liveness in ("", "none") else args.liveness
+    # Equal priorities make kopf pause *every* replica; a random one per process makes the
+    # highest active and the others stand by.
+    priority = args.priority if args.priority is not None else random.SystemRandom().randint(1, 1_000_000)
+    log.info("peering %s with priority %d", "off (standalone)" if args.standalone else args.peering, priority)
+    kopf.run(
+        priority=priority,
+        registry=build_registry(rt),
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+    )
+    return 0

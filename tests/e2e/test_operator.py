@@ -1,0 +1,210 @@
+"""The operator against a real API server: RBAC, Findings, series, allowlist edits, scan parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import yaml
+
+from conftest import PULLWATCH, ROOT, SA, wait_for
+from kubelet import image_event
+
+HUNTER = "aquasec/kube-hunter:0.6.8"
+SCANNER, SUSPICIOUS = "kubernetes-scanner-image-pulling", "kubernetes-suspicious-image-pulling"
+
+
+def allowed(name, images, namespaces=None):
+    spec = {"images": images}
+    if namespaces is not None:
+        spec["namespaces"] = namespaces
+    return {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": name},
+            "spec": spec}
+
+
+def ready(cluster, name):
+    obj = json.loads(cluster.kubectl("get", "allowedimages", name, "-o", "json").stdout)
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"]["generation"]:
+        return None
+    return {c["type"]: c for c in status.get("conditions", [])}.get("Ready")
+
+
+def test_manifests_apply_and_rbac_is_least_privilege(cluster):
+    assert cluster.kubectl("get", "deployment", "pullwatch", "-n", "pullwatch-system").returncode == 0
+    who = f"--as=system:serviceaccount:{SA[0]}:{SA[1]}"
+
+    def can(*args):
+        r = cluster.kubectl("auth", "can-i", *args, who, check=False)
+        return r.stdout.strip() == "yes"
+
+    assert can("watch", "events") and can("list", "events", "-A")
+    assert can("create", "findings.pullwatch.dev", "-n", "default")
+    assert can("update", "findings.pullwatch.dev", "--subresource=status", "-n", "default")
+    assert can("patch", "allowedimages.pullwatch.dev", "--subresource=status")
+    assert not can("patch", "allowedimages.pullwatch.dev")  # the status only, never the spec
+    for denied in (("get", "secrets", "-A"), ("list", "secrets"), ("create", "events"), ("delete", "findings.pullwatch.dev"),
+                   ("update", "allowedimages.pullwatch.dev"), ("get", "pods"), ("create", "pods"),
+                   ("get", "configmaps"), ("*", "*")):
+        assert not can(*denied), denied
+    # and with the operator's own token, not just impersonation:
+    sa_config = cluster.local.service_account_kubeconfig(*SA)
+    r = cluster.kubectl("get", "secrets", "-A", kubeconfig=sa_config, check=False)
+    assert r.returncode != 0 and "forbidden" in r.stderr.lower()
+
+
+def test_findings_scores_counts_and_columns(cluster, operator):
+    ns = cluster.namespace("det")
+    cluster.apply(allowed("e2e-det", ["nginx:1.25.*"], [ns]))
+    wait_for(lambda: ready(cluster, "e2e-det"), what="AllowedImages status")
+    cluster.create_event(image_event("Pulling", ns, "hunter-1", HUNTER, node="worker-7", count=2, seq=1))
+    cluster.create_event(image_event("Pulling", ns, "miner", "docker.io/randomuser/xmrig:latest", seq=2))
+    cluster.create_event(image_event("Pulling", ns, "web", "nginx:1.25.3", seq=3))
+    cluster.create_event(image_event("Pulling", ns, "web2", "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0", seq=4))
+    found = wait_for(lambda: (lambda f: f if len(f) == 5 else None)(cluster.findings(ns)), what="5 Findings")
+    by = {(f["spec"]["rule"], f["spec"]["involvedObject"]["name"]): f for f in found.values()}
+    assert set(by) == {(SCANNER, "hunter-1"), (SUSPICIOUS, "hunter-1"), (SUSPICIOUS, "miner"),
+                       (SCANNER, "web2"), (SUSPICIOUS, "web2")}
+    hunter = by[(SCANNER, "hunter-1")]
+    assert (hunter["spec"]["riskScore"], hunter["spec"]["severity"], hunter["status"]["count"]) == (81, "high", 2)
+    assert hunter["spec"]["message"] == "Kubernetes Scanner image pulled on host worker-7"
+    assert hunter["spec"]["mitre"]["techniqueId"] == "T1526"
+    assert by[(SUSPICIOUS, "miner")]["spec"]["riskScore"] == 49
+    assert "ownerReferences" not in hunter["metadata"]  # evidence outlives the Pod
+    table = cluster.kubectl("get", "findings", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "RULE", "SEVERITY", "RISK", "IMAGE", "POD", "NODE", "COUNT", "LAST", "SEEN", "AGE"]
+    row = next(line.split() for line in table if line.startswith("scanner-kube-hunter"))
+    assert row[1:8] == [SCANNER, "high", "81", HUNTER, "hunter-1", "worker-7", "2"]
+    assert ns in cluster.kubectl("get", "pullwatch", "-A").stdout  # the category
+    assert "Finding" in cluster.kubectl("explain", "finding.spec").stdout
+
+
+def test_series_count_follows_exactly(cluster, operator):
+    ns = cluster.namespace("series")
+    ev = image_event("Pulling", ns, "hunter", HUNTER, count=1, seq=1)
+    stored = cluster.create_event(ev)
+    name = stored["metadata"]["name"]
+
+    def count():
+        c = [f["status"]["count"] for f in cluster.findings(ns).values() if f["spec"]["rule"] == SCANNER]
+        return c[0] if c else None
+
+    wait_for(lambda: count() == 1, what="count 1")
+    cluster.set_count(ns, name, 4)
+    wait_for(lambda: count() == 4, what="count 4")
+    cluster.set_count(ns, name, 4)  # the same count again: nothing new
+    cluster.create_event(image_event("Pulled", ns, "hunter", HUNTER, seq=2))  # completes a pull: not another
+    cluster.create_event(image_event("Pulling", ns, "marker", "marker/image:1", seq=3))
+    wait_for(lambda: any("marker" in n for n in cluster.findings(ns)), what="the marker Finding")
+    time.sleep(1)
+    assert count() == 4
+
+
+def test_allowlist_add_edit_delete_take_effect_on_the_next_pull(cluster, operator):
+    ns = cluster.namespace("allow")
+    seq = iter(range(100, 200))
+
+    def pull(pod, image):
+        cluster.create_event(image_event("Pulling", ns, pod, image, seq=next(seq)))
+        marker = f"marker-{pod}"
+        cluster.create_event(image_event("Pulling", ns, marker, "marker/image:1", seq=next(seq)))
+        wait_for(lambda: any(marker in n for n in cluster.findings(ns)), what=f"marker of {pod}")
+        return any(f["spec"]["involvedObject"]["name"] == pod for f in cluster.findings(ns).values())
+
+    assert pull("a1", "corp/app:1")                         # nothing allows it yet
+    cluster.apply(allowed("e2e-allow", ["corp/app:*"], [ns]))
+    wait_for(lambda: ready(cluster, "e2e-allow"), what="Ready")
+    assert not pull("a2", "corp/app:2")                     # added: allowed
+    assert pull("a3", "corp/other:1")
+    cluster.apply(allowed("e2e-allow", ["corp/other:*"], [ns]))
+    wait_for(lambda: ready(cluster, "e2e-allow"), what="Ready after edit")
+    assert pull("a4", "corp/app:3")                         # edited away: suspicious again
+    assert not pull("a5", "corp/other:2")
+    cluster.kubectl("delete", "allowedimages", "e2e-allow")
+    time.sleep(0.5)
+    assert pull("a6", "corp/other:3")                       # deleted: nothing allows it
+
+
+def test_invalid_allowedimages_refused_or_flagged_and_detection_goes_on(cluster, operator):
+    ns = cluster.namespace("invalid")
+    r = cluster.apply(allowed("e2e-empty-pattern", [""], [ns]), check=False)
+    assert r.returncode != 0 and "images" in r.stderr           # the schema refuses it
+    r = cluster.apply(allowed("e2e-not-a-list", "nginx", [ns]), check=False)
+    assert r.returncode != 0
+    cluster.apply(allowed("e2e-bad", ["NOT VALID", "**.evil.example/x", "good/image:*"], [ns]))
+    cond = wait_for(lambda: ready(cluster, "e2e-bad"), what="status of e2e-bad")
+    assert cond["status"] == "False" and cond["reason"] == "InvalidPatterns" and "NOT VALID" in cond["message"]
+    status = json.loads(cluster.kubectl("get", "allowedimages", "e2e-bad", "-o", "json").stdout)["status"]
+    assert status["patterns"] == 1 and status["normalizedPatterns"] == ["docker.io/good/image:*"]
+    columns = cluster.kubectl("get", "allowedimages", "e2e-bad").stdout.splitlines()
+    assert columns[0].split() == ["NAME", "NAMESPACES", "PATTERNS", "READY", "AGE"] and "False" in columns[1]
+    cluster.create_event(image_event("Pulling", ns, "ok", "good/image:1", seq=1))
+    cluster.create_event(image_event("Pulling", ns, "bad", "evil/image:1", seq=2))
+    wait_for(lambda: any("bad" in n for n in cluster.findings(ns)), what="detection still working")
+    assert not any(f["spec"]["involvedObject"]["name"] == "ok" for f in cluster.findings(ns).values())
+    cluster.kubectl("delete", "allowedimages", "e2e-bad")
+
+
+def test_scan_of_the_same_events_gives_the_same_findings(cluster, operator, tmp_path):
+    ns = cluster.namespace("parity")
+    cluster.apply(allowed("e2e-parity", ["quay.io/prometheus/**"], [ns]))
+    wait_for(lambda: ready(cluster, "e2e-parity"), what="Ready")
+    stored = cluster.create_event(image_event("Pulling", ns, "hunter", HUNTER, count=3, seq=1))
+    cluster.create_event(image_event("Pulled", ns, "hunter", HUNTER, seq=2))
+    cluster.create_event(image_event("Present", ns, "pp", "bishopfox/peirates:1.1.13", seq=3))
+    cluster.create_event(image_event("Pulling", ns, "ok", "quay.io/prometheus/node-exporter:v1", seq=4))
+    cluster.create_event(image_event("Pulling", ns, "miner", "evil/miner:1", seq=5))
+    cluster.set_count(ns, stored["metadata"]["name"], 5)
+    wait_for(lambda: sorted(cluster.counts(ns).values()) == [1, 1, 1, 5, 5], what="operator Findings")
+    operator_findings = cluster.findings(ns)
+
+    (tmp_path / "events.json").write_text(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+    (tmp_path / "allowed.yaml").write_text(cluster.kubectl("get", "allowedimages", "-o", "yaml").stdout)
+    r = subprocess.run([PULLWATCH, "scan", str(tmp_path / "events.json"), "-a", str(tmp_path / "allowed.yaml"),
+                        "-o", "json"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    scanned = {f["metadata"]["name"]: f for f in json.loads(r.stdout)["items"]}
+    assert set(scanned) == set(operator_findings)
+    for name, f in scanned.items():
+        live = operator_findings[name]
+        assert f["spec"] == live["spec"], name
+        assert f["status"]["count"] == live["status"]["count"]
+        canon = lambda series: sorted(json.dumps(x, sort_keys=True) for x in series)  # noqa: E731
+        assert canon(f["status"]["series"]) == canon(live["status"]["series"])  # order is arrival order
+    cluster.kubectl("delete", "allowedimages", "e2e-parity")
+
+
+def test_real_audit_log_gives_the_same_detections_with_the_actor(cluster, operator, tmp_path):
+    ns = cluster.namespace("audit")
+    cluster.create_event(image_event("Pulling", ns, "hunter", HUNTER, seq=1))
+    cluster.create_event(image_event("Pulling", ns, "miner", "evil/miner:1", seq=2))
+    wait_for(lambda: len(cluster.findings(ns)) == 3, what="operator Findings")
+    log = cluster.local.audit_log
+    wait_for(lambda: log.exists() and ns in log.read_text(errors="replace"), what="the audit log")
+    r = subprocess.run([PULLWATCH, "scan", str(log), "-o", "json"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mine = {f["metadata"]["name"]: f for f in json.loads(r.stdout)["items"] if f["metadata"]["namespace"] == ns}
+    assert set(mine) == set(cluster.findings(ns))
+    miner = next(f for f in mine.values() if "miner" in f["metadata"]["name"])
+    assert miner["spec"]["source"] == "audit" and miner["spec"]["actor"]["user"] == "admin"
+    assert miner["spec"]["actor"]["sourceIPs"] == ["127.0.0.1"]
+    assert miner["spec"]["message"] == ("Suspicious image evil/miner:1 pulled in Kubernetes from ip 127.0.0.1 "
+                                        "by user admin")
+
+
+def test_kustomize_output_is_plain_readable_yaml():
+    docs = list(yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")],
+                                                  capture_output=True, text=True, check=True).stdout))
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 4 and "Deployment" in kinds
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["resources"]["limits"]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]
