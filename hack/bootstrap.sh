@@ -1,0 +1,9 @@
+# Sourced by hack/test.sh and hack/demo.sh: a project venv in .venv with pullwatch installed
+# (a real `pip install .`, as users get it) plus the test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]' 2> >(grep -v "^WARNING: Location" >&2)
