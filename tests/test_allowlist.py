@@ -1,6 +1,6 @@
 """AllowedImages validation and the allowlist: namespaces, never widening, loading."""
 
-from conftest import DATA
+from paths import DATA
 from pullwatch.allowlist import Allowlist, objects_from_documents, policy_from_object
 from pullwatch.scan import load_policies
 

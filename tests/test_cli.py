@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA
+from paths import DATA
 
 GOLDEN = DATA / "golden"
 ALLOW = str(DATA / "allowed-images.yaml")

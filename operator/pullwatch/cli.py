@@ -53,6 +53,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="liveness endpoint (default: %(default)s; 'none' disables)")
     p.add_argument("--scanner", action="append", default=[], metavar="NAME")
     p.add_argument("--no-default-scanners", action="store_true")
+    p.add_argument("--watch-timeout", type=int, default=300, metavar="SECONDS",
+                   help="how long the API server keeps a watch open before it is renewed (default: %(default)s)")
     p.add_argument("--flush-interval", type=float, default=0.25, metavar="SECONDS",
                    help="how long repeats of one Finding are coalesced into one API write")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -42,9 +42,10 @@ PEERING_LIFETIME = 15
 class Runtime:
     """Everything the handlers share, for one operator process."""
 
-    def __init__(self, scanners: frozenset[str], flush_interval: float):
+    def __init__(self, scanners: frozenset[str], flush_interval: float, watch_timeout: int = 300):
         self.detector = Detector(Allowlist(), scanners)
         self.flush_interval = flush_interval
+        self.watch_timeout = watch_timeout
         self.writer: FindingWriter | None = None
         self.api: kubernetes.client.CustomObjectsApi | None = None
         self._policies_key: tuple[int, ...] = ()
@@ -106,9 +107,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False          # never write Events: we watch them
         settings.watching.reconnect_backoff = 1.0  # back within seconds of an API server restart
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        settings.watching.server_timeout = rt.watch_timeout
+        settings.watching.client_timeout = rt.watch_timeout + 30
         settings.watching.connect_timeout = 10
+        settings.watching.chunk_size = 500         # list 100k Events in pages, not one huge response
         settings.queueing.idle_timeout = 1.0       # per-Event workers exit soon: bounded memory in storms
         # A crashed replica's lease expires within PEERING_LIFETIME; then a standby (or the
         # restarted pod) takes over. kopf's default is 60 s.
@@ -205,7 +207,7 @@ def run_operator(args: argparse.Namespace, scanners: frozenset[str]) -> int:
     except kubernetes.config.ConfigException as exc:
         log.error("no Kubernetes configuration (in-cluster or KUBECONFIG): %s", exc)
         return 2
-    rt = Runtime(scanners, args.flush_interval)
+    rt = Runtime(scanners, args.flush_interval, args.watch_timeout)
     if not args.standalone:
         ensure_peering(args.peering)
     liveness = None if args.liveness in ("", "none") else args.liveness

@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from conftest import PULLWATCH, ROOT, SA, wait_for
+from harness import PULLWATCH, ROOT, SA, wait_for
 from kubelet import image_event
 
 HUNTER = "aquasec/kube-hunter:0.6.8"
