@@ -35,6 +35,12 @@ rules:
     resources:
       - group: ""
         resources: [events]
+  # pullwatch's own writes, counted by bench/operator_load.py (writes per detected pull)
+  - level: Metadata
+    verbs: [create, update, patch]
+    resources:
+      - group: pullwatch.dev
+        resources: [findings, findings/status]
   - level: None
 """
 

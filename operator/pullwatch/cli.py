@@ -42,7 +42,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
                        description="Watch Events and AllowedImages; write Findings.")
     p.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
-                   help="watch only these namespaces (globs; repeatable). Default: all namespaces.")
+                   help="watch Events only in this namespace (repeatable). Default: all namespaces.")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
     p.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with other replicas")
     p.add_argument("--peering", default="pullwatch", metavar="NAME",
@@ -56,7 +56,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch-timeout", type=int, default=300, metavar="SECONDS",
                    help="how long the API server keeps a watch open before it is renewed (default: %(default)s)")
     p.add_argument("--flush-interval", type=float, default=0.25, metavar="SECONDS",
-                   help="how long repeats of one Finding are coalesced into one API write")
+                   help="how soon a new Finding is written (default: %(default)s)")
+    p.add_argument("--status-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how long count updates of one Finding are coalesced into one write (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -4,7 +4,10 @@
   no pull is judged against a half-loaded allowlist at start-up; an edit reaches the index
   (and so the next pull) without a restart. Each object's validity is written to its status.
 * Every core/v1 Event goes through the same ``Detector`` that ``pullwatch scan`` uses; the
-  Findings it touches are written by ``FindingWriter`` (coalesced, conflict-safe).
+  Findings it touches are written by ``FindingWriter`` (coalesced, conflict-safe). Events come
+  from ``EventStream``, not from a kopf handler: kopf's per-object machinery costs more per Event
+  than an event storm allows (see event_stream.py). The stream starts once kopf has filled the
+  AllowedImages index, and runs only while this replica is the active peer.
 * On start-up the existing Findings are listed and merged into the detector, so the re-list of
   Events that kopf does (and every relist after ``410 Gone``) adds nothing already counted.
 * kopf's posting of its own Kubernetes Events is disabled: we watch Events and must not feed
@@ -31,25 +34,98 @@ from . import GROUP, VERSION
 from .allowlist import Allowlist, Policy, policy_from_object
 from .detector import Detector
 from .k8s_sink import PLURAL as FINDINGS, FindingWriter
-from .pulls import IMAGE_REASONS, DecodeError, decode_event
+from .event_stream import ApiEndpoint, EventStream
+from .pulls import DecodeError, decode_event
 
 log = logging.getLogger("pullwatch")
 ALLOWED = "allowedimages"
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
 PEERING_LIFETIME = 15
+PEERING_CHECK = 2.0  # seconds between checks of who the active replica is
 
 
 class Runtime:
     """Everything the handlers share, for one operator process."""
 
-    def __init__(self, scanners: frozenset[str], flush_interval: float, watch_timeout: int = 300):
+    def __init__(self, scanners: frozenset[str], flush_interval: float, watch_timeout: int = 300,
+                 status_interval: float = 1.0):
         self.detector = Detector(Allowlist(), scanners)
         self.flush_interval = flush_interval
+        self.status_interval = status_interval
         self.watch_timeout = watch_timeout
         self.writer: FindingWriter | None = None
         self.api: kubernetes.client.CustomObjectsApi | None = None
         self._policies_key: tuple[int, ...] = ()
         self.skips: dict[str, int] = {}
+        self.index: Any = None                     # kopf's AllowedImages index, once filled
+        self.index_ready: asyncio.Event | None = None
+        self.namespaces: list[str] = []
+        self.standalone = True
+        self.peering = "pullwatch"
+        self.priority = 0
+
+    def handle_event(self, obj: dict[str, Any]) -> None:
+        """One candidate Event from the stream: decode, detect, mark what to write."""
+        try:
+            pull = decode_event(obj)
+        except DecodeError as exc:
+            self.skip(str(exc), obj)
+            return
+        if pull is None or self.writer is None:
+            return
+        self.use_policies(list(self.index.get("all", [])) if self.index is not None else [])
+        for detection in self.detector.observe(pull):
+            if detection.delta or detection.created:
+                self.writer.mark(detection.state.name)
+
+    async def run_events(self) -> None:
+        """The Event stream(s), started and stopped with this replica's turn as the active peer."""
+        assert self.index_ready is not None
+        await self.index_ready.wait()
+        endpoint = ApiEndpoint(kubernetes.client.Configuration.get_default_copy())
+        streams = [EventStream(endpoint, self.handle_event, ns, watch_timeout=self.watch_timeout)
+                   for ns in (self.namespaces or [None])]
+        tasks: list[asyncio.Task] = []
+        try:
+            while True:
+                active = self.standalone or await asyncio.to_thread(self.is_active_peer)
+                if active and not tasks:
+                    log.info("processing Events (%s)", ", ".join(self.namespaces) or "all namespaces")
+                    tasks = [asyncio.create_task(st.run()) for st in streams]
+                elif not active and tasks:
+                    log.info("standing by: a peer with a higher priority is active")
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    tasks = []
+                await asyncio.sleep(PEERING_CHECK)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def is_active_peer(self) -> bool:
+        """kopf's rule, read from the peering object: active unless a live peer has a higher
+        priority (or another live one the same)."""
+        assert self.api is not None
+        try:
+            obj = self.api.get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, self.peering)
+        except ApiException:
+            return False
+        now = datetime.datetime.now(datetime.timezone.utc)
+        same = 0
+        for info in (obj.get("status") or {}).values():
+            if not isinstance(info, dict):
+                continue
+            try:
+                seen = datetime.datetime.fromisoformat(str(info["lastseen"]))
+                alive = seen + datetime.timedelta(seconds=int(info.get("lifetime", 60))) > now
+                priority = int(info.get("priority", 0))
+            except (KeyError, ValueError, TypeError):
+                continue
+            if alive and priority > self.priority:
+                return False
+            same += alive and priority == self.priority
+        return same <= 1  # one is this replica itself
 
     def use_policies(self, policies: list[Policy]) -> None:
         """Swap in a new Allowlist when the index changed (cheap identity check per Event)."""
@@ -116,22 +192,29 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         # restarted pod) takes over. kopf's default is 60 s.
         settings.peering.lifetime = PEERING_LIFETIME
         rt.api = kubernetes.client.CustomObjectsApi()
-        rt.writer = FindingWriter(rt.api, rt.detector, rt.flush_interval)
+        rt.writer = FindingWriter(rt.api, rt.detector, rt.flush_interval, rt.status_interval)
         found = await asyncio.to_thread(rt.api.list_cluster_custom_object, GROUP, VERSION, FINDINGS)
         for body in found.get("items", []):
             rt.writer.adopt(body)
         log.info("adopted %d existing Findings", len(found.get("items", [])))
+        rt.index_ready = asyncio.Event()
+        allowed = await asyncio.to_thread(rt.api.list_cluster_custom_object, GROUP, VERSION, ALLOWED)
+        if not allowed.get("items"):
+            rt.index_ready.set()  # nothing for kopf to index: no need to wait for it
 
-    @kopf.on.startup(registry=registry, id="start-flushing")
-    async def start_flushing(memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.startup(registry=registry, id="start-tasks")
+    async def start_tasks(memo: kopf.Memo, **_: Any) -> None:
         assert rt.writer is not None
-        memo["flusher"] = asyncio.get_running_loop().create_task(rt.writer.run())
+        loop = asyncio.get_running_loop()
+        memo["flusher"] = loop.create_task(rt.writer.run())
+        memo["events"] = loop.create_task(rt.run_events())
 
     @kopf.on.cleanup(registry=registry, id="final-flush")
     async def final_flush(memo: kopf.Memo, **_: Any) -> None:
-        task = memo.get("flusher")
-        if task is not None:
-            task.cancel()
+        for key in ("events", "flusher"):
+            task = memo.get(key)
+            if task is not None:
+                task.cancel()
         if rt.writer is not None:
             await rt.writer.flush()  # what was counted before SIGTERM is not lost
 
@@ -140,7 +223,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         return {"all": policy_from_object(body)}
 
     @kopf.on.event(GROUP, VERSION, ALLOWED, registry=registry, id="report-validity")
-    async def report_validity(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def report_validity(event: dict[str, Any], body: kopf.Body, allowed_policies: kopf.Index,
+                              **_: Any) -> None:
+        # kopf runs handlers only once every index is filled: from here on the index is whole.
+        rt.index = allowed_policies
+        if rt.index_ready is not None:
+            rt.index_ready.set()
         if event.get("type") == "DELETED" or rt.api is None:
             return
         policy = policy_from_object(body)
@@ -156,22 +244,6 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             log.warning("cannot write status of AllowedImages %s: HTTP %s", body.metadata.name, exc.status)
         if not policy.usable or policy.problems:
             log.warning("AllowedImages %s: %s", body.metadata.name, "; ".join(policy.problems))
-
-    @kopf.on.event("v1", "events", registry=registry, id="kubelet-event",
-                   when=lambda body, **_: body.get("reason") in IMAGE_REASONS)
-    async def kubelet_event(event: dict[str, Any], allowed_policies: kopf.Index, **_: Any) -> None:
-        obj = event.get("object")
-        try:
-            pull = decode_event(obj)
-        except DecodeError as exc:
-            rt.skip(str(exc), obj if isinstance(obj, dict) else {})
-            return
-        if pull is None or rt.writer is None:
-            return
-        rt.use_policies(list(allowed_policies.get("all", [])))
-        for detection in rt.detector.observe(pull):
-            if detection.delta or detection.created:
-                rt.writer.mark(detection.state.name)
 
     return registry
 
@@ -207,7 +279,7 @@ def run_operator(args: argparse.Namespace, scanners: frozenset[str]) -> int:
     except kubernetes.config.ConfigException as exc:
         log.error("no Kubernetes configuration (in-cluster or KUBECONFIG): %s", exc)
         return 2
-    rt = Runtime(scanners, args.flush_interval, args.watch_timeout)
+    rt = Runtime(scanners, args.flush_interval, args.watch_timeout, args.status_interval)
     if not args.standalone:
         ensure_peering(args.peering)
     liveness = None if args.liveness in ("", "none") else args.liveness
@@ -215,13 +287,13 @@ def run_operator(args: argparse.Namespace, scanners: frozenset[str]) -> int:
     # highest active and the others stand by.
     priority = args.priority if args.priority is not None else random.SystemRandom().randint(1, 1_000_000)
     log.info("peering %s with priority %d", "off (standalone)" if args.standalone else args.peering, priority)
+    rt.namespaces, rt.standalone, rt.peering, rt.priority = list(args.namespace), args.standalone, args.peering, priority
     kopf.run(
         priority=priority,
         registry=build_registry(rt),
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
+        clusterwide=True,  # for AllowedImages (cluster-scoped); --namespace limits the Event stream
         liveness_endpoint=liveness,
     )
     return 0

@@ -140,7 +140,7 @@ def test_watch_relist_after_410_gone_stays_exact(cluster, start_operator):
             os.killpg(op.proc.pid, signal.SIGCONT)
         kubelet.bump("scan-late", 1)
         kubelet.wait_exact(timeout=45)
-        assert "Restarting the watch-stream for events" in op.logs()  # kopf's word for 410 Gone
+        assert "Event watch expired (410 Gone); listing again" in op.logs()
     finally:
         local.kill_apiserver()
         local.extra_api_args = []
