@@ -115,11 +115,15 @@ class Player:
         return body  # type: ignore[return-value]
 
 
+OPERATOR_ARGS: list[str] = []
+
+
 def start_operator(cluster: LocalCluster, workdir: Path) -> tuple[subprocess.Popen, int]:
     kubeconfig = cluster.service_account_kubeconfig("pullwatch-system", "pullwatch")
     port = free_port()
     log = open(workdir / "operator.log", "ab")
-    proc = subprocess.Popen([PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"],
+    proc = subprocess.Popen([PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz",
+                             *OPERATOR_ARGS],
                             env=cluster.env(kubeconfig), stdout=log, stderr=log, start_new_session=True)
     import urllib.request
     deadline = time.monotonic() + 600
@@ -202,7 +206,11 @@ def main() -> None:
     ap.add_argument("--max-rate-events", type=int, default=6000)
     ap.add_argument("--paced-seconds", type=int, default=30)
     ap.add_argument("--cluster-events", type=int, default=100_000)
+    ap.add_argument("--status-interval", type=float, default=None,
+                    help="passed to pullwatch run (default: pullwatch's own)")
     args = ap.parse_args()
+    if args.status_interval is not None:
+        OPERATOR_ARGS.extend(["--status-interval", str(args.status_interval)])
 
     workdir = Path(tempfile.mkdtemp(prefix="pullwatch-bench-"))
     cluster = LocalCluster(workdir).start()

@@ -37,7 +37,7 @@ log = logging.getLogger("pullwatch.writer")
 
 class FindingWriter:
     def __init__(self, api: CustomObjectsApi, detector: Detector, interval: float = 0.25,
-                 status_interval: float = 1.0):
+                 status_interval: float = 2.0):
         self.api = api
         self.detector = detector
         self.interval = interval

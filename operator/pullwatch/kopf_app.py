@@ -8,8 +8,9 @@
   from ``EventStream``, not from a kopf handler: kopf's per-object machinery costs more per Event
   than an event storm allows (see event_stream.py). The stream starts once kopf has filled the
   AllowedImages index, and runs only while this replica is the active peer.
-* On start-up the existing Findings are listed and merged into the detector, so the re-list of
-  Events that kopf does (and every relist after ``410 Gone``) adds nothing already counted.
+* On start-up the existing Findings are listed and merged into the detector, so the first list
+  of Events (and every relist after ``410 Gone``, a broken stream or a standby's takeover) adds
+  nothing already counted.
 * kopf's posting of its own Kubernetes Events is disabled: we watch Events and must not feed
   on our own output.
 """
@@ -48,7 +49,7 @@ class Runtime:
     """Everything the handlers share, for one operator process."""
 
     def __init__(self, scanners: frozenset[str], flush_interval: float, watch_timeout: int = 300,
-                 status_interval: float = 1.0):
+                 status_interval: float = 2.0):
         self.detector = Detector(Allowlist(), scanners)
         self.flush_interval = flush_interval
         self.status_interval = status_interval
@@ -186,8 +187,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = rt.watch_timeout
         settings.watching.client_timeout = rt.watch_timeout + 30
         settings.watching.connect_timeout = 10
-        settings.watching.chunk_size = 500         # list 100k Events in pages, not one huge response
-        settings.queueing.idle_timeout = 1.0       # per-Event workers exit soon: bounded memory in storms
+        settings.watching.chunk_size = 500         # list in pages, however many AllowedImages there are
         # A crashed replica's lease expires within PEERING_LIFETIME; then a standby (or the
         # restarted pod) takes over. kopf's default is 60 s.
         settings.peering.lifetime = PEERING_LIFETIME
