@@ -112,10 +112,13 @@ class FindingWriter:
                     body = self.detector.states[name].body()
             body["metadata"]["resourceVersion"] = rv
             if state.spec_dirty:
-                # spec.reason moved from Pulled to Pulling (once, at most): update the object.
+                # spec.reason moved from Pulled to Pulling (once, at most). A merge patch of that
+                # field alone, conditional on resourceVersion: labels or annotations people put
+                # on the Finding (triage) are kept.
+                patch = {"metadata": {"resourceVersion": rv}, "spec": {"reason": body["spec"]["reason"]}}
                 try:
                     updated = await asyncio.to_thread(
-                        self.api.replace_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name, body)
+                        self.api.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name, patch)
                     self.writes += 1
                     state.spec_dirty = False
                     body["metadata"]["resourceVersion"] = rv = updated["metadata"]["resourceVersion"]

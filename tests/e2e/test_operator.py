@@ -41,6 +41,7 @@ def test_manifests_apply_and_rbac_is_least_privilege(cluster):
 
     assert can("watch", "events") and can("list", "events", "-A")
     assert can("create", "findings.pullwatch.dev", "-n", "default")
+    assert can("patch", "findings.pullwatch.dev", "-n", "default") and not can("update", "findings.pullwatch.dev")
     assert can("update", "findings.pullwatch.dev", "--subresource=status", "-n", "default")
     assert can("patch", "allowedimages.pullwatch.dev", "--subresource=status")
     assert not can("patch", "allowedimages.pullwatch.dev")  # the status only, never the spec
@@ -99,6 +100,23 @@ def test_series_count_follows_exactly(cluster, operator):
     wait_for(lambda: any("marker" in n for n in cluster.findings(ns)), what="the marker Finding")
     time.sleep(1)
     assert count() == 4
+
+
+def test_a_conflicting_write_is_reread_and_merged_and_keeps_triage_labels(cluster, operator):
+    ns = cluster.namespace("conflict")
+    pulled = cluster.create_event(image_event("Pulled", ns, "app", "evil/x:1", count=2, seq=1))
+    counts = lambda: sorted(cluster.counts(ns).values())  # noqa: E731
+    wait_for(lambda: counts() == [2], what="count 2")
+    (name,) = cluster.findings(ns)
+    # Someone else writes the Finding: the operator's resourceVersion is now stale (409 next).
+    cluster.kubectl("label", "finding", name, "-n", ns, "triaged=yes")
+    cluster.kubectl("annotate", "finding", name, "-n", ns, "owner=secops")
+    cluster.set_count(ns, pulled["metadata"]["name"], 3)
+    cluster.create_event(image_event("Pulling", ns, "app", "evil/x:1", count=4, seq=2))  # spec.reason -> Pulling
+    wait_for(lambda: counts() == [4], what="count 4 (max(pulling 4, pulled 3))")
+    f = cluster.findings(ns)[name]
+    assert f["spec"]["reason"] == "Pulling"
+    assert f["metadata"]["labels"]["triaged"] == "yes" and f["metadata"]["annotations"]["owner"] == "secops"
 
 
 def test_allowlist_add_edit_delete_take_effect_on_the_next_pull(cluster, operator):
