@@ -57,10 +57,7 @@ def open_input(path: str) -> BinaryIO:
 
 def iter_objects(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> Iterator[tuple[str, Any]]:
     """Yield ``(kind, object)`` with kind ``event`` or ``audit``; everything else is counted."""
-    try:
-        head = stream.read(CHUNK)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{name}: cannot read: {exc}") from None
+    head = _read(stream, name, CHUNK)
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if not start:
         return
@@ -73,7 +70,7 @@ def iter_objects(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> I
         if is_lines:
             yield from _json_lines(head, stream, stats, name)
             return
-    body = head + _read_rest(stream, name)
+    body = head + _read(stream, name)
     if start in (b"{", b"["):
         try:
             doc = orjson.loads(body)
@@ -87,20 +84,16 @@ def iter_objects(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> I
     yield from _yaml_documents(body, stats, name)
 
 
-def _read_rest(stream: BinaryIO, name: str) -> bytes:
+def _read(stream: BinaryIO, name: str, size: int = -1) -> bytes:
     try:
-        return stream.read()
+        return stream.read(size)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from None
 
 
 def json_lines(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> Iterator[tuple[str, Any]]:
     """Records of an input already known to be JSON lines (e.g. one range of a big file)."""
-    try:
-        head = stream.read(CHUNK)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{name}: cannot read: {exc}") from None
-    yield from _json_lines(head, stream, stats, name)
+    yield from _json_lines(_read(stream, name, CHUNK), stream, stats, name)
 
 
 def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> Iterator[tuple[str, Any]]:
