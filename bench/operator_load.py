@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubelet import for_create, image_event, other_event  # noqa: E402
-from localcluster import LocalCluster, free_port  # noqa: E402
+from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA_USER = "system:serviceaccount:pullwatch-system:pullwatch"
@@ -125,16 +125,13 @@ def start_operator(cluster: LocalCluster, workdir: Path) -> tuple[subprocess.Pop
     proc = subprocess.Popen([PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz",
                              *OPERATOR_ARGS],
                             env=cluster.env(kubeconfig), stdout=log, stderr=log, start_new_session=True)
-    import urllib.request
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit("operator exited; see " + str(workdir / "operator.log"))
-            time.sleep(0.3)
+        if http_ok(f"http://127.0.0.1:{port}/healthz"):
+            return proc, port
+        if proc.poll() is not None:
+            raise SystemExit("operator exited; see " + str(workdir / "operator.log"))
+        time.sleep(0.3)
     raise SystemExit("operator did not become healthy")
 
 

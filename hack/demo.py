@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubelet import for_create, image_event  # noqa: E402
-from localcluster import LocalCluster, free_port  # noqa: E402
+from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -53,7 +53,7 @@ def main() -> int:
         operator = subprocess.Popen(
             [str(Path(sys.executable).parent / "pullwatch"), "run", f"--liveness=http://127.0.0.1:{health}/healthz"],
             env=cluster.env(kubeconfig), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait(lambda: _healthy(health), 30, "the operator to start")
+        wait(lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), 30, "the operator to start")
         wait(lambda: "True" in cluster.kubectl("get", "allowedimages").stdout, 20, "AllowedImages to be Ready")
         print(cluster.kubectl("get", "allowedimages").stdout, end="")
 
@@ -89,15 +89,6 @@ def main() -> int:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         print("done.")
-
-
-def _healthy(port: int) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def wait(predicate, timeout: float, what: str) -> None:

@@ -51,6 +51,15 @@ def kube_apiserver_binary() -> str:
     return out.strip().splitlines()[-1]
 
 
+def http_ok(url: str) -> bool:
+    """Does ``url`` answer 200 (e.g. the operator's liveness endpoint)?"""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as rsp:
+            return rsp.status == 200
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -205,10 +214,12 @@ class LocalCluster:
 
     def compact_etcd(self) -> None:
         """Compact etcd at its current revision: every older resourceVersion is now 410 Gone."""
-        import urllib.request as rq
         base = f"http://127.0.0.1:{self.etcd_port}"
-        with rq.urlopen(rq.Request(f"{base}/v3/kv/range", data=b'{"key":"AA=="}', method="POST"), timeout=5) as r:
+        request = urllib.request.Request
+        with urllib.request.urlopen(request(f"{base}/v3/kv/range", data=b'{"key":"AA=="}', method="POST"),
+                                    timeout=5) as r:
             rev = json.loads(r.read())["header"]["revision"]
         body = json.dumps({"revision": rev, "physical": True}).encode()
-        with rq.urlopen(rq.Request(f"{base}/v3/kv/compaction", data=body, method="POST"), timeout=30) as r:
+        with urllib.request.urlopen(request(f"{base}/v3/kv/compaction", data=body, method="POST"),
+                                    timeout=30) as r:
             r.read()

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import API_VERSION
 from .imageref import ImageRef
-from .pulls import Pull
+from .pulls import PULLING, Pull
 from .rules import Rule
 
 KIND = "Finding"
@@ -62,7 +62,7 @@ def build_spec(rule: Rule, pull: Pull, ref: ImageRef | None, not_allowed: str | 
         "normalizedImage": ref.normalized if ref else None,
         "involvedObject": pull.involved.as_dict(),
         "node": pull.node,
-        "reason": "Pulling" if pull.kind == "pulling" else "Pulled",  # see Detector._count
+        "reason": "Pulling" if pull.kind == PULLING else "Pulled",  # see Detector._count
         "source": pull.source,
     }
     if actor is not None:

@@ -56,9 +56,7 @@ class Runtime:
         self.watch_timeout = watch_timeout
         self.writer: FindingWriter | None = None
         self.api: kubernetes.client.CustomObjectsApi | None = None
-        self._policies_key: tuple[int, ...] = ()
         self.skips: dict[str, int] = {}
-        self.index: Any = None                     # kopf's AllowedImages index, once filled
         self.index_ready: asyncio.Event | None = None
         self.namespaces: list[str] = []
         self.standalone = True
@@ -74,7 +72,6 @@ class Runtime:
             return
         if pull is None or self.writer is None:
             return
-        self.use_policies(list(self.index.get("all", [])) if self.index is not None else [])
         for detection in self.detector.observe(pull):
             if detection.delta or detection.created:
                 self.writer.mark(detection.state.name)
@@ -127,13 +124,6 @@ class Runtime:
                 return False
             same += alive and priority == self.priority
         return same <= 1  # one is this replica itself
-
-    def use_policies(self, policies: list[Policy]) -> None:
-        """Swap in a new Allowlist when the index changed (cheap identity check per Event)."""
-        key = tuple(sorted(id(p) for p in policies))
-        if key != self._policies_key:
-            self._policies_key = key
-            self.detector.allowlist = Allowlist(policies)
 
     def skip(self, reason: str, event: dict[str, Any]) -> None:
         """Count a malformed Event; log each reason once, not once per Event."""
@@ -225,8 +215,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, ALLOWED, registry=registry, id="report-validity")
     async def report_validity(event: dict[str, Any], body: kopf.Body, allowed_policies: kopf.Index,
                               **_: Any) -> None:
-        # kopf runs handlers only once every index is filled: from here on the index is whole.
-        rt.index = allowed_policies
+        # kopf updates the index before it calls handlers, for every change (deletions too), and
+        # calls none before every index is filled: so the allowlist is swapped here, once per
+        # change, and the next pull is judged by it.
+        rt.detector.allowlist = Allowlist(list(allowed_policies.get("all", [])))
         if rt.index_ready is not None:
             rt.index_ready.set()
         if event.get("type") == "DELETED" or rt.api is None:

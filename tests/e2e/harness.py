@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubelet import for_create  # noqa: E402
-from localcluster import LocalCluster, free_port  # noqa: E402
+from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA = ("pullwatch-system", "pullwatch")
@@ -93,14 +93,9 @@ class Operator:
         return self
 
     def healthy(self) -> bool:
-        import urllib.request
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health}/healthz")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
