@@ -1,8 +1,8 @@
 """AllowedImages validation and the allowlist: namespaces, never widening, loading."""
 
 from paths import DATA
-from pullwatch.allowlist import Allowlist, objects_from_documents, policy_from_object
-from pullwatch.scan import load_policies
+from pullwatch.core.allowlist import Allowlist, objects_from_documents, policy_from_object
+from pullwatch.scan.pipeline import load_policies
 
 
 def obj(name="p", **spec):

@@ -1,9 +1,9 @@
 """Audit logs: creates of events only, one auditID once, the actor carried into the Finding."""
 
 from kubelet import as_events_v1, audit_entries, image_event
-from pullwatch.allowlist import Allowlist
-from pullwatch.audit import AuditDeduper, decode_audit_entry
-from pullwatch.detector import Detector
+from pullwatch.core.allowlist import Allowlist
+from pullwatch.core.audit import AuditDeduper, decode_audit_entry
+from pullwatch.core.detector import Detector
 
 EV = image_event("Pulling", "default", "hunter", "aquasec/kube-hunter:0.6.8", node="worker-2")
 

@@ -1,10 +1,10 @@
 """Both rules and exact counting."""
 
 from kubelet import image_event, with_count
-from pullwatch.allowlist import Allowlist, policy_from_object
-from pullwatch.detector import Detector
-from pullwatch.pulls import decode_event
-from pullwatch.rules import SCANNER_RULE, SUSPICIOUS_RULE
+from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.core.detector import Detector
+from pullwatch.core.pulls import decode_event
+from pullwatch.core.rules import SCANNER_RULE, SUSPICIOUS_RULE
 
 
 def allow(*images, namespaces=None):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pullwatch.imageref import MAX_REFERENCE_LENGTH, InvalidImageReference, parse_image
+from pullwatch.core.imageref import MAX_REFERENCE_LENGTH, InvalidImageReference, parse_image
 
 DIGEST = "sha256:" + "dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c"
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-import pullwatch.parallel as parallel
+import pullwatch.scan.parallel as parallel
 from kubelet import image_event, other_event, with_count
-from pullwatch.allowlist import Allowlist, policy_from_object
-from pullwatch.scan import scan_paths
+from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.scan.pipeline import scan_paths
 
 ALLOW = Allowlist([policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
                                        "metadata": {"name": "a"}, "spec": {"images": ["nginx:*"]}})])

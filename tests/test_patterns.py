@@ -2,8 +2,8 @@
 
 import pytest
 
-from pullwatch.imageref import parse_image
-from pullwatch.patterns import InvalidPattern, PatternSet, compile_pattern, normalize_pattern
+from pullwatch.core.imageref import parse_image
+from pullwatch.core.patterns import InvalidPattern, PatternSet, compile_pattern, normalize_pattern
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubelet import image_event
-from pullwatch.allowlist import Allowlist, policy_from_object
-from pullwatch.audit import AuditDeduper, decode_audit_entry
-from pullwatch.detector import Detector
-from pullwatch.imageref import InvalidImageReference, parse_image
-from pullwatch.patterns import InvalidPattern, compile_pattern
-from pullwatch.pulls import DecodeError, decode_event
-from pullwatch.records import ReadStats, iter_objects
+from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.core.audit import AuditDeduper, decode_audit_entry
+from pullwatch.core.detector import Detector
+from pullwatch.core.imageref import InvalidImageReference, parse_image
+from pullwatch.core.patterns import InvalidPattern, compile_pattern
+from pullwatch.core.pulls import DecodeError, decode_event
+from pullwatch.scan.records import ReadStats, iter_objects
 
 REF_ALPHABET = st.sampled_from(list("abcXYZ019._-:/@[]*+ \n\x1b\""))
 # Reference-like strings: grammar pieces glued together, so the parser's deeper branches are hit.

@@ -3,7 +3,7 @@
 import pytest
 
 from kubelet import as_events_v1, image_event, other_event
-from pullwatch.pulls import PRESENT, PULLED, PULLING, DecodeError, decode_event
+from pullwatch.core.pulls import PRESENT, PULLED, PULLING, DecodeError, decode_event
 
 IMG = "aquasec/kube-hunter:0.6.8"
 

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from kubelet import image_event
-from pullwatch.records import ReadStats, iter_objects
+from pullwatch.scan.records import ReadStats, iter_objects
 
 EV = image_event("Pulling", "ns", "p", "nginx")
 OTHER = {**EV, "reason": "Started", "message": "Started container p"}
@@ -46,7 +46,7 @@ def test_last_line_without_newline_and_blank_lines():
 
 
 def test_lines_across_chunk_boundaries(monkeypatch):
-    import pullwatch.records as records
+    import pullwatch.scan.records as records
     monkeypatch.setattr(records, "CHUNK", 1000)
     data = "".join(json.dumps({"type": "ADDED", "object": EV}) + "\n" for _ in range(40)).encode()
     objs, stats = read(data)
@@ -80,7 +80,7 @@ def test_empty_input():
 
 
 def test_overlong_line_is_skipped(monkeypatch):
-    import pullwatch.records as records
+    import pullwatch.scan.records as records
     monkeypatch.setattr(records, "MAX_LINE", 5000)
     monkeypatch.setattr(records, "CHUNK", 1000)
     data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b'"Pull\n' + json.dumps(EV).encode() + b"\n"

@@ -1,8 +1,12 @@
 """pullwatch: detect Kubernetes scanner and unapproved image pulls, record them as Findings.
 
-The pure core (no kopf, no kubernetes client) is: ``imageref``, ``patterns``, ``allowlist``,
-``rules``, ``pulls``, ``audit``, ``records``, ``detector``, ``findings``, ``render``.
-The adapters over it are ``cli`` (``pullwatch scan``) and ``kopf_app`` (``pullwatch run``).
+Layers (a test enforces who may import whom):
+
+* ``pullwatch.core``: the pure detection core - image references, allowlist patterns, rules,
+  Event and audit decoding, exact counting, Finding bodies. No kopf, no kubernetes, no I/O.
+* ``pullwatch.scan``: ``pullwatch scan`` - reading dumps and logs, output, multi-core scanning.
+* ``pullwatch.kube``: ``pullwatch run`` - the operator: kopf app, Event stream, Finding writer.
+* ``pullwatch.cli``: the command line over both.
 """
 
 __version__ = "0.1.0"

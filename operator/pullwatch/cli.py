@@ -65,16 +65,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _scanners(args: argparse.Namespace) -> frozenset[str]:
-    from .rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
+    from .core.rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
     names = validate_scanner_names(list(args.scanner))
     return names if args.no_default_scanners else DEFAULT_SCANNER_IMAGES | names
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from .allowlist import Allowlist
-    from .records import InputError
-    from .render import FORMATS, safe, summary
-    from .scan import load_policies, scan_paths
+    from .core.allowlist import Allowlist
+    from .scan.records import InputError
+    from .scan.render import FORMATS, safe, summary
+    from .scan.pipeline import load_policies, scan_paths
 
     try:
         scanners = _scanners(args)
@@ -108,7 +108,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .kopf_app import run_operator  # imported here: `scan` needs neither kopf nor kubernetes
+    from .kube.app import run_operator  # imported here: `scan` needs neither kopf nor kubernetes
     return run_operator(args, _scanners(args))
 
 

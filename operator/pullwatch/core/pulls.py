@@ -1,0 +1,211 @@
+"""Decoding kubelet image Events (core/v1 and events.k8s.io/v1) into :class:`Pull` observations.
+
+What counts as a pull, and why:
+
+* reason ``Pulling`` + "Pulling image \\"X\\"": the kubelet starts a pull;
+* reason ``Pulled`` + "Successfully pulled image \\"X\\" …": the pull that a Pulling started
+  completed (the detector counts the two as one pull);
+* reason ``Pulled`` + "Container image \\"X\\" already present on machine": no download, but the
+  image runs all the same (a cached scanner is still a scanner run).
+
+The reason is matched exactly (it is a kubelet constant); the wording case-insensitively (old
+kubelets wrote "pulling image"), also behind the event aggregator's "(combined from similar
+events): " prefix. Any other reason never counts, whatever its message mentions. An Event that is not an image event returns ``None``; an image
+event that cannot be used raises :class:`DecodeError` with a short, countable reason.
+
+    >>> pull = decode_event({"apiVersion": "v1", "kind": "Event", "reason": "Pulling",
+    ...     "message": 'Pulling image "aquasec/kube-hunter:0.6.8"', "count": 2,
+    ...     "metadata": {"name": "hunter.1", "namespace": "default", "uid": "u1"},
+    ...     "involvedObject": {"kind": "Pod", "name": "hunter", "namespace": "default",
+    ...                        "fieldPath": "spec.containers{hunter}"},
+    ...     "source": {"host": "node-1"}})
+    >>> pull.image, pull.kind, pull.count, pull.involved.container, pull.node
+    ('aquasec/kube-hunter:0.6.8', 'pulling', 2, 'hunter', 'node-1')
+"""
+
+from __future__ import annotations
+
+import re
+import functools
+from typing import Any, NamedTuple
+
+PULLING, PULLED, PRESENT = "pulling", "pulled", "present"
+# Reasons are the kubelet's constants (events.PullingImage, events.PulledImage), matched exactly;
+# only the free-text wording varies between kubelet versions and is matched case-insensitively.
+IMAGE_REASONS = {"Pulling": PULLING, "Pulled": PULLED}
+# Every image event's JSON holds the start of the string "Pulling" or "Pulled": a record without
+# these bytes cannot be a pull, so readers skip it unparsed (scan and the operator's stream alike).
+CANDIDATE = b'"Pull'
+
+# Bounded quantifiers and an anchor: linear on 100 kB messages. An image reference is <= 1024
+# characters (imageref.MAX_REFERENCE_LENGTH); a longer quoted string is not an image.
+_COMBINED = r"(?:\(combined from similar events\):\s*)?"
+_QUOTED = r'"([^"]{0,1100})"'
+_WORDINGS = (
+    (re.compile(_COMBINED + r"pulling image " + _QUOTED, re.I), PULLING, "pulling"),
+    (re.compile(_COMBINED + r"successfully pulled image " + _QUOTED, re.I), PULLED, "pulled"),
+    (re.compile(_COMBINED + r"container image " + _QUOTED + r" already present on machine", re.I),
+     PRESENT, "pulled"),
+)
+_FIELD_PATH_CONTAINER = re.compile(r"^spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]{1,253})\}$")
+MAX_NAME = 253
+
+
+class DecodeError(ValueError):
+    """An image event that cannot be used; ``str()`` is a short reason for the skip counters."""
+
+
+# NamedTuples, not frozen dataclasses: just as immutable, and built at C speed. One Pull is made
+# per image event on the scan's hot path (see bench/scan_throughput.py).
+class InvolvedObject(NamedTuple):
+    kind: str
+    name: str
+    namespace: str
+    uid: str | None
+    container: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "namespace": self.namespace,
+                "uid": self.uid, "container": self.container}
+
+
+class Actor(NamedTuple):
+    """Who made the API request (audit logs only)."""
+
+    user: str | None
+    groups: tuple[str, ...]
+    source_ips: tuple[str, ...]
+    user_agent: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "groups": list(self.groups), "sourceIPs": list(self.source_ips),
+                "userAgent": self.user_agent}
+
+
+class Pull(NamedTuple):
+    """One observation of an image Event series: ``count`` is the series' cumulative count."""
+
+    kind: str            # PULLING, PULLED or PRESENT
+    image: str           # exactly as the kubelet wrote it
+    reason: str          # the Event's reason, as written
+    involved: InvolvedObject
+    node: str | None
+    series: str | None   # identity of the Event object (uid, else namespace/name)
+    count: int
+    first_seen: str | None
+    last_seen: str | None
+    source: str = "events"
+    actor: Actor | None = None
+
+
+def _str(value: Any) -> str | None:
+    return value if value.__class__ is str and value else None
+
+
+def _count(value: Any) -> int | None:
+    if value.__class__ is not int or value < 0:  # bool is excluded: its class is bool, not int
+        return None
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def container_of(field_path: str) -> str | None:
+    m = _FIELD_PATH_CONTAINER.match(field_path)
+    return m.group(1) if m else None
+
+
+def parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
+    """(kind, image) for an image event's wording, ``None`` when it is not an image pull event.
+
+    Raises :class:`DecodeError` for an image reason whose message cannot be read.
+    """
+    if not isinstance(reason, str):
+        return None
+    wanted = IMAGE_REASONS.get(reason)
+    if wanted is None:
+        return None
+    if not isinstance(message, str):
+        raise DecodeError("image event without a message")
+    for regex, kind, for_reason in _WORDINGS:
+        if for_reason != wanted:
+            continue
+        m = regex.match(message)
+        if m:
+            image = m.group(1)
+            if not image:
+                raise DecodeError("image event with an empty image")
+            return kind, image
+    raise DecodeError("image event with no quoted image in its message")
+
+
+def event_head(obj: Any, default_namespace: str = "default") -> tuple[str, str] | None:
+    """``(namespace, image)`` of an image pull Event, ``None`` for any other Event.
+
+    The cheap first look: enough to ask which rules fire, so that the (many) pulls no rule fires
+    on never pay for a full :func:`decode_event`. Raises :class:`DecodeError` like it does.
+    """
+    head = _head(obj, default_namespace)
+    return None if head is None else (head[4], head[2])
+
+
+def _head(obj: Any, default_namespace: str):
+    if not isinstance(obj, dict):
+        raise DecodeError("Event is not an object")
+    api = obj.get("apiVersion")
+    new_api = api.__class__ is str and api.startswith("events.k8s.io/")
+    message = obj.get("note") if new_api else obj.get("message")
+    if new_api and message is None:
+        message = obj.get("message")
+    parsed = parse_message(obj.get("reason"), message)
+    if parsed is None:
+        return None
+    involved = obj.get("regarding") if new_api else obj.get("involvedObject")
+    if not isinstance(involved, dict):
+        raise DecodeError("image event without involvedObject")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
+    namespace = _str(involved.get("namespace")) or _str(metadata.get("namespace")) or default_namespace
+    return new_api, parsed[0], parsed[1], involved, namespace, metadata
+
+
+def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None,
+                 default_namespace: str = "default") -> Pull | None:
+    """Decode one core/v1 or events.k8s.io/v1 Event. ``None``: not an image pull event."""
+    head = _head(obj, default_namespace)
+    if head is None:
+        return None
+    new_api, kind, image, involved, namespace, metadata = head
+    inv_name = _str(involved.get("name"))
+    if inv_name is None or len(inv_name) > MAX_NAME:
+        raise DecodeError("image event without involvedObject.name")
+    field_path = _str(involved.get("fieldPath"))
+    container = container_of(field_path) if field_path else None
+
+    if new_api:
+        src = obj.get("deprecatedSource")
+        count_field = obj.get("deprecatedCount")
+        first = _str(obj.get("deprecatedFirstTimestamp")) or _str(obj.get("eventTime"))
+        last = _str(obj.get("deprecatedLastTimestamp"))
+    else:
+        src = obj.get("source")
+        count_field = obj.get("count")
+        first = _str(obj.get("firstTimestamp")) or _str(obj.get("eventTime"))
+        last = _str(obj.get("lastTimestamp"))
+    node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(obj.get("reportingInstance"))
+    series_obj = obj.get("series")
+    if not isinstance(series_obj, dict):
+        series_obj = {}
+    count = max(_count(count_field) or 0, _count(series_obj.get("count")) or 0) or 1
+    last = _str(series_obj.get("lastObservedTime")) or last or first
+    first = first or last
+
+    uid = _str(metadata.get("uid"))
+    ev_name = _str(metadata.get("name"))
+    ev_ns = _str(metadata.get("namespace")) or namespace
+    series = uid or (f"{ev_ns}/{ev_name}" if ev_name else None)
+
+    return Pull(kind, image, obj["reason"],
+                InvolvedObject(_str(involved.get("kind")) or "Pod", inv_name, namespace,
+                               _str(involved.get("uid")), container),
+                node, series, count, first, last, source, actor)
