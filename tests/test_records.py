@@ -56,10 +56,10 @@ def test_lines_across_chunk_boundaries(monkeypatch):
 def test_garbage_first_line_then_json_lines():
     data = b'garbage "Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
-    assert len(objs) == 1 and stats.skipped["not JSON"] == 1
+    assert len(objs) == 1 and stats.damaged["not JSON"] == 1
     data = b'{"broken": "Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
-    assert len(objs) == 1 and stats.skipped["not JSON"] == 1
+    assert len(objs) == 1 and stats.damaged["not JSON"] == 1
 
 
 def test_audit_and_watch_classification():
@@ -85,4 +85,4 @@ def test_overlong_line_is_skipped(monkeypatch):
     monkeypatch.setattr(records, "CHUNK", 1000)
     data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b'"Pull\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
-    assert len(objs) == 2 and stats.records == 3 and stats.skipped["line longer than 16 MiB"] == 1
+    assert len(objs) == 2 and stats.records == 3 and stats.damaged["line longer than 16 MiB (not read)"] == 1

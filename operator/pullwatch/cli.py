@@ -1,10 +1,4 @@
-"""``pullwatch`` command line: ``scan`` (offline detection) and ``run`` (the operator).
-
-Exit codes of ``pullwatch scan``:
-  0  scanned (findings or not, unless --fail-on-findings)
-  1  --fail-on-findings was given and there is at least one Finding
-  2  usage error, or an input or AllowedImages file could not be read
-"""
+"""pullwatch command line: scan (offline detection) and run (the operator)."""
 
 from __future__ import annotations
 
@@ -15,16 +9,26 @@ from typing import Sequence
 
 from . import __version__
 
-EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
+SCAN_EXIT_CODES = """exit codes:
+  0  every input was read in full (findings or not, unless --fail-on-findings)
+  1  --fail-on-findings was given and there is at least one Finding
+  2  usage error, or an AllowedImages/scanner file that cannot be read
+  3  an input could not be read in full: missing, unreadable, damaged or truncated
+     (corrupt gzip, lines that are not JSON, a record cut short), or nothing in it was a
+     Kubernetes Event or audit entry. The Findings of everything that could be read are
+     still printed; 3 wins over 1, because the Findings may be incomplete.
+  4  internal error (a bug in pullwatch: please report the one-line message)"""
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "scan", help="detect scanner and unapproved image pulls in event dumps and audit logs",
-        description="Run pullwatch's detection offline. Inputs: kubectl get events -o json/yaml, "
-                    "watch streams (JSON lines), events.k8s.io/v1 Events, audit.k8s.io/v1 logs; "
-                    "gzip accepted; '-' reads stdin. Findings go to stdout, a summary to stderr.",
-        epilog="exit codes: 0 scanned; 1 findings and --fail-on-findings; 2 usage or input error",
+        description="Run pullwatch's detection offline. Inputs: kubectl get events -o json/yaml "
+                    "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
+                    "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
+                    "'-' reads stdin. Findings go to stdout, a summary to stderr.",
+        epilog=SCAN_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-a", "--allowed-images", action="append", default=[], metavar="FILE",
@@ -35,7 +39,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-default-scanners", action="store_true",
                    help="use only the --scanner names, not the built-in list")
     p.add_argument("--fail-on-findings", action="store_true", help="exit 1 when there is any Finding")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr (problems are still reported)")
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,16 +76,16 @@ def _scanners(args: argparse.Namespace) -> frozenset[str]:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from .core.allowlist import Allowlist
-    from .scan.records import InputError
-    from .scan.render import FORMATS, safe, summary
     from .scan.pipeline import load_policies, scan_paths
+    from .scan.render import FORMATS, safe, summary
+    from .scan.sources import InputError
 
     try:
         scanners = _scanners(args)
         policies = load_policies(args.allowed_images)
     except (InputError, ValueError) as exc:
         print(f"pullwatch: {safe(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     for policy in policies:
         for problem in policy.problems:
             status = "ignored" if not policy.usable else "pattern ignored"
@@ -92,16 +96,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         result = scan_paths(args.files, Allowlist(policies), scanners)
-    except InputError as exc:
-        print(f"pullwatch: {safe(exc)}", file=sys.stderr)
-        return EXIT_ERROR
     finally:
         gc.enable()
-    FORMATS[args.output](result.findings, sys.stdout.buffer)
+    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete)
     sys.stdout.flush()
+    s = result.stats
     if not args.quiet:
-        s = result.stats
-        sys.stderr.write(summary(s.records, s.examined, result.pulls, len(result.findings), s.skipped))
+        sys.stderr.write(summary(s.records, s.examined, result.pulls, len(result.findings), s.skipped, s.damaged))
+    for problem in result.input_errors:
+        print(f"pullwatch: {safe(problem)}", file=sys.stderr)
+    if s.unrecognized and not s.recognized:
+        print(f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, watch event "
+              "or audit entry: is this the right input?", file=sys.stderr)
+    if not result.complete:
+        return EXIT_INPUT
     if args.fail_on_findings and result.findings:
         return EXIT_FINDINGS
     return EXIT_OK
@@ -123,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 on a usage error, as argparse does
     try:
         if args.command == "scan":
             return cmd_scan(args)
@@ -132,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK  # `pullwatch scan … | head`: the reader left; not an error
     except KeyboardInterrupt:
         return 130
+    except MemoryError:
+        print("pullwatch: internal error: out of memory", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, its own code
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        at = f" at {where.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:{where.tb_lineno}" if where else ""
+        print(f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} (please report this)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ match N (absent = every namespace) has a pattern matching the image's normalized
 Never widening is the rule for bad input: an object whose ``namespaces`` is malformed
 contributes nothing (ignoring the field would apply it to *every* namespace); a malformed pattern
 is dropped and reported while the object's other patterns still apply (narrower than the author
-meant, never wider).
+meant, never wider). Empty means empty: ``namespaces: []`` applies to no namespace and
+``images: []`` allows nothing - both are reported, because neither is likely what was meant.
+(``namespaces: null`` is the field left out: the API server drops a null field before it stores
+the object, so the operator could not tell the two apart, and ``scan`` reads files the same way.)
 
     >>> policy = policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
     ...     "metadata": {"name": "team-a"},
@@ -36,21 +39,23 @@ MAX_NAMESPACE_GLOB_LENGTH = 253
 
 @dataclass(frozen=True)
 class Policy:
-    """One AllowedImages object, validated. ``usable`` is False when it must contribute nothing."""
+    """One AllowedImages object, validated and compiled (once: an Allowlist only assembles them).
+    ``usable`` is False when it must contribute nothing."""
 
     name: str
-    namespaces: tuple[str, ...] | None  # None: every namespace
+    namespaces: tuple[str, ...] | None  # None: every namespace; (): none
     patterns: tuple[ImagePattern, ...]
     problems: tuple[str, ...] = ()
     usable: bool = True
     _ns_regex: Any = field(default=None, compare=False, repr=False)
+    matcher: PatternSet | None = field(default=None, compare=False, repr=False)
 
     def applies_to(self, namespace: str) -> bool:
-        if not self.usable:
+        if not self.usable or not self.patterns:
             return False
         if self.namespaces is None:
             return True
-        return bool(self._ns_regex.match(namespace))
+        return self._ns_regex is not None and self._ns_regex.match(namespace) is not None
 
 
 def _unusable(name: str, problem: str) -> Policy:
@@ -83,15 +88,26 @@ def policy_from_object(obj: Any) -> Policy:
                 return _unusable(name, f"spec.namespaces[{i}] must be a non-empty string of at most "
                                        f"{MAX_NAMESPACE_GLOB_LENGTH} characters")
         namespaces = tuple(raw_ns)
-        # One compiled alternation; namespace names are <= 63 characters, so stdlib re is safe.
-        ns_regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in namespaces))
+        # One compiled alternation (namespace names are <= 63 characters, so stdlib re is safe);
+        # none at all for an empty list: an empty alternation would match every namespace.
+        if namespaces:
+            ns_regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in namespaces))
 
     raw_images = spec.get("images")
     if not isinstance(raw_images, list):
         return _unusable(name, "spec.images must be a list of image patterns")
     patterns, problems = compile_patterns(raw_images)
+    matcher = PatternSet(patterns)
+    if matcher.rejected:  # never matched by the matcher; listed as problems
+        problems += matcher.rejected.values()
+        patterns = [p for i, p in enumerate(patterns) if i not in matcher.rejected]
+    if namespaces == ():
+        problems.append("spec.namespaces is empty: this object applies to no namespace "
+                        "(leave the field out for every namespace)")
+    if not raw_images:
+        problems.append("spec.images is empty: this object allows nothing")
     return Policy(name=name, namespaces=namespaces, patterns=tuple(patterns),
-                  problems=tuple(problems), usable=True, _ns_regex=ns_regex)
+                  problems=tuple(problems), usable=True, _ns_regex=ns_regex, matcher=matcher)
 
 
 @dataclass(frozen=True)
@@ -103,17 +119,20 @@ class Verdict:
 
 
 class Allowlist:
-    """An immutable view of all AllowedImages. Build a new one when any of them changes.
+    """An immutable view of all AllowedImages. Build a new one when any of them changes: that is
+    cheap, because each Policy carries its compiled patterns.
 
-    Verdicts are cached per (namespace, image): the same images are pulled again and again.
+    Verdicts are cached per (namespace, image): the same images are pulled again and again; and
+    the policies that apply to a namespace are worked out once per namespace.
     """
 
     CACHE_SIZE = 16384
 
     def __init__(self, policies: Iterable[Policy] = ()):
         self.policies: tuple[Policy, ...] = tuple(policies)
-        self._sets = [(p, PatternSet(p.patterns)) for p in self.policies if p.usable and p.patterns]
+        self._usable = [p for p in self.policies if p.usable and p.patterns and p.matcher is not None]
         self._cache: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
+        self._by_namespace: dict[str, list[Policy]] = {}
 
     def check(self, namespace: str, image: str) -> Verdict:
         key = (namespace, image)
@@ -133,12 +152,16 @@ class Allowlist:
         except InvalidImageReference as exc:
             return Verdict(False, f"not a valid image reference ({exc}); it can never be allowlisted")
         normalized = ref.normalized
-        for policy, patterns in self._sets:
-            if policy.applies_to(namespace):
-                hit = patterns.match(normalized)
-                if hit is not None:
-                    return Verdict(True, f"allowed by AllowedImages {policy.name} pattern {hit.raw!r}",
-                                   policy.name, hit.raw)
+        applicable = self._by_namespace.get(namespace)
+        if applicable is None:
+            if len(self._by_namespace) >= self.CACHE_SIZE:
+                self._by_namespace.clear()
+            applicable = self._by_namespace[namespace] = [p for p in self._usable if p.applies_to(namespace)]
+        for policy in applicable:
+            hit = policy.matcher.match(normalized)  # type: ignore[union-attr]
+            if hit is not None:
+                return Verdict(True, f"allowed by AllowedImages {policy.name} pattern {hit.raw!r}",
+                               policy.name, hit.raw)
         return Verdict(False, f"no AllowedImages pattern for namespace {namespace} matches {normalized}")
 
 

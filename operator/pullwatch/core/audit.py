@@ -3,8 +3,9 @@
 The kubelet reports a pull by *creating* an Event; with a RequestResponse or Request audit policy
 for ``events`` the audit log holds that Event as ``requestObject``, plus who sent it. So:
 
-* only ``verb: create`` on ``resource: events`` (core or events.k8s.io) can be a pull;
-  entries for any other resource or verb never fire, whatever they contain;
+* only ``verb: create`` on ``resource: events`` of the core group or ``events.k8s.io`` can be a
+  pull; entries for any other resource, verb or API group never fire, whatever they contain (a
+  custom resource whose plural is ``events`` must not let its creators forge Findings);
 * one request is logged at several stages (RequestReceived, ResponseComplete…) under one
   ``auditID``: :class:`AuditDeduper` makes it one pull;
 * a create the server refused (status >= 400) created nothing and is skipped.
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 from .pulls import Actor, DecodeError, Pull, decode_event, event_head
 
 AUDIT_API_PREFIX = "audit.k8s.io/"
+EVENT_GROUPS = (None, "", "events.k8s.io")  # the core group is logged without apiGroup
 
 
 def is_audit_entry(obj: Mapping[str, Any]) -> bool:
@@ -69,6 +71,8 @@ def _created_event(entry: Mapping[str, Any]) -> tuple[Any, str] | None:
     ref = entry.get("objectRef")
     if not isinstance(ref, dict) or ref.get("resource") != "events" or ref.get("subresource"):
         return None
+    if ref.get("apiGroup") not in EVENT_GROUPS:
+        return None
     if entry.get("verb") != "create":
         return None
     request = entry.get("requestObject")
@@ -112,7 +116,4 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
         series = f"audit:{audit_id}"
     when = entry.get("requestReceivedTimestamp")
     when = when if isinstance(when, str) else None
-    return Pull(kind=pull.kind, image=pull.image, reason=pull.reason, involved=pull.involved,
-                node=pull.node, series=series, count=pull.count,
-                first_seen=pull.first_seen or when, last_seen=pull.last_seen or when,
-                source="audit", actor=pull.actor)
+    return pull._replace(series=series, first_seen=pull.first_seen or when, last_seen=pull.last_seen or when)

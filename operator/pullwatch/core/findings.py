@@ -64,12 +64,28 @@ def build_spec(rule: Rule, pull: Pull, ref: ImageRef | None, not_allowed: str | 
         "node": pull.node,
         "reason": "Pulling" if pull.kind == PULLING else "Pulled",  # see Detector._count
         "source": pull.source,
+        "reportedBy": reported_by(pull),
     }
     if actor is not None:
         spec["actor"] = actor.as_dict()
     if not_allowed is not None:
         spec["notAllowedReason"] = not_allowed
     return spec
+
+
+def reported_by(pull: Pull) -> dict[str, Any]:
+    """Who says the pull happened. Anyone allowed to create Events can write one that reads like
+    a kubelet's; what is recorded here makes such a forgery visible: the component it claims, the
+    client that created it, and (audit logs) the authenticated user, which a kubelet's is
+    ``system:node:<node>``."""
+    out: dict[str, Any] = {"component": pull.component}
+    if pull.manager:
+        out["manager"] = pull.manager
+    if pull.actor is not None:
+        out["user"] = pull.actor.user
+    user = out.get("user")
+    out["kubelet"] = pull.component == "kubelet" and (user is None or user.startswith("system:node:"))
+    return out
 
 
 def finding_body(name: str, namespace: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import re2
 
@@ -124,32 +124,71 @@ def compile_pattern(raw: str) -> ImagePattern:
 
 
 class PatternSet:
-    """Many patterns matched together in one RE2 pass; reports which pattern matched."""
+    """Many patterns matched together; reports the first (in list order) that matches.
+
+    Exact patterns (no wildcard) are a dict lookup. Wildcard patterns are compiled into RE2 sets
+    of at most ``CHUNK`` patterns each, because one RE2 set over thousands of wildcard patterns
+    runs out of its memory budget and fails to compile; a chunk that still fails is split in two
+    until it compiles (a single pattern that cannot is rejected as too complex). Chunks are
+    indexed by the registry host when it is literal, so a lookup only runs the sets that can
+    match its registry. Each set matches in time linear in the image's length.
+
+        >>> s = PatternSet([compile_pattern("nginx:1.25.*"), compile_pattern("quay.io/**")])
+        >>> s.match("docker.io/library/nginx:1.25.3").raw, s.match("quay.io/a/b:1").raw
+        ('nginx:1.25.*', 'quay.io/**')
+        >>> s.match("quay.io.evil.example/a:1") is None
+        True
+    """
+
+    CHUNK = 1000
+    MAX_MEM = 256 << 20  # per set: RE2's own default (8 MiB) fails at a few hundred wildcards
 
     def __init__(self, patterns: Sequence[ImagePattern]):
         self.patterns: tuple[ImagePattern, ...] = tuple(patterns)
-        self._exact = {p.normalized: p for p in self.patterns if "*" not in p.normalized}
-        self._wild = [p for p in self.patterns if "*" in p.normalized]
-        self._set = None
-        if self._wild:
-            options = re2.Options()
-            options.max_mem = 64 << 20  # thousands of patterns fit; RE2 degrades, never fails
-            s = re2.Set.FullMatchSet(options)
-            for p in self._wild:
-                s.Add(p.regex)
+        self.rejected: dict[int, str] = {}  # index -> why: patterns RE2 cannot compile even alone
+        self._exact: dict[str, int] = {}
+        for i, p in enumerate(self.patterns):
+            if "*" not in p.normalized:
+                self._exact.setdefault(p.normalized, i)
+        by_host: dict[str | None, list[int]] = {}
+        for i, p in enumerate(self.patterns):
+            if "*" in p.normalized:
+                host = p.normalized.split("/", 1)[0]
+                by_host.setdefault(None if "*" in host else host, []).append(i)
+        self._chunks: dict[str | None, list[tuple[Any, list[int]]]] = {}
+        for host, indices in by_host.items():
+            for start in range(0, len(indices), self.CHUNK):
+                self._compile(host, indices[start:start + self.CHUNK])
+
+    def _compile(self, host: str | None, indices: list[int]) -> None:
+        options = re2.Options()
+        options.max_mem = self.MAX_MEM
+        s = re2.Set.FullMatchSet(options)
+        for i in indices:
+            s.Add(self.patterns[i].regex)
+        try:
             s.Compile()
-            self._set = s
+        except Exception:  # noqa: BLE001 - RE2 reports only "failed to compile Set"
+            if len(indices) == 1:
+                self.rejected[indices[0]] = f"{self.patterns[indices[0]].raw!r}: too complex to match in linear time"
+                return
+            half = len(indices) // 2
+            self._compile(host, indices[:half])
+            self._compile(host, indices[half:])
+            return
+        self._chunks.setdefault(host, []).append((s, indices))
 
     def match(self, normalized_image: str) -> ImagePattern | None:
-        hit = self._exact.get(normalized_image)
-        if hit is not None:
-            return hit
-        if self._set is None:
-            return None
-        found = self._set.Match(normalized_image)
-        if not found:
-            return None
-        return self._wild[min(found)]
+        best = self._exact.get(normalized_image)
+        host = normalized_image.split("/", 1)[0]
+        for key in (host, None):
+            for s, indices in self._chunks.get(key, ()):
+                found = s.Match(normalized_image)
+                if found:
+                    first = indices[min(found)]
+                    if best is None or first < best:
+                        best = first
+        return None if best is None else self.patterns[best]
 
     def __len__(self) -> int:
         return len(self.patterns)

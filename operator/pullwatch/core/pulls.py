@@ -96,6 +96,10 @@ class Pull(NamedTuple):
     last_seen: str | None
     source: str = "events"
     actor: Actor | None = None
+    # Who says this pull happened: the Event's source.component / reportingController (the
+    # kubelet, unless forged) and the client that created it (its first managedFields manager).
+    component: str | None = None
+    manager: str | None = None
 
 
 def _str(value: Any) -> str | None:
@@ -152,7 +156,11 @@ def _head(obj: Any, default_namespace: str):
     if not isinstance(obj, dict):
         raise DecodeError("Event is not an object")
     api = obj.get("apiVersion")
-    new_api = api.__class__ is str and api.startswith("events.k8s.io/")
+    if api is None:
+        # An item of a raw events.k8s.io List names no apiVersion: tell the API by the fields.
+        new_api = "regarding" in obj or "note" in obj
+    else:
+        new_api = api.__class__ is str and api.startswith("events.k8s.io/")
     message = obj.get("note") if new_api else obj.get("message")
     if new_api and message is None:
         message = obj.get("message")
@@ -193,6 +201,11 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
         first = _str(obj.get("firstTimestamp")) or _str(obj.get("eventTime"))
         last = _str(obj.get("lastTimestamp"))
     node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(obj.get("reportingInstance"))
+    component = (_str(src.get("component")) if isinstance(src, dict) else None) \
+        or _str(obj.get("reportingController")) or _str(obj.get("reportingComponent"))
+    managed = metadata.get("managedFields")
+    manager = _str(managed[0].get("manager")) if isinstance(managed, list) and managed \
+        and isinstance(managed[0], dict) else None
     series_obj = obj.get("series")
     if not isinstance(series_obj, dict):
         series_obj = {}
@@ -208,4 +221,8 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
     return Pull(kind, image, obj["reason"],
                 InvolvedObject(_str(involved.get("kind")) or "Pod", inv_name, namespace,
                                _str(involved.get("uid")), container),
-                node, series, count, first, last, source, actor)
+                node, series, count, first, last, source, actor, _short(component), _short(manager))
+
+
+def _short(value: str | None) -> str | None:
+    return value[:MAX_NAME] if value else None

@@ -75,6 +75,7 @@ def usable(path: str) -> bool:
     except OSError:
         return False
     try:
+        # orjson refuses a byte-order mark, so a file that needs transcoding is read by one core
         return isinstance(orjson.loads(first), dict)
     except orjson.JSONDecodeError:
         return False
@@ -92,9 +93,7 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for stats, pulls, kept in pool.imap(_scan_range, ranges, chunksize=1):  # file order
-                total.records += stats.records
-                total.examined += stats.examined
-                total.skipped.update(stats.skipped)
+                total.add(stats)
                 scanner.result.pulls += pulls
                 for kind, obj in kept:
                     scanner.process(kind, obj)

@@ -1,6 +1,8 @@
 """The offline pipeline behind ``pullwatch scan``: inputs -> records -> pulls -> Findings.
 
-Pure orchestration over the core; file and stdin handling is the only I/O here.
+Pure orchestration over the core; file and stdin handling is the only I/O here. Each input is
+read on its own: one that cannot be opened, or is damaged part-way, is reported in
+``ScanResult.input_errors`` and the others are read all the same (their Findings are kept).
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import yaml
-
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
 from ..core.audit import AuditDeduper, decode_audit_entry
 from ..core.detector import Detector
 from ..core.pulls import DecodeError, decode_event, event_head
-from .records import InputError, ReadStats, iter_objects, open_input
+from .records import ReadStats, iter_objects
+from .sources import InputError, open_path
+from .yamltext import load_all
+
+MAX_CONFIG_BYTES = 64 << 20  # an allowlist file larger than this is not an allowlist
 
 
 @dataclass
@@ -22,6 +26,14 @@ class ScanResult:
     stats: ReadStats = field(default_factory=ReadStats)
     pulls: int = 0
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # "<input>: <what went wrong>" for every input that could not be read in full
+    input_errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Was every input read in full, and was anything in them an Event or audit entry?"""
+        s = self.stats
+        return not self.input_errors and not s.damaged and not (s.unrecognized and not s.recognized)
 
 
 class Scanner:
@@ -68,12 +80,21 @@ class Scanner:
                 self.process(kind, obj)
 
     def feed_path(self, path: str) -> None:
-        stream = open_input(path)
         try:
-            self.feed(iter_objects(stream, self.result.stats, name=path))
+            source = open_path(path)
+        except InputError as exc:
+            self.result.input_errors.append(str(exc))
+            return
+        try:
+            before = sum(self.result.stats.damaged.values())
+            self.feed(iter_objects(source, self.result.stats))
+            for problem in source.damage:
+                self.result.input_errors.append(f"{source.name}: {problem}")
+            damaged = sum(self.result.stats.damaged.values()) - before
+            if damaged and not source.damage:
+                self.result.input_errors.append(f"{source.name}: {damaged} damaged record(s) could not be read")
         finally:
-            if path != "-":
-                stream.close()
+            source.close()
 
     def finish(self) -> ScanResult:
         self.result.findings = self.detector.findings()
@@ -81,22 +102,32 @@ class Scanner:
 
 
 def load_policies(paths: Iterable[str]) -> list[Policy]:
-    """AllowedImages from YAML/JSON files (several documents, or a List). Raises InputError for
-    an unreadable file; a malformed object becomes an unusable Policy with its problem listed."""
+    """AllowedImages from YAML/JSON files (several documents, or a List). Raises InputError for a
+    file that cannot be read or is not YAML: the allowlist is configuration, and a scan with part
+    of it missing would report what it allows. A malformed object becomes an unusable Policy with
+    its problem listed."""
     policies: list[Policy] = []
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for path in paths:
-        stream = open_input(path)
-        try:
-            docs = list(yaml.load_all(stream.read(), Loader=loader))
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML: {exc}") from None
-        finally:
-            if path != "-":
-                stream.close()
-        for obj in objects_from_documents(docs):
+        for obj in objects_from_documents(read_documents(path)):
             policies.append(policy_from_object(obj))
     return policies
+
+
+def read_documents(path: str) -> list[Any]:
+    """Every YAML/JSON document of a configuration file, or InputError saying why not."""
+    source = open_path(path)
+    try:
+        text = source.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        source.close()
+    if source.damage:
+        raise InputError(f"{path}: {source.damage[0]}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise InputError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
+    try:
+        return list(load_all(text))
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid YAML or JSON: {exc}") from None
 
 
 def scan_paths(paths: Iterable[str], allowlist: Allowlist, scanners: Iterable[str] | None = None,

@@ -1,106 +1,140 @@
-"""Reading event dumps and audit logs: format detection, streaming, and the cheap pre-filter.
+"""Reading event dumps and audit logs: what an input is, and its records, streamed.
 
-Formats, detected from content (never from the file name), gzip accepted, ``-`` is stdin:
+Formats are told from content, never from the file name (``sources.py`` has already undone
+compression and re-encoded the text as UTF-8):
 
-* JSON lines: watch events ``{"type": …, "object": <Event>}`` (``kubectl get events -w -o json``,
-  log forwarders), bare Event lines, audit.k8s.io/v1 entries, a List on one line;
-* one JSON document: ``kubectl get events -A -o json`` (a v1 List), a single Event, an array;
-* YAML: the same as ``-o yaml``, several documents allowed.
+* JSON lines: watch events ``{"type": …, "object": <Event>}`` as log forwarders write them, bare
+  Event lines, audit.k8s.io/v1 entries, a List on one line;
+* other JSON text (``jsontext.py``): indented values back to back (``kubectl get events -w -o
+  json``), one List (``kubectl get events -o json``, ``kubectl get --raw …``), an array;
+* YAML (``yamltext.py``): ``-o yaml`` Lists and ``---``-separated documents.
 
-Speed: a kubelet image event has reason "Pulling" or "Pulled", so its JSON (or its audit
-record's) contains the bytes ``"Pull``; a line without them is counted but never parsed (and so a
-malformed line without them is not reported either: it could not have been a pull). Lines are found from the matches outward, so
-the per-line Python work is done only for candidates (see ``bench/scan_throughput.py``).
-Memory is flat for JSON lines: a fixed-size window of the input is held at a time.
+Speed: an image event's JSON contains the bytes ``"Pull`` (its reason); a line or record without
+them is counted but not parsed. Lines are found from the matches outward, so the per-line Python
+work is done only for candidates (see ``bench/scan_throughput.py``). Memory is flat in every
+format: a window of the input is held at a time, and no record longer than 16 MiB is kept.
+
+What could not be read is *damage* (``ReadStats.damaged``: a line that is not JSON, a record cut
+short, a corrupt compressed stream…), kept apart from records that were read but are of no use
+(``ReadStats.skipped``: not an Event, an image event without a message…). A line without ``"Pull``
+is not parsed; it is still checked cheaply for being a whole JSON object (ending in ``}``), so that
+a pull cut short — which may have lost those bytes — is reported as damage, not missed.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import orjson
-import yaml
 
 from ..core.pulls import CANDIDATE
+from .jsontext import SAMPLE, json_values
+from .yamltext import yaml_values
 
 CHUNK = 4 << 20
-MAX_LINE = 16 << 20  # a longer "line" is not a record we can trust; skip it, keep going
-_GZIP_MAGIC = b"\x1f\x8b"
+MAX_LINE = 16 << 20  # a longer "line" is not a record we can trust: counted as damage, skipped
 _WATCH_TYPES = {"ADDED", "MODIFIED", "DELETED"}
-
-
-class InputError(Exception):
-    """A whole input cannot be read (missing file, unreadable, corrupt compression)."""
 
 
 @dataclass
 class ReadStats:
-    records: int = 0     # lines (JSON lines input) or documents/items read
-    examined: int = 0    # parsed because they could hold a pull
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    records: int = 0     # lines (JSON lines), records or documents found
+    examined: int = 0    # parsed because they could hold a pull (or to tell what the input is)
+    recognized: int = 0    # parsed and found to be Events, watch events or audit entries
+    unrecognized: int = 0  # parsed and found to be something else (a Pod, a number…)
+    skipped: Counter = field(default_factory=Counter)  # read, of no use: reason -> count
+    damaged: Counter = field(default_factory=Counter)  # could not be read: reason -> count
+
+    def add(self, other: "ReadStats") -> None:
+        self.records += other.records
+        self.examined += other.examined
+        self.recognized += other.recognized
+        self.unrecognized += other.unrecognized
+        self.skipped.update(other.skipped)
+        self.damaged.update(other.damaged)
 
 
-def open_input(path: str) -> BinaryIO:
-    try:
-        raw: BinaryIO = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from None
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
-    if buffered.peek(2)[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
-    return buffered
+def sniff(head: bytes, complete: bool) -> str:
+    """``lines``, ``json``, ``yaml``, ``binary`` or ``empty``, from the first bytes of an input.
+
+        >>> sniff(b'{"type": "ADDED", "object": {}}\\n{"type"', False)
+        'lines'
+        >>> sniff(b'{\\n    "apiVersion": "v1",\\n', False)
+        'json'
+        >>> sniff(b'garbage\\n{"kind": "Event"}\\n', True)
+        'lines'
+        >>> sniff(b'apiVersion: v1\\nitems:\\n', True)
+        'yaml'
+    """
+    text = head.lstrip(b" \t\r\n")
+    if not text:
+        return "empty"
+    first = text.split(b"\n", 1)[0].strip()
+    if first in (b"{", b"["):
+        return "json"
+    lines = text.split(b"\n", 64)
+    if not complete:
+        lines = lines[:-1]  # the last may be cut by the end of the head
+    for line in lines[:64]:
+        s = line.strip()
+        if s[:1] in (b"{", b"[") and len(s) > 2:
+            try:
+                value = orjson.loads(s)
+            except orjson.JSONDecodeError:
+                continue
+            if value and isinstance(value, (dict, list)):
+                return "lines"
+    if text[:1] in (b"{", b"["):
+        # No whole line parses: one compact document longer than the head (kubectl get --raw),
+        # or JSON lines damaged from the start. The tokenizing reader handles both.
+        return "json"
+    if _mostly_binary(head[:65536]):
+        return "binary"
+    return "yaml"
 
 
-def iter_objects(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> Iterator[tuple[str, Any]]:
+_CONTROL = bytes(range(0, 9)) + bytes(range(14, 32))
+
+
+def _mostly_binary(sample: bytes) -> bool:
+    """More than 5 % control bytes or invalid UTF-8: an image, an archive, not a damaged dump
+    (a few damaged bytes in text are damage to one record, not a reason to read nothing)."""
+    if not sample:
+        return False
+    controls = len(sample) - len(sample.translate(None, _CONTROL))
+    invalid = sample.decode("utf-8", errors="replace").count("\ufffd")
+    return (controls + invalid) * 20 > len(sample)
+
+
+def iter_objects(stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
     """Yield ``(kind, object)`` with kind ``event`` or ``audit``; everything else is counted."""
-    head = _read(stream, name, CHUNK)
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    if not start:
-        return
-    if start == b"{":
-        first_line = head.lstrip().split(b"\n", 1)[0]
-        try:
-            is_lines = isinstance(orjson.loads(first_line), dict)
-        except orjson.JSONDecodeError:
-            is_lines = False
-        if is_lines:
-            yield from _json_lines(head, stream, stats, name)
-            return
-    body = head + _read(stream, name)
-    if start in (b"{", b"["):
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            # Not one document: most likely JSON lines whose first line is damaged. Read it
-            # line by line, so the damage is a counted skip and later records still count.
-            yield from _scan_block(body, stats)
-            return
-        yield from _classify_document(doc, stats)
-        return
-    yield from _yaml_documents(body, stats, name)
+    head = stream.read(CHUNK)
+    kind = sniff(head, len(head) < CHUNK)
+    if kind == "lines":
+        yield from _json_lines(head, stream, stats)
+    elif kind == "json":
+        for obj in json_values(stream, stats, head):
+            yield from _classify(obj, stats)
+    elif kind == "yaml":
+        for obj in yaml_values(stream, stats, head):
+            yield from _classify(obj, stats)
+    elif kind == "binary":
+        stats.records += 1
+        stats.damaged["binary data, not JSON or YAML (not read)"] += 1
 
 
-def _read(stream: BinaryIO, name: str, size: int = -1) -> bytes:
-    try:
-        return stream.read(size)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{name}: cannot read: {exc}") from None
-
-
-def json_lines(stream: BinaryIO, stats: ReadStats, name: str = "<input>") -> Iterator[tuple[str, Any]]:
+def json_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
     """Records of an input already known to be JSON lines (e.g. one range of a big file)."""
-    yield from _json_lines(_read(stream, name, CHUNK), stream, stats, name)
+    yield from _json_lines(stream.read(CHUNK), stream, stats)
 
 
-def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> Iterator[tuple[str, Any]]:
+def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
     """Scan chunk by chunk *in place*: slicing whole chunks costs a copy of every byte, which
     on this hardware is as slow as the search itself. Only the line that straddles two chunks
     is copied."""
+    _sample(head, stats)
     chunk = head
     leftover = b""      # the start of a line whose end is in a later chunk
     discarding = False  # inside a line longer than MAX_LINE: drop bytes up to its end
@@ -111,7 +145,7 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> I
                 leftover += chunk
                 if len(leftover) > MAX_LINE:
                     stats.records += 1
-                    stats.skipped["line longer than 16 MiB"] += 1
+                    stats.damaged["line longer than 16 MiB (not read)"] += 1
                     leftover, discarding = b"", True
         else:
             if discarding:
@@ -119,25 +153,57 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats, name: str) -> I
             else:
                 line = leftover + chunk[: first_nl + 1] if leftover else chunk[: first_nl + 1]
                 stats.records += 1
+                _check_lines(line, 0, len(line), stats)
                 yield from _scan_range(line, 0, len(line), stats)
             last_nl = chunk.rfind(b"\n")
             stats.records += chunk.count(b"\n", first_nl + 1)
+            _check_lines(chunk, first_nl + 1, last_nl + 1, stats)
             yield from _scan_range(chunk, first_nl + 1, last_nl + 1, stats)
             leftover = chunk[last_nl + 1:]
-        try:
-            chunk = stream.read(CHUNK)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            stats.skipped[f"input truncated or corrupt ({type(exc).__name__})"] += 1
-            chunk = b""
+        chunk = stream.read(CHUNK)
     if leftover and not discarding and leftover.strip():
         stats.records += 1  # a last line without its newline
+        _check_lines(leftover + b"\n", 0, len(leftover) + 1, stats)
         yield from _scan_range(leftover, 0, len(leftover), stats)
 
 
-def _scan_block(block: bytes, stats: ReadStats) -> Iterator[tuple[str, Any]]:
-    """A whole in-memory input, line by line (the fallback when it is not one document)."""
-    stats.records += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-    yield from _scan_range(block, 0, len(block), stats)
+def _check_lines(buf: bytes, start: int, end: int, stats: ReadStats) -> None:
+    """Count as damage the lines of ``buf[start:end]`` that are not whole JSON and hold no
+    candidate (those are parsed, and counted, by ``_scan_range``).
+
+    Cheap in the common case: whole JSON objects have as many ``{`` as ``}``, and two single-byte
+    counts over the chunk (memchr speed) show it. Only a chunk that does not balance is checked
+    line by line: a line cut short has more ``{`` than ``}``, and two merged lines do too."""
+    if buf.count(b"{", start, end) == buf.count(b"}", start, end):
+        return
+    for line in buf[start:end].split(b"\n"):
+        s = line.rstrip()
+        if not s or CANDIDATE in s or (s.endswith(b"}") and s.count(b"{") == s.count(b"}")):
+            continue
+        try:
+            orjson.loads(s)
+        except orjson.JSONDecodeError:
+            stats.damaged["not JSON"] += 1
+
+
+def _sample(head: bytes, stats: ReadStats) -> None:
+    """Parse the first few lines whatever they hold, only to learn whether this input holds
+    Events or audit entries at all (the pre-filter parses nothing else that is not a pull)."""
+    for line in head.split(b"\n", SAMPLE + 1)[:SAMPLE]:
+        if line.strip() and CANDIDATE not in line:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            seen = ReadStats()
+            for _ in _classify(obj, seen):
+                pass
+            stats.recognized += seen.recognized
+            stats.unrecognized += seen.unrecognized
+
+
+def _is_watch_event(obj: dict[str, Any]) -> bool:
+    return "object" in obj and "type" in obj
 
 
 def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[tuple[str, Any]]:
@@ -152,35 +218,26 @@ def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[
         try:
             obj = orjson.loads(buf[line_start:line_end])
         except orjson.JSONDecodeError:
-            stats.skipped["not JSON"] += 1
+            stats.damaged["not JSON"] += 1
         else:
             yield from _classify(obj, stats)
         pos = buf.find(CANDIDATE, line_end, end)
 
 
-def _classify_document(doc: Any, stats: ReadStats) -> Iterator[tuple[str, Any]]:
-    if isinstance(doc, list):
-        items: Any = doc
-    elif isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
-        items = doc.get("items")
-        if not isinstance(items, list):
-            stats.records += 1
-            stats.skipped["List without items"] += 1
-            return
-    else:
-        items = [doc]
-    for item in items:
-        stats.records += 1
-        stats.examined += 1
-        yield from _classify(item, stats)
-
-
-def _classify(obj: Any, stats: ReadStats) -> Iterator[tuple[str, Any]]:
+def _classify(obj: Any, stats: ReadStats, api_version: str | None = None) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, list) and obj:
+        # An array on one line (jq -c -s): its elements are records.
+        stats.records += len(obj) - 1
+        for item in obj:
+            yield from _classify(item, stats)
+        return
     if not isinstance(obj, dict):
+        stats.unrecognized += 1
         stats.skipped["not an object"] += 1
         return
-    if "object" in obj and "type" in obj:  # a watch event
+    if _is_watch_event(obj):
         if obj.get("type") not in _WATCH_TYPES:
+            stats.recognized += obj.get("type") in ("BOOKMARK", "ERROR")
             stats.skipped[f"watch event of type {str(obj.get('type'))[:20]}"] += 1
             return
         obj = obj["object"]
@@ -189,40 +246,19 @@ def _classify(obj: Any, stats: ReadStats) -> Iterator[tuple[str, Any]]:
             return
     kind = obj.get("kind")
     api = obj.get("apiVersion")
+    if api is None and api_version is not None:
+        obj["apiVersion"] = api = api_version  # an item of a List that names it once
     if kind == "Event" and isinstance(api, str) and api.startswith("audit.k8s.io/"):
+        stats.recognized += 1
         yield "audit", obj
     elif kind == "Event" or (kind is None and "reason" in obj):
+        stats.recognized += 1
         yield "event", obj
     elif isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
         # A List on one line (e.g. `kubectl get events -o json | jq -c .`): its items are records.
         stats.records += len(obj["items"]) - 1
         for item in obj["items"]:
-            yield from _classify(item, stats)
+            yield from _classify(item, stats, api if isinstance(api, str) else None)
     else:
+        stats.unrecognized += 1
         stats.skipped["not an Event"] += 1
-
-
-def _yaml_documents(body: bytes, stats: ReadStats, name: str) -> Iterator[tuple[str, Any]]:
-    loader: Callable[..., Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    docs = yaml.load_all(body, Loader=loader)
-    first = True
-    while True:
-        try:
-            doc = next(docs)
-        except StopIteration:
-            return
-        except yaml.YAMLError:
-            if first:
-                # Not YAML from the start (e.g. JSON lines after a garbage line): line by line.
-                yield from _scan_block(body, stats)
-            else:
-                stats.records += 1
-                stats.skipped["invalid YAML (rest of the input not read)"] += 1
-            return
-        if doc is None:
-            continue
-        if first and not isinstance(doc, (dict, list)):
-            yield from _scan_block(body, stats)
-            return
-        first = False
-        yield from _classify_document(doc, stats)

@@ -44,10 +44,12 @@ def _rows(findings: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
     rows = _rows(findings)
     if len(rows) == 1:
-        out.write(b"No findings.\n")
+        # A scan that could not read its input must not look like a clean one.
+        out.write(b"No findings.\n" if complete else
+                  b"No findings in what could be read: the input was not read in full (see stderr).\n")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     for r in rows:
@@ -58,7 +60,7 @@ def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
 _LIST_HEAD = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}}
 
 
-def write_json(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+def write_json(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
     out.write(orjson.dumps(_LIST_HEAD)[:-1] + b',"items":[')
     sep = b"\n"
     for f in findings:
@@ -67,12 +69,12 @@ def write_json(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
     out.write(b"\n]}\n")
 
 
-def write_jsonl(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+def write_jsonl(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
     for f in findings:
         out.write(orjson.dumps(f, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
+def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     out.write(yaml.dump(_LIST_HEAD, Dumper=dumper, sort_keys=False).encode())
     out.write(b"items:\n")
@@ -83,9 +85,13 @@ def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO) -> None:
 FORMATS = {"table": write_table, "json": write_json, "yaml": write_yaml, "jsonl": write_jsonl}
 
 
-def summary(records: int, examined: int, pulls: int, findings: int, skipped: dict[str, int]) -> str:
+def summary(records: int, examined: int, pulls: int, findings: int, skipped: dict[str, int],
+            damaged: dict[str, int] | None = None) -> str:
+    damaged = damaged or {}
     lines = [f"records read: {records}  examined: {examined}  pulls: {pulls}  findings: {findings}  "
-             f"skipped: {sum(skipped.values())}"]
+             f"skipped: {sum(skipped.values())}" + (f"  damaged: {sum(damaged.values())}" if damaged else "")]
     for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  skipped {n}: {safe(reason)}")
+    for reason, n in sorted(damaged.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  damaged {n}: {safe(reason)}")
     return "\n".join(lines) + "\n"
