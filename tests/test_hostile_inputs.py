@@ -305,11 +305,10 @@ def test_audit_create_of_another_groups_events_resource_is_not_a_pull():
 def test_who_reported_a_pull_is_in_the_finding(tmp_path):
     real, forged = hunter(), image_event("Pulling", "recon", "fake", HUNTER, seq=9)
     forged["source"] = {"component": "kubectl", "host": "worker-1"}
-    forged["metadata"]["managedFields"] = [{"manager": "kubectl-create", "operation": "Update"}]
     r = scan_bytes(tmp_path, (json.dumps(real) + "\n" + json.dumps(forged) + "\n").encode())
     by_pod = {f["spec"]["involvedObject"]["name"]: f["spec"]["reportedBy"] for f in json.loads(r.stdout)["items"]}
     assert by_pod["hunter-x7k2p"] == {"component": "kubelet", "kubelet": True}
-    assert by_pod["fake"] == {"component": "kubectl", "manager": "kubectl-create", "kubelet": False}
+    assert by_pod["fake"] == {"component": "kubectl", "kubelet": False}
     entries = audit_entries(hunter(), "x1")
     for entry in entries:
         entry["user"]["username"] = "mallory"

@@ -75,12 +75,9 @@ def build_spec(rule: Rule, pull: Pull, ref: ImageRef | None, not_allowed: str | 
 
 def reported_by(pull: Pull) -> dict[str, Any]:
     """Who says the pull happened. Anyone allowed to create Events can write one that reads like
-    a kubelet's; what is recorded here makes such a forgery visible: the component it claims, the
-    client that created it, and (audit logs) the authenticated user, which a kubelet's is
-    ``system:node:<node>``."""
+    a kubelet's; what is recorded here makes such a forgery visible: the component it claims and
+    (audit logs) the authenticated user, which for a kubelet is ``system:node:<node>``."""
     out: dict[str, Any] = {"component": pull.component}
-    if pull.manager:
-        out["manager"] = pull.manager
     if pull.actor is not None:
         out["user"] = pull.actor.user
     user = out.get("user")

@@ -97,9 +97,9 @@ class Pull(NamedTuple):
     source: str = "events"
     actor: Actor | None = None
     # Who says this pull happened: the Event's source.component / reportingController (the
-    # kubelet, unless forged) and the client that created it (its first managedFields manager).
+    # kubelet, unless forged). (Not the managedFields manager: kubectl hides managedFields in
+    # its dumps, so scan and the operator would disagree, and it is only the user agent.)
     component: str | None = None
-    manager: str | None = None
 
 
 def _str(value: Any) -> str | None:
@@ -203,9 +203,6 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
     node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(obj.get("reportingInstance"))
     component = (_str(src.get("component")) if isinstance(src, dict) else None) \
         or _str(obj.get("reportingController")) or _str(obj.get("reportingComponent"))
-    managed = metadata.get("managedFields")
-    manager = _str(managed[0].get("manager")) if isinstance(managed, list) and managed \
-        and isinstance(managed[0], dict) else None
     series_obj = obj.get("series")
     if not isinstance(series_obj, dict):
         series_obj = {}
@@ -221,7 +218,7 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
     return Pull(kind, image, obj["reason"],
                 InvolvedObject(_str(involved.get("kind")) or "Pod", inv_name, namespace,
                                _str(involved.get("uid")), container),
-                node, series, count, first, last, source, actor, _short(component), _short(manager))
+                node, series, count, first, last, source, actor, _short(component))
 
 
 def _short(value: str | None) -> str | None:
