@@ -53,7 +53,7 @@ def test_finding_names_the_actor_in_its_message():
                           node="worker-5")[1]
     d = Detector(Allowlist())
     (det,) = d.observe(decode_audit_entry(entry, AuditDeduper()))
-    spec = det.state.spec
+    spec = det.state.body()["spec"]
     assert spec["message"] == ("Suspicious image randomuser/xmrig pulled in Kubernetes from ip 10.0.9.9 "
                                "by user system:node:worker-5")
     assert spec["actor"] == {"user": "system:node:worker-5", "groups": ["system:nodes", "system:authenticated"],

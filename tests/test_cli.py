@@ -57,7 +57,7 @@ def findings(name, *extra):
 
 def test_every_event_shape_gives_the_same_findings():
     reference = findings("events-list.json")
-    assert len(reference) == 8
+    assert len(reference) == 10
     for name in ("events-list.yaml", "events-v1.json", "watch.jsonl", "bare.jsonl"):
         assert findings(name) == reference, name
 
@@ -70,17 +70,22 @@ def test_audit_gives_the_same_detections_with_actors():
                for f in audit)
     miner = next(f for f in audit if "xmrig" in f["metadata"]["name"])
     assert miner["spec"]["message"] == ("Suspicious image docker.io/randomuser/xmrig:latest pulled in "
-                                        "Kubernetes from ip 10.0.3.24 by user system:node:worker-3")
+                                        "Kubernetes from ip 10.0.3.25 by user system:node:worker-3")
 
 
 def test_expected_detections():
-    by_name = {(f["metadata"]["namespace"], f["spec"]["rule"], f["spec"]["image"]): f["status"]["count"]
-               for f in findings("events-list.json")}
+    found = findings("events-list.json")
+    by_name = {(f["metadata"]["namespace"], f["spec"]["rule"], f["spec"]["image"]): f["status"]["count"] for f in found}
+    ran = {(f["spec"]["image"], f["status"]["outcomes"]["ran"]) for f in found}
+    assert {("aquasec/kube-bench:nope", "no"), ("aquasec/kube-hunter:0.6.8", "yes"),
+            ("registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0", "unknown")} <= ran  # only a Pulling
     scanner, suspicious = "kubernetes-scanner-image-pulling", "kubernetes-suspicious-image-pulling"
     hunter, bench = "aquasec/kube-hunter:0.6.8", "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0"
     assert by_name == {
         ("default", scanner, hunter): 3, ("default", suspicious, hunter): 3,   # Pulling 3 + 3 Pulled = 3
         ("ci", scanner, bench): 1, ("ci", suspicious, bench): 1,
+        ("ci", scanner, "aquasec/kube-bench:nope"): 1,                         # a failed pull is an attempt
+        ("ci", suspicious, "aquasec/kube-bench:nope"): 1,
         ("security", scanner, hunter): 1,                                      # allowlisted, still a scanner
         ("default", scanner, "bishopfox/peirates:1.1.13"): 1,                  # already present
         ("default", suspicious, "bishopfox/peirates:1.1.13"): 1,
@@ -121,6 +126,7 @@ def test_malformed_input_is_skipped_counted_and_later_records_still_count():
     assert any("after-the-garbage" in n for n in names)
     err = r.stderr.decode()
     assert "damaged 2: not JSON" in err and "skipped 2: image event without involvedObject\n" in err
+    assert "skipped 1: image event without a message" in err
 
 
 def test_exit_codes(tmp_path):

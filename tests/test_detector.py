@@ -1,10 +1,17 @@
-"""Both rules and exact counting."""
+"""Both rules, the workload as the unit, exact counting, caps and overflow, and the size bound."""
+
+import json
+
+import pytest
 
 from kubelet import image_event, with_count
 from pullwatch.core.allowlist import Allowlist, policy_from_object
-from pullwatch.core.detector import Detector
+from pullwatch.core.detector import Caps, Detector
+from pullwatch.core.ledger import MAX_SERIES
 from pullwatch.core.pulls import decode_event
 from pullwatch.core.rules import SCANNER_RULE, SUSPICIOUS_RULE
+from pullwatch.core.state import BUDGET, FindingState
+from pullwatch.core.workload import Workload
 
 
 def allow(*images, namespaces=None):
@@ -15,8 +22,28 @@ def allow(*images, namespaces=None):
                                           "metadata": {"name": "t"}, "spec": spec})])
 
 
+def observe(detector, ev, **kw):
+    return detector.observe(decode_event(ev), **kw)
+
+
 def rules_fired(detector, ev):
-    return sorted(d.state.spec["rule"] for d in detector.observe(decode_event(ev)))
+    return sorted(build(d.state)["spec"]["rule"] for d in observe(detector, ev))
+
+
+def build(state):
+    return state.body()
+
+
+def pod(base: str, i: int) -> str:
+    """A pod name as generateName makes it: base + 5 characters of the random alphabet."""
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    suffix = "".join(alphabet[(i // 27 ** k) % 27] for k in range(5))
+    return f"{base}-{suffix}"
+
+
+def only(detector):
+    (f,) = detector.findings()
+    return f
 
 
 def test_rule_scores_and_identity():
@@ -43,7 +70,6 @@ def test_scanner_names_match_the_last_component_only():
 def test_scanner_list_is_configurable():
     d = Detector(allow("docker.io/**"), scanners={"nmap"})
     assert rules_fired(d, image_event("Pulling", "ns", "p", "instrumentisto/nmap")) == [SCANNER_RULE.name]
-    # kube-hunter is not in this custom list, and the image is allowlisted: nothing fires
     assert rules_fired(d, image_event("Pulling", "ns", "p", "aquasec/kube-hunter")) == []
 
 
@@ -51,143 +77,210 @@ def test_suspicious_fires_for_unlisted_and_not_for_allowed():
     d = Detector(allow("nginx:1.25.*", namespaces=["team-a-*"]))
     assert rules_fired(d, image_event("Pulling", "team-a-x", "p", "nginx:1.25.3")) == []
     assert rules_fired(d, image_event("Pulling", "team-b", "p", "nginx:1.25.3")) == [SUSPICIOUS_RULE.name]
-    (det,) = d.observe(decode_event(image_event("Pulling", "team-a-x", "q", "nginx:1.26")))
-    assert "no AllowedImages pattern for namespace team-a-x" in det.state.spec["notAllowedReason"]
+    (det,) = observe(d, image_event("Pulling", "team-a-x", "q", "nginx:1.26"))
+    assert "no AllowedImages pattern for namespace team-a-x" in build(det.state)["spec"]["notAllowedReason"]
 
 
 def test_invalid_image_is_suspicious_and_says_why():
     ev = image_event("Pulling", "ns", "p", "x")
     ev["message"] = 'Pulling image "Evil/Image"'
-    (det,) = Detector(allow("**")).observe(decode_event(ev))
-    assert det.state.spec["normalizedImage"] is None
-    assert "not a valid image reference" in det.state.spec["notAllowedReason"]
+    (det,) = observe(Detector(allow("**")), ev)
+    spec = build(det.state)["spec"]
+    assert spec["repository"] == "Evil/Image" and "not a valid image reference" in spec["notAllowedReason"]
 
+
+# -- exact counting ---------------------------------------------------------------------------
 
 def test_series_adds_only_the_difference():
     d = Detector(Allowlist())
     ev = image_event("Pulling", "ns", "p", "nginx", count=2)
-    assert [x.delta for x in d.observe(decode_event(ev))] == [2]
-    assert [x.delta for x in d.observe(decode_event(with_count(ev, 5)))] == [3]
-    assert [x.delta for x in d.observe(decode_event(with_count(ev, 5)))] == [0]
-    assert [x.delta for x in d.observe(decode_event(with_count(ev, 4)))] == [0]  # stale replay
-    assert d.findings()[0]["status"]["count"] == 5
+    assert [x.delta for x in observe(d, ev)] == [2]
+    assert [x.delta for x in observe(d, with_count(ev, 5))] == [3]
+    assert [x.delta for x in observe(d, with_count(ev, 5))] == [0]
+    assert [x.delta for x in observe(d, with_count(ev, 4))] == [0]  # stale replay
+    assert only(d)["status"]["count"] == 5
 
 
 def test_pulling_and_its_successfully_pulled_are_one_pull():
     d = Detector(Allowlist())
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "nginx", count=3, seq=1)))
+    observe(d, image_event("Pulling", "ns", "p", "nginx", count=3, seq=1))
     for seq in (2, 3, 4):  # kubelet writes a distinct Successfully-pulled Event per pull
-        d.observe(decode_event(image_event("Pulled", "ns", "p", "nginx", seq=seq)))
-    assert d.findings()[0]["status"]["count"] == 3
+        observe(d, image_event("Pulled", "ns", "p", "nginx", seq=seq))
+    assert only(d)["status"]["count"] == 3
+    assert only(d)["status"]["outcomes"]["succeeded"] == 3
 
 
 def test_successfully_pulled_without_its_pulling_still_counts():
     d = Detector(Allowlist())
     for seq in (2, 3):
-        d.observe(decode_event(image_event("Pulled", "ns", "p", "nginx", seq=seq)))
-    assert d.findings()[0]["status"]["count"] == 2
+        observe(d, image_event("Pulled", "ns", "p", "nginx", seq=seq))
+    assert only(d)["status"]["count"] == 2
 
 
-def test_already_present_counts_on_top():
+def test_already_present_counts_on_top_and_is_served_from_cache():
     d = Detector(Allowlist())
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "nginx", seq=1)))
-    d.observe(decode_event(image_event("Pulled", "ns", "p", "nginx", seq=2)))
-    d.observe(decode_event(image_event("Present", "ns", "p", "nginx", seq=3, count=2)))
-    assert d.findings()[0]["status"]["count"] == 3
+    observe(d, image_event("Pulling", "ns", "p", "nginx", seq=1))
+    observe(d, image_event("Pulled", "ns", "p", "nginx", seq=2))
+    observe(d, image_event("Present", "ns", "p", "nginx", seq=3, count=2))
+    status = only(d)["status"]
+    assert status["count"] == 3 and status["outcomes"] == {"succeeded": 1, "cached": 2, "failed": 0, "backoff": 0,
+                                                           "ran": "yes"}
 
 
-def test_two_containers_with_the_same_image_are_counted_separately_in_one_finding():
+def _failed(ns, pod, image, seq, count=1, error="rpc error: code = NotFound desc = x: not found"):
+    ev = image_event("Pulling", ns, pod, image, seq=seq, count=count)
+    ev.update(reason="Failed", type="Warning", message=f'Failed to pull image "{image}": {error}')
+    ev["metadata"]["uid"] += "-failed"
+    return ev
+
+
+def test_failed_pulls_are_attempts_that_fire_and_say_nothing_ran():
     d = Detector(Allowlist())
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "nginx", container="a", seq=1)))
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "nginx", container="b", seq=2)))
-    d.observe(decode_event(image_event("Pulled", "ns", "p", "nginx", container="a", seq=3)))
-    (f,) = d.findings()
-    assert f["status"]["count"] == 2 and set(f["status"]["tallies"]) == {"a", "b"}
+    observe(d, image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:9.9", seq=1, count=4))
+    observe(d, _failed("ns", "hunter", "aquasec/kube-hunter:9.9", seq=2, count=4))
+    backoff = image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:9.9", seq=3, count=6)
+    backoff.update(reason="BackOff", message='Back-off pulling image "aquasec/kube-hunter:9.9"')
+    observe(d, backoff)
+    scanner = next(f for f in d.findings() if f["spec"]["rule"] == SCANNER_RULE.name)
+    outcomes = scanner["status"]["outcomes"]
+    assert scanner["status"]["count"] == 4  # four attempts: Pulling 4, each ended in Failed
+    assert (outcomes["failed"], outcomes["backoff"], outcomes["succeeded"], outcomes["ran"]) == (4, 6, 0, "no")
+    assert outcomes["lastError"]["class"] == "not found"
 
 
-def test_spellings_of_one_image_are_one_finding():
+def test_a_failed_pull_seen_alone_is_still_an_attempt():
     d = Detector(Allowlist())
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "nginx", seq=1)))
-    d.observe(decode_event(image_event("Pulling", "ns", "p", "docker.io/library/nginx:latest", seq=2)))
-    (f,) = d.findings()
-    assert f["status"]["count"] == 2 and f["spec"]["image"] == "nginx"
+    observe(d, _failed("ns", "p", "evil/x:1", seq=1, count=2, error="dial tcp 10.0.0.1:443: connect: connection refused"))
+    status = only(d)["status"]
+    assert status["count"] == 2 and status["outcomes"]["lastError"]["class"] == "unreachable"
 
 
-def test_seed_from_a_finding_then_relist_adds_nothing():
+def test_restart_relist_adds_nothing_and_counts_on():
     d1 = Detector(Allowlist())
     ev = image_event("Pulling", "ns", "p", "nginx", count=3)
-    d1.observe(decode_event(ev))
-    body = d1.findings()[0]
-    d2 = Detector(Allowlist())  # a restarted operator
-    assert d2.seed(body) is not None
-    assert [x.delta for x in d2.observe(decode_event(ev))] == [0]
-    assert [x.delta for x in d2.observe(decode_event(with_count(ev, 4)))] == [1]
-    assert d2.findings()[0]["status"]["count"] == 4
+    observe(d1, ev)
+    body = only(d1)
+    d2 = Detector(Allowlist())  # a restarted operator adopts what is stored
+    d2.adopt(json.loads(json.dumps(body)))
+    assert [x.delta for x in observe(d2, ev)] == [0]
+    assert [x.delta for x in observe(d2, with_count(ev, 4))] == [1]
+    assert only(d2)["status"]["count"] == 4
 
 
-def test_seed_rejects_garbage():
-    assert Detector(Allowlist()).seed({"metadata": {}}) is None
-    assert Detector(Allowlist()).seed({"metadata": {"name": "x", "namespace": "y"}, "spec": {},
-                                       "status": {"series": [{"id": "a"}]}}) is None
-
-
-def test_series_memory_is_bounded():
-    d = Detector(Allowlist(), max_series=4)
-    for seq in range(50):
-        d.observe(decode_event(image_event("Pulled", "ns", "p", "nginx", seq=seq)))
-    (f,) = d.findings()
-    assert len(f["status"]["series"]) == 4 and f["status"]["count"] == 50
-
-
-def test_finding_body_is_complete():
+def test_adopt_refuses_objects_pullwatch_did_not_write():
     d = Detector(Allowlist())
-    ev = image_event("Pulling", "team-a", "hunter-1", "aquasec/kube-hunter:0.6.8", node="worker-7", container="h")
-    d.observe(decode_event(ev))
-    by_rule = {f["spec"]["rule"]: f for f in d.findings()}
-    f = by_rule[SCANNER_RULE.name]
-    assert f["apiVersion"] == "pullwatch.dev/v1alpha1" and f["kind"] == "Finding"
-    assert f["metadata"]["namespace"] == "team-a"
-    assert f["metadata"]["name"].startswith("scanner-kube-hunter-hunter-1-")
-    s = f["spec"]
-    assert (s["riskScore"], s["impact"], s["confidence"], s["severity"]) == (81, 90, 90, "high")
-    assert s["mitre"] == {"techniqueId": "T1526", "technique": "Cloud Service Discovery", "tactic": "Discovery"}
-    assert s["message"] == "Kubernetes Scanner image pulled on host worker-7"
-    assert s["image"] == "aquasec/kube-hunter:0.6.8"
-    assert s["normalizedImage"] == "docker.io/aquasec/kube-hunter:0.6.8"
-    assert s["involvedObject"]["container"] == "h" and s["node"] == "worker-7"
-    assert (s["reason"], s["source"]) == ("Pulling", "events")
-    assert f["status"]["count"] == 1 and f["status"]["firstSeen"] == ev["firstTimestamp"]
-    sus = by_rule[SUSPICIOUS_RULE.name]["spec"]
-    assert sus["message"] == ("Suspicious image aquasec/kube-hunter:0.6.8 pulled in Kubernetes "
-                              "from ip unknown by user unknown")
-
-
-def test_names_are_deterministic_and_distinct():
-    a = Detector(Allowlist()).observe(decode_event(image_event("Pulling", "ns", "p", "nginx")))[0].state.name
-    b = Detector(Allowlist()).observe(decode_event(image_event("Pulling", "ns", "p", "nginx", seq=9)))[0].state.name
-    c = Detector(Allowlist()).observe(decode_event(image_event("Pulling", "ns2", "p", "nginx")))[0].state.name
-    assert a == b != c and len(a) <= 253
+    for bad in ({"metadata": {}}, {"metadata": {"name": "x", "namespace": "y"}, "spec": {}},
+                {"metadata": {"name": "suspicious-renamed-0000000000", "namespace": "ns"},
+                 "spec": {"workload": {"name": "w"}, "repository": "docker.io/library/nginx"}}):
+        with pytest.raises(ValueError):
+            d.adopt(bad)
 
 
 def test_merge_takes_the_higher_high_water_mark_per_series():
     ev_a = image_event("Pulling", "ns", "p", "nginx", count=3, seq=1)
     ev_b = image_event("Pulled", "ns", "p", "nginx", count=1, seq=2)
     here, there = Detector(Allowlist()), Detector(Allowlist())
-    here.observe(decode_event(ev_a))                        # this process saw a at 3
-    there.observe(decode_event(with_count(ev_a, 2)))        # the stored copy saw a at 2 and b
-    there.observe(decode_event(ev_b))
-    (state,) = here.states.values()
-    here.merge(there.findings()[0])
-    assert state.count == 3 and {s[2] for s in state.series.values()} == {3, 1}
-    here.merge(there.findings()[0])                          # merging again changes nothing
+    observe(here, ev_a)                            # this process saw a at 3
+    observe(there, with_count(ev_a, 2))            # the stored copy saw a at 2, and b
+    observe(there, ev_b)
+    state = here.adopt(only(there))
+    assert state.count == 3 and sorted(v[2] for v in state.ledger.series.values()) == [1, 3]
+    here.adopt(only(there))                        # merging again changes nothing
     assert state.count == 3
 
 
-def test_merge_keeps_retired_tallies_of_evicted_series():
-    d = Detector(Allowlist(), max_series=2)
-    for seq in range(5):
-        d.observe(decode_event(image_event("Present", "ns", "p", "nginx", seq=seq)))
-    body = d.findings()[0]
-    assert body["status"]["retired"] == {"p": {"pulling": 0, "pulled": 0, "present": 3}}
-    fresh = Detector(Allowlist(), max_series=2)
-    assert fresh.merge(body).count == 5
+# -- the workload is the unit ----------------------------------------------------------------------
+
+def test_a_deployments_replicas_and_its_rollout_are_one_finding():
+    d = Detector(Allowlist())
+    for i in range(50):
+        observe(d, image_event("Pulling", "shop", pod("web-7d9f8b6c5d", i), "evil/app:1", seq=i))
+    for i in range(10):  # a rollout: a new ReplicaSet hash and tag, the same repository
+        observe(d, image_event("Pulling", "shop", pod("web-5c4b9d8f67", i), "evil/app:2", seq=100 + i))
+    f = only(d)
+    assert f["spec"]["workload"] == {"kind": "Deployment", "name": "web", "source": "inferred"}
+    assert f["status"]["count"] == 60 and f["status"]["podCount"] == 60
+    assert {i["image"]: i["count"] for i in f["status"]["images"]} == {"evil/app:1": 50, "evil/app:2": 10}
+    assert len(f["status"]["pods"]) == 10  # the most recent ones, bounded
+
+
+def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each():
+    d = Detector(Allowlist())
+    for run, minutes in enumerate((29375040, 29375100, 29375160)):
+        observe(d, image_event("Pulling", "ops", f"backup-{minutes}-x7k2p", "evil/backup:1", seq=run))
+    for n in range(12):
+        observe(d, image_event("Pulling", "ops", pod("agent", n), "evil/agent:1", node=f"node-{n}", seq=50 + n))
+    by_workload = {f["spec"]["workload"]["name"]: f for f in d.findings()}
+    assert by_workload["backup"]["spec"]["workload"]["kind"] == "CronJob"
+    assert by_workload["backup"]["status"]["count"] == 3
+    agent = by_workload["agent"]
+    assert agent["status"]["count"] == 12 and agent["status"]["nodeCount"] == 12
+
+
+def test_a_read_workload_wins_and_routing_stays_with_the_series():
+    d = Detector(Allowlist())
+    ev = image_event("Pulling", "ns", "db-2", "evil/db:1", count=2)
+    (det,) = observe(d, ev, workload=Workload("Pod", "db-2", "read"))  # read: a bare pod, not a StatefulSet
+    assert det.state.identity.workload == "db-2"
+    (again,) = observe(d, with_count(ev, 3))  # later resolved by inference: still the same Finding
+    assert again.state is det.state and again.delta == 1
+
+
+def test_names_are_deterministic_and_distinct():
+    def name(ns, pod, image="nginx", seq=0):
+        return Detector(Allowlist()).observe(decode_event(image_event("Pulling", ns, pod, image, seq=seq)))[0].state.name
+    assert name("ns", "web-7d9f8b6c5d-x7k2p") == name("ns", "web-6f7b9c8d45-zzzzz", "nginx:2", seq=5)
+    assert name("ns", "web-7d9f8b6c5d-x7k2p") != name("ns2", "web-7d9f8b6c5d-x7k2p")
+    assert name("ns", "web-7d9f8b6c5d-x7k2p") != name("ns", "api-7d9f8b6c5d-x7k2p")
+    assert len(name("n" * 63, "p" * 63, "r" * 200 + "/x")) <= 253
+
+
+# -- bounds ------------------------------------------------------------------------------------------
+
+def test_caps_fold_detections_into_one_overflow_finding_per_rule_and_namespace_exactly():
+    d = Detector(Allowlist(), caps=Caps(total=100, per_namespace=3))
+    for i in range(10):
+        observe(d, image_event("Pulling", "flood", f"job{i}", f"evil/img{i}:1", count=2, seq=i))
+    observe(d, image_event("Pulling", "flood", "hunter", "aquasec/kube-hunter:1", seq=99))
+    by_name = {f["metadata"]["name"]: f for f in d.findings()}
+    suspicious = [f for f in by_name.values() if f["spec"]["rule"] == SUSPICIOUS_RULE.name]
+    regular = [f for f in suspicious if not f["spec"].get("overflow")]
+    (overflow,) = [f for f in suspicious if f["spec"].get("overflow")]
+    assert len(regular) == 3 and sum(f["status"]["count"] for f in regular) == 6
+    assert overflow["status"]["count"] == 15  # 7 folded workloads x 2, and kube-hunter's suspicious pull
+    assert overflow["status"]["folded"]["identities"] == 8 and overflow["metadata"]["labels"]["pullwatch.dev/overflow"]
+    # the scanner rule has caps of its own: a flood of suspicious pulls never folds a scanner
+    assert any(f["spec"]["rule"] == SCANNER_RULE.name and not f["spec"].get("overflow") for f in by_name.values())
+
+
+def test_folded_series_stay_in_the_overflow_finding_after_room_is_made():
+    d = Detector(Allowlist(), caps=Caps(total=100, per_namespace=1))
+    observe(d, image_event("Pulling", "ns", "a", "evil/a:1", seq=1))
+    ev = image_event("Pulling", "ns", "b", "evil/b:1", seq=2)
+    (folded,) = observe(d, ev)
+    assert folded.state.identity.is_overflow and folded.folded.workload == "b"
+    d.forget(next(n for n in d.states if not d.states[n].identity.is_overflow))  # retention made room
+    (again,) = observe(d, with_count(ev, 2))
+    assert again.state is folded.state and again.delta == 1
+
+
+def test_live_ledgers_are_bounded_and_the_count_stays_exact():
+    d = Detector(Allowlist(), live_series=MAX_SERIES)
+    for i in range(500):
+        observe(d, image_event("Pulled", "ns", pod("web-7d9f8b6c5d", i), "nginx", seq=i))
+    (state,) = d.states.values()
+    assert len(state.ledger.series) <= MAX_SERIES and state.count == 500
+
+
+@pytest.mark.parametrize("size", [1, 300, 1000])
+def test_no_finding_outgrows_its_budget_whatever_the_input(size):
+    d = Detector(Allowlist())
+    for i in range(400):
+        ev = image_event("Pulling", "n" * 63, f"{'p' * (size % 200)}{i}", f"reg.example/{'a' * size}/img:{i}",
+                         node="w" * min(size, 253), container="c" * min(size, 253), seq=i, count=10**9)
+        ev["metadata"]["uid"] = f"{i:08d}" + "u" * 28
+        observe(d, ev)
+    for body in d.findings():
+        assert len(json.dumps(body).encode()) <= BUDGET
+        state = FindingState.from_body(json.loads(json.dumps(body)))
+        assert state.count == body["status"]["count"]

@@ -33,8 +33,9 @@ def test_image_wordings(reason, message, kind):
     ("Created", f'Created container hunter from image "{IMG}"'),
     ("Started", f'Pulling image "{IMG}"'),                                # right words, wrong reason
     ("Killing", f'Stopping container hunter; Pulling image "{IMG}"'),
-    ("BackOff", f'Back-off pulling image "{IMG}"'),
-    ("Failed", f'Failed to pull image "{IMG}": rpc error'),
+    ("BackOff", "Back-off restarting failed container"),                # BackOff, but not a pull
+    ("Failed", "Error: ErrImagePull"),                                    # Failed, but names no image
+    ("Failed", f'Failed to start container "{IMG}"'),
     ("ErrImagePull", f'Pulling image "{IMG}"'),
     ("InspectFailed", f'Failed to inspect image "{IMG}"'),
     (None, f'Pulling image "{IMG}"'),

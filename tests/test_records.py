@@ -54,17 +54,18 @@ def test_lines_across_chunk_boundaries(monkeypatch):
 
 
 def test_garbage_first_line_then_json_lines():
-    data = b'garbage "Pull\n' + json.dumps(EV).encode() + b"\n"
+    data = b'garbage Pulling image \\"x\\"\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
     assert len(objs) == 1 and stats.damaged["not JSON"] == 1
-    data = b'{"broken": "Pull\n' + json.dumps(EV).encode() + b"\n"
+    data = b'{"broken": "Pulling image \\"x\n' + json.dumps(EV).encode() + b"\n"
     objs, stats = read(data)
     assert len(objs) == 1 and stats.damaged["not JSON"] == 1
 
 
 def test_audit_and_watch_classification():
-    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": "Pulling"}
-    data = (json.dumps(audit) + "\n" + json.dumps({"type": "BOOKMARK", "object": {"x": "Pull"}}) + "\n").encode()
+    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": 'Pulling image "x"'}
+    bookmark = {"type": "BOOKMARK", "object": {"x": 'Pulling image "x"'}}
+    data = (json.dumps(audit) + "\n" + json.dumps(bookmark) + "\n").encode()
     objs, stats = read(data)
     assert [k for k, _ in objs] == ["audit"] and stats.skipped["watch event of type BOOKMARK"] == 1
 

@@ -10,7 +10,11 @@ The scenario, shared by every input shape so their Findings can be compared:
   * peirates "already present on machine" in `default`: a cached scanner still runs;
   * an allowed quay.io image in `team-a-web` and nginx:1.25.3 there: no Finding;
   * an unlisted image in `team-a-web`: suspicious;
-  * Scheduled/Created/Started/BackOff/Failed events that mention scanner images: never fire.
+  * a pull of kube-bench:nope that fails (Failed "Failed to pull image …: not found") in `ci`: an
+    attempt all the same, so it fires, and says nothing ran; the Back-off that follows a failed
+    hunter pull is an outcome, not a pull;
+  * Scheduled/Created/Started events that mention scanner images, and a Failed "Error:
+    ErrImagePull" (which names no image): never fire.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ def scenario() -> list[dict]:
         other_event("Created", "default", "hunter-7d9f", "Created container hunter (image aquasec/kube-hunter)", seq=5),
         other_event("Started", "default", "hunter-7d9f", 'Started container "kube-hunter" pulling image "kube-hunter"', seq=6),
         other_event("BackOff", "default", "hunter-7d9f", 'Back-off pulling image "aquasec/kube-hunter:0.6.8"', seq=7),
-        other_event("Failed", "default", "hunter-7d9f", 'Failed to pull image "aquasec/kube-bench": not found', seq=8),
+        other_event("Failed", "ci", "bench-fail", 'Failed to pull image "aquasec/kube-bench:nope": rpc error: code = '
+                    'NotFound desc = failed to resolve reference "docker.io/aquasec/kube-bench:nope": not found', seq=8),
+        other_event("Failed", "ci", "bench-fail", "Error: ErrImagePull", seq=15),
         image_event("Pulling", "ci", "bench-x2k", BENCH, node="worker-2", seq=9, t=100),
         image_event("Pulling", "security", "audit-hunter-1", "aquasec/kube-hunter:0.6.8", node="worker-2", seq=10, t=200),
         image_event("Present", "default", "pp-0", "bishopfox/peirates:1.1.13", node="worker-3", seq=11, t=300),
@@ -92,20 +98,21 @@ def main() -> None:
     (HERE / "audit.jsonl").write_text("".join(json.dumps(e) + "\n" for e in audit))
 
     bad = [
-        "this is not json but mentions \"Pulling\"",
-        '{"truncated": "Pull',
-        '["a", "list", "Pulling"]',
-        json.dumps('just a string "Pulling"'),
-        json.dumps({"type": "ADDED", "object": None, "note": "Pulling"}),
-        json.dumps({"type": "ERROR", "object": {"kind": "Status", "message": "too old resource version \"Pulling\""}}),
-        json.dumps({"kind": "Event", "reason": "Pulling", "message": None, "involvedObject": {"name": "p"}}),
+        'this is not json but mentions Pulling image \\"x\\"',
+        '{"truncated": "Pulling image \\"x',
+        '["a", "list", "Pulling image \\"x\\""]',
+        json.dumps('just a string Pulling image "x"'),
+        json.dumps({"type": "ADDED", "object": None, "note": 'Pulling image "x"'}),
+        json.dumps({"type": "ERROR", "object": {"kind": "Status", "message": 'too old resource version "Pulling image "x""'}}),
+        json.dumps({"kind": "Event", "reason": "Pulling", "message": None, "involvedObject": {"name": "p"},
+                    "note": 'Pulling image "x"'}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "x"', "involvedObject": None}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "x"'}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": "Pulling image without quotes",
-                    "involvedObject": {"name": "p", "namespace": "default"}}),
+                    "involvedObject": {"name": "p", "namespace": "default"}, "note": 'image "x"'}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "' + "a" * 100_000 + '"',
                     "involvedObject": {"name": "p", "namespace": "default"}}),
-        json.dumps({"kind": "Event", "reason": "Pulling", "message": "x" * 100_000,
+        json.dumps({"kind": "Event", "reason": "Pulling", "message": "x" * 100_000 + ' image "x"',
                     "involvedObject": {"name": "p", "namespace": "default"}}),
         json.dumps({"kind": "Event", "reason": "Pulling", "message": 'Pulling image "nginx"',
                     "involvedObject": {"name": None, "namespace": None}, "count": None, "metadata": None,

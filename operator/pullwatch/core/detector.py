@@ -1,26 +1,27 @@
-"""Applying the rules to pulls and counting them exactly. Shared by ``scan`` and the operator.
+"""Applying the rules to pulls and counting them into Findings. Shared by scan and the operator.
 
-Counting, and why it is exact:
+For each pull the rules fire on, the Finding is (rule, namespace, workload, image repository):
+the workload comes from the caller (the operator reads it from the pod's owners) or is inferred
+from the pod's name (``scan``; see workload.py). Counting is exact (see ledger.py).
 
-* An Event object is a *series*: the kubelet raises ``count`` on the same object for repeats.
-  Each series keeps a high-water mark, so a series seen again adds only the difference
-  (ADDED count 2, then MODIFIED count 5 = 5 pulls; the same Event twice in a file = once;
-  a relist after a restart = nothing new).
-* A Pulling and the "Successfully pulled" that completes it are one pull. Per container the
-  count is ``max(pulling, pulled) + present`` ("already present on machine" needs no Pulling).
-  ``max`` also counts correctly when only one side of a pull was seen.
-* The high-water marks live in the Finding's ``status`` (bounded to ``MAX_SERIES`` most recent
-  series), so an operator that restarts, or re-lists after ``410 Gone``, can :meth:`seed` itself
-  from the Findings and count on without doubling.
+Routing is stable: a series (an Event object) already counted in some Finding keeps going to that
+Finding, even if the workload would now be resolved differently (the pod is gone and its name
+says otherwise) or the Finding was an overflow one. That is what keeps counts exact across
+restarts and relists.
+
+Bounds (the operator's; ``scan`` has none): ``Caps`` limits the Findings of each rule cluster-
+wide and per namespace. A detection past a cap is never dropped: it is counted in the overflow
+Finding of its (rule, namespace), which records what was folded into it. Each rule has its own
+caps, so a flood of suspicious pulls can never push a scanner pull into an overflow Finding.
 
     >>> from .allowlist import Allowlist
     >>> from .pulls import decode_event
     >>> d = Detector(Allowlist())
     >>> ev = {"reason": "Pulling", "message": 'Pulling image "nginx"', "count": 2,
     ...       "metadata": {"uid": "e1", "namespace": "web"},
-    ...       "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "web"}}
-    >>> [x.delta for x in d.observe(decode_event(ev))]
-    [2]
+    ...       "involvedObject": {"kind": "Pod", "name": "web-7d9f8b6c5d-x7k2p", "namespace": "web"}}
+    >>> [(x.state.name, x.delta) for x in d.observe(decode_event(ev))]
+    [('suspicious-web-nginx-ae9e4af5e3', 2)]
     >>> [x.delta for x in d.observe(decode_event(dict(ev, count=5)))]
     [3]
     >>> [x.delta for x in d.observe(decode_event(dict(ev, count=5)))]
@@ -29,86 +30,77 @@ Counting, and why it is exact:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 from .allowlist import Allowlist
-from .findings import build_spec, earlier, finding_body, finding_name, later
+from .findings import Identity, Origin, minute_of, repository_of
 from .imageref import ImageRef, InvalidImageReference, parse_image
-from .pulls import PRESENT, PULLED, PULLING, Pull
+from .ledger import MAX_SERIES, short_hash
+from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
+from .state import FindingState
+from .workload import Workload, infer
 
-MAX_SERIES = 128  # per Finding; Events live an hour by default, so old series are gone anyway
 
+@dataclass(frozen=True)
+class Caps:
+    """How many Findings each rule may have, cluster-wide and per namespace (overflow Findings
+    aside: there is at most one per rule and namespace)."""
 
-@dataclass(slots=True)
-class FindingState:
-    name: str
-    namespace: str
-    spec: dict[str, Any]
-    # series id -> [kind, container, high-water count], insertion order = least recent first
-    series: dict[str, list[Any]] = field(default_factory=dict)
-    # container ("" when unknown) -> {pulling, pulled, present} totals, kept incrementally;
-    # always equal to `retired` plus the high-water marks in `series`
-    tallies: dict[str, dict[str, int]] = field(default_factory=dict)
-    # the part of `tallies` from series evicted out of the bounded `series` map
-    retired: dict[str, dict[str, int]] = field(default_factory=dict)
-    count: int = 0
-    first_seen: str | None = None
-    last_seen: str | None = None
-    spec_dirty: bool = False  # the spec changed after the Finding was first written
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "firstSeen": self.first_seen,
-            "lastSeen": self.last_seen,
-            "tallies": {c: dict(t) for c, t in sorted(self.tallies.items())},
-            "retired": {c: dict(t) for c, t in sorted(self.retired.items())},
-            "series": [{"id": sid, "kind": k, "container": c, "count": n}
-                       for sid, (k, c, n) in self.series.items()],
-        }
-
-    def recount(self) -> None:
-        """Rebuild tallies and count from `retired` and `series` (after a merge)."""
-        tallies = {c: dict(t) for c, t in self.retired.items()}
-        for kind, container, n in self.series.values():
-            tally = tallies.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
-            tally[kind] = tally.get(kind, 0) + n
-        self.tallies = tallies
-        self.count = _total(tallies)
-
-    def body(self) -> dict[str, Any]:
-        return finding_body(self.name, self.namespace, self.spec, self.status())
+    total: int
+    per_namespace: int
 
 
 @dataclass(frozen=True)
 class Detection:
-    """What one observation did to one Finding. ``delta`` 0: a repeat, nothing new."""
+    """What one observation did to one Finding. ``delta`` 0: a repeat, nothing new.
+    ``folded``: the identity the pull would have had, had no cap been reached."""
 
     state: FindingState
     delta: int
     created: bool
+    folded: Identity | None = None
 
 
-def _total(tallies: dict[str, dict[str, int]]) -> int:
-    return sum(max(t.get(PULLING, 0), t.get(PULLED, 0)) + t.get(PRESENT, 0) for t in tallies.values())
+def series_of(pull: Pull) -> str:
+    """The series an observation belongs to: its Event object; an Event that names no object (a
+    hand-made file) is identified by its content, so a duplicate record still counts once."""
+    if pull.series is not None:
+        return pull.series
+    inv = pull.involved
+    return f"anon:{pull.kind}:{inv.namespace}/{inv.name}/{inv.container}:{pull.image}:{pull.first_seen}:{pull.last_seen}"
+
+
+def workload_of(pull: Pull) -> Workload:
+    """The workload, inferred: from the pod's name, or the involved object itself if not a pod."""
+    inv = pull.involved
+    if inv.kind != "Pod":
+        return Workload(inv.kind, inv.name, "inferred")
+    return infer(inv.name)
 
 
 class Detector:
-    """Holds the rules' configuration, the allowlist in force and the Findings' counting state.
+    """The rules' configuration, the allowlist in force and every Finding's counting state.
 
     ``allowlist`` may be replaced at any time (the operator does on every AllowedImages change);
-    the next pull is judged by the new one.
+    the next pull is judged by the new one. ``live_series`` bounds each ledger as it counts (the
+    operator); ``None`` keeps every series until the body is written (``scan``, which must stay
+    exact over a whole file and writes each Finding once).
     """
 
     RULES_CACHE = 16384
 
     def __init__(self, allowlist: Allowlist, scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
-                 max_series: int = MAX_SERIES):
+                 caps: Caps | None = None, live_series: int | None = None):
         self.scanners = frozenset(scanners)
-        self.max_series = max_series
+        self.caps = caps
+        self.live_series = live_series
         self.states: dict[str, FindingState] = {}
+        self.owners: dict[tuple[str, int], str] = {}  # (rule, series hash) -> Finding name
+        self.per_rule: Counter[str] = Counter()
+        self.per_namespace: Counter[tuple[str, str]] = Counter()
         self._rules_cache: dict[tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]] = {}
         self.allowlist = allowlist
 
@@ -144,108 +136,89 @@ class Detector:
         self._rules_cache[key] = fired
         return fired
 
-    def observe(self, pull: Pull) -> list[Detection]:
+    def observe(self, pull: Pull, workload: Workload | None = None, minute: int | None = None) -> list[Detection]:
+        fired = self.rules_for(pull.involved.namespace, pull.image)
+        if not fired:
+            return []
+        workload = workload or workload_of(pull)
+        series = series_of(pull)
+        series_key = short_hash(series, 48)
+        when = minute_of(pull.last_seen or pull.first_seen) or minute or 0
         out = []
-        for rule, ref, not_allowed in self.rules_for(pull.involved.namespace, pull.image):
-            image_id = ref.normalized if ref else pull.image
-            inv = pull.involved
-            name = finding_name(rule.short, inv.namespace, inv.kind, inv.name, image_id)
-            state = self.states.get(name)
-            created = state is None
-            if state is None:
-                state = FindingState(name=name, namespace=inv.namespace,
-                                     spec=build_spec(rule, pull, ref, not_allowed))
-                self.states[name] = state
-            out.append(Detection(state, self._count(state, pull), created))
+        for rule, ref, not_allowed in fired:
+            repository = ref.repository if ref else repository_of(pull.image)
+            identity = Identity(rule.short, pull.involved.namespace, workload.name, repository)
+            state, created, folded = self._route(rule.short, series_key, identity, pull, workload, not_allowed)
+            delta = state.observe(pull, series, when)
+            if state.identity.is_overflow:
+                folded = folded or identity
+                state.fold(folded, pull.image, delta)
+            if self.live_series is not None and len(state.ledger.series) > self.live_series:
+                state.ledger.bound(self.live_series)
+            out.append(Detection(state, delta, created, folded))
         return out
 
-    def _count(self, state: FindingState, pull: Pull) -> int:
-        if pull.kind == PULLING and state.spec.get("reason") != "Pulling":
-            # spec.reason is "Pulling" once any Pulling was seen, else "Pulled": a function of
-            # the set of Events, not of their order, so scan and operator agree.
-            state.spec["reason"] = "Pulling"
-            state.spec_dirty = True
-        container = pull.involved.container or ""
-        if pull.series is None:
-            added = pull.count  # nothing identifies the Event: every record is its own series
-        else:
-            entry = state.series.pop(pull.series, None)
-            seen = entry[2] if entry else 0
-            added = max(0, pull.count - seen)
-            state.series[pull.series] = [pull.kind, container, max(seen, pull.count)]
-            while len(state.series) > self.max_series:
-                old_kind, old_container, old_count = state.series.pop(next(iter(state.series)))
-                retired = state.retired.setdefault(old_container, {PULLING: 0, PULLED: 0, PRESENT: 0})
-                retired[old_kind] += old_count
-        if added:
-            tally = state.tallies.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
-            tally[pull.kind] += added
-            before, state.count = state.count, _total(state.tallies)
-            delta = state.count - before
-        else:
-            delta = 0
-        state.first_seen = earlier(state.first_seen, pull.first_seen)
-        state.last_seen = later(state.last_seen, pull.last_seen)
-        return delta
-
-    def merge(self, body: dict[str, Any]) -> FindingState | None:
-        """Fold a Finding as stored in the API server into the local state (None if unusable).
-
-        Per series the higher high-water mark wins (and per retired tally the higher total), so
-        merging what this process counted with what an earlier run (or another writer) stored
-        never counts a pull twice. Used on start-up, on 409 Conflict and on 409 AlreadyExists.
-        """
-        try:
-            meta, spec, status = body["metadata"], body["spec"], body.get("status") or {}
-            name, namespace = str(meta["name"]), str(meta["namespace"])
-            series = [(str(i["id"]), str(i["kind"]), str(i.get("container") or ""), int(i["count"]))
-                      for i in status.get("series") or []]
-            retired = {str(c): {k: int(t.get(k, 0)) for k in (PULLING, PULLED, PRESENT)}
-                       for c, t in (status.get("retired") or {}).items()}
-            stored_count = int(status.get("count") or 0)
-            first, last = status.get("firstSeen"), status.get("lastSeen")
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
-        if any(kind not in (PULLING, PULLED, PRESENT) for _, kind, _, _ in series):
-            return None
-        state = self.states.get(name)
+    def _route(self, rule: str, series_key: int, identity: Identity, pull: Pull, workload: Workload,
+               not_allowed: str | None) -> tuple[FindingState, bool, Identity | None]:
+        owner = self.owners.get((rule, series_key))
+        state = self.states.get(owner) if owner else None
+        if state is not None:
+            return state, False, None
+        folded = None
+        state = self.states.get(identity.name)
+        created = state is None
         if state is None:
-            state = FindingState(name=name, namespace=namespace, spec=dict(spec))
-            self.states[name] = state
-        elif spec.get("reason") == "Pulling" and state.spec.get("reason") != "Pulling":
-            state.spec["reason"] = "Pulling"
-        elif state.spec.get("reason") == "Pulling" and spec.get("reason") != "Pulling":
-            state.spec_dirty = True  # the stored spec is behind ours
-        for sid, kind, container, n in series:
-            mine = state.series.get(sid)
-            if mine is None:
-                state.series[sid] = [kind, container, n]
-            elif n > mine[2]:
-                mine[2] = n
-        for container, tally in retired.items():
-            mine_t = state.retired.setdefault(container, {PULLING: 0, PULLED: 0, PRESENT: 0})
-            for k, n in tally.items():
-                mine_t[k] = max(mine_t.get(k, 0), n)
-        state.recount()
-        if not series and not retired and stored_count > state.count:
-            # Written without series (by hand, or by an older version): keep its count.
-            state.retired.setdefault("", {PULLING: 0, PULLED: 0, PRESENT: 0})[PULLING] += stored_count - state.count
-            state.recount()
-        state.first_seen = earlier(state.first_seen, first)
-        state.last_seen = later(state.last_seen, last)
+            if self.caps is not None and not self._admits(rule, identity.namespace):
+                folded, identity = identity, Identity.overflow(rule, identity.namespace)
+                state = self.states.get(identity.name)
+                created = state is None
+            if state is None:
+                state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
+        self.owners[(rule, series_key)] = state.name
+        return state, created, folded
+
+    def _admits(self, rule: str, namespace: str) -> bool:
+        return self.per_rule[rule] < self.caps.total and self.per_namespace[(rule, namespace)] < self.caps.per_namespace
+
+    # -- the set of Findings ---------------------------------------------------------------------
+    def add(self, state: FindingState) -> FindingState:
+        """Take a Finding in (new, or adopted from the API server) and route its series to it."""
+        self.states[state.name] = state
+        if not state.identity.is_overflow:
+            self.per_rule[state.identity.rule] += 1
+            self.per_namespace[(state.identity.rule, state.namespace)] += 1
+        for key in state.ledger.series:
+            self.owners[(state.identity.rule, key)] = state.name
         return state
 
-    seed = merge  # adopting a Finding from the API server is merging it into nothing
+    def adopt(self, body: Any) -> FindingState:
+        """A Finding as stored in the API server, merged into what is known of it (start-up,
+        409 Conflict, a relist). Raises ValueError for an object pullwatch did not write."""
+        stored = FindingState.from_body(body)
+        mine = self.states.get(stored.name)
+        if mine is None:
+            return self.add(stored)
+        mine.merge(stored)
+        for key in mine.ledger.series:
+            self.owners[(mine.identity.rule, key)] = mine.name
+        return mine
 
-    def forget(self, name: str) -> None:
-        """Drop a Finding's state (it was deleted): its next pull starts a new Finding."""
-        self.states.pop(name, None)
+    def forget(self, name: str) -> FindingState | None:
+        """Drop a Finding (deleted by retention, or by a user): its next pull starts it again."""
+        state = self.states.pop(name, None)
+        if state is not None and not state.identity.is_overflow:
+            self.per_rule[state.identity.rule] -= 1
+            self.per_namespace[(state.identity.rule, state.namespace)] -= 1
+        return state
+
+    def prune_routes(self) -> None:
+        """Forget the routes of series no ledger holds any more (closed slots): bounded memory."""
+        self.owners = {(s.identity.rule, key): s.name for s in self.states.values() for key in s.ledger.series}
 
     def findings(self) -> "FindingsView":
-        """Every Finding with at least one pull, sorted by namespace and name.
-
-        A lazy sequence: each body is built when it is read, so writing 20,000 Findings out
-        does not hold 20,000 bodies in memory at once."""
+        """Every Finding with at least one pull, sorted by namespace and name. A lazy sequence:
+        each body is built when it is read, so writing 20,000 Findings out does not hold 20,000
+        bodies in memory at once."""
         return FindingsView(sorted((s for s in self.states.values() if s.count > 0),
                                    key=lambda s: (s.namespace, s.name)))
 
@@ -257,7 +230,7 @@ class FindingsView:
     def __len__(self) -> int:
         return len(self._states)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         return (s.body() for s in self._states)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -265,3 +238,6 @@ class FindingsView:
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other)  # type: ignore[call-overload]
+
+
+__all__ = ["Caps", "Detection", "Detector", "FindingsView", "MAX_SERIES", "series_of", "workload_of"]

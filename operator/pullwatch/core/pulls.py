@@ -6,12 +6,18 @@ What counts as a pull, and why:
 * reason ``Pulled`` + "Successfully pulled image \\"X\\" …": the pull that a Pulling started
   completed (the detector counts the two as one pull);
 * reason ``Pulled`` + "Container image \\"X\\" already present on machine": no download, but the
-  image runs all the same (a cached scanner is still a scanner run).
+  image runs all the same (a cached scanner is still a scanner run);
+* reason ``Failed`` + "Failed to pull image \\"X\\": <error>": an attempt that failed - still an
+  attempt, and an attempt to pull a scanner is itself the signal; its error is classified;
+* reason ``BackOff`` + "Back-off pulling image \\"X\\"": the kubelet waits before trying again
+  (an outcome, not an attempt).
 
 The reason is matched exactly (it is a kubelet constant); the wording case-insensitively (old
 kubelets wrote "pulling image"), also behind the event aggregator's "(combined from similar
-events): " prefix. Any other reason never counts, whatever its message mentions. An Event that is not an image event returns ``None``; an image
-event that cannot be used raises :class:`DecodeError` with a short, countable reason.
+events): " prefix. Any other reason never counts, whatever its message mentions; nor do
+``Failed``/``BackOff`` Events about something else ("Error: ErrImagePull", "Back-off restarting
+failed container"). An Event that is not an image event returns ``None``; an image event that
+cannot be used raises :class:`DecodeError` with a short, countable reason.
 
     >>> pull = decode_event({"apiVersion": "v1", "kind": "Event", "reason": "Pulling",
     ...     "message": 'Pulling image "aquasec/kube-hunter:0.6.8"', "count": 2,
@@ -29,13 +35,18 @@ import re
 import functools
 from typing import Any, NamedTuple
 
-PULLING, PULLED, PRESENT = "pulling", "pulled", "present"
-# Reasons are the kubelet's constants (events.PullingImage, events.PulledImage), matched exactly;
-# only the free-text wording varies between kubelet versions and is matched case-insensitively.
-IMAGE_REASONS = {"Pulling": PULLING, "Pulled": PULLED}
-# Every image event's JSON holds the start of the string "Pulling" or "Pulled": a record without
-# these bytes cannot be a pull, so readers skip it unparsed (scan and the operator's stream alike).
-CANDIDATE = b'"Pull'
+PULLING, PULLED, PRESENT, FAILED, BACKOFF = "pulling", "pulled", "present", "failed", "backoff"
+# Reasons are the kubelet's constants (events.PullingImage, PulledImage, FailedToPullImage's
+# "Failed", BackOffPullImage's "BackOff"), matched exactly; only the free-text wording varies
+# between kubelet versions and is matched case-insensitively.
+IMAGE_REASONS = {"Pulling": "pulling", "Pulled": "pulled", "Failed": "failed", "BackOff": "backoff"}
+# Which reasons must be image events (a Pulling without an image is damage); Failed and BackOff
+# are also written for containers, so for them another wording is simply not ours.
+_MUST_MATCH = {"Pulling", "Pulled"}
+# Every image event's message quotes the image after the word "image" (the kubelet's %q), so its
+# JSON holds these bytes: a record without them cannot be a pull, and readers skip it unparsed
+# (scan and the operator's stream alike).
+CANDIDATE = b'image \\"'
 
 # Bounded quantifiers and an anchor: linear on 100 kB messages. An image reference is <= 1024
 # characters (imageref.MAX_REFERENCE_LENGTH); a longer quoted string is not an image.
@@ -46,7 +57,35 @@ _WORDINGS = (
     (re.compile(_COMBINED + r"successfully pulled image " + _QUOTED, re.I), PULLED, "pulled"),
     (re.compile(_COMBINED + r"container image " + _QUOTED + r" already present on machine", re.I),
      PRESENT, "pulled"),
+    (re.compile(_COMBINED + r"failed to pull image " + _QUOTED + r"(?::\s*)?", re.I), FAILED, "failed"),
+    (re.compile(_COMBINED + r"back-off pulling image " + _QUOTED, re.I), BACKOFF, "backoff"),
 )
+# What a failed pull's error says, in the words registries and runtimes use (checked in order:
+# Docker Hub answers "pull access denied … does not exist" for a missing repository, so "not
+# found" is looked for first).
+ERROR_CLASSES = (
+    ("not found", re.compile(r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I)),
+    ("unauthorized", re.compile(r"unauthorized|authentication required|access denied|denied|forbidden|"
+                                r"\b40[13]\b|insufficient_scope|x509", re.I)),
+    ("unreachable", re.compile(r"connection refused|no such host|i/o timeout|dial tcp|handshake timeout|"
+                               r"network is unreachable|deadline exceeded|connection reset|no route to host|"
+                               r"server misbehaving|EOF", re.I)),
+)
+
+
+def error_class(message: str) -> str:
+    """``not found``, ``unauthorized``, ``unreachable`` or ``other``.
+
+        >>> error_class('rpc error: code = NotFound desc = failed to resolve reference "x": not found')
+        'not found'
+        >>> error_class('failed to do request: Head "http://127.0.0.1:5999/v2/x": dial tcp: connect: connection refused')
+        'unreachable'
+    """
+    head = message[:2000]
+    for name, regex in ERROR_CLASSES:
+        if regex.search(head):
+            return name
+    return "other"
 _FIELD_PATH_CONTAINER = re.compile(r"^spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]{1,253})\}$")
 MAX_NAME = 253
 
@@ -100,6 +139,7 @@ class Pull(NamedTuple):
     # kubelet, unless forged). (Not the managedFields manager: kubectl hides managedFields in
     # its dumps, so scan and the operator would disagree, and it is only the user agent.)
     component: str | None = None
+    error: str | None = None  # a failed pull: the error, as the kubelet wrote it (cut)
 
 
 def _str(value: Any) -> str | None:
@@ -129,6 +169,8 @@ def parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
     if wanted is None:
         return None
     if not isinstance(message, str):
+        if reason not in _MUST_MATCH:
+            return None
         raise DecodeError("image event without a message")
     for regex, kind, for_reason in _WORDINGS:
         if for_reason != wanted:
@@ -139,6 +181,8 @@ def parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
             if not image:
                 raise DecodeError("image event with an empty image")
             return kind, image
+    if reason not in _MUST_MATCH:
+        return None  # a Failed or BackOff about something else than pulling an image
     raise DecodeError("image event with no quoted image in its message")
 
 
@@ -158,13 +202,10 @@ def _head(obj: Any, default_namespace: str):
     api = obj.get("apiVersion")
     if api is None:
         # An item of a raw events.k8s.io List names no apiVersion: tell the API by the fields.
-        new_api = "regarding" in obj or "note" in obj
+        new_api = "regarding" in obj or ("note" in obj and "involvedObject" not in obj)
     else:
         new_api = api.__class__ is str and api.startswith("events.k8s.io/")
-    message = obj.get("note") if new_api else obj.get("message")
-    if new_api and message is None:
-        message = obj.get("message")
-    parsed = parse_message(obj.get("reason"), message)
+    parsed = parse_message(obj.get("reason"), message_of(obj, new_api))
     if parsed is None:
         return None
     involved = obj.get("regarding") if new_api else obj.get("involvedObject")
@@ -215,10 +256,22 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
     ev_ns = _str(metadata.get("namespace")) or namespace
     series = uid or (f"{ev_ns}/{ev_name}" if ev_name else None)
 
+    error = None
+    if kind == FAILED:
+        m = _FAILED_ERROR.search(message_of(obj, new_api) or "")
+        error = m.group(1)[:500] if m else ""
     return Pull(kind, image, obj["reason"],
                 InvolvedObject(_str(involved.get("kind")) or "Pod", inv_name, namespace,
                                _str(involved.get("uid")), container),
-                node, series, count, first, last, source, actor, _short(component))
+                node, series, count, first, last, source, actor, _short(component), error)
+
+
+_FAILED_ERROR = re.compile(r'image "[^"]{0,1100}":\s*(.*)', re.S)
+
+
+def message_of(obj: dict[str, Any], new_api: bool) -> Any:
+    message = obj.get("note") if new_api else obj.get("message")
+    return obj.get("message") if new_api and message is None else message
 
 
 def _short(value: str | None) -> str | None:

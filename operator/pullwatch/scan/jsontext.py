@@ -13,7 +13,7 @@ This covers what ``kubectl`` and friends really print:
 No library does this with recovery (a streaming parser such as ijson stops at the first error),
 so the boundaries are found here by a small tokenizer that skips whole strings and tracks
 brackets; each record found is then parsed by orjson, and only if it could be a pull (the bytes
-``"Pull``), exactly as for JSON lines. Strings cannot span lines in JSON, so a string left open
+``image \\"``), exactly as for JSON lines. Strings cannot span lines in JSON, so a string left open
 at the end of a line is damage, found on that line.
 
 After damage the reader resynchronizes at the next place a record can start and carries on; the

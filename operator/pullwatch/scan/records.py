@@ -9,16 +9,17 @@ compression and re-encoded the text as UTF-8):
   json``), one List (``kubectl get events -o json``, ``kubectl get --raw …``), an array;
 * YAML (``yamltext.py``): ``-o yaml`` Lists and ``---``-separated documents.
 
-Speed: an image event's JSON contains the bytes ``"Pull`` (its reason); a line or record without
-them is counted but not parsed. Lines are found from the matches outward, so the per-line Python
-work is done only for candidates (see ``bench/scan_throughput.py``). Memory is flat in every
-format: a window of the input is held at a time, and no record longer than 16 MiB is kept.
+Speed: an image event's JSON contains the bytes ``image \\"`` (its message quotes the image); a
+line or record without them is counted but not parsed. Lines are found from the matches outward,
+so the per-line Python work is done only for candidates (see ``bench/scan_throughput.py``).
+Memory is flat in every format: a window of the input is held at a time, and no record longer
+than 16 MiB is kept.
 
 What could not be read is *damage* (``ReadStats.damaged``: a line that is not JSON, a record cut
 short, a corrupt compressed stream…), kept apart from records that were read but are of no use
-(``ReadStats.skipped``: not an Event, an image event without a message…). A line without ``"Pull``
-is not parsed; it is still checked cheaply for being a whole JSON object (ending in ``}``), so that
-a pull cut short — which may have lost those bytes — is reported as damage, not missed.
+(``ReadStats.skipped``: not an Event, an image event without a message…). A line without those
+bytes is not parsed; it is still checked cheaply for being a whole JSON object, so that a pull cut
+short - which may have lost them - is reported as damage, not missed.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ import orjson
 import yaml
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-COLUMNS = ("NAMESPACE", "NAME", "RULE", "SEVERITY", "RISK", "IMAGE", "POD", "NODE", "COUNT", "LAST SEEN")
+# The same unit and columns as `kubectl get findings -A` (plus the rule, which kubectl shows with -o wide).
+COLUMNS = ("NAMESPACE", "NAME", "RULE", "SEVERITY", "RISK", "KIND", "WORKLOAD", "IMAGE", "PODS", "COUNT", "RAN",
+           "LAST SEEN")
 MAX_CELL = 80
 
 
@@ -36,10 +38,12 @@ def _rows(findings: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = [COLUMNS]
     for f in findings:
         spec, status, meta = f["spec"], f.get("status") or {}, f["metadata"]
+        workload = spec.get("workload") or {}
+        ran = (status.get("outcomes") or {}).get("ran")  # yes | no | unknown
         rows.append(tuple(_cell(v) for v in (
             meta["namespace"], meta["name"], spec["rule"], spec["severity"], spec["riskScore"],
-            spec["image"], spec["involvedObject"]["name"], spec.get("node"), status.get("count"),
-            status.get("lastSeen"),
+            workload.get("kind", "(overflow)"), workload.get("name"), spec.get("image"), status.get("podCount"),
+            status.get("count"), ran, status.get("lastSeen"),
         )))
     return rows
 

@@ -10,8 +10,9 @@ the text is split first, by lines, on what a YAML printer writes at column 0:
 
 Each document or item is then parsed on its own (libyaml through PyYAML), so a bad one is counted
 as damage and the reader carries on with the next; memory holds one record at a time, at most
-16 MiB. Only records that could hold a pull (the bytes ``Pull``, as in ``reason: Pulling``) are
-parsed, and the first few whatever they hold (to tell what the input is).
+16 MiB. Only records that could hold a pull (the bytes ``image``: every image event's message
+names the image after that word) are parsed, and the first few whatever they hold (to tell what
+the input is).
 
 Timestamps stay strings, as Kubernetes' own YAML-to-JSON conversion keeps them (PyYAML would
 make ``datetime`` objects of unquoted ones, and reject impossible dates with an exception).
@@ -34,7 +35,7 @@ import yaml
 CHUNK = 4 << 20
 MAX_RECORD = 16 << 20
 SAMPLE = 8
-CANDIDATE = b"Pull"
+CANDIDATE = b"image"
 
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
