@@ -122,13 +122,22 @@ class LocalCluster:
             stdout=log, stderr=log, start_new_session=True)
         self.wait_ready(wait)
 
+    def tail(self, name: str, lines: int = 15) -> str:
+        """The end of one of the cluster's logs (a failure message must carry it: pytest deletes
+        old temporary directories)."""
+        try:
+            return "\n".join((self.dir / name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         while time.monotonic() < deadline:
             if self.api is not None and self.api.poll() is not None:
-                raise RuntimeError(f"kube-apiserver exited; see {self.dir / 'apiserver.log'}")
+                raise RuntimeError(f"kube-apiserver exited ({self.api.returncode}):\n{self.tail('apiserver.log')}\n"
+                                   f"etcd:\n{self.tail('etcd.log', 5)}")
             try:
                 req = urllib.request.Request(f"https://127.0.0.1:{self.port}/readyz",
                                              headers={"Authorization": f"Bearer {self.token}"})
@@ -138,7 +147,8 @@ class LocalCluster:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"kube-apiserver not ready in {timeout}s; see {self.dir / 'apiserver.log'}")
+        raise TimeoutError(f"kube-apiserver not ready in {timeout}s:\n{self.tail('apiserver.log')}\n"
+                           f"etcd:\n{self.tail('etcd.log', 5)}")
 
     def kill_apiserver(self) -> None:
         """SIGKILL: immediate (SIGTERM waits out 1.20's 60 s graceful shutdown with a watch open)."""

@@ -284,3 +284,16 @@ def test_no_finding_outgrows_its_budget_whatever_the_input(size):
         assert len(json.dumps(body).encode()) <= BUDGET
         state = FindingState.from_body(json.loads(json.dumps(body)))
         assert state.count == body["status"]["count"]
+
+
+def test_live_slots_close_by_when_pullwatch_saw_them_not_by_the_events_own_timestamps():
+    """A week-old (or forged) lastTimestamp must not close a live series: its next update would
+    then be counted in full again."""
+    d = Detector(Allowlist(), live_series=MAX_SERIES)
+    now = 29_400_000
+    ev = image_event("Pulling", "ns", "p", "evil/x:1", count=1)  # stamped 2026-11-18
+    observe(d, ev, minute=now)
+    (state,) = d.states.values()
+    assert state.ledger.close_before(now - 65) == 0
+    assert [x.delta for x in observe(d, with_count(ev, 2), minute=now + 1)] == [1]
+    assert state.ledger.close_before(now + 200) == 1 and state.count == 2  # closed: exact all the same

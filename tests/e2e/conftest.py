@@ -38,6 +38,25 @@ def cluster(tmp_path_factory) -> Cluster:
 
 @pytest.fixture(scope="module")
 def operator(cluster, tmp_path_factory):
-    op = Operator(cluster, tmp_path_factory.mktemp("operator")).start()
-    yield op
-    op.stop()
+    op = Operator(cluster, tmp_path_factory.mktemp("operator"))
+    try:
+        yield op.start()
+    finally:
+        op.kill() if op.stop(timeout=30) is None else None
+
+
+@pytest.fixture
+def start_operator(cluster, tmp_path):
+    """Start operators for one test; every one is killed when the test ends, however it ends."""
+    started: list[Operator] = []
+
+    def start(*args: str, wait: bool = True, kubeconfig=None) -> Operator:
+        op = Operator(cluster, tmp_path, *args)
+        if kubeconfig is not None:
+            op.kubeconfig = kubeconfig
+        started.append(op)
+        return op.start(wait=wait)
+
+    yield start
+    for op in started:
+        op.kill()

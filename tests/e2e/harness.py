@@ -1,7 +1,13 @@
-"""End-to-end helpers: the cluster and the operator as the tests speak of them."""
+"""End-to-end helpers: the cluster and the operator as the tests speak of them.
+
+Every process a test starts goes through ``spawn``: it is registered, and killed (its whole
+process group) when the test session ends, however it ends - a failed assertion, a start-up that
+never became healthy, an interrupted run.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -21,6 +27,36 @@ from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA = ("pullwatch-system", "pullwatch")
+SCANNER, SUSPICIOUS = "kubernetes-scanner-image-pulling", "kubernetes-suspicious-image-pulling"
+_SPAWNED: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Start a process in its own group and register it for killing at the end."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    _SPAWNED.append(proc)
+    return proc
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if sig == signal.SIGKILL:
+            proc.wait()
+
+
+@atexit.register
+def kill_everything() -> None:
+    for proc in _SPAWNED:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            kill(proc)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.2, what: str = "") -> Any:
@@ -69,6 +105,14 @@ class Cluster:
     def counts(self, namespace: str | None = None) -> dict[str, int]:
         return {n: (f.get("status") or {}).get("count", 0) for n, f in self.findings(namespace).items()}
 
+    def by_workload(self, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """{(rule, workload name): Finding}; the overflow Finding under (rule, "(overflow)")."""
+        out = {}
+        for f in self.findings(namespace).values():
+            workload = (f["spec"].get("workload") or {}).get("name", "(overflow)")
+            out[(f["spec"]["rule"], workload)] = f
+        return out
+
     def apply(self, obj: dict[str, Any] | str, check: bool = True) -> subprocess.CompletedProcess:
         text = obj if isinstance(obj, str) else json.dumps(obj)
         return self.kubectl("apply", "-f", "-", input=text, check=check)
@@ -85,11 +129,18 @@ class Operator:
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Operator":
+    def start(self, wait: bool = True) -> "Operator":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PULLWATCH, "run", *self.args], stdout=self.log, stderr=self.log,
-                                     env=self.cluster.local.env(self.kubeconfig), start_new_session=True)
-        wait_for(self.healthy, 30, what="the operator's liveness endpoint")
+        self.proc = spawn([PULLWATCH, "run", *self.args], stdout=self.log, stderr=self.log,
+                          env=self.cluster.local.env(self.kubeconfig))
+        if wait:
+            try:
+                wait_for(self.healthy, 30, what="the operator's liveness endpoint")
+                wait_for(lambda: "processing Events" in self.logs() or "standing by" in self.logs()
+                         or "Pausing operations" in self.logs(), 60, what="the operator to start counting")
+            except BaseException:
+                self.kill()  # a start-up that failed must not leave the process behind
+                raise
         return self
 
     def healthy(self) -> bool:
@@ -98,17 +149,30 @@ class Operator:
         return http_ok(f"http://127.0.0.1:{self.health}/healthz")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            kill(self.proc)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 40) -> int | None:
+        """SIGTERM, as Kubernetes does; SIGKILL after ``timeout``. The exit code."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        return self.proc.returncode if self.proc is not None else None
+
+    def probe(self) -> tuple[int, Any]:
+        """The liveness endpoint's HTTP status and body."""
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=5) as rsp:
+                return rsp.status, json.loads(rsp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()[:500]
+        except OSError as exc:
+            return 0, str(exc)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

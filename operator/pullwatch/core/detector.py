@@ -137,13 +137,16 @@ class Detector:
         return fired
 
     def observe(self, pull: Pull, workload: Workload | None = None, minute: int | None = None) -> list[Detection]:
+        """Count ``pull``. ``minute``: when it was observed (minutes since the epoch; the operator's
+        clock); a series is closed a TTL after it was last *observed*, never by the Event's own
+        timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time."""
         fired = self.rules_for(pull.involved.namespace, pull.image)
         if not fired:
             return []
         workload = workload or workload_of(pull)
         series = series_of(pull)
         series_key = short_hash(series, 48)
-        when = minute_of(pull.last_seen or pull.first_seen) or minute or 0
+        when = minute if minute is not None else (minute_of(pull.last_seen or pull.first_seen) or 0)
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)

@@ -121,6 +121,28 @@ def _deployment(base: str, truncated: bool) -> str | None:
     return None
 
 
+def infer_above(kind: str, name: str) -> Workload:
+    """The workload above a pod's owner that could not be read (a ReplicaSet or Job whose own
+    owner is unknown), by the same naming rules.
+
+        >>> infer_above("ReplicaSet", "web-7d9f8b6c5d")
+        Workload(kind='Deployment', name='web', source='inferred')
+        >>> infer_above("Job", "backup-29375040")
+        Workload(kind='CronJob', name='backup', source='inferred')
+        >>> infer_above("ReplicaSet", "handmade")
+        Workload(kind='ReplicaSet', name='handmade', source='read')
+    """
+    if kind == "ReplicaSet":
+        deployment = _deployment(name, truncated=False)
+        if deployment is not None:
+            return Workload("Deployment", deployment, "inferred")
+    elif kind == "Job":
+        cronjob = _cronjob(name)
+        if cronjob is not None:
+            return Workload("CronJob", cronjob, "inferred")
+    return Workload(kind, name, "read")
+
+
 # -- the owner chain, as the operator reads it ------------------------------------------------
 
 def controller_of(metadata: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -1,16 +1,20 @@
-"""A lean list + watch of core/v1 Events, for an operator that must keep up with event storms.
+"""A lean list + watch, for an operator that must keep up with event storms and never go blind.
 
-kopf serves everything else (lifecycle, login, peering, health, the AllowedImages index); but its
-per-object machinery (a worker task and handler kwargs per Event uid) costs more CPU per Event than
-the API server spends storing it, and 90 % of Events are not image pulls. This stream:
+kopf serves lifecycle, login, peering, health and the AllowedImages index; but its per-object
+machinery (a worker task and handler kwargs per object) costs more CPU per Event than the API
+server spends storing it, and 90 % of Events are not image pulls. This stream:
 
-* lists in pages (``limit``/``continue``) and then watches from the list's resourceVersion, with
-  bookmarks; ``410 Gone`` or any broken stream means: list again (as kopf does);
-* hands over only the lines that can be a pull (they contain the bytes ``"Pull``; the same
-  pre-filter as ``pullwatch scan``): the other 90 % are never parsed;
-* delivers each candidate Event to ``handle`` on the event loop.
+* lists in pages and then watches from the list's resourceVersion, with bookmarks;
+* hands over only the lines that can matter (for Events: those with the bytes ``image \\"``, the
+  same pre-filter as ``pullwatch scan``): the others are never parsed;
+* never goes blind without saying so: the server ends each watch after ``watch_timeout`` seconds
+  (then it is resumed from its resourceVersion, not re-listed), and a watch that delivers nothing
+  at all for ``read_timeout`` seconds - a half-open connection, a frozen proxy - is dropped and
+  resumed, within that time instead of the minutes a TCP connection can stay half-open;
+* ``410 Gone`` means: list again; any other failure: resume, backing off up to 10 s, saying what
+  failed once per interval (``forbidden: list events`` while RBAC refuses it).
 
-Re-delivering an Event is harmless (counting keeps per-series high-water marks), so resuming
+Re-delivering an object is harmless (counting keeps per-series high-water marks), so resuming
 from an older resourceVersion, or listing again, never double counts.
 """
 
@@ -18,119 +22,119 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from typing import Any, Callable
 
 import aiohttp
 import orjson
 
-from ..core.pulls import CANDIDATE
+from .api import Api, ApiError
+from .health import Health
+from .quietlog import Quiet
 
-log = logging.getLogger("pullwatch.events")
-
-
-class ApiEndpoint:
-    """Where and how to reach the API server, from the kubernetes client's configuration
-    (in-cluster ServiceAccount or KUBECONFIG), re-read on every connection so that rotated
-    ServiceAccount tokens are picked up."""
-
-    def __init__(self, configuration: Any):
-        self.conf = configuration
-
-    @property
-    def host(self) -> str:
-        return self.conf.host.rstrip("/")
-
-    def headers(self) -> dict[str, str]:
-        # auth_settings() is how the client itself builds its headers (and it runs the token
-        # refresh hook); the key names differ between client versions.
-        return {a["key"]: a["value"] for a in self.conf.auth_settings().values()
-                if a.get("in") == "header" and a.get("value")}
-
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        if not self.conf.verify_ssl:
-            return False
-        ctx = ssl.create_default_context(cafile=self.conf.ssl_ca_cert) if self.conf.ssl_ca_cert \
-            else ssl.create_default_context()
-        if self.conf.cert_file:
-            ctx.load_cert_chain(self.conf.cert_file, self.conf.key_file)
-        return ctx
+log = logging.getLogger("pullwatch.stream")
+BACKOFF_MAX = 10.0
 
 
-class EventStream:
-    def __init__(self, endpoint: ApiEndpoint, handle: Callable[[dict[str, Any]], None],
-                 namespace: str | None = None, page: int = 500, watch_timeout: int = 300,
-                 backoff: float = 1.0):
-        self.endpoint = endpoint
-        self.handle = handle
-        self.path = f"/api/v1/namespaces/{namespace}/events" if namespace else "/api/v1/events"
-        self.page, self.watch_timeout, self.backoff = page, watch_timeout, backoff
-        self.relists = 0  # how often the Events were listed (1 + one per 410 or broken stream)
+class ListWatch:
+    def __init__(self, api: Api, path: str, handle: Callable[[str, dict[str, Any]], None], *, name: str,
+                 health: Health | None = None, candidate: bytes | None = None,
+                 keep_listed: Callable[[dict[str, Any]], bool] | None = None, page: int = 500,
+                 watch_timeout: int = 60, read_timeout: float = 30.0, quiet: Quiet | None = None):
+        self.api, self.path, self.handle, self.name = api, path, handle, name
+        self.resource = path.rstrip("/").rsplit("/", 1)[-1]
+        self.health = health or Health()
+        self.candidate, self.keep_listed = candidate, keep_listed
+        self.page, self.watch_timeout, self.read_timeout = page, watch_timeout, read_timeout
+        self.quiet = quiet or Quiet(log)
+        self.relists = 0   # how often it listed (1 + one per 410)
+        self.silences = 0  # watches dropped because nothing arrived for read_timeout
+        self.synced = asyncio.Event()  # set once the first list is handed over
 
     async def run(self) -> None:
         """List, watch, and again, until cancelled."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.watch_timeout + 30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        rv: str | None = None
+        failures = 0
+        while True:
+            self.health.beat(self.name)
+            try:
+                if rv is None:
+                    rv = await self._list()
+                    self.synced.set()
+                rv = await self._watch(rv)
+                failures = 0
+                continue  # the server ended the watch: resume from rv
+            except asyncio.CancelledError:
+                raise
+            except _Gone:
+                self.quiet.info(f"{self.name} gone", "%s: resourceVersion expired (410 Gone); listing again", self.name)
+                rv = None
+                continue
+            except _Silent:
+                self.silences += 1
+                self.quiet.info(f"{self.name} silent", "%s: nothing received for %.0fs (half-open connection?); "
+                                "watching again from where it was", self.name, self.read_timeout)
+                continue
+            except ApiError as exc:
+                failures += 1
+                if exc.status == 403:
+                    self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (%s); retrying", exc.what, self.name)
+                else:
+                    self.quiet.warning(f"{self.name} failing", "%s interrupted (%s); retrying", self.name, exc)
+            except Exception as exc:  # noqa: BLE001 - a stream must never stop: say what, and go on
+                failures += 1
+                self.quiet.warning(f"{self.name} failing", "%s interrupted (%s: %s); retrying", self.name,
+                                   type(exc).__name__, str(exc)[:200])
+            await asyncio.sleep(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 6)))
+
+    async def _list(self) -> str:
+        self.relists += 1
+        rv = ""
+        async for doc in self.api.pages(self.path, self.page):
+            self.health.beat(self.name)
+            for item in doc.get("items") or []:
+                if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
+                    self.handle("ADDED", item)
+            rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+            await asyncio.sleep(0)  # let the writer and kopf run between pages
+        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
+                                 self.name)
+        return rv
+
+    async def _watch(self, rv: str) -> str:
+        """Watch from ``rv`` until the server ends the watch; return where it got to."""
+        params = {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": rv,
+                  "timeoutSeconds": str(self.watch_timeout)}
+        async with self.api.stream(self.path, params, self.read_timeout) as rsp:
+            self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: watching again",
+                                     self.name)
             while True:
                 try:
-                    rv = await self._list(session)
-                    await self._watch(session, rv)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - API server restarting, network: list again
-                    log.warning("Event stream interrupted (%s); listing again in %.0fs",
-                                f"{type(exc).__name__}: {exc}"[:200], self.backoff)
-                    await asyncio.sleep(self.backoff)
+                    line = await rsp.content.readline()
+                except asyncio.TimeoutError:
+                    raise _Silent() from None
+                except (aiohttp.ClientError, OSError) as exc:  # the stream broke mid-chunk
+                    raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", self.path) from None
+                if not line:
+                    return rv
+                self.health.beat(self.name)
+                if self.candidate is not None and self.candidate not in line \
+                        and not line.startswith((b'{"type":"BOOKMARK"', b'{"type":"ERROR"')):
+                    continue  # cannot be a pull; resuming from an older rv only re-delivers it
+                event = orjson.loads(line)
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise ValueError(f"watch error: {str(obj.get('message'))[:200]}")
+                rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self.handle(kind, obj)
 
-    async def _get(self, session: aiohttp.ClientSession, params: dict[str, str]) -> aiohttp.ClientResponse:
-        rsp = await session.get(self.endpoint.host + self.path, params=params,
-                                headers=self.endpoint.headers(), ssl=self.endpoint.ssl_context())
-        if rsp.status != 200:
-            body = (await rsp.read())[:300]
-            rsp.release()
-            raise RuntimeError(f"GET {self.path}: HTTP {rsp.status} {body!r}")
-        return rsp
 
-    async def _list(self, session: aiohttp.ClientSession) -> str:
-        self.relists += 1
-        params = {"limit": str(self.page)}
-        while True:
-            rsp = await self._get(session, params)
-            doc = orjson.loads(await rsp.read())
-            for item in doc.get("items") or []:
-                if isinstance(item, dict) and item.get("reason") in ("Pulling", "Pulled"):
-                    self.handle(item)
-            meta = doc.get("metadata") or {}
-            if not meta.get("continue"):
-                return str(meta.get("resourceVersion") or "")
-            params = {"limit": str(self.page), "continue": meta["continue"]}
-            await asyncio.sleep(0)  # let the writer and kopf run between pages
+class _Gone(Exception):
+    pass
 
-    async def _watch(self, session: aiohttp.ClientSession, rv: str) -> None:
-        """Watch from ``rv``; renew when the server ends the watch; return (to list again) on
-        410 Gone."""
-        while True:
-            params = {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": rv,
-                      "timeoutSeconds": str(self.watch_timeout)}
-            rsp = await self._get(session, params)
-            try:
-                async for line in rsp.content:
-                    if CANDIDATE in line:
-                        event = orjson.loads(line)
-                        obj = event.get("object") or {}
-                        if event.get("type") in ("ADDED", "MODIFIED"):
-                            self.handle(obj)
-                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                    elif line.startswith(b'{"type":"BOOKMARK"') or line.startswith(b'{"type":"ERROR"'):
-                        event = orjson.loads(line)
-                        obj = event.get("object") or {}
-                        if event["type"] == "ERROR":
-                            if obj.get("code") == 410:
-                                log.info("Event watch expired (410 Gone); listing again")
-                                return
-                            raise RuntimeError(f"watch error: {obj.get('message')}")
-                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                    # Other lines cannot be pulls. Resuming from an older rv only re-delivers
-                    # Events already counted, so their resourceVersion need not be read.
-            finally:
-                rsp.release()
+
+class _Silent(Exception):
+    pass

@@ -1,168 +1,284 @@
-"""Writing Findings to the API server: coalesced, conflict-safe, restart-safe.
+"""Writing Findings: ordered by severity, coalesced, conflict-safe, and never stuck.
 
-The detector holds each Finding's state (counts derived from per-series high-water marks); the
-writer makes the API server's copy equal to it:
-
-* Findings touched by pulls are marked dirty and written in batches: a new Finding within
-  ``interval`` (0.25 s: detection latency), a count update of an existing one within
-  ``status_interval`` (2 s by default): a burst of repeats of one series costs one write, not one per
-  Event, which is what keeps the API writes per detected pull under one in a storm.
-* A new Finding is created (POST) and then its status written through the status subresource
-  (PUT with ``resourceVersion``). A 409 on either means someone else wrote it (an earlier run,
-  a second replica, a user): the writer re-reads it, max-merges it into the local state
-  (``Detector.merge``: never counts a pull twice) and tries again.
-* A 404 on the status write means a user deleted the Finding: it is created again with the
-  full count pullwatch knows for it (its Events' cumulative counts, as long as they exist).
-* Any other failure (API server restarting…) leaves the Finding dirty for the next flush.
-
-The state is read and merged on the event loop only; the blocking HTTP calls run in a thread.
+* A Finding touched by a pull is marked dirty. It is written when due: a new one within
+  ``flush_interval`` (0.25 s: detection latency), count updates of one that exists at most every
+  ``status_interval`` (2 s: a burst of repeats costs one write). Due Findings are written in order
+  of severity, new ones first: a flood of medium Findings never delays a scanner Finding.
+* A new Finding is created (POST) and its status written through the status subresource (PUT
+  with ``resourceVersion``). A 409 means someone else wrote it (an earlier run, another replica, a
+  user): re-read, max-merge (never counts a pull twice), try again. A 404 on the status write means
+  a user deleted it: it is created again with every pull pullwatch knows of.
+* A Finding leaves the dirty set only once it is written, and a change made while its write was
+  in flight keeps it dirty: SIGTERM in the middle of a flush loses nothing (``drain``).
+* Every request has a deadline (api.py). A Finding whose write fails waits before the next try,
+  exponentially per Finding up to 5 minutes (a namespace whose policy refuses it is not hammered
+  4 times a second); but while *every* write fails (RBAC revoked, API server away) the wait is at
+  most 10 s, and the first success retries everything at once, so recovery takes seconds. Each
+  distinct error is logged once per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
-
-from kubernetes.client import CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
 from .. import GROUP, VERSION
 from ..core.detector import Detector
+from ..core.findings import RULES_BY_SHORT
+from ..core.state import FindingState
+from .api import JSON_PATCH, Api, ApiError
+from .health import Health
+from .quietlog import Quiet
 
 PLURAL = "findings"
-MAX_ATTEMPTS = 5
+MAX_CONFLICTS = 5
+BACKOFF_MAX, OUTAGE_BACKOFF_MAX = 300.0, 10.0
+_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "informational": 4}
 log = logging.getLogger("pullwatch.writer")
 
 
+def path_of(namespace: str, name: str | None = None, status: bool = False) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return base if name is None else f"{base}/{name}" + ("/status" if status else "")
+
+
+@dataclass
+class _Dirty:
+    since: float           # first change not yet written (coalescing starts here)
+    generation: int = 1    # bumped by every change: a write covers the generation it started with
+    attempts: int = 0      # failures in a row
+    not_before: float = 0.0
+    restore_spec: bool = False  # someone changed the spec: put pullwatch's back
+
+
 class FindingWriter:
-    def __init__(self, api: CustomObjectsApi, detector: Detector, interval: float = 0.25,
-                 status_interval: float = 2.0):
-        self.api = api
-        self.detector = detector
-        self.interval = interval
-        self.status_interval = max(interval, status_interval)
-        self.versions: dict[str, str] = {}  # Findings known to exist -> last resourceVersion seen
-        self.dirty: set[str] = set()
-        self.writes = 0  # API writes made (creates + status writes), for the benchmark
+    def __init__(self, api: Api, detector: Detector, health: Health, *, flush_interval: float = 0.25,
+                 status_interval: float = 2.0, concurrency: int = 4, quiet: Quiet | None = None):
+        self.api, self.detector, self.health = api, detector, health
+        self.flush_interval = flush_interval
+        self.status_interval = max(flush_interval, status_interval)
+        self.concurrency = concurrency
+        self.quiet = quiet or Quiet(log)
+        self.versions: dict[str, str] = {}   # Findings known to exist -> last resourceVersion seen
+        self.dirty: dict[str, _Dirty] = {}
+        self.in_flight: set[str] = set()
+        self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
+        self.last_success = self.last_failure = 0.0
         self._wake = asyncio.Event()
+        self._draining = False
+        self._tasks: set[asyncio.Task] = set()
 
-    def adopt(self, body: dict[str, Any]) -> None:
-        """Take in an existing Finding (start-up list): its counts and its resourceVersion."""
-        state = self.detector.merge(body)
-        if state is not None:
-            self.versions[state.name] = body["metadata"]["resourceVersion"]
-
-    def mark(self, name: str) -> None:
-        self.dirty.add(name)
-
-    async def run(self) -> None:
-        """Flush forever (cancelled at shutdown; then ``flush()`` writes what is left)."""
-        loop = asyncio.get_running_loop()
-        next_status = loop.time() + self.status_interval
-        while True:
-            await asyncio.sleep(self.interval)
-            if loop.time() >= next_status:
-                next_status = loop.time() + self.status_interval
-                await self.flush()
-            else:
-                await self.flush(new_only=True)
-
-    async def flush(self, new_only: bool = False) -> None:
-        """Write the dirty Findings; with ``new_only``, only those not created yet."""
-        if new_only:
-            names = {n for n in self.dirty if n not in self.versions}
-            self.dirty -= names
+    # -- what to write ------------------------------------------------------------------------------
+    def mark(self, name: str, restore_spec: bool = False) -> None:
+        now = asyncio.get_running_loop().time()
+        d = self.dirty.get(name)
+        if d is None:
+            self.dirty[name] = _Dirty(since=now, restore_spec=restore_spec)
         else:
-            names, self.dirty = self.dirty, set()
-        failed = 0
-        for name in sorted(names):
-            try:
-                await self._write(name)
-            except Exception as exc:  # noqa: BLE001 - keep the Finding, retry on the next flush
-                failed += 1
-                self.dirty.add(name)
-                if failed == 1:
-                    log.warning("writing Finding %s failed (%s); will retry", name, _brief(exc))
-        if failed > 1:
-            log.warning("%d Findings not written this round; will retry", failed)
+            d.generation += 1
+            d.restore_spec = d.restore_spec or restore_spec
+        if name not in self.versions or restore_spec:
+            self._wake.set()
 
-    async def _write(self, name: str) -> None:
-        for _ in range(MAX_ATTEMPTS):
+    def _due(self, now: float) -> list[str]:
+        due = []
+        for name, d in list(self.dirty.items()):
+            if name in self.in_flight or d.not_before > now:
+                continue
+            state = self.detector.states.get(name)
+            if state is None or state.count == 0:
+                del self.dirty[name]  # forgotten, or nothing counted yet (a back-off alone)
+                continue
+            new = name not in self.versions
+            if self._draining or d.restore_spec or now - d.since >= (self.flush_interval if new else self.status_interval):
+                severity = RULES_BY_SHORT[state.identity.rule].severity
+                due.append((_RANK.get(severity, 9), not new, d.since, name))
+        due.sort()
+        return [name for *_, name in due]
+
+    # -- the loop -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Write due Findings forever, ``concurrency`` at a time (cancelled at shutdown; then
+        ``drain`` writes what is left)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self.health.beat("writer")
+            free = self.concurrency - len(self.in_flight)
+            for name in self._due(loop.time())[:max(0, free)]:
+                self._start(name)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _start(self, name: str) -> None:
+        self.in_flight.add(name)
+        task = asyncio.create_task(self._write_one(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, deadline: float) -> int:
+        """Write every dirty Finding now, most severe first, until done or ``deadline`` (loop
+        time); return how many are left unwritten."""
+        loop = asyncio.get_running_loop()
+        self._draining = True
+        while self.dirty and loop.time() < deadline:
+            for d in self.dirty.values():
+                d.not_before = min(d.not_before, loop.time())  # no backoff at the end
+            free = self.concurrency - len(self.in_flight)
+            for name in self._due(loop.time())[:max(0, free)]:
+                self._start(name)
+            if not self._tasks:
+                break
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        return len(self.dirty)
+
+    async def _write_one(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        d = self.dirty.get(name)
+        if d is None:
+            self.in_flight.discard(name)
+            return
+        generation = d.generation
+        try:
+            await self._write(name, d.restore_spec)
+        except ApiError as exc:
+            self._failed(name, d, exc, loop.time())
+        except Exception as exc:  # noqa: BLE001 - never lose the loop to one Finding
+            self._failed(name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time())
+        else:
+            self._succeeded(loop.time())
+            if d.generation == generation:
+                self.dirty.pop(name, None)
+            else:
+                d.since, d.attempts, d.restore_spec = loop.time(), 0, False
+        finally:
+            self.in_flight.discard(name)
+            self.health.beat("writer")
+            self._wake.set()
+
+    def _failed(self, name: str, d: _Dirty, exc: ApiError, now: float) -> None:
+        self.last_failure = now
+        d.attempts += 1
+        cap = OUTAGE_BACKOFF_MAX if self.outage else BACKOFF_MAX
+        d.not_before = now + min(cap, 2 ** min(d.attempts, 9)) * random.uniform(0.8, 1.2)
+        state = self.detector.states.get(name)
+        where = f"{state.namespace}/{name}" if state else name
+        if exc.status == 403:
+            self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (Finding %s; %s); will retry", exc.what,
+                               where, exc.message[:200])
+        else:
+            self.quiet.warning(f"write {exc.status} {exc.reason}", "writing Finding %s failed: %s; will retry",
+                               where, exc)
+
+    def _succeeded(self, now: float) -> None:
+        was_outage = self.outage
+        self.last_success = now
+        if was_outage:
+            # The trouble that stopped every write is over: retry everything that waited.
+            for d in self.dirty.values():
+                d.not_before = 0.0
+            self._wake.set()
+        self.quiet.recovered_all(("forbidden patch findings", "forbidden update findings", "forbidden create findings",
+                                  "write "), "writing Findings works again")
+
+    @property
+    def outage(self) -> bool:
+        """Every write since the last success failed."""
+        return self.last_failure > self.last_success
+
+    # -- one Finding ----------------------------------------------------------------------------------
+    async def _write(self, name: str, restore_spec: bool) -> None:
+        for _ in range(MAX_CONFLICTS):
             state = self.detector.states.get(name)
             if state is None:
                 return
             body = state.body()  # a snapshot, taken on the event loop
-            ns = state.namespace
             rv = self.versions.get(name)
             if rv is None:
-                try:
-                    created = await asyncio.to_thread(
-                        self.api.create_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                        {k: v for k, v in body.items() if k != "status"})
-                    self.writes += 1
-                    rv = created["metadata"]["resourceVersion"]
-                    state.spec_dirty = False
-                except ApiException as exc:
-                    if exc.status != 409:
-                        raise
-                    rv = await self._reread(name, ns)
-                    if rv is None:
-                        continue
-                    body = self.detector.states[name].body()
+                rv = await self._create(state, body)
+                if rv is None:
+                    continue
+                body = state.body()
+                restore_spec = False
+            if restore_spec:
+                rv = await self._restore_spec(state, body["spec"], rv)
+                if rv is None:
+                    continue
+                restore_spec = False
             body["metadata"]["resourceVersion"] = rv
-            if state.spec_dirty:
-                # spec.reason moved from Pulled to Pulling (once, at most). A merge patch of that
-                # field alone, conditional on resourceVersion: labels or annotations people put
-                # on the Finding (triage) are kept.
-                patch = {"metadata": {"resourceVersion": rv}, "spec": {"reason": body["spec"]["reason"]}}
-                try:
-                    updated = await asyncio.to_thread(
-                        self.api.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name, patch)
-                    self.writes += 1
-                    state.spec_dirty = False
-                    body["metadata"]["resourceVersion"] = rv = updated["metadata"]["resourceVersion"]
-                except ApiException as exc:
-                    if exc.status == 409:
-                        await self._reread(name, ns)
-                        continue
-                    if exc.status == 404:
-                        self.versions.pop(name, None)
-                        continue
-                    raise
             try:
-                result = await asyncio.to_thread(
-                    self.api.replace_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name, body)
-                self.writes += 1
-                self.versions[name] = result["metadata"]["resourceVersion"]
-                return
-            except ApiException as exc:
+                result = await self.api.request("PUT", path_of(state.namespace, name, status=True), body=body)
+            except ApiError as exc:
+                self.writes[("update", str(exc.status))] += 1
                 if exc.status == 409:
-                    await self._reread(name, ns)
-                elif exc.status == 404:
+                    await self._reread(state)
+                    continue
+                if exc.status == 404:
                     self.versions.pop(name, None)
-                    log.info("Finding %s/%s was deleted; creating it again", ns, name)
-                else:
-                    raise
-        raise RuntimeError(f"gave up after {MAX_ATTEMPTS} conflicting attempts")
+                    log.info("Finding %s/%s was deleted; creating it again", state.namespace, name)
+                    continue
+                raise
+            self.writes[("update", "ok")] += 1
+            self.versions[name] = result["metadata"]["resourceVersion"]
+            return
+        raise ApiError(409, "Conflict", f"gave up after {MAX_CONFLICTS} conflicting attempts", "PUT", name)
 
-    async def _reread(self, name: str, namespace: str) -> str | None:
-        """GET the stored Finding and merge it; its resourceVersion, or None if it is gone."""
+    async def _create(self, state: FindingState, body: dict[str, Any]) -> str | None:
         try:
-            stored = await asyncio.to_thread(
-                self.api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                self.versions.pop(name, None)
-                return None
-            raise
-        self.detector.merge(stored)
-        rv = stored["metadata"]["resourceVersion"]
-        self.versions[name] = rv
+            created = await self.api.request("POST", path_of(state.namespace),
+                                             body={k: v for k, v in body.items() if k != "status"})
+        except ApiError as exc:
+            self.writes[("create", str(exc.status))] += 1
+            if exc.status != 409:
+                raise
+            return await self._reread(state)  # it exists already: take it in, write over it
+        self.writes[("create", "ok")] += 1
+        rv = created["metadata"]["resourceVersion"]
+        self.versions[state.name] = rv
         return rv
 
+    async def _restore_spec(self, state: FindingState, spec: dict[str, Any], rv: str) -> str | None:
+        """Put pullwatch's spec back (someone edited it), only over the version that was read;
+        labels and annotations people use for triage are left alone."""
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                 {"op": "replace", "path": "/spec", "value": spec}]
+        try:
+            result = await self.api.request("PATCH", path_of(state.namespace, state.name), body=patch,
+                                            content_type=JSON_PATCH)
+        except ApiError as exc:
+            self.writes[("patch", str(exc.status))] += 1
+            if exc.status in (409, 422):  # resourceVersion moved on: read again
+                return await self._reread(state)
+            if exc.status == 404:
+                self.versions.pop(state.name, None)
+                return None
+            raise
+        self.writes[("patch", "ok")] += 1
+        rv = result["metadata"]["resourceVersion"]
+        self.versions[state.name] = rv
+        return rv
 
-def _brief(exc: Exception) -> str:
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    async def _reread(self, state: FindingState) -> str | None:
+        """GET the stored Finding and merge it; its resourceVersion, or None if it is gone."""
+        try:
+            stored = await self.api.request("GET", path_of(state.namespace, state.name))
+        except ApiError as exc:
+            if exc.status == 404:
+                self.versions.pop(state.name, None)
+                return None
+            raise
+        try:
+            self.detector.adopt(stored)
+        except ValueError as exc:
+            log.warning("Finding %s/%s as stored is not one pullwatch can read (%s); writing over it",
+                        state.namespace, state.name, exc)
+        rv = stored["metadata"]["resourceVersion"]
+        self.versions[state.name] = rv
+        return rv

@@ -1,0 +1,166 @@
+"""The operator's API client: every call has a deadline, and every failure is one exception type.
+
+kopf keeps its own client for what it does (peering, the AllowedImages index). Everything else
+pullwatch asks of the API server goes through here, on aiohttp, so that nothing blocks the event
+loop and nothing waits forever: a frozen connection (a peer that stops answering, no RST) ends in
+``ApiError(0, "Timeout")`` after ``timeout`` seconds and the connection is dropped, not reused.
+(The kubernetes client's calls had no deadline and ran in threads: one hung call froze the
+Finding writer for good.)
+
+Credentials are read from the kubernetes client's configuration on every request (in-cluster
+ServiceAccount or KUBECONFIG), so a rotated ServiceAccount token is picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+FIELD_MANAGER = "pullwatch"
+JSON, MERGE_PATCH, JSON_PATCH = "application/json", "application/merge-patch+json", "application/json-patch+json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+class ApiError(Exception):
+    """A failed request: ``status`` is the HTTP status, or 0 when no answer came (unreachable,
+    deadline passed, broken stream)."""
+
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str):
+        super().__init__(f"{method} {path}: {status or reason} {message}"[:400])
+        self.status, self.reason, self.message, self.method, self.path = status, reason, message, method, path
+
+    @property
+    def what(self) -> str:
+        """The request in RBAC words (``patch findings``), for "forbidden: <verb> <resource>"."""
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            self.method, self.method.lower())
+        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
+        if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+            rest = parts[parts.index("namespaces") + 2:]
+        else:
+            rest = parts[3:] if parts[:1] == ["apis"] else parts[2:]
+        resource = rest[0] if rest else "?"
+        if len(rest) >= 3:
+            resource += "/" + rest[2]  # a subresource: findings/status
+        elif len(rest) == 1 and verb == "get":
+            verb = "list"
+        return f"{verb} {resource}"
+
+
+class ApiEndpoint:
+    """Where and how to reach the API server, from the kubernetes client's configuration."""
+
+    def __init__(self, configuration: Any):
+        self.conf = configuration
+
+    @property
+    def host(self) -> str:
+        return self.conf.host.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        # auth_settings() is how the client itself builds its headers (and it runs the token
+        # refresh hook); the key names differ between client versions.
+        return {a["key"]: a["value"] for a in self.conf.auth_settings().values()
+                if a.get("in") == "header" and a.get("value")}
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.conf.verify_ssl:
+            return False
+        ctx = ssl.create_default_context(cafile=self.conf.ssl_ca_cert) if self.conf.ssl_ca_cert \
+            else ssl.create_default_context()
+        if self.conf.cert_file:
+            ctx.load_cert_chain(self.conf.cert_file, self.conf.key_file)
+        return ctx
+
+
+class Api:
+    def __init__(self, configuration: Any, timeout: float = 10.0, connections: int = 16):
+        self.endpoint = ApiEndpoint(configuration)
+        self.timeout = timeout
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool | None = None
+        self.requests = 0  # for the metrics and the benchmarks
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._ssl = self.endpoint.ssl_context()
+            connector = aiohttp.TCPConnector(limit=self.connections, ssl=self._ssl, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
+                      content_type: str = JSON, accept: str = JSON, timeout: float | None = None) -> Any:
+        """One request, within ``timeout`` seconds all told; the decoded JSON answer."""
+        headers = {**self.endpoint.headers(), "Accept": accept}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = orjson.dumps(body)
+        if method in ("POST", "PUT", "PATCH"):
+            params = {**(params or {}), "fieldManager": FIELD_MANAGER}
+        self.requests += 1
+        deadline = aiohttp.ClientTimeout(total=timeout or self.timeout)
+        try:
+            async with self.session().request(method, self.endpoint.host + path, params=params, data=data,
+                                              headers=headers, timeout=deadline) as rsp:
+                raw = await rsp.read()
+                if rsp.status >= 300:
+                    raise _error(rsp.status, raw, method, path)
+                return orjson.loads(raw) if raw else None
+        except ApiError:
+            raise
+        except asyncio.TimeoutError:
+            raise ApiError(0, "Timeout", f"no answer within {timeout or self.timeout:.0f}s", method, path) from None
+        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc)[:200], method, path) from None
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, params: dict[str, str], read_timeout: float) -> AsyncIterator[Any]:
+        """A watch: the response, whose lines are read with ``read_timeout`` between them (a
+        silent stream raises ``asyncio.TimeoutError`` from the read)."""
+        deadline = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=read_timeout)
+        self.requests += 1
+        try:
+            rsp = await self.session().get(self.endpoint.host + path, params=params, timeout=deadline,
+                                           headers={**self.endpoint.headers(), "Accept": JSON})
+        except asyncio.TimeoutError:
+            raise ApiError(0, "Timeout", f"no answer within {self.timeout:.0f}s", "GET", path) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None
+        try:
+            if rsp.status != 200:
+                raise _error(rsp.status, await rsp.read(), "GET", path)
+            yield rsp
+        finally:
+            rsp.release()
+
+    async def pages(self, path: str, limit: int = 500, params: dict[str, str] | None = None,
+                    timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """A list, one page at a time (``limit``/``continue``), so that no answer is huge."""
+        query = {**(params or {}), "limit": str(limit)}
+        while True:
+            page = await self.request("GET", path, params=query, timeout=timeout or max(self.timeout, 30))
+            yield page
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            query = {**(params or {}), "limit": str(limit), "continue": token}
+
+
+def _error(status: int, raw: bytes, method: str, path: str) -> ApiError:
+    try:
+        doc = orjson.loads(raw)
+        reason, message = str(doc.get("reason") or ""), str(doc.get("message") or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        reason, message = "", raw[:200].decode(errors="replace")
+    return ApiError(status, reason, message[:300], method, path)

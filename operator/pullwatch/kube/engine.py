@@ -1,0 +1,193 @@
+"""What the active replica runs: the detection pipeline from Events to written Findings.
+
+Started when this replica becomes the active one, stopped (after writing what it counted) when it
+is not or at shutdown. In order: the Findings in the cluster are listed and adopted (so that no
+pull is counted twice), the AllowedImages are listed and compiled (so that no pull is judged
+against a half-loaded allowlist), then the Event stream starts. Each candidate Event is decoded;
+if a rule fires, its pod's workload is read (or inferred), the pull is counted into its Finding,
+and the Finding is marked for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import GROUP, VERSION
+from ..core.allowlist import Allowlist
+from ..core.detector import Caps, Detector
+from ..core.ledger import MAX_SERIES
+from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
+from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
+from ..core.workload import Workload
+from .api import Api
+from .events import ListWatch
+from .health import Health
+from .policies import Policies
+from .quietlog import Quiet
+from .store import Custody
+from .workloads import WorkloadResolver
+from .writer import PLURAL, FindingWriter
+
+log = logging.getLogger("pullwatch")
+
+
+@dataclass
+class Options:
+    namespaces: list[str] = field(default_factory=list)   # Event namespaces; empty: all
+    scanners: frozenset[str] = DEFAULT_SCANNER_IMAGES
+    flush_interval: float = 0.25
+    status_interval: float = 2.0
+    watch_timeout: int = 60
+    read_timeout: float = 30.0
+    max_findings: int = 5000
+    max_findings_per_namespace: int = 250
+    retention_seconds: float = 30 * 86400
+    event_ttl_seconds: float = 3600
+    read_workloads: bool = True
+    drain_seconds: float = 20.0
+    maintenance_interval: float = 60.0
+
+
+class Engine:
+    def __init__(self, api: Api, options: Options, health: Health, quiet: Quiet):
+        self.api, self.options, self.health, self.quiet = api, options, health, quiet
+        self.detector = Detector(Allowlist(), options.scanners,
+                                 caps=Caps(options.max_findings, options.max_findings_per_namespace),
+                                 live_series=MAX_SERIES)
+        self.writer = FindingWriter(api, self.detector, health, flush_interval=options.flush_interval,
+                                    status_interval=options.status_interval, quiet=quiet)
+        self.resolver = WorkloadResolver(api if options.read_workloads else None, quiet=quiet)
+        self.custody = Custody(api, self.detector, self.writer, retention_seconds=options.retention_seconds,
+                               quiet=quiet)
+        self.policies = Policies(api, self.detector, quiet)
+        self.findings_watch = ListWatch(api, f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._finding_event,
+                                        name="Findings watch", health=health, watch_timeout=options.watch_timeout,
+                                        read_timeout=options.read_timeout, quiet=quiet)
+        self.event_streams = [
+            ListWatch(api, f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events", self.handle_event,
+                      name=f"Event stream ({ns or 'all namespaces'})", health=health, candidate=CANDIDATE,
+                      keep_listed=_image_reason, watch_timeout=options.watch_timeout,
+                      read_timeout=options.read_timeout, quiet=quiet)
+            for ns in (options.namespaces or [None])]
+        self.skips: dict[str, int] = {}
+        self.capped: set[tuple[str, str]] = set()
+        self.pulls = 0
+        self.started = asyncio.Event()   # adoption and allowlist done; Events flowing
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        def start(coro: Any, name: str) -> None:
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+        self.health.watch("writer", allowed=60)
+        start(self.writer.run(), "writer")
+        start(self.resolver.run(), "workloads")
+        start(self.findings_watch.run(), "findings-watch")
+        self.health.watch(self.findings_watch.name, allowed=3 * self.options.read_timeout + 30)
+        await self.findings_watch.synced.wait()   # every Finding adopted (its first list)
+        log.info("adopted %d existing Findings", len(self.detector.states))
+        await self.policies.load()                # every AllowedImages compiled
+        start(self.policies.run(), "allowlist")
+        for stream in self.event_streams:
+            self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
+            start(stream.run(), stream.name)
+        start(self._maintain(), "maintenance")
+        log.info("processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces")
+        self.started.set()
+        await asyncio.gather(*self._tasks)
+
+    async def stop(self, grace: float | None = None) -> int:
+        """Stop counting, then write what was counted within ``grace`` seconds; how many Findings
+        were left unwritten (0 but for an API server that does not answer)."""
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
+        first = [t for t in self._tasks if t.get_name() != "writer"]
+        for t in first:
+            t.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name in [s.name for s in self.event_streams] + ["writer", self.findings_watch.name]:
+            self.health.unwatch(name)
+        left = await self.writer.drain(deadline)
+        if left:
+            log.error("shutting down with %d Findings not written (the API server did not take them in time)", left)
+        return left
+
+    # -- the pipeline ---------------------------------------------------------------------------------
+    def handle_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """One candidate Event from the stream: decode, judge, and count it once its workload is known."""
+        if kind == "DELETED" or self._stopping:
+            return
+        try:
+            pull = decode_event(obj)
+        except DecodeError as exc:
+            self._skip(str(exc), obj)
+            return
+        if pull is None:
+            return
+        fired = self.detector.rules_for(pull.involved.namespace, pull.image)
+        if not fired:
+            self.pulls += 1
+            return
+        if pull.involved.kind != "Pod":
+            self._count(pull, None)
+            return
+        priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
+        self.resolver.request(pull.involved.namespace, pull.involved.name, priority,
+                              lambda workload: self._count(pull, workload))
+
+    def _count(self, pull: Pull, workload: Workload | None) -> None:
+        if self._stopping:
+            return
+        self.pulls += 1
+        for det in self.detector.observe(pull, workload, minute=int(time.time()) // 60):
+            if det.delta or det.created:
+                self.writer.mark(det.state.name)
+            if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
+                self.capped.add((det.folded.rule, det.folded.namespace))
+                log.warning("cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
+                            "further detections are counted in Finding %s/%s", det.folded.rule, det.folded.namespace,
+                            self.options.max_findings_per_namespace, self.options.max_findings,
+                            det.state.namespace, det.state.name)
+
+    def _finding_event(self, kind: str, obj: dict[str, Any]) -> None:
+        if not self._stopping:
+            self.custody.on_event(kind, obj)
+
+    def _skip(self, reason: str, event: dict[str, Any]) -> None:
+        """Count a malformed Event; log each reason once, not once per Event."""
+        n = self.skips.get(reason, 0) + 1
+        self.skips[reason] = n
+        if n == 1:
+            meta = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
+            log.warning("skipping Event %s/%s: %s (logged once per reason)", meta.get("namespace"), meta.get("name"),
+                        reason)
+
+    async def _maintain(self) -> None:
+        """Every ``maintenance_interval`` (a minute): close ledger slots whose Events have expired
+        (exact, and it keeps Findings small); every tenth time from the first: forget their
+        routes, and apply the retention."""
+        rounds = 0
+        while True:
+            await asyncio.sleep(self.options.maintenance_interval)
+            rounds += 1
+            cutoff = int(time.time() - self.options.event_ttl_seconds) // 60 - 5
+            for state in list(self.detector.states.values()):
+                if state.ledger.close_before(cutoff):
+                    self.writer.mark(state.name)
+            if rounds % 10 == 1:
+                self.detector.prune_routes()
+                await self.custody.sweep()
+
+
+def _image_reason(item: dict[str, Any]) -> bool:
+    return item.get("reason") in IMAGE_REASONS

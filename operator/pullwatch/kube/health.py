@@ -1,0 +1,50 @@
+"""Liveness that means "making progress": each long-running loop says it is alive as it goes.
+
+The Event stream beats on every line, bookmark, page and reconnection attempt; the Finding writer
+on every pass of its loop and every write it completes. Both have deadlines on every call, so a
+loop that is working beats within seconds, even while the API server is down (it is then retrying,
+which is progress); a loop that does not beat for ``allowed`` seconds is stuck, and the liveness
+probe fails so that Kubernetes restarts the pod. Nothing blocking runs on the event loop (the
+allowlist is compiled in a thread), so the probe itself always answers.
+
+    >>> clock = [0.0]
+    >>> health = Health(clock=lambda: clock[0])
+    >>> health.watch("writer", allowed=60)
+    >>> clock[0] = 59; health.stuck()
+    []
+    >>> clock[0] = 61; health.stuck()
+    ['writer (no progress for 61s)']
+    >>> health.beat("writer"); health.stuck()
+    []
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+class Health:
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._beats: dict[str, float] = {}
+        self._allowed: dict[str, float] = {}
+
+    def watch(self, name: str, allowed: float) -> None:
+        """From now on, ``name`` must beat at least every ``allowed`` seconds."""
+        self._allowed[name] = allowed
+        self._beats[name] = self.clock()
+
+    def unwatch(self, name: str) -> None:
+        """``name`` is not running (a standby replica's Event stream): nothing to expect of it."""
+        self._allowed.pop(name, None)
+        self._beats.pop(name, None)
+
+    def beat(self, name: str) -> None:
+        if name in self._allowed:
+            self._beats[name] = self.clock()
+
+    def stuck(self) -> list[str]:
+        now = self.clock()
+        return [f"{name} (no progress for {now - self._beats[name]:.0f}s)"
+                for name, allowed in sorted(self._allowed.items()) if now - self._beats[name] > allowed]

@@ -1,0 +1,178 @@
+"""The Findings in the cluster: adopted at start-up, kept as pullwatch wrote them, kept in bounds.
+
+* ``adopt_all`` lists every Finding, page by page (memory stays flat however many there are),
+  and merges each into the detector, so that no pull is counted twice after a restart. It retries
+  within seconds (a ``500`` right after an API server restart must not blind the operator for a
+  minute, as a failed kopf start-up handler did).
+* A Finding is evidence, so it must be tamper-evident. pullwatch owns its ``spec`` (rebuilt from
+  the rule and the first pull, kept in ``status.origin``) and its counts: whoever changes either -
+  at start-up it is compared, and while running the Findings are watched - has it put back, and
+  is named at WARNING (the ``managedFields`` manager of the change). Labels and annotations are
+  for people (triage) and are left alone.
+* Retention: a Finding not seen for ``retention`` is deleted, unless a person labelled it
+  ``pullwatch.dev/keep=true``. The delete is conditional on the version pullwatch last saw, so a
+  Finding that has just been counted again is not deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .. import GROUP, VERSION
+from ..core.detector import Detector
+from ..core.findings import LABEL_KEEP, build_spec, minute_of
+from ..core.state import FindingState
+from .api import FIELD_MANAGER, Api, ApiError
+from .quietlog import Quiet
+from .writer import PLURAL, FindingWriter, path_of
+
+log = logging.getLogger("pullwatch.store")
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def editors(obj: dict[str, Any]) -> list[str]:
+    """Who changed the object since pullwatch last wrote it: the managers of managedFields entries
+    no older than pullwatch's own latest (times have one-second resolution)."""
+    entries = [e for e in _meta(obj).get("managedFields") or [] if isinstance(e, dict)]
+    ours = max((str(e.get("time") or "") for e in entries if e.get("manager") == FIELD_MANAGER), default="")
+    return sorted({str(e.get("manager") or "unknown") for e in entries
+                   if e.get("manager") != FIELD_MANAGER and str(e.get("time") or "") >= ours})
+
+
+class Custody:
+    def __init__(self, api: Api, detector: Detector, writer: FindingWriter, *, retention_seconds: float,
+                 quiet: Quiet | None = None):
+        self.api, self.detector, self.writer = api, detector, writer
+        self.retention = retention_seconds
+        self.quiet = quiet or Quiet(log)
+        self.keep: set[str] = set()
+        self.deleting: set[str] = set()
+        self.restored = 0  # edits undone (for the metrics and tests)
+        self.deleted = 0   # Findings removed by retention
+
+    # -- start-up ------------------------------------------------------------------------------------
+    async def adopt_all(self) -> int:
+        """Adopt every Finding in the cluster; retried (0.5 s, doubling, at most 10 s) until it works."""
+        delay = 0.5
+        while True:
+            try:
+                return await self._adopt_pages()
+            except ApiError as exc:
+                if exc.status == 403:
+                    self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (adopting Findings); retrying", exc.what)
+                else:
+                    self.quiet.warning("adopt failing", "listing Findings failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    async def _adopt_pages(self) -> int:
+        adopted = 0
+        async for page in self.api.pages(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
+            for item in page.get("items") or []:
+                if self._take(item, at_start=True):
+                    adopted += 1
+            await asyncio.sleep(0)
+        self.quiet.recovered_all(("adopt failing", "forbidden list findings"), "listing Findings works again")
+        return adopted
+
+    def _take(self, obj: dict[str, Any], at_start: bool) -> FindingState | None:
+        """Adopt one stored Finding; put back what was changed behind pullwatch's back."""
+        meta = _meta(obj)
+        name = str(meta.get("name"))
+        try:
+            state = self.detector.adopt(obj)
+        except ValueError as exc:
+            self.quiet.warning(f"foreign {name}", "Finding %s/%s is not one pullwatch wrote (%s); left alone",
+                               meta.get("namespace"), name, exc)
+            return None
+        self.writer.versions[name] = str(meta.get("resourceVersion"))
+        self._note_labels(name, meta)
+        self._check(state, obj, at_start)
+        return state
+
+    def _note_labels(self, name: str, meta: dict[str, Any]) -> None:
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        if labels.get(LABEL_KEEP) == "true":
+            self.keep.add(name)
+        else:
+            self.keep.discard(name)
+
+    def _check(self, state: FindingState, stored: dict[str, Any], at_start: bool) -> None:
+        who = ", ".join(editors(stored)) or "someone"
+        if stored.get("spec") != build_spec(state.identity, state.origin):
+            self.restored += 1
+            log.warning("Finding %s/%s: its spec was changed by %s%s; putting pullwatch's back", state.namespace,
+                        state.name, who, " while pullwatch was not running" if at_start else "")
+            self.writer.mark(state.name, restore_spec=True)
+        count = (stored.get("status") or {}).get("count")
+        if count != state.count and (at_start or editors(stored)):
+            self.restored += 1
+            log.warning("Finding %s/%s: its count was changed to %s by %s; putting back %d", state.namespace,
+                        state.name, count, who, state.count)
+            self.writer.mark(state.name)
+
+    # -- while running: the Findings watch ---------------------------------------------------------------
+    def on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = _meta(obj)
+        name = str(meta.get("name"))
+        if kind == "DELETED":
+            self.writer.versions.pop(name, None)
+            self.keep.discard(name)
+            if name in self.deleting:
+                self.deleting.discard(name)
+            elif name in self.detector.states:
+                log.warning("Finding %s/%s was deleted (not by pullwatch's retention); it is written again, with "
+                            "every pull pullwatch knows of, at its next pull", meta.get("namespace"), name)
+            return
+        self._note_labels(name, meta)
+        state = self.detector.states.get(name)
+        if state is None:
+            self._take(obj, at_start=False)  # one pullwatch did not know of: another replica's, or missed
+            return
+        if str(meta.get("resourceVersion")) == self.writer.versions.get(name):
+            return  # the echo of pullwatch's own latest write
+        count = (obj.get("status") or {}).get("count")
+        if isinstance(count, int) and count > state.count:
+            self.detector.adopt(obj)  # counted more elsewhere (another pullwatch): merge, never double
+        self._check(state, obj, at_start=False)
+
+    # -- retention ---------------------------------------------------------------------------------------
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete the Findings not seen for ``retention`` (unless kept); how many were deleted."""
+        cutoff = int((now if now is not None else time.time()) - self.retention) // 60
+        deleted = 0
+        for name, state in list(self.detector.states.items()):
+            if name in self.keep or name in self.writer.dirty or name in self.writer.in_flight:
+                continue
+            last = minute_of(state.last_seen)
+            if last is None or last >= cutoff:
+                continue
+            rv = self.writer.versions.get(name)
+            body = {"apiVersion": "v1", "kind": "DeleteOptions"}
+            if rv:
+                body["preconditions"] = {"resourceVersion": rv}
+            self.deleting.add(name)
+            try:
+                await self.api.request("DELETE", path_of(state.namespace, name), body=body)
+            except ApiError as exc:
+                if exc.status == 409:
+                    self.deleting.discard(name)
+                    continue  # changed since pullwatch saw it: next sweep
+                if exc.status != 404:
+                    self.deleting.discard(name)
+                    self.quiet.warning(f"forbidden {exc.what}" if exc.status == 403 else "retention failing",
+                                       "retention: cannot delete Finding %s/%s (%s)", state.namespace, name, exc)
+                    continue
+            self.detector.forget(name)
+            self.writer.versions.pop(name, None)
+            self.deleted += 1
+            deleted += 1
+            log.info("retention: deleted Finding %s/%s, last seen %s", state.namespace, name, state.last_seen)
+        return deleted

@@ -1,0 +1,153 @@
+"""Reading a pod's workload from its owners: metadata only, cached, bounded, never in the way.
+
+For a pull the rules fire on, the operator asks the API server for the pod's metadata
+(``PartialObjectMetadata``: no spec, no env) and follows its controller: a ReplicaSet to its
+Deployment, a Job to its CronJob. What it reads is cached (pods, ReplicaSets and Jobs by name), so
+50 replicas cost one lookup of their ReplicaSet. When the pod is already gone (a short Job), the
+read is refused (RBAC without ``get pods``), or the API server is slow, the workload is inferred
+from the pod's name exactly as ``pullwatch scan`` does - and the Finding says which it was.
+
+Lookups wait in a queue ordered by severity (a scanner pull first), a few at a time, each with a
+deadline; when the queue is long (a flood), new pulls are not queued but inferred at once, so a
+flood costs no more API reads than the queue holds and never delays a scanner pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections import OrderedDict
+from typing import Callable
+
+from ..core.workload import Workload, controller_of, from_owners, infer, infer_above
+from .api import METADATA_ONLY, Api, ApiError
+from .quietlog import Quiet
+
+log = logging.getLogger("pullwatch.workloads")
+# The top controller of a pod's direct owner: only these kinds have one that matters here.
+_PARENTS = {"ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+            "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}"}
+
+
+class WorkloadResolver:
+    def __init__(self, api: Api | None, *, cache: int = 20_000, concurrency: int = 4, queue_limit: int = 500,
+                 timeout: float = 5.0, quiet: Quiet | None = None):
+        self.api = api
+        self.cache: OrderedDict[tuple[str, str], Workload] = OrderedDict()   # (ns, pod) -> workload
+        self.parents: OrderedDict[tuple[str, str, str], tuple[str, str] | None] = OrderedDict()
+        self.cache_size, self.concurrency, self.queue_limit, self.timeout = cache, concurrency, queue_limit, timeout
+        self.quiet = quiet or Quiet(log)
+        self._queue: list[tuple[int, int, tuple[str, str]]] = []
+        self._waiting: dict[tuple[str, str], list[Callable[[Workload], None]]] = {}
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+        self.reads = 0      # API reads made
+        self.inferred = 0   # lookups answered by inference instead (gone, refused, slow, flood)
+
+    def cached(self, namespace: str, pod: str) -> Workload | None:
+        hit = self.cache.get((namespace, pod))
+        if hit is not None:
+            self.cache.move_to_end((namespace, pod))
+        return hit
+
+    def request(self, namespace: str, pod: str, priority: int, done: Callable[[Workload], None]) -> None:
+        """``done(workload)`` once the pod's workload is known (on the event loop, soon)."""
+        key = (namespace, pod)
+        hit = self.cached(namespace, pod)
+        if hit is not None:
+            done(hit)
+            return
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(done)
+            return
+        if self.api is None or len(self._queue) >= self.queue_limit:
+            self.inferred += 1
+            done(infer(pod))  # a flood: no API read for it, and no waiting behind the others
+            return
+        self._waiting[key] = [done]
+        heapq.heappush(self._queue, (priority, next(self._order), key))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Serve the queue forever, ``concurrency`` lookups at a time."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            _, _, key = heapq.heappop(self._queue)
+            try:
+                workload = await self.resolve(*key)
+            except Exception as exc:  # noqa: BLE001 - a lookup must never stop detection
+                self.quiet.warning("lookup failed", "reading the workload of %s/%s failed (%s); inferring it",
+                                   key[0], key[1], exc)
+                workload = infer(key[1])
+            self._remember(key, workload)
+            for done in self._waiting.pop(key, []):
+                done(workload)
+
+    async def resolve(self, namespace: str, pod: str) -> Workload:
+        """Read the owner chain; infer from the name where it cannot be read."""
+        meta = await self._metadata(f"/api/v1/namespaces/{namespace}/pods/{pod}")
+        if meta is None:
+            self.inferred += 1
+            return infer(pod)
+        owner = controller_of(meta)
+        chain: list[tuple[str, str] | None] = [owner]
+        if owner is not None and owner[0] in _PARENTS:
+            parent_key = (namespace, owner[0], owner[1])
+            if parent_key in self.parents:
+                chain.append(self.parents[parent_key])
+            else:
+                parent_meta = await self._metadata(_PARENTS[owner[0]].format(ns=namespace, name=owner[1]))
+                if parent_meta is None:
+                    return self._unread_parent(pod, owner, meta)
+                parent = controller_of(parent_meta)
+                self.parents[parent_key] = parent
+                if len(self.parents) > self.cache_size:
+                    self.parents.popitem(last=False)
+                chain.append(parent)
+        return from_owners(pod, chain)
+
+    @staticmethod
+    def _unread_parent(pod: str, owner: tuple[str, str], meta: dict) -> Workload:
+        """The pod's owner was read but not the owner's: a ReplicaSet named
+        ``<deployment>-<the pod's pod-template-hash label>`` is that Deployment's; otherwise the
+        naming rules decide, as in ``scan``."""
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        hash_label = labels.get("pod-template-hash")
+        if owner[0] == "ReplicaSet" and isinstance(hash_label, str) and owner[1].endswith("-" + hash_label):
+            return Workload("Deployment", owner[1][: -len(hash_label) - 1], "inferred")
+        return infer_above(*owner)
+
+    async def _metadata(self, path: str) -> dict | None:
+        """The object's metadata; None when it is gone, refused or does not answer in time."""
+        self.reads += 1
+        try:
+            obj = await self.api.request("GET", path, accept=METADATA_ONLY, timeout=self.timeout)  # type: ignore[union-attr]
+        except ApiError as exc:
+            if exc.status == 403:
+                self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (workloads are inferred from pod "
+                                   "names until it is allowed)", exc.what)
+            elif exc.status != 404:
+                self.quiet.warning("lookup failing", "reading workloads failed (%s); inferring them", exc)
+            return None
+        self.quiet.recovered("lookup failing", "reading workloads works again")
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        return meta if isinstance(meta, dict) else None
+
+    def _remember(self, key: tuple[str, str], workload: Workload) -> None:
+        self.cache[key] = workload
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
