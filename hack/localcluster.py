@@ -166,10 +166,10 @@ class LocalCluster:
             self.etcd.wait()
 
     # -- clients ---------------------------------------------------------------------------
-    def _write_kubeconfig(self, path: Path, token: str) -> None:
+    def _write_kubeconfig(self, path: Path, token: str, port: int | None = None) -> None:
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "local",
-            "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{self.port}",
+            "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{port or self.port}",
                                                         "insecure-skip-tls-verify": True}}],
             "users": [{"name": "user", "user": {"token": token}}],
             "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
@@ -189,11 +189,12 @@ class LocalCluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
         return r
 
-    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24) -> Path:
-        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
+    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24, port: int | None = None) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API); ``port``: reach
+        the API server through something else on loopback (the tests' fault proxy)."""
         token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={hours}h").stdout.strip()
-        path = self.dir / f"{namespace}.{name}.kubeconfig"
-        self._write_kubeconfig(path, token)
+        path = self.dir / f"{namespace}.{name}.{port or self.port}.kubeconfig"
+        self._write_kubeconfig(path, token, port)
         return path
 
     def request(self, method: str, path: str, body: object = None,

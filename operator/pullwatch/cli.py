@@ -67,6 +67,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="peering priority; the highest live replica is active (default: random)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                    help="liveness endpoint ('none' disables)")
+    p.add_argument("--metrics-address", default="0.0.0.0:9090", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics ('none' disables)")
     p.add_argument("--scanner", action="append", default=[], metavar="NAME")
     p.add_argument("--no-default-scanners", action="store_true")
     p.add_argument("--watch-timeout", type=int, default=60, metavar="SECONDS",

@@ -125,17 +125,19 @@ class Operator:
         self.cluster = cluster
         self.kubeconfig = cluster.local.service_account_kubeconfig(*SA)
         self.health = free_port()
-        self.args = ["--liveness", f"http://127.0.0.1:{self.health}/healthz", *args]
+        self.metrics_port = free_port()
+        self.args = ["--liveness", f"http://127.0.0.1:{self.health}/healthz",
+                     "--metrics-address", f"127.0.0.1:{self.metrics_port}", *args]
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True) -> "Operator":
+    def start(self, wait: bool = True, timeout: float = 30) -> "Operator":
         self.log = open(self.log_path, "ab")
         self.proc = spawn([PULLWATCH, "run", *self.args], stdout=self.log, stderr=self.log,
                           env=self.cluster.local.env(self.kubeconfig))
         if wait:
             try:
-                wait_for(self.healthy, 30, what="the operator's liveness endpoint")
+                wait_for(self.healthy, timeout, what="the operator's liveness endpoint")
                 wait_for(lambda: "processing Events" in self.logs() or "standing by" in self.logs()
                          or "Pausing operations" in self.logs(), 60, what="the operator to start counting")
             except BaseException:
@@ -162,6 +164,23 @@ class Operator:
                 self.kill()
         return self.proc.returncode if self.proc is not None else None
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """{(sample name, sorted labels): value} from the operator's /metrics (parsed by
+        prometheus_client's own parser); {} while it does not answer."""
+        import urllib.request
+        from prometheus_client.parser import text_string_to_metric_families
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
+                text = rsp.read().decode()
+        except OSError:
+            return {}
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent)."""
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
     def probe(self) -> tuple[int, Any]:
         """The liveness endpoint's HTTP status and body."""
         import urllib.error
@@ -184,3 +203,127 @@ class Operator:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         return 0.0
+
+
+class FaultProxy:
+    """tests/e2e/faultproxy.py as a child process: the API server behind faults on demand."""
+
+    def __init__(self, cluster: Cluster, workdir: Path):
+        self.cluster, self.dir = cluster, workdir
+        self.port, self.control = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "FaultProxy":
+        cert, key = self.dir / "proxy.crt", self.dir / "proxy.key"
+        if not cert.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                            "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        self.log = open(self.dir / "proxy.log", "ab")
+        self.proc = spawn([sys.executable, str(Path(__file__).with_name("faultproxy.py")), "--port", str(self.port),
+                           "--control", str(self.control), "--upstream", f"https://127.0.0.1:{self.cluster.local.port}",
+                           "--cert", str(cert), "--key", str(key)], stdout=self.log, stderr=self.log)
+        wait_for(lambda: self._call("GET", "/stats") is not None, 20, what="the fault proxy")
+        return self
+
+    def kubeconfig(self) -> Path:
+        """The operator's ServiceAccount, through the proxy."""
+        return self.cluster.local.service_account_kubeconfig(*SA, port=self.port)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.request
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.control}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as rsp:
+                return json.loads(rsp.read())
+        except OSError:
+            return None
+
+    def freeze(self) -> Any:
+        return self._call("POST", "/freeze", {})
+
+    def thaw(self) -> Any:
+        return self._call("POST", "/thaw", {})
+
+    def fail(self, method: str, path: str, status: int, times: int) -> Any:
+        return self._call("POST", "/fail", {"method": method, "path": path, "status": status, "times": times})
+
+    def stats(self) -> Any:
+        return self._call("GET", "/stats")
+
+    def sigstop(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def sigcont(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            kill(self.proc)
+
+
+class Workloads:
+    """Deployments, ReplicaSets, Jobs and their pods as their controllers would make them (no
+    controller-manager runs here: the objects are created with the ownerReferences and names the
+    controllers would give them)."""
+
+    def __init__(self, cluster: Cluster, namespace: str):
+        self.cluster, self.ns = cluster, namespace
+        # No controller-manager: the default ServiceAccount pods need must be made by hand.
+        self._create("/api/v1", "serviceaccounts", {"metadata": {"name": "default"},
+                                                    "automountServiceAccountToken": False})
+
+    def _create(self, api: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, stored = self.cluster.local.request("POST", f"{api}/namespaces/{self.ns}/{plural}", body)
+        assert status in (200, 201), (status, stored)
+        return stored  # type: ignore[return-value]
+
+    @staticmethod
+    def _owner(kind: str, api: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"apiVersion": api, "kind": kind, "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}]
+
+    @staticmethod
+    def _template(name: str, image: str, labels: dict[str, str], restart: str = "Always") -> dict[str, Any]:
+        return {"metadata": {"labels": labels}, "spec": {"restartPolicy": restart, "automountServiceAccountToken": False,
+                                                         "containers": [{"name": name, "image": image}]}}
+
+    def deployment(self, name: str, image: str) -> dict[str, Any]:
+        labels = {"app": name}
+        return self._create("/apis/apps/v1", "deployments", {
+            "metadata": {"name": name}, "spec": {"selector": {"matchLabels": labels},
+                                                 "template": self._template(name, image, labels)}})
+
+    def replicaset(self, deployment: dict[str, Any] | None, name: str, pod_hash: str, image: str) -> dict[str, Any]:
+        labels = {"app": name.rsplit("-", 1)[0], "pod-template-hash": pod_hash}
+        meta: dict[str, Any] = {"name": name, "labels": labels}
+        if deployment is not None:
+            meta["ownerReferences"] = self._owner("Deployment", "apps/v1", deployment)
+        return self._create("/apis/apps/v1", "replicasets", {
+            "metadata": meta, "spec": {"selector": {"matchLabels": labels},
+                                       "template": self._template(name, image, labels)}})
+
+    def job(self, cronjob: str | None, name: str, image: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name}
+        if cronjob is not None:  # batch/v1beta1 in 1.20; the owner need not exist (no garbage collector)
+            meta["ownerReferences"] = [{"apiVersion": "batch/v1beta1", "kind": "CronJob", "name": cronjob,
+                                        "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, cronjob)), "controller": True}]
+        return self._create("/apis/batch/v1", "jobs", {
+            "metadata": meta, "spec": {"template": self._template(name, image, {"job": name}, restart="Never")}})
+
+    def pod(self, owner_kind: str | None, owner: dict[str, Any] | None, name: str, image: str,
+            labels: dict[str, str] | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "labels": labels or {}}
+        if owner is not None and owner_kind is not None:
+            api = {"ReplicaSet": "apps/v1", "DaemonSet": "apps/v1", "StatefulSet": "apps/v1", "Job": "batch/v1"}[owner_kind]
+            meta["ownerReferences"] = self._owner(owner_kind, api, owner)
+        body = {"metadata": meta, "spec": {"automountServiceAccountToken": False,
+                                           "containers": [{"name": name.split("-")[0], "image": image}]}}
+        return self._create("/api/v1", "pods", body)

@@ -28,6 +28,7 @@ import kubernetes
 import urllib3
 
 from .. import GROUP, VERSION
+from . import metrics
 from .api import Api, ApiError
 from .engine import Engine, Options
 from .health import Health
@@ -73,6 +74,7 @@ class Runtime:
                 if not active and said is not False and (peering is None or peering.active is not None):
                     log.info("standing by: a peer with a higher priority is active")
                 said = active
+                metrics.ACTIVE.set(1 if active else 0)
                 if task is not None and task.done():
                     exc = task.exception()
                     log.error("the detection engine stopped (%s); starting it again", exc)
@@ -193,6 +195,12 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
     if not args.standalone:
         asyncio.run(_ensure_peering(args.peering))
     rt = Runtime(options, args.standalone, args.peering, priority)
+    if args.metrics_address not in ("", "none"):
+        try:
+            metrics.serve(args.metrics_address)
+        except (OSError, ValueError) as exc:
+            log.error("cannot serve metrics on %s: %s", args.metrics_address, exc)
+            return 2
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(
         priority=priority,

@@ -19,10 +19,12 @@ from typing import Any
 from .. import GROUP, VERSION
 from ..core.allowlist import Allowlist
 from ..core.detector import Caps, Detector
+from ..core.findings import RULES_BY_SHORT
 from ..core.ledger import MAX_SERIES
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
 from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
 from ..core.workload import Workload
+from . import metrics
 from .api import Api
 from .events import ListWatch
 from .health import Health
@@ -50,6 +52,7 @@ class Options:
     read_workloads: bool = True
     drain_seconds: float = 20.0
     maintenance_interval: float = 60.0
+    census_interval: float = 15.0
 
 
 class Engine:
@@ -66,12 +69,12 @@ class Engine:
         self.policies = Policies(api, self.detector, quiet)
         self.findings_watch = ListWatch(api, f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._finding_event,
                                         name="Findings watch", health=health, watch_timeout=options.watch_timeout,
-                                        read_timeout=options.read_timeout, quiet=quiet)
+                                        read_timeout=options.read_timeout, quiet=quiet, metric="findings")
         self.event_streams = [
             ListWatch(api, f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events", self.handle_event,
                       name=f"Event stream ({ns or 'all namespaces'})", health=health, candidate=CANDIDATE,
                       keep_listed=_image_reason, watch_timeout=options.watch_timeout,
-                      read_timeout=options.read_timeout, quiet=quiet)
+                      read_timeout=options.read_timeout, quiet=quiet, metric="events")
             for ns in (options.namespaces or [None])]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -98,6 +101,7 @@ class Engine:
             self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
             start(stream.run(), stream.name)
         start(self._maintain(), "maintenance")
+        start(self._census(), "census")
         log.info("processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces")
         self.started.set()
         await asyncio.gather(*self._tasks)
@@ -127,6 +131,7 @@ class Engine:
         """One candidate Event from the stream: decode, judge, and count it once its workload is known."""
         if kind == "DELETED" or self._stopping:
             return
+        metrics.EXAMINED.inc()
         try:
             pull = decode_event(obj)
         except DecodeError as exc:
@@ -152,6 +157,11 @@ class Engine:
         for det in self.detector.observe(pull, workload, minute=int(time.time()) // 60):
             if det.delta or det.created:
                 self.writer.mark(det.state.name)
+            rule = RULES_BY_SHORT[det.state.identity.rule]
+            if det.delta:
+                metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
+                if det.folded is not None:
+                    metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
             if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
                 self.capped.add((det.folded.rule, det.folded.namespace))
                 log.warning("cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
@@ -161,16 +171,22 @@ class Engine:
 
     def _finding_event(self, kind: str, obj: dict[str, Any]) -> None:
         if not self._stopping:
-            self.custody.on_event(kind, obj)
+            self.custody.on_event(kind, obj, at_start=not self.findings_watch.synced.is_set())
 
     def _skip(self, reason: str, event: dict[str, Any]) -> None:
         """Count a malformed Event; log each reason once, not once per Event."""
         n = self.skips.get(reason, 0) + 1
         self.skips[reason] = n
+        metrics.SKIPPED.labels(reason).inc()
         if n == 1:
             meta = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
             log.warning("skipping Event %s/%s: %s (logged once per reason)", meta.get("namespace"), meta.get("name"),
                         reason)
+
+    async def _census(self) -> None:
+        while True:
+            self.census()
+            await asyncio.sleep(self.options.census_interval)
 
     async def _maintain(self) -> None:
         """Every ``maintenance_interval`` (a minute): close ledger slots whose Events have expired
@@ -184,9 +200,21 @@ class Engine:
             for state in list(self.detector.states.values()):
                 if state.ledger.close_before(cutoff):
                     self.writer.mark(state.name)
+            self.census()
             if rounds % 10 == 1:
                 self.detector.prune_routes()
                 await self.custody.sweep()
+
+
+    def census(self) -> None:
+        """The Findings gauges: how many have pulls, by rule and severity."""
+        counts: dict[tuple[str, str], int] = {(r.name, r.severity): 0 for r in RULES_BY_SHORT.values()}
+        for state in self.detector.states.values():
+            if state.count:
+                rule = RULES_BY_SHORT[state.identity.rule]
+                counts[(rule.name, rule.severity)] += 1
+        for (rule_name, severity), n in counts.items():
+            metrics.FINDINGS.labels(rule_name, severity).set(n)
 
 
 def _image_reason(item: dict[str, Any]) -> bool:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import aiohttp
 import orjson
 
+from . import metrics
 from .api import Api, ApiError
 from .health import Health
 from .quietlog import Quiet
@@ -39,7 +40,8 @@ class ListWatch:
     def __init__(self, api: Api, path: str, handle: Callable[[str, dict[str, Any]], None], *, name: str,
                  health: Health | None = None, candidate: bytes | None = None,
                  keep_listed: Callable[[dict[str, Any]], bool] | None = None, page: int = 500,
-                 watch_timeout: int = 60, read_timeout: float = 30.0, quiet: Quiet | None = None):
+                 watch_timeout: int = 60, read_timeout: float = 30.0, quiet: Quiet | None = None,
+                 metric: str | None = None):
         self.api, self.path, self.handle, self.name = api, path, handle, name
         self.resource = path.rstrip("/").rsplit("/", 1)[-1]
         self.health = health or Health()
@@ -49,6 +51,7 @@ class ListWatch:
         self.relists = 0   # how often it listed (1 + one per 410)
         self.silences = 0  # watches dropped because nothing arrived for read_timeout
         self.synced = asyncio.Event()  # set once the first list is handed over
+        self.metric = metric
 
     async def run(self) -> None:
         """List, watch, and again, until cancelled."""
@@ -66,11 +69,15 @@ class ListWatch:
             except asyncio.CancelledError:
                 raise
             except _Gone:
+                if self.metric:
+                    metrics.RELISTS.labels(self.metric).inc()
                 self.quiet.info(f"{self.name} gone", "%s: resourceVersion expired (410 Gone); listing again", self.name)
                 rv = None
                 continue
             except _Silent:
                 self.silences += 1
+                if self.metric:
+                    metrics.SILENCES.labels(self.metric).inc()
                 self.quiet.info(f"{self.name} silent", "%s: nothing received for %.0fs (half-open connection?); "
                                 "watching again from where it was", self.name, self.read_timeout)
                 continue

@@ -23,6 +23,7 @@ from .. import GROUP, VERSION
 from ..core.allowlist import Allowlist, Policy, policy_from_object
 from ..core.detector import Detector
 from ..core.findings import cut
+from . import metrics
 from .api import MERGE_PATCH, Api, ApiError
 from .quietlog import Quiet
 
@@ -132,8 +133,11 @@ class Policies:
         keys = {(uid, _generation(body)) for uid, body in objects}
         for stale in [k for k in self.compiled if k not in keys]:
             del self.compiled[stale]
-        self.detector.allowlist = Allowlist([self.compiled[k] for k in sorted(keys)])
+        policies = [self.compiled[k] for k in sorted(keys)]
+        self.detector.allowlist = Allowlist(policies)
         self.rebuilds += 1
+        metrics.ALLOWLIST_OBJECTS.set(len(policies))
+        metrics.REFUSED_PATTERNS.set(sum(len(p.problems) for p in policies))
         self.ready.set()
 
     async def _write_statuses(self, delay: float) -> float:

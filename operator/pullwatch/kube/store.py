@@ -1,9 +1,9 @@
 """The Findings in the cluster: adopted at start-up, kept as pullwatch wrote them, kept in bounds.
 
-* ``adopt_all`` lists every Finding, page by page (memory stays flat however many there are),
-  and merges each into the detector, so that no pull is counted twice after a restart. It retries
-  within seconds (a ``500`` right after an API server restart must not blind the operator for a
-  minute, as a failed kopf start-up handler did).
+* Adoption: the Findings watch's first list (page by page: memory stays flat however many there
+  are) merges each Finding into the detector, so that no pull is counted twice after a restart.
+  A failed list is retried within seconds, as any stream is (a ``500`` right after an API server
+  restart must not blind the operator for a minute, as a failed kopf start-up handler did).
 * A Finding is evidence, so it must be tamper-evident. pullwatch owns its ``spec`` (rebuilt from
   the rule and the first pull, kept in ``status.origin``) and its counts: whoever changes either -
   at start-up it is compared, and while running the Findings are watched - has it put back, and
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -37,13 +36,15 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def editors(obj: dict[str, Any]) -> list[str]:
+def editors(obj: dict[str, Any], part: str | None = None) -> list[str]:
     """Who changed the object since pullwatch last wrote it: the managers of managedFields entries
-    no older than pullwatch's own latest (times have one-second resolution)."""
+    no older than pullwatch's own latest (times have one-second resolution); with ``part``
+    (``spec``, ``status``), only those whose fields are in it."""
     entries = [e for e in _meta(obj).get("managedFields") or [] if isinstance(e, dict)]
     ours = max((str(e.get("time") or "") for e in entries if e.get("manager") == FIELD_MANAGER), default="")
     return sorted({str(e.get("manager") or "unknown") for e in entries
-                   if e.get("manager") != FIELD_MANAGER and str(e.get("time") or "") >= ours})
+                   if e.get("manager") != FIELD_MANAGER and str(e.get("time") or "") >= ours
+                   and (part is None or f"f:{part}" in (e.get("fieldsV1") or {}))})
 
 
 class Custody:
@@ -57,31 +58,7 @@ class Custody:
         self.restored = 0  # edits undone (for the metrics and tests)
         self.deleted = 0   # Findings removed by retention
 
-    # -- start-up ------------------------------------------------------------------------------------
-    async def adopt_all(self) -> int:
-        """Adopt every Finding in the cluster; retried (0.5 s, doubling, at most 10 s) until it works."""
-        delay = 0.5
-        while True:
-            try:
-                return await self._adopt_pages()
-            except ApiError as exc:
-                if exc.status == 403:
-                    self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (adopting Findings); retrying", exc.what)
-                else:
-                    self.quiet.warning("adopt failing", "listing Findings failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
-
-    async def _adopt_pages(self) -> int:
-        adopted = 0
-        async for page in self.api.pages(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
-            for item in page.get("items") or []:
-                if self._take(item, at_start=True):
-                    adopted += 1
-            await asyncio.sleep(0)
-        self.quiet.recovered_all(("adopt failing", "forbidden list findings"), "listing Findings works again")
-        return adopted
-
+    # -- adoption ------------------------------------------------------------------------------------
     def _take(self, obj: dict[str, Any], at_start: bool) -> FindingState | None:
         """Adopt one stored Finding; put back what was changed behind pullwatch's back."""
         meta = _meta(obj)
@@ -105,21 +82,23 @@ class Custody:
             self.keep.discard(name)
 
     def _check(self, state: FindingState, stored: dict[str, Any], at_start: bool) -> None:
-        who = ", ".join(editors(stored)) or "someone"
         if stored.get("spec") != build_spec(state.identity, state.origin):
+            who = ", ".join(editors(stored, "spec")) or "someone"
             self.restored += 1
             log.warning("Finding %s/%s: its spec was changed by %s%s; putting pullwatch's back", state.namespace,
                         state.name, who, " while pullwatch was not running" if at_start else "")
             self.writer.mark(state.name, restore_spec=True)
         count = (stored.get("status") or {}).get("count")
         if count != state.count and (at_start or editors(stored)):
+            who = ", ".join(editors(stored, "status")) or "someone"
             self.restored += 1
             log.warning("Finding %s/%s: its count was changed to %s by %s; putting back %d", state.namespace,
                         state.name, count, who, state.count)
             self.writer.mark(state.name)
 
     # -- while running: the Findings watch ---------------------------------------------------------------
-    def on_event(self, kind: str, obj: dict[str, Any]) -> None:
+    def on_event(self, kind: str, obj: dict[str, Any], at_start: bool = False) -> None:
+        """One Finding from the watch; ``at_start``: from its first list (the adoption)."""
         meta = _meta(obj)
         name = str(meta.get("name"))
         if kind == "DELETED":
@@ -134,14 +113,14 @@ class Custody:
         self._note_labels(name, meta)
         state = self.detector.states.get(name)
         if state is None:
-            self._take(obj, at_start=False)  # one pullwatch did not know of: another replica's, or missed
+            self._take(obj, at_start)  # adoption; or one not known yet: another replica's, or missed
             return
         if str(meta.get("resourceVersion")) == self.writer.versions.get(name):
             return  # the echo of pullwatch's own latest write
         count = (obj.get("status") or {}).get("count")
         if isinstance(count, int) and count > state.count:
             self.detector.adopt(obj)  # counted more elsewhere (another pullwatch): merge, never double
-        self._check(state, obj, at_start=False)
+        self._check(state, obj, at_start)
 
     # -- retention ---------------------------------------------------------------------------------------
     async def sweep(self, now: float | None = None) -> int:

@@ -30,6 +30,7 @@ from .. import GROUP, VERSION
 from ..core.detector import Detector
 from ..core.findings import RULES_BY_SHORT
 from ..core.state import FindingState
+from . import metrics
 from .api import JSON_PATCH, Api, ApiError
 from .health import Health
 from .quietlog import Quiet
@@ -154,6 +155,7 @@ class FindingWriter:
             self._failed(name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time())
         else:
             self._succeeded(loop.time())
+            metrics.LATENCY.observe(loop.time() - d.since)
             if d.generation == generation:
                 self.dirty.pop(name, None)
             else:
@@ -193,6 +195,10 @@ class FindingWriter:
         """Every write since the last success failed."""
         return self.last_failure > self.last_success
 
+    def _wrote(self, verb: str, outcome: str) -> None:
+        self.writes[(verb, outcome)] += 1
+        metrics.WRITES.labels(verb, outcome).inc()
+
     # -- one Finding ----------------------------------------------------------------------------------
     async def _write(self, name: str, restore_spec: bool) -> None:
         for _ in range(MAX_CONFLICTS):
@@ -208,15 +214,15 @@ class FindingWriter:
                 body = state.body()
                 restore_spec = False
             if restore_spec:
-                rv = await self._restore_spec(state, body["spec"], rv)
-                if rv is None:
-                    continue
-                restore_spec = False
+                restored = await self._restore_spec(state, body["spec"], rv)
+                if restored is None:
+                    continue  # it moved on, or is gone: read again, then try again
+                rv, restore_spec = restored, False
             body["metadata"]["resourceVersion"] = rv
             try:
                 result = await self.api.request("PUT", path_of(state.namespace, name, status=True), body=body)
             except ApiError as exc:
-                self.writes[("update", str(exc.status))] += 1
+                self._wrote("update", str(exc.status))
                 if exc.status == 409:
                     await self._reread(state)
                     continue
@@ -225,7 +231,7 @@ class FindingWriter:
                     log.info("Finding %s/%s was deleted; creating it again", state.namespace, name)
                     continue
                 raise
-            self.writes[("update", "ok")] += 1
+            self._wrote("update", "ok")
             self.versions[name] = result["metadata"]["resourceVersion"]
             return
         raise ApiError(409, "Conflict", f"gave up after {MAX_CONFLICTS} conflicting attempts", "PUT", name)
@@ -235,32 +241,34 @@ class FindingWriter:
             created = await self.api.request("POST", path_of(state.namespace),
                                              body={k: v for k, v in body.items() if k != "status"})
         except ApiError as exc:
-            self.writes[("create", str(exc.status))] += 1
+            self._wrote("create", str(exc.status))
             if exc.status != 409:
                 raise
             return await self._reread(state)  # it exists already: take it in, write over it
-        self.writes[("create", "ok")] += 1
+        self._wrote("create", "ok")
         rv = created["metadata"]["resourceVersion"]
         self.versions[state.name] = rv
         return rv
 
     async def _restore_spec(self, state: FindingState, spec: dict[str, Any], rv: str) -> str | None:
         """Put pullwatch's spec back (someone edited it), only over the version that was read;
-        labels and annotations people use for triage are left alone."""
+        labels and annotations people use for triage are left alone. The new resourceVersion, or
+        None when the object moved on or is gone (re-read: the caller tries again)."""
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
                  {"op": "replace", "path": "/spec", "value": spec}]
         try:
             result = await self.api.request("PATCH", path_of(state.namespace, state.name), body=patch,
                                             content_type=JSON_PATCH)
         except ApiError as exc:
-            self.writes[("patch", str(exc.status))] += 1
-            if exc.status in (409, 422):  # resourceVersion moved on: read again
-                return await self._reread(state)
+            self._wrote("patch", str(exc.status))
+            if exc.status in (409, 422):  # resourceVersion moved on (the test op failed): read again
+                await self._reread(state)
+                return None
             if exc.status == 404:
                 self.versions.pop(state.name, None)
                 return None
             raise
-        self.writes[("patch", "ok")] += 1
+        self._wrote("patch", "ok")
         rv = result["metadata"]["resourceVersion"]
         self.versions[state.name] = rv
         return rv

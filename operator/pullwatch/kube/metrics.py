@@ -1,0 +1,58 @@
+"""Prometheus metrics, with ``prometheus_client``, on a port of their own (``--metrics-address``).
+
+Names are ``pullwatch_*``, counters end in ``_total``, and label sets are bounded: rule, severity
+and, where it says so, namespace - never a pod, a workload or an image (each would be a new
+series per pod: an attacker could blow up the monitoring with them).
+
+    pullwatch_pulls_detected_total{rule,severity}         pulls counted into Findings (suppressed too)
+    pullwatch_pulls_suppressed_total{rule,severity}       of those, pulls a Suppression covers
+    pullwatch_findings{rule,severity}                     Findings with pulls, suppressed ones left out
+    pullwatch_findings_suppressed{rule,severity}          Findings a Suppression covers
+    pullwatch_findings_folded_total{rule,namespace}       pulls counted into overflow Findings (past a cap)
+    pullwatch_events_examined_total                       candidate Events decoded
+    pullwatch_events_skipped_total{reason}                malformed image Events, by reason
+    pullwatch_event_to_finding_seconds                    from an Event's arrival to the write of its Finding
+    pullwatch_api_writes_total{verb,outcome}              writes of Findings, by verb and HTTP outcome
+    pullwatch_allowlist_objects                           AllowedImages in force
+    pullwatch_allowlist_refused_patterns                  patterns refused (they allow nothing)
+    pullwatch_active                                      1 on the replica that processes Events
+    pullwatch_stream_relists_total{stream}                lists after 410 Gone (stream: events, findings)
+    pullwatch_stream_silences_total{stream}               watches dropped as silent (half-open connections)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PULLS = Counter("pullwatch_pulls_detected_total", "Pulls counted into Findings.", ["rule", "severity"],
+                registry=REGISTRY)
+SUPPRESSED_PULLS = Counter("pullwatch_pulls_suppressed_total", "Pulls counted into Findings that a Suppression covers.",
+                           ["rule", "severity"], registry=REGISTRY)
+FINDINGS = Gauge("pullwatch_findings", "Findings with at least one pull, suppressed ones left out.",
+                 ["rule", "severity"], registry=REGISTRY)
+SUPPRESSED_FINDINGS = Gauge("pullwatch_findings_suppressed", "Findings a Suppression covers.", ["rule", "severity"],
+                            registry=REGISTRY)
+FOLDED = Counter("pullwatch_findings_folded_total", "Pulls counted into overflow Findings, past a cap.",
+                 ["rule", "namespace"], registry=REGISTRY)
+EXAMINED = Counter("pullwatch_events_examined_total", "Candidate Events decoded.", registry=REGISTRY)
+SKIPPED = Counter("pullwatch_events_skipped_total", "Malformed image Events skipped, by reason.", ["reason"],
+                  registry=REGISTRY)
+LATENCY = Histogram("pullwatch_event_to_finding_seconds", "Seconds from an Event's arrival to the write of its Finding.",
+                    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=REGISTRY)
+WRITES = Counter("pullwatch_api_writes_total", "Writes of Findings, by verb and outcome.", ["verb", "outcome"],
+                 registry=REGISTRY)
+ALLOWLIST_OBJECTS = Gauge("pullwatch_allowlist_objects", "AllowedImages objects in force.", registry=REGISTRY)
+REFUSED_PATTERNS = Gauge("pullwatch_allowlist_refused_patterns", "Allowlist patterns refused (they allow nothing).",
+                         registry=REGISTRY)
+ACTIVE = Gauge("pullwatch_active", "1 on the replica that processes Events, 0 on a standby.", registry=REGISTRY)
+RELISTS = Counter("pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY)
+SILENCES = Counter("pullwatch_stream_silences_total", "Watches dropped as silent (half-open connections).",
+                   ["stream"], registry=REGISTRY)
+
+
+def serve(address: str) -> None:
+    """Serve /metrics on ``host:port`` (a thread of prometheus_client's; the event loop is not used)."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
