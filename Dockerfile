@@ -1,20 +1,25 @@
-# pullwatch operator image. Build: docker build -t pullwatch:0.1.0 .
-# Stage 1 builds wheels (the package and its dependencies); stage 2 installs them into a clean
-# slim image that runs as an unprivileged user with nothing else in it.
-FROM python:3.11-slim AS build
+# pullwatch operator image.
+#   docker build -t pullwatch:0.1.0 .                                  # on the official Python base
+#   bash hack/build-image.sh                                           # podman, on a Debian-built base
+# Stage 1 installs the package and its dependencies into a virtual environment (Debian's Python
+# refuses pip outside one, PEP 668; the official image does not mind); stage 2 copies that venv
+# into a clean image of the same base, which runs as an unprivileged user with nothing else in it.
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m venv /opt/pullwatch \
+ && /opt/pullwatch/bin/pip install --no-cache-dir --disable-pip-version-check . \
+ && find /opt/pullwatch -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN groupadd --system --gid 10001 pullwatch \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pullwatch
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels pullwatch \
- && rm -rf /wheels
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY --from=build /opt/pullwatch /opt/pullwatch
+ENV PATH=/opt/pullwatch/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # The manifests run it with readOnlyRootFilesystem: nothing is written outside /tmp.
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9090
 ENTRYPOINT ["pullwatch", "run"]

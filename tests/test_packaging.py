@@ -17,7 +17,9 @@ def dockerfile():
 
 def test_dockerfile_is_multistage_non_root_with_the_operator_entrypoint():
     text = dockerfile()
-    assert len(re.findall(r"^FROM ", text, re.M)) == 2 and "COPY --from=build" in text
+    assert len(re.findall(r"^FROM \$\{BASE\}", text, re.M)) == 2 and "COPY --from=build" in text
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)  # the official base by default
+    assert "python3 -m venv /opt/pullwatch" in text  # Debian's Python refuses pip outside a venv
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and not user[-1].startswith(("0", "root"))
     assert re.search(r'^ENTRYPOINT \["pullwatch", "run"\]$', text, re.M)
