@@ -201,13 +201,14 @@ def test_an_unwritable_finding_backs_off_and_is_said_once(cluster, start_operato
     print(f"\nunwritable Finding: {len(attempts)} attempts and {said} log line(s) in 30 s")
 
 
-def test_a_huge_allowedimages_gets_a_bounded_status(cluster, operator):
+def test_a_huge_allowedimages_gets_a_bounded_status(cluster, start_operator):
     """A ~1.1 MB AllowedImages: its status repeated every pattern and the write failed (over etcd's
     request limit), leaving READY empty."""
     images = [f"registry.example.com/team-{j:05d}/{'component-' * 8}{j}:*" for j in range(10_000)]
     obj = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": "e2e-huge"},
            "spec": {"images": images}}
     assert len(json.dumps(obj)) > 1_000_000
+    start_operator("--standalone")
     cluster.kubectl("create", "-f", "-", input=json.dumps(obj), timeout=120)  # apply refuses > 256 KiB
     try:
         status = wait_for(lambda: (json.loads(cluster.kubectl("get", "allowedimages", "e2e-huge", "-o", "json",
