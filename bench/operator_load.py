@@ -20,59 +20,21 @@ The operator runs as its ServiceAccount, exactly as in the end-to-end tests.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "tests"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT, FindingWatch, LocalCluster, Operator, count_writes, pct  # noqa: E402
 from kubelet import for_create, image_event, other_event  # noqa: E402
-from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
 
-PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
-SA_USER = "system:serviceaccount:pullwatch-system:pullwatch"
 NOISE = ["Scheduled", "Created", "Started", "Killing", "BackOff", "Unhealthy"]
-
-
-class FindingWatch(threading.Thread):
-    """Records when each Finding first appears, from a watch on the API server."""
-
-    def __init__(self, cluster: LocalCluster):
-        super().__init__(daemon=True)
-        self.cluster, self.seen, self.stop = cluster, {}, threading.Event()
-
-    def run(self) -> None:
-        import http.client
-        import ssl
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        while not self.stop.is_set():
-            conn = http.client.HTTPSConnection("127.0.0.1", self.cluster.port, context=ctx, timeout=5)
-            try:
-                conn.request("GET", "/apis/pullwatch.dev/v1alpha1/findings?watch=1&timeoutSeconds=600",
-                             headers={"Authorization": f"Bearer {self.cluster.token}"})
-                rsp = conn.getresponse()
-                while not self.stop.is_set():
-                    line = rsp.readline()
-                    if not line:
-                        break
-                    ev = json.loads(line)
-                    if ev["type"] == "ADDED":
-                        self.seen.setdefault(ev["object"]["spec"]["involvedObject"]["name"], time.monotonic())
-            except (OSError, http.client.HTTPException, ValueError):
-                time.sleep(0.2)
-            finally:
-                conn.close()
+# Throughput, not bounds, is measured here: the caps (bench/cluster_scale.py measures them) are
+# raised out of the way so that every new pod is a Finding of its own.
+OPERATOR_ARGS: list[str] = ["--max-findings", "1000000", "--max-findings-per-namespace", "1000000"]
 
 
 class Player:
@@ -115,52 +77,22 @@ class Player:
         return body  # type: ignore[return-value]
 
 
-OPERATOR_ARGS: list[str] = []
-
-
-def start_operator(cluster: LocalCluster, workdir: Path) -> tuple[subprocess.Popen, int]:
-    kubeconfig = cluster.service_account_kubeconfig("pullwatch-system", "pullwatch")
-    port = free_port()
-    log = open(workdir / "operator.log", "ab")
-    proc = subprocess.Popen([PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz",
-                             *OPERATOR_ARGS],
-                            env=cluster.env(kubeconfig), stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if http_ok(f"http://127.0.0.1:{port}/healthz"):
-            return proc, port
-        if proc.poll() is not None:
-            raise SystemExit("operator exited; see " + str(workdir / "operator.log"))
-        time.sleep(0.3)
-    raise SystemExit("operator did not become healthy")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def peak_rss_mb(proc: subprocess.Popen) -> float:
-    with open(f"/proc/{proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def wait_all_found(watch: FindingWatch, pods, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if all(p in watch.seen for p in pods):
+        found = set(watch.workload.values())
+        if all(p in found for p in pods):
             return time.monotonic() - start
         time.sleep(0.05)
-    missing = [p for p in pods if p not in watch.seen]
+    missing = [p for p in pods if p not in set(watch.workload.values())]
     raise SystemExit(f"{len(missing)} pulls never became Findings (first: {missing[:3]})")
 
 
 def latencies(player: Player, watch: FindingWatch) -> list[float]:
-    return [watch.seen[p] - t for p, t in player.created_at.items() if p in watch.seen]
+    first = {}
+    for name, workload in watch.workload.items():
+        first[workload] = min(first.get(workload, float("inf")), watch.seen[name])
+    return [first[p] - t for p, t in player.created_at.items() if p in first]
 
 
 def wait_counts(cluster: LocalCluster, player: Player, timeout: float) -> None:
@@ -171,30 +103,11 @@ def wait_counts(cluster: LocalCluster, player: Player, timeout: float) -> None:
         status, body = cluster.request("GET", f"/apis/pullwatch.dev/v1alpha1/namespaces/{player.ns}/findings")
         got = {}
         for f in body.get("items", []) if status == 200 else []:  # type: ignore[union-attr]
-            got.setdefault(f["spec"]["involvedObject"]["name"], set()).add((f.get("status") or {}).get("count"))
+            got.setdefault((f["spec"].get("workload") or {}).get("name"), set()).add((f.get("status") or {}).get("count"))
         if all(got.get(pod) == {n} for pod, n in truth.items()):
             return
         time.sleep(0.2)
     raise SystemExit(f"counts in {player.ns} not exact after {timeout}s")
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
-def count_writes(cluster: LocalCluster, since_bytes: int) -> int:
-    n = 0
-    with open(cluster.audit_log, "rb") as f:
-        f.seek(since_bytes)
-        for line in f:
-            if b"pullwatch.dev" not in line:
-                continue
-            e = json.loads(line)
-            if e.get("stage") == "ResponseComplete" and e["user"]["username"] == SA_USER and \
-                    e["objectRef"].get("resource") == "findings" and e["verb"] in ("create", "update", "patch"):
-                n += 1
-    return n
 
 
 def main() -> None:
@@ -226,7 +139,7 @@ def main() -> None:
         ceiling = args.ceiling_events / (time.monotonic() - t)
         print(f"1. API server accepted rate, one client, no operator: {ceiling:,.0f} Events/s", flush=True)
 
-        proc, _ = start_operator(cluster, workdir)
+        proc = Operator(cluster, workdir, *OPERATOR_ARGS).start()
         watch = FindingWatch(cluster)
         watch.start()
         time.sleep(2)  # let the re-list of phase 1's Events settle
@@ -277,9 +190,9 @@ def main() -> None:
               f"{p3.detected_pulls - len(p3.series)} repeats)", flush=True)
         print(f"4. writes per detected pull over phases 2 and 3: "
               f"{(writes2 + writes3) / (p2.detected_pulls + p3.detected_pulls):.2f}")
-        print(f"   operator peak RSS so far: {peak_rss_mb(proc):.0f} MB", flush=True)
+        print(f"   operator peak RSS so far: {proc.peak_rss_mb():.0f} MB", flush=True)
         watch.stop.set()
-        stop(proc)
+        proc.stop()
         proc = None
 
         # 5. memory with N Events in the cluster
@@ -289,14 +202,14 @@ def main() -> None:
             p5.one()
         print(f"5. created {args.cluster_events:,} more Events in {time.monotonic() - t:.0f}s; starting the operator",
               flush=True)
-        proc, _ = start_operator(cluster, workdir)
+        proc = Operator(cluster, workdir, *OPERATOR_ARGS).start()
         t = time.monotonic()
         wait_counts(cluster, p5, 600)
         print(f"   operator listed and caught up in {time.monotonic() - t:.1f}s; peak RSS "
-              f"{peak_rss_mb(proc):.0f} MB (target < 150 MB)")
+              f"{proc.peak_rss_mb():.0f} MB (target < 150 MB)")
     finally:
         if proc is not None:
-            stop(proc)
+            proc.stop()
         cluster.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from typing import Sequence
 
@@ -31,8 +32,12 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         epilog=SCAN_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("-a", "--allowed-images", action="append", default=[], metavar="FILE",
-                   help="AllowedImages YAML/JSON (repeatable). Without any, no image is allowed.")
+    p.add_argument("-a", "--allowed-images", "-c", "--config", action="append", default=[], metavar="FILE",
+                   dest="allowed_images",
+                   help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no image is "
+                        "allowed), ScannerImages and Suppressions - as the operator reads them from the cluster")
+    p.add_argument("--operator-namespace", default="pullwatch-system", metavar="NS",
+                   help="Suppressions in this namespace may name namespaces (act cluster-wide), as in the operator")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="table")
     p.add_argument("--scanner", action="append", default=[], metavar="NAME",
                    help="another image name (last path component) to treat as a scanner")
@@ -69,8 +74,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="liveness endpoint ('none' disables)")
     p.add_argument("--metrics-address", default="0.0.0.0:9090", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics ('none' disables)")
-    p.add_argument("--scanner", action="append", default=[], metavar="NAME")
-    p.add_argument("--no-default-scanners", action="store_true")
+    p.add_argument("--scanner", action="append", default=[], metavar="NAME",
+                   help="another image name to treat as a scanner (ScannerImages objects add more)")
+    p.add_argument("--no-default-scanners", action="store_true", help="leave out the built-in scanner names")
+    p.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "pullwatch-system"), metavar="NS",
+                   help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
+                        "(default: $POD_NAMESPACE, else pullwatch-system)")
     p.add_argument("--watch-timeout", type=int, default=60, metavar="SECONDS",
                    help="how long the API server keeps a watch open before it is resumed")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -88,46 +97,65 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                         "(seconds, or 30d / 12h / 15m)")
     p.add_argument("--event-ttl", type=duration, default=duration("1h"), metavar="DURATION",
                    help="the API server's --event-ttl: how long an Event can be delivered again after its last update")
+    p.add_argument("--openreports", action="store_true",
+                   help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for Policy "
+                        "Reporter; needs the Report CRD: manifests/components/openreports)")
+    p.add_argument("--openreports-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="how long changes to one namespace's Report are coalesced")
+    p.add_argument("--openreports-max-results", type=int, default=100, metavar="N",
+                   help="results per Report, the most severe and most recent first")
     p.add_argument("--no-workload-reads", action="store_true",
                    help="infer workloads from pod names only (no get on pods, replicasets, jobs)")
     p.add_argument("--drain-seconds", type=float, default=20.0, metavar="SECONDS",
                    help="at shutdown, how long to keep writing what was counted (keep it under the pod's "
                         "termination grace period)")
     p.add_argument("--maintenance-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="how often expired ledger entries are closed; retention runs every tenth time")
+                   help="how often expired ledger entries are closed and Suppressions' expiry is applied; retention "
+                        "runs every tenth time")
+    p.add_argument("--census-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="how often the Findings gauges and the Suppressions' counts are brought up to date")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
-def _scanners(args: argparse.Namespace) -> frozenset[str]:
-    from .core.rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
+def _scanners(args: argparse.Namespace, lists: Sequence[object] = ()) -> frozenset[str]:
+    from .core.rules import DEFAULT_SCANNER_IMAGES, scanner_names, validate_scanner_names
     names = validate_scanner_names(list(args.scanner))
-    return names if args.no_default_scanners else DEFAULT_SCANNER_IMAGES | names
+    return scanner_names(lists, names, frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES)  # type: ignore[arg-type]
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from .core.allowlist import Allowlist
-    from .scan.pipeline import load_policies, scan_paths
+    from .scan.pipeline import load_config, scan_paths
     from .scan.render import FORMATS, safe, summary
     from .scan.sources import InputError
 
     try:
-        scanners = _scanners(args)
-        policies = load_policies(args.allowed_images)
+        config = load_config(args.allowed_images, args.operator_namespace)
+        scanners = _scanners(args, config.scanner_lists)
     except (InputError, ValueError) as exc:
         print(f"pullwatch: {safe(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    policies = config.policies
     for policy in policies:
         for problem in policy.problems:
             status = "ignored" if not policy.usable else "pattern ignored"
             print(f"pullwatch: AllowedImages {safe(policy.name)}: {status}: {safe(problem)}", file=sys.stderr)
+    for scanner_list in config.scanner_lists:
+        for problem in scanner_list.problems:
+            print(f"pullwatch: ScannerImages {safe(scanner_list.name)}: {safe(problem)}", file=sys.stderr)
+    for s in config.suppressions:
+        for problem in s.problems:
+            print(f"pullwatch: Suppression {safe(s.key)}: ignored: {safe(problem)}", file=sys.stderr)
+    for what in config.unknown:
+        print(f"pullwatch: {safe(what)}: not a pullwatch configuration object; ignored", file=sys.stderr)
     # The scan builds no reference cycles (parsed JSON and our own records), so reference
     # counting frees everything; the cyclic collector would only re-walk the growing Finding
     # state over and over (a third of the scan time in bench/scan_throughput.py).
     gc.disable()
     try:
-        result = scan_paths(args.files, Allowlist(policies), scanners)
+        result = scan_paths(args.files, Allowlist(policies), scanners, suppressions=config.suppressions)
     finally:
         gc.enable()
     FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete)
@@ -148,19 +176,24 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .core.rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
     from .kube.app import run_operator  # imported here: `scan` needs neither kopf nor kubernetes
     from .kube.engine import Options
     try:
-        scanners = _scanners(args)
+        extra = validate_scanner_names(list(args.scanner))
     except ValueError as exc:
         print(f"pullwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     options = Options(
-        namespaces=list(args.namespace), scanners=scanners, flush_interval=args.flush_interval,
+        namespaces=list(args.namespace), scanner_extra=extra,
+        scanner_defaults=frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES,
+        operator_namespace=args.operator_namespace, flush_interval=args.flush_interval,
         status_interval=args.status_interval, watch_timeout=args.watch_timeout, read_timeout=args.read_timeout,
         max_findings=args.max_findings, max_findings_per_namespace=args.max_findings_per_namespace,
         retention_seconds=args.retention, event_ttl_seconds=args.event_ttl, read_workloads=not args.no_workload_reads,
-        drain_seconds=args.drain_seconds, maintenance_interval=args.maintenance_interval)
+        drain_seconds=args.drain_seconds, maintenance_interval=args.maintenance_interval,
+        openreports=args.openreports, openreports_interval=args.openreports_interval,
+        openreports_max_results=args.openreports_max_results, census_interval=args.census_interval)
     return run_operator(args, options)
 
 

@@ -9,6 +9,9 @@ Finding, even if the workload would now be resolved differently (the pod is gone
 says otherwise) or the Finding was an overflow one. That is what keeps counts exact across
 restarts and relists.
 
+Suppressions: a pull a Suppression covers is counted like any other; the Finding records which
+Suppression covers its latest pull, and how many of its pulls were covered (see suppressions.py).
+
 Bounds (the operator's; ``scan`` has none): ``Caps`` limits the Findings of each rule cluster-
 wide and per namespace. A detection past a cap is never dropped: it is counted in the overflow
 Finding of its (rule, namespace), which records what was folded into it. Each rule has its own
@@ -32,15 +35,18 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from .allowlist import Allowlist
-from .findings import Identity, Origin, minute_of, repository_of
+from .findings import RULES_BY_SHORT, Identity, Origin, minute_of, repository_of
 from .imageref import ImageRef, InvalidImageReference, parse_image
 from .ledger import MAX_SERIES, short_hash
 from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
+from .findings import instant
 from .state import FindingState
+from .suppressions import Suppression, Suppressions
 from .workload import Workload, infer
 
 
@@ -62,6 +68,7 @@ class Detection:
     delta: int
     created: bool
     folded: Identity | None = None
+    suppressed: Suppression | None = None
 
 
 def series_of(pull: Pull) -> str:
@@ -94,7 +101,7 @@ class Detector:
 
     def __init__(self, allowlist: Allowlist, scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
                  caps: Caps | None = None, live_series: int | None = None):
-        self.scanners = frozenset(scanners)
+        self._scanners = frozenset(scanners)
         self.caps = caps
         self.live_series = live_series
         self.states: dict[str, FindingState] = {}
@@ -103,6 +110,16 @@ class Detector:
         self.per_namespace: Counter[tuple[str, str]] = Counter()
         self._rules_cache: dict[tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]] = {}
         self.allowlist = allowlist
+        self.suppressions = Suppressions()
+
+    @property
+    def scanners(self) -> frozenset[str]:
+        return self._scanners
+
+    @scanners.setter
+    def scanners(self, value: Iterable[str]) -> None:
+        self._scanners = frozenset(value)
+        self._rules_cache = {}  # verdicts made with the old names must not outlive them
 
     @property
     def allowlist(self) -> Allowlist:
@@ -136,10 +153,13 @@ class Detector:
         self._rules_cache[key] = fired
         return fired
 
-    def observe(self, pull: Pull, workload: Workload | None = None, minute: int | None = None) -> list[Detection]:
+    def observe(self, pull: Pull, workload: Workload | None = None, minute: int | None = None,
+                now: float | None = None) -> list[Detection]:
         """Count ``pull``. ``minute``: when it was observed (minutes since the epoch; the operator's
         clock); a series is closed a TTL after it was last *observed*, never by the Event's own
-        timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time."""
+        timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time.
+        ``now``: the time Suppressions' expiry is judged at (the operator's clock; ``scan``: the
+        pull's own time - was it covered when it happened?)."""
         fired = self.rules_for(pull.involved.namespace, pull.image)
         if not fired:
             return []
@@ -147,6 +167,9 @@ class Detector:
         series = series_of(pull)
         series_key = short_hash(series, 48)
         when = minute if minute is not None else (minute_of(pull.last_seen or pull.first_seen) or 0)
+        if now is None:
+            moment = instant(pull.last_seen or pull.first_seen or "")
+            now = moment.timestamp() if moment is not None else 0.0
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)
@@ -158,8 +181,37 @@ class Detector:
                 state.fold(folded, pull.image, delta)
             if self.live_series is not None and len(state.ledger.series) > self.live_series:
                 state.ledger.bound(self.live_series)
-            out.append(Detection(state, delta, created, folded))
+            image = ref.normalized if ref else pull.image
+            covered = self.suppressions.covering(rule.name, identity.namespace, identity.workload, image, now)
+            state.last_image = image
+            self._cover(state, covered)
+            if covered is not None:
+                state.suppressed_pulls += delta
+            out.append(Detection(state, delta, created, folded, covered))
         return out
+
+    @staticmethod
+    def _cover(state: FindingState, covered: Suppression | None) -> bool:
+        """Record which Suppression covers the Finding's latest pull; whether that changed."""
+        wanted = None if covered is None else {
+            "namespace": covered.namespace, "name": covered.name, "reason": covered.reason,
+            **({"expires": covered_expiry(covered)} if covered.expires is not None else {})}
+        changed = wanted != state.suppression
+        state.suppression = wanted
+        return changed
+
+    def recheck_suppressions(self, now: float) -> list[FindingState]:
+        """After Suppressions changed (or one expired): the Findings whose cover changed."""
+        changed = []
+        for state in self.states.values():
+            if state.last_image is None or state.identity.is_overflow:
+                continue
+            rule = RULES_BY_SHORT[state.identity.rule]
+            covered = self.suppressions.covering(rule.name, state.namespace, state.identity.workload,
+                                                 state.last_image, now)
+            if self._cover(state, covered):
+                changed.append(state)
+        return changed
 
     def _route(self, rule: str, series_key: int, identity: Identity, pull: Pull, workload: Workload,
                not_allowed: str | None) -> tuple[FindingState, bool, Identity | None]:
@@ -241,6 +293,10 @@ class FindingsView:
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other)  # type: ignore[call-overload]
+
+
+def covered_expiry(s: Suppression) -> str:
+    return datetime.fromtimestamp(s.expires or 0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 __all__ = ["Caps", "Detection", "Detector", "FindingsView", "MAX_SERIES", "series_of", "workload_of"]

@@ -214,7 +214,10 @@ def finding_body(identity: Identity, spec: dict[str, Any], status: dict[str, Any
 
 # -- time ----------------------------------------------------------------------------------------
 
-def _instant(stamp: str) -> datetime | None:
+def instant(stamp: str) -> datetime | None:
+    """The moment an RFC 3339 stamp names (UTC when it says no zone), or None."""
+    if not stamp:
+        return None
     try:
         moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
@@ -226,7 +229,7 @@ def minute_of(stamp: str | None) -> int | None:
     """Minutes since the epoch of an RFC 3339 stamp (the ledger's clock), or None."""
     if not stamp:
         return None
-    moment = _instant(stamp)
+    moment = instant(stamp)
     return None if moment is None else int(moment.timestamp()) // 60
 
 
@@ -245,7 +248,7 @@ def _pick(a: str | None, b: str | None, better) -> str | None:
     if len(a) == len(b) and a[-1:] == b[-1:] == "Z":
         # Same layout, both UTC: RFC 3339 strings then sort like the instants they name.
         return b if better(b, a) else a
-    ta, tb = _instant(a), _instant(b)
+    ta, tb = instant(a), instant(b)
     if ta is None or tb is None:
         return a if ta is not None else b
     return b if better(tb, ta) else a

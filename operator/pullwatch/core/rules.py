@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Iterable
 
 SEVERITIES = ("informational", "low", "medium", "high", "critical")
 _TEMPLATE_FIELD = re.compile(r"\$([a-z_]+)\$")
@@ -122,3 +123,66 @@ def validate_scanner_names(names: object) -> frozenset[str]:
     if bad:
         raise ValueError(f"not a single image path component: {bad!r}")
     return frozenset(names)
+
+
+# -- scanner names as data: ScannerImages objects ------------------------------------------------
+
+SCANNER_IMAGES_KIND = "ScannerImages"
+
+
+@dataclass(frozen=True)
+class ScannerList:
+    """One ScannerImages object: names to add to the scanner rule's list, or (``replaceDefaults``)
+    to use instead of the built-in list. Invalid names are refused and listed; the others apply."""
+
+    name: str
+    names: frozenset[str]
+    replace_defaults: bool
+    problems: tuple[str, ...] = ()
+
+
+def scanner_list_from_object(obj: object) -> ScannerList:
+    """Validate one ScannerImages object; never raises.
+
+        >>> scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages",
+        ...     "metadata": {"name": "extra"}, "spec": {"names": ["trufflehog", "Not/Valid"]}}).problems
+        ("spec.names[1]: 'Not/Valid' is not a single image path component",)
+    """
+    from .. import API_VERSION
+
+    meta = obj.get("metadata") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
+    if not isinstance(obj, dict) or obj.get("kind") != SCANNER_IMAGES_KIND or obj.get("apiVersion") != API_VERSION:
+        return ScannerList(name, frozenset(), False, (f"not a {API_VERSION} {SCANNER_IMAGES_KIND}",))
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    raw = spec.get("names")
+    replace = spec.get("replaceDefaults", False)
+    problems = []
+    if not isinstance(raw, list):
+        return ScannerList(name, frozenset(), False, ("spec.names must be a list of image names",))
+    if not isinstance(replace, bool):
+        problems.append("spec.replaceDefaults must be true or false")
+        replace = False
+    good = set()
+    for i, n in enumerate(raw):
+        if isinstance(n, str) and _SCANNER_NAME.match(n):
+            good.add(n)
+        else:
+            problems.append(f"spec.names[{i}]: {str(n)[:100]!r} is not a single image path component")
+    return ScannerList(name, frozenset(good), replace, tuple(problems))
+
+
+def scanner_names(lists: "Iterable[ScannerList]", extra: frozenset[str] = frozenset(),
+                  defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES) -> frozenset[str]:
+    """The scanner rule's names in force: the built-in list (unless an object replaces it), every
+    object's names, and ``extra`` (command-line ``--scanner``).
+
+        >>> a = ScannerList("a", frozenset({"trufflehog"}), False)
+        >>> "kube-hunter" in scanner_names([a]), "trufflehog" in scanner_names([a])
+        (True, True)
+        >>> sorted(scanner_names([a, ScannerList("b", frozenset({"nmap"}), True)]))
+        ['nmap', 'trufflehog']
+    """
+    lists = list(lists)
+    base = frozenset() if any(s.replace_defaults for s in lists) else defaults
+    return base.union(*(s.names for s in lists)) | extra

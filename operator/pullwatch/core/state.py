@@ -6,7 +6,8 @@
 cache, ``no`` while every attempt that ended failed, ``unknown`` while no attempt has ended); the image references seen, each with its count, at
 most ``MAX_IMAGES`` (the rest summed in ``imagesOther``); the most recent pods with their node,
 container and count, at most ``MAX_PODS``; how many distinct pods and nodes (exact up to
-``MAX_DISTINCT`` each, then counted on from there); the origin (the first pull); and the ledger.
+``MAX_DISTINCT`` each, then counted on from there); the origin (the first pull); the Suppression
+that covers its latest pull, if one does, and how many of its pulls were covered; and the ledger.
 
 No Finding outgrows ``BUDGET`` bytes of JSON whatever its inputs: strings from Events are cut,
 lists are capped, and ``body()`` trims the oldest pods, the smallest images and, last, closes
@@ -34,7 +35,7 @@ BUDGET = 12 * 1024
 class FindingState:
     __slots__ = ("identity", "origin", "ledger", "first_seen", "last_seen", "images", "images_other",
                  "pods", "pod_count", "node_count", "pod_hashes", "node_hashes", "last_error", "folded",
-                 "folded_count", "folded_hashes", "__weakref__")
+                 "folded_count", "folded_hashes", "suppression", "suppressed_pulls", "last_image", "__weakref__")
 
     def __init__(self, identity: Identity, origin: Origin):
         self.identity, self.origin = identity, origin
@@ -51,6 +52,9 @@ class FindingState:
         self.folded: dict[str, int] = {}          # overflow: "workload image" -> pulls
         self.folded_count = 0
         self.folded_hashes: set[int] = set()
+        self.suppression: dict[str, Any] | None = None  # {namespace, name, reason, expires} covering it
+        self.suppressed_pulls = 0
+        self.last_image: str | None = None               # the latest pull's image, normalized
 
     @property
     def name(self) -> str:
@@ -123,6 +127,12 @@ class FindingState:
             "nodeCount": self.node_count,
             "origin": self.origin.as_dict(),
         }
+        if self.last_image is not None:
+            status["lastImage"] = self.last_image
+        if self.suppression is not None:
+            status["suppression"] = self.suppression
+        if self.suppressed_pulls:
+            status["suppressedPulls"] = self.suppressed_pulls
         if self.identity.is_overflow:
             status["folded"] = {"identities": self.folded_count,
                                 "sample": [{"what": k, "count": n} for k, n in
@@ -178,6 +188,8 @@ class FindingState:
             error = (status.get("outcomes") or {}).get("lastError")
             if isinstance(error, dict):
                 state.last_error = (str(error.get("class")), cut(str(error.get("message")), 300), _str(error.get("time")))
+            state.last_image = cut(status["lastImage"], 1100) if isinstance(status.get("lastImage"), str) else None
+            state.suppressed_pulls = _int(status.get("suppressedPulls"))
             folded = status.get("folded") or {}
             state.folded_count = _int(folded.get("identities"))
             for item in folded.get("sample") or []:
@@ -211,6 +223,8 @@ class FindingState:
             if key in self.folded or len(self.folded) < MAX_FOLDED:
                 self.folded[key] = max(self.folded.get(key, 0), n)
         self.folded_count = max(self.folded_count, other.folded_count)
+        self.suppressed_pulls = max(self.suppressed_pulls, other.suppressed_pulls)
+        self.last_image = self.last_image or other.last_image
 
 
 def ran(outcomes: dict[str, int]) -> str:

@@ -33,7 +33,6 @@ from .api import Api, ApiError
 from .engine import Engine, Options
 from .health import Health
 from .peering import Peering
-from .policies import PLURAL as ALLOWED
 from .quietlog import KopfRetryFilter, Quiet
 
 log = logging.getLogger("pullwatch")
@@ -139,10 +138,14 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         return {"active": True, "findings": len(engine.detector.states), "dirty": len(engine.writer.dirty),
                 "pulls": engine.pulls}
 
-    @kopf.on.event(GROUP, VERSION, ALLOWED, registry=registry, id="allowedimages")
-    async def allowed_images(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:  # async: on the loop
-        if rt.engine is not None:
-            rt.engine.policies.apply(event.get("type") or "MODIFIED", _plain(body))
+    # The configuration kinds: kopf watches them and hands every change to the engine (async
+    # handlers: they run on the event loop, where the engine's state lives).
+    for plural, kind in (("allowedimages", "AllowedImages"), ("scannerimages", "ScannerImages"),
+                         ("suppressions", "Suppression")):
+        async def handler(event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            if rt.engine is not None:
+                rt.engine.configs[_kind].apply(event.get("type") or "MODIFIED", _plain(body))
+        kopf.on.event(GROUP, VERSION, plural, registry=registry, id=plural)(handler)
 
     return registry
 

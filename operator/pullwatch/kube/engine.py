@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,10 @@ from . import metrics
 from .api import Api
 from .events import ListWatch
 from .health import Health
-from .policies import Policies
+from .config import Configs
+from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
+from .reports import ReportWriter
 from .store import Custody
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
@@ -40,7 +43,9 @@ log = logging.getLogger("pullwatch")
 @dataclass
 class Options:
     namespaces: list[str] = field(default_factory=list)   # Event namespaces; empty: all
-    scanners: frozenset[str] = DEFAULT_SCANNER_IMAGES
+    scanner_defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES  # empty with --no-default-scanners
+    scanner_extra: frozenset[str] = frozenset()                # --scanner
+    operator_namespace: str = "pullwatch-system"             # its Suppressions may act cluster-wide
     flush_interval: float = 0.25
     status_interval: float = 2.0
     watch_timeout: int = 60
@@ -51,6 +56,9 @@ class Options:
     event_ttl_seconds: float = 3600
     read_workloads: bool = True
     drain_seconds: float = 20.0
+    openreports: bool = False
+    openreports_interval: float = 5.0
+    openreports_max_results: int = 100
     maintenance_interval: float = 60.0
     census_interval: float = 15.0
 
@@ -58,7 +66,7 @@ class Options:
 class Engine:
     def __init__(self, api: Api, options: Options, health: Health, quiet: Quiet):
         self.api, self.options, self.health, self.quiet = api, options, health, quiet
-        self.detector = Detector(Allowlist(), options.scanners,
+        self.detector = Detector(Allowlist(), options.scanner_defaults | options.scanner_extra,
                                  caps=Caps(options.max_findings, options.max_findings_per_namespace),
                                  live_series=MAX_SERIES)
         self.writer = FindingWriter(api, self.detector, health, flush_interval=options.flush_interval,
@@ -66,7 +74,19 @@ class Engine:
         self.resolver = WorkloadResolver(api if options.read_workloads else None, quiet=quiet)
         self.custody = Custody(api, self.detector, self.writer, retention_seconds=options.retention_seconds,
                                quiet=quiet)
-        self.policies = Policies(api, self.detector, quiet)
+        self.reports = ReportWriter(api, self.detector, interval=options.openreports_interval,
+                                    max_results=options.openreports_max_results, quiet=quiet) \
+            if options.openreports else None
+        if self.reports is not None:
+            self.writer.listeners.append(self.reports.mark)
+        self.hidden: Counter[str] = Counter()  # pulls hidden per Suppression
+        self.configs = {
+            "AllowedImages": Configs(api, allowed_images(self.detector), quiet),
+            "ScannerImages": Configs(api, scanner_images(self.detector, options.scanner_extra,
+                                                         options.scanner_defaults), quiet),
+            "Suppression": Configs(api, suppressions(self.detector, options.operator_namespace, self._recover,
+                                                     self.hidden), quiet),
+        }
         self.findings_watch = ListWatch(api, f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._finding_event,
                                         name="Findings watch", health=health, watch_timeout=options.watch_timeout,
                                         read_timeout=options.read_timeout, quiet=quiet, metric="findings")
@@ -76,6 +96,7 @@ class Engine:
                       keep_listed=_image_reason, watch_timeout=options.watch_timeout,
                       read_timeout=options.read_timeout, quiet=quiet, metric="events")
             for ns in (options.namespaces or [None])]
+        self._hidden_written: Counter[str] = Counter()
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
@@ -95,13 +116,17 @@ class Engine:
         self.health.watch(self.findings_watch.name, allowed=3 * self.options.read_timeout + 30)
         await self.findings_watch.synced.wait()   # every Finding adopted (its first list)
         log.info("adopted %d existing Findings", len(self.detector.states))
-        await self.policies.load()                # every AllowedImages compiled
-        start(self.policies.run(), "allowlist")
+        # every AllowedImages, ScannerImages and Suppression compiled before any pull is judged
+        await asyncio.gather(*(c.load() for c in self.configs.values()))
+        for name, c in self.configs.items():
+            start(c.run(), name)
         for stream in self.event_streams:
             self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
             start(stream.run(), stream.name)
         start(self._maintain(), "maintenance")
         start(self._census(), "census")
+        if self.reports is not None:
+            start(self.reports.run(), "openreports")
         log.info("processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces")
         self.started.set()
         await asyncio.gather(*self._tasks)
@@ -159,7 +184,11 @@ class Engine:
                 self.writer.mark(det.state.name)
             rule = RULES_BY_SHORT[det.state.identity.rule]
             if det.delta:
-                metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
+                if det.suppressed is not None:
+                    metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
+                    self.hidden[det.suppressed.key] += det.delta
+                else:
+                    metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
                 if det.folded is not None:
                     metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
             if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
@@ -200,21 +229,33 @@ class Engine:
             for state in list(self.detector.states.values()):
                 if state.ledger.close_before(cutoff):
                     self.writer.mark(state.name)
-            self.census()
+            self._recover()  # Suppressions that expired since
+            self.configs["Suppression"].recheck_statuses()
             if rounds % 10 == 1:
                 self.detector.prune_routes()
                 await self.custody.sweep()
 
 
+    def _recover(self) -> None:
+        """Suppressions changed or expired: mark the Findings whose cover changed."""
+        for state in self.detector.recheck_suppressions(time.time()):
+            self.writer.mark(state.name)
+
     def census(self) -> None:
-        """The Findings gauges: how many have pulls, by rule and severity."""
-        counts: dict[tuple[str, str], int] = {(r.name, r.severity): 0 for r in RULES_BY_SHORT.values()}
+        """The Findings gauges (by rule and severity, suppressed ones apart); and the Suppressions'
+        statuses, whose counts move with what happens."""
+        active: dict[tuple[str, str], int] = {(r.name, r.severity): 0 for r in RULES_BY_SHORT.values()}
+        suppressed = dict(active)
         for state in self.detector.states.values():
             if state.count:
                 rule = RULES_BY_SHORT[state.identity.rule]
-                counts[(rule.name, rule.severity)] += 1
-        for (rule_name, severity), n in counts.items():
+                (suppressed if state.suppression is not None else active)[(rule.name, rule.severity)] += 1
+        for (rule_name, severity), n in active.items():
             metrics.FINDINGS.labels(rule_name, severity).set(n)
+            metrics.SUPPRESSED_FINDINGS.labels(rule_name, severity).set(suppressed[(rule_name, severity)])
+        if self.hidden != self._hidden_written:
+            self._hidden_written = Counter(self.hidden)
+            self.configs["Suppression"].recheck_statuses()
 
 
 def _image_reason(item: dict[str, Any]) -> bool:

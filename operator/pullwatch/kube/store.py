@@ -151,6 +151,7 @@ class Custody:
                     continue
             self.detector.forget(name)
             self.writer.versions.pop(name, None)
+            self.writer.changed(state.namespace)
             self.deleted += 1
             deleted += 1
             log.info("retention: deleted Finding %s/%s, last seen %s", state.namespace, name, state.last_seen)

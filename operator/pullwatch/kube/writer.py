@@ -24,7 +24,7 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .. import GROUP, VERSION
 from ..core.detector import Detector
@@ -69,12 +69,21 @@ class FindingWriter:
         self.in_flight: set[str] = set()
         self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
         self.last_success = self.last_failure = 0.0
+        self.listeners: list[Callable[[str], None]] = []  # told the namespace of every change
         self._wake = asyncio.Event()
         self._draining = False
         self._tasks: set[asyncio.Task] = set()
 
     # -- what to write ------------------------------------------------------------------------------
+    def changed(self, namespace: str) -> None:
+        """A Finding of ``namespace`` changed (or was removed): tell the listeners (OpenReports)."""
+        for listener in self.listeners:
+            listener(namespace)
+
     def mark(self, name: str, restore_spec: bool = False) -> None:
+        state = self.detector.states.get(name)
+        if state is not None:
+            self.changed(state.namespace)
         now = asyncio.get_running_loop().time()
         d = self.dirty.get(name)
         if d is None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
+from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
+from ..core.suppressions import KIND as SUPPRESSION
+from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from ..core.audit import AuditDeduper, decode_audit_entry
 from ..core.detector import Detector
 from ..core.pulls import DecodeError, decode_event, event_head
@@ -101,16 +105,39 @@ class Scanner:
         return self.result
 
 
-def load_policies(paths: Iterable[str]) -> list[Policy]:
-    """AllowedImages from YAML/JSON files (several documents, or a List). Raises InputError for a
-    file that cannot be read or is not YAML: the allowlist is configuration, and a scan with part
-    of it missing would report what it allows. A malformed object becomes an unusable Policy with
-    its problem listed."""
-    policies: list[Policy] = []
+@dataclass
+class Config:
+    """What configuration files hold: the same objects the operator reads from the cluster."""
+
+    policies: list[Policy] = field(default_factory=list)
+    scanner_lists: list[ScannerList] = field(default_factory=list)
+    suppressions: list[Suppression] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # objects of another kind
+
+
+def load_config(paths: Iterable[str], operator_namespace: str = "pullwatch-system") -> Config:
+    """AllowedImages, ScannerImages and Suppressions from YAML/JSON files (several documents, or a
+    List). Raises InputError for a file that cannot be read or is not YAML: the configuration
+    decides what is reported, and a scan with part of it missing would report the wrong things. A
+    malformed object is kept with its problems listed (it then allows, adds or covers nothing)."""
+    config = Config()
     for path in paths:
         for obj in objects_from_documents(read_documents(path)):
-            policies.append(policy_from_object(obj))
-    return policies
+            kind = obj.get("kind") if isinstance(obj, dict) else None
+            if kind == SCANNER_IMAGES_KIND:
+                config.scanner_lists.append(scanner_list_from_object(obj))
+            elif kind == SUPPRESSION:
+                config.suppressions.append(suppression_from_object(obj, operator_namespace))
+            elif kind == ALLOWED_IMAGES or not isinstance(kind, str):
+                config.policies.append(policy_from_object(obj))
+            else:
+                config.unknown.append(f"{path}: {str(kind)[:60]}")
+    return config
+
+
+def load_policies(paths: Iterable[str]) -> list[Policy]:
+    """The AllowedImages of configuration files (see ``load_config``)."""
+    return load_config(paths).policies
 
 
 def read_documents(path: str) -> list[Any]:
@@ -131,10 +158,11 @@ def read_documents(path: str) -> list[Any]:
 
 
 def scan_paths(paths: Iterable[str], allowlist: Allowlist, scanners: Iterable[str] | None = None,
-               parallel: bool = True) -> ScanResult:
+               parallel: bool = True, suppressions: Iterable[Suppression] = ()) -> ScanResult:
     from . import parallel as par  # here: parallel builds on this module
 
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)
+    detector.suppressions = Suppressions(suppressions)
     scanner = Scanner(detector)
     for path in paths:
         if parallel and par.usable(path):

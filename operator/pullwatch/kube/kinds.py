@@ -1,0 +1,98 @@
+"""The three configuration kinds: how each is compiled, put in force, and reported in its status.
+
+* AllowedImages (cluster-scoped): the allowlist. Status: patterns in use, the first 20 problems
+  and normalized patterns, Ready.
+* ScannerImages (cluster-scoped): names added to the scanner rule's list, or replacing the
+  built-in list (``replaceDefaults: true``). Status: the names in force, Ready.
+* Suppression (namespaced): accepted detections. Status: what it covers, the pulls it has hidden
+  and the Findings it covers now, Ready (False once expired or malformed, saying which).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from ..core.allowlist import Allowlist, Policy, policy_from_object
+from ..core.detector import Detector
+from ..core.findings import cut
+from ..core.rules import ScannerList, scanner_list_from_object, scanner_names
+from ..core.suppressions import Suppression, Suppressions, suppression_from_object
+from .config import SAMPLE, Kind, allowlist_gauges, condition
+
+
+def _spec_list(body: dict[str, Any], key: str) -> list[Any]:
+    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+    value = spec.get(key)
+    return value if isinstance(value, list) else []
+
+
+def allowed_images(detector: Detector) -> Kind:
+    def install(policies: list[Policy]) -> None:
+        detector.allowlist = Allowlist(policies)
+        allowlist_gauges(policies)
+
+    def status(policy: Policy, body: dict[str, Any]) -> dict[str, Any]:
+        generation = body["metadata"].get("generation")
+        problems = list(policy.problems)
+        if not policy.usable:
+            ready = condition(False, "Invalid", "; ".join(problems[:3]), generation)
+        elif problems:
+            ready = condition(False, "InvalidPatterns", f"{len(problems)} problem(s); the valid patterns still apply: "
+                              + "; ".join(problems[:3]), generation)
+        else:
+            ready = condition(True, "Valid", f"{len(policy.patterns)} pattern(s) in use", generation)
+        return {"observedGeneration": generation, "patterns": len(policy.patterns),
+                "patternsWritten": len(_spec_list(body, "images")),
+                "normalizedPatterns": [cut(p.normalized, 256) for p in policy.patterns[:SAMPLE]],
+                "problems": [cut(p, 300) for p in problems[:SAMPLE]], "problemCount": len(problems),
+                "conditions": [ready]}
+
+    return Kind("AllowedImages", "allowedimages", False, policy_from_object, install, status)
+
+
+def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozenset[str]) -> Kind:
+    def install(lists: list[ScannerList]) -> None:
+        detector.scanners = scanner_names(lists, extra, defaults)
+
+    def status(lst: ScannerList, body: dict[str, Any]) -> dict[str, Any]:
+        generation = body["metadata"].get("generation")
+        problems = list(lst.problems)
+        message = (f"{len(lst.names)} name(s) {'replacing the built-in list' if lst.replace_defaults else 'added'}; "
+                   f"{len(detector.scanners)} scanner name(s) in force in all")
+        ready = condition(not problems, "InvalidNames" if problems else "Valid",
+                          ("; ".join(problems[:3]) + "; the valid names still apply") if problems else message, generation)
+        return {"observedGeneration": generation, "names": len(lst.names), "replacesDefaults": lst.replace_defaults,
+                "namesInForce": len(detector.scanners), "problems": [cut(p, 300) for p in problems[:SAMPLE]],
+                "conditions": [ready]}
+
+    return Kind("ScannerImages", "scannerimages", False, scanner_list_from_object, install, status)
+
+
+def suppressions(detector: Detector, operator_namespace: str, changed: Callable[[], None],
+                 hidden: Counter[str]) -> Kind:
+    """``hidden``: pulls hidden per Suppression (``namespace/name``), counted by the engine."""
+
+    def install(items: list[Suppression]) -> None:
+        detector.suppressions = Suppressions(items)
+        changed()  # which Findings each covers may have changed
+
+    def status(s: Suppression, body: dict[str, Any]) -> dict[str, Any]:
+        generation = body["metadata"].get("generation")
+        stored = body.get("status") if isinstance(body.get("status"), dict) else {}
+        if isinstance(stored.get("hidden"), int) and stored["hidden"] > hidden[s.key]:
+            hidden[s.key] = stored["hidden"]  # counted before this process started: go on from there
+        if s.problems:
+            ready = condition(False, "Invalid", "covers nothing: " + "; ".join(s.problems[:3]), generation)
+        elif s.expired(time.time()):
+            ready = condition(False, "Expired", "expired: covers nothing any more", generation)
+        else:
+            ready = condition(True, "Active", s.describe(), generation)
+        covering = sum(1 for st in detector.states.values() if st.suppression is not None
+                       and (st.suppression["namespace"], st.suppression["name"]) == (s.namespace, s.name))
+        return {"observedGeneration": generation, "covers": cut(s.describe(), 1000), "hidden": hidden[s.key],
+                "findings": covering, "problems": [cut(p, 300) for p in s.problems[:SAMPLE]], "conditions": [ready]}
+
+    return Kind("Suppression", "suppressions", True, lambda b: suppression_from_object(b, operator_namespace),
+                install, status)
