@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
+from localcluster import LocalCluster, daemon, free_port, http_ok  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA_USER = "system:serviceaccount:pullwatch-system:pullwatch"
@@ -37,10 +37,10 @@ class Operator:
         kubeconfig = self.cluster.service_account_kubeconfig("pullwatch-system", "pullwatch")
         log = open(self.workdir / "operator.log", "ab")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
+        self.proc = daemon(
             [PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{self.health}/healthz",
              f"--metrics-address=127.0.0.1:{self.metrics_port}", *self.args],
-            env=self.cluster.env(kubeconfig), stdout=log, stderr=log, start_new_session=True)
+            env=self.cluster.env(kubeconfig), stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if http_ok(f"http://127.0.0.1:{self.health}/healthz"):

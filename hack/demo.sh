@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/bootstrap.sh
-bash hack/build-kube-apiserver.sh >/dev/null
+bash hack/build-kube.sh kube-apiserver >/dev/null
 exec .venv/bin/python hack/demo.py "$@"

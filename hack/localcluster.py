@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on loopback: etcd + kube-apiserver, no kubelet.
 
 Used by the end-to-end tests and the demo (see ../shared/real-apiserver.md for the recipe). The
-kube-apiserver binary is built once from Debian's source package by build-kube-apiserver.sh and
+kube-apiserver binary is built once from Debian's source package by build-kube.sh and
 cached outside the repository. Everything listens on 127.0.0.1 only; each LocalCluster has its
 own data directory and ports, and ``stop()`` kills what it started.
 
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUILD_SCRIPT = HERE / "build-kube-apiserver.sh"
+BUILD_SCRIPT = HERE / "build-kube.sh"
 
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -51,6 +51,14 @@ def kube_apiserver_binary() -> str:
     return out.strip().splitlines()[-1]
 
 
+def daemon(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start a long-running helper (etcd, the API server, an operator, a kubelet) in its own
+    process group, set to die with this process (setpriv's parent-death signal): a test run or
+    demo killed with SIGKILL leaves nothing running behind it."""
+    prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+    return subprocess.Popen(prefix + cmd, start_new_session=True, **kwargs)
+
+
 def http_ok(url: str) -> bool:
     """Does ``url`` answer 200 (e.g. the operator's liveness endpoint)?"""
     try:
@@ -67,6 +75,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
+    # The one node name a real kubelet (hack/realnode.py) may register as: the API server knows its
+    # token from the start and authorizes it with the Node authorizer, as a cluster does.
+    NODE = "pullwatch-node"
+
     def __init__(self, workdir: Path, apiserver: str | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +86,7 @@ class LocalCluster:
         self.etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
         self.etcd_port, self.peer_port, self.port = free_port(), free_port(), free_port()
         self.token = "pullwatch-admin-" + os.urandom(8).hex()
+        self.node_token = "pullwatch-node-" + os.urandom(8).hex()
         self.kubeconfig = self.dir / "admin.kubeconfig"
         self.audit_log = self.dir / "audit.log"
         self.etcd: subprocess.Popen | None = None
@@ -89,37 +102,41 @@ class LocalCluster:
                            capture_output=True)
             subprocess.run(["openssl", "rsa", "-in", str(self.dir / "sa.key"), "-pubout", "-out",
                             str(self.dir / "sa.pub")], check=True, capture_output=True)
-        (self.dir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        node = f"system:node:{self.NODE}"
+        (self.dir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n"
+                                             f"{self.node_token},{node},{node},system:nodes\n")
         (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._start_etcd()
         self.start_apiserver()
         self._write_kubeconfig(self.kubeconfig, self.token)
+        self.node_kubeconfig = self.dir / "node.kubeconfig"
+        self._write_kubeconfig(self.node_kubeconfig, self.node_token)
         return self
 
     def _start_etcd(self) -> None:
         log = open(self.dir / "etcd.log", "ab")
-        self.etcd = subprocess.Popen(
+        self.etcd = daemon(
             [self.etcd_bin, "--data-dir", str(self.dir / "etcd"), "--name", "pullwatch-test",
              "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
              "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
              "--initial-cluster", f"pullwatch-test=http://127.0.0.1:{self.peer_port}"],
-            stdout=log, stderr=log, start_new_session=True)
+            stdout=log, stderr=log)
 
     def start_apiserver(self, wait: float = 60) -> None:
         log = open(self.dir / "apiserver.log", "ab")
-        self.api = subprocess.Popen(
+        self.api = daemon(
             [self.apiserver_bin, f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
              "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
              f"--cert-dir={self.dir / 'certs'}", f"--token-auth-file={self.dir / 'tokens.csv'}",
-             "--authorization-mode=RBAC", f"--service-account-key-file={self.dir / 'sa.pub'}",
+             "--authorization-mode=Node,RBAC", f"--service-account-key-file={self.dir / 'sa.pub'}",
              f"--service-account-signing-key-file={self.dir / 'sa.key'}",
              "--service-account-issuer=https://kubernetes.default.svc",
              "--service-cluster-ip-range=10.96.0.0/24",
              f"--audit-policy-file={self.dir / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
              "--audit-log-format=json", *self.extra_api_args],
-            stdout=log, stderr=log, start_new_session=True)
+            stdout=log, stderr=log)
         self.wait_ready(wait)
 
     def tail(self, name: str, lines: int = 15) -> str:

@@ -137,3 +137,37 @@ def audit_entries(ev: dict[str, Any], audit_id: str, *, node: str = "worker-1", 
             entry["responseObject"] = response
         out.append(entry)
     return out
+
+
+# -- reading a real kubelet's Events (tests/e2e/test_realnode.py, tests/data/real-kubelet.json) ----
+def reported(events: list[dict[str, Any]], pod: str, namespace: str | None = None) -> dict[str, int]:
+    """What a kubelet reported doing for one pod, summed over its Events' counts, in its own words
+    (1.20's texts; a later kubelet adds a tail to some): attempts are its "Pulling image" and
+    "already present" Events; the others say how attempts ended; ``errors`` are the
+    "Error: ErrImagePull/ImagePullBackOff" that name no image."""
+    out = dict.fromkeys(("pulling", "pulled", "present", "failed", "backoff", "errors"), 0)
+    for e in events:
+        involved = e["involvedObject"]
+        if involved["name"] != pod or (namespace and involved.get("namespace") != namespace):
+            continue
+        reason, message, count = e["reason"], e["message"], e.get("count") or 1
+        if reason == "Pulling" and message.startswith("Pulling image "):
+            out["pulling"] += count
+        elif reason == "Pulled" and message.startswith("Successfully pulled image "):
+            out["pulled"] += count
+        elif reason == "Pulled" and message.endswith(" already present on machine"):
+            out["present"] += count
+        elif reason == "Failed" and message.startswith("Failed to pull image "):
+            out["failed"] += count
+        elif reason == "BackOff" and message.startswith("Back-off pulling image "):
+            out["backoff"] += count
+        elif reason == "Failed" and message.startswith("Error: "):
+            out["errors"] += count
+    return out
+
+
+def expected_outcomes(did: dict[str, int]) -> dict[str, Any]:
+    """A Finding's status.outcomes (without lastError) for what :func:`reported` says happened."""
+    ran = "yes" if did["pulled"] or did["present"] else ("no" if did["failed"] or did["backoff"] else "unknown")
+    return {"succeeded": did["pulled"], "cached": did["present"], "failed": did["failed"],
+            "backoff": did["backoff"], "ran": ran}

@@ -6,6 +6,7 @@ mocked. Each test uses namespaces of its own, so tests share one operator withou
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import ROOT, Cluster, Operator  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# SIGTERM (a CI timeout, kill) ends the session like Ctrl-C: fixtures tear down what they started
+# (the real node's mounts and cgroups included) instead of the interpreter dying on the spot.
+signal.signal(signal.SIGTERM, _terminate)
 
 
 def pytest_collection_modifyitems(items):

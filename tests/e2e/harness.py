@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubelet import for_create  # noqa: E402
-from localcluster import LocalCluster, free_port, http_ok  # noqa: E402
+from localcluster import LocalCluster, daemon, free_port, http_ok  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA = ("pullwatch-system", "pullwatch")
@@ -33,7 +33,7 @@ _SPAWNED: list[subprocess.Popen] = []
 
 def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     """Start a process in its own group and register it for killing at the end."""
-    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    proc = daemon(cmd, **kwargs)
     _SPAWNED.append(proc)
     return proc
 
