@@ -183,10 +183,12 @@ def startup(cluster: LocalCluster, workdir: Path, sizes: list[int]) -> None:
         have = n
         print(f"2. {n:,} Findings in the cluster (seeded in {time.monotonic() - t:.0f}s)", flush=True)
         op = Operator(cluster, workdir).start()
-        ev = image_event("Pulling", "recon", f"hunter-after-{n}", "aquasec/kube-hunter:0.6.8", seq=10**7 + n)
+        # a bare pod's name (no suffix a controller would add): its Finding's workload is the pod
+        probe = f"hunterafter{n}"
+        ev = image_event("Pulling", "recon", probe, "aquasec/kube-hunter:0.6.8", seq=10**7 + n)
         post(cluster, "/api/v1/namespaces/recon/events", for_create(ev))
         path = "/apis/pullwatch.dev/v1alpha1/namespaces/recon/findings?limit=10000"
-        while not any((f["spec"].get("workload") or {}).get("name") == f"hunter-after-{n}"
+        while not any((f["spec"].get("workload") or {}).get("name") == probe
                       for f in cluster.request("GET", path)[1]["items"]):  # type: ignore[index]
             time.sleep(0.1)
         detected = time.monotonic() - op.started

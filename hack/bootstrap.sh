@@ -6,4 +6,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+# setuptools stages the package in build/ and keeps what is there: a module deleted or moved in the
+# source would still be installed from an earlier build. Start each install from the source alone.
+rm -rf build
 .venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]' 2> >(grep -v "^WARNING: Location" >&2)

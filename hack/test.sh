@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: venv and packages, etcd/kubectl and the cached
-# kube-apiserver build (first run: a few minutes), then pytest. Arguments go to pytest.
+# The whole test suite on a fresh machine: venv and packages, etcd/kubectl, the cached builds of
+# kube-apiserver and kubelet (first run: ~9 minutes, one pass), then pytest. The real-node tier
+# (tests/e2e/test_realnode.py) sets up the rest itself (containerd, registry, images; seconds).
+# Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/bootstrap.sh
-bash hack/build-kube.sh kube-apiserver >/dev/null
+bash hack/build-kube.sh kube-apiserver kubelet >/dev/null
 exec .venv/bin/python -m pytest "$@"

@@ -81,7 +81,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
                         "(default: $POD_NAMESPACE, else pullwatch-system)")
     p.add_argument("--watch-timeout", type=int, default=60, metavar="SECONDS",
-                   help="how long the API server keeps a watch open before it is resumed")
+                   help="the longest the API server keeps a watch open before it is resumed (the Event "
+                        "and Finding watches also end within two thirds of --read-timeout)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="a watch that delivers nothing for this long is dropped and resumed (half-open connections)")
     p.add_argument("--flush-interval", type=float, default=0.25, metavar="SECONDS",

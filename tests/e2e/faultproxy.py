@@ -95,7 +95,9 @@ class Proxy:
 
 async def main(args: argparse.Namespace) -> None:
     proxy = Proxy(args.upstream)
-    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
+    # auto_decompress off: the body is forwarded as the API server sent it, under its own
+    # Content-Encoding (decompressing it here while passing "gzip" on would corrupt it).
+    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False), auto_decompress=False,
                                           timeout=aiohttp.ClientTimeout(total=None))
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)

@@ -226,7 +226,10 @@ def test_kustomize_output_is_plain_readable_yaml():
     docs = list(yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")],
                                                   capture_output=True, text=True, check=True).stdout))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("CustomResourceDefinition") == 4 and "Deployment" in kinds
+    crds = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crds == ["allowedimages.pullwatch.dev", "clusterkopfpeerings.kopf.dev", "findings.pullwatch.dev",
+                    "kopfpeerings.kopf.dev", "scannerimages.pullwatch.dev", "suppressions.pullwatch.dev"]
+    assert "Deployment" in kinds
     dep = next(d for d in docs if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,10 +93,26 @@ class Node:
     def finding(self, rule: str, workload: str) -> dict | None:
         return self.cluster.by_workload(self.ns).get((rule, workload))
 
-    def settled(self, rule: str, pod: str, attempts: int, timeout: float = 30) -> dict:
-        """The Finding once its count is the kubelet's number of attempts."""
-        return wait_for(lambda: (lambda f: f if f and f.get("status", {}).get("count") == attempts else None)(
-            self.finding(rule, pod)), timeout, what=f"{rule} Finding of {pod} with {attempts} pulls")
+    def settled(self, rule: str, pod: str, timeout: float = 30) -> tuple[dict, dict[str, int]]:
+        """(Finding, what the kubelet reported) once the Finding's count is the kubelet's number of
+        attempts: its Pulling and already-present Events (both read again on every try)."""
+        def check():
+            did, f = self.did(pod), self.finding(rule, pod)
+            return (f, did) if f and f.get("status", {}).get("count") == did["pulling"] + did["present"] else None
+        return wait_for(check, timeout, what=f"the {rule} Finding of {pod} to count the kubelet's attempts")
+
+    def quiesce(self, pod: str, still: float = 3.0, timeout: float = 45) -> dict[str, int]:
+        """What the kubelet reported for ``pod`` once it stops changing (after a delete, its last
+        Events are still posted: the recorder is asynchronous)."""
+        last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.did(pod)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= still:
+                return now
+            time.sleep(0.5)
+        raise AssertionError(f"the kubelet kept reporting on {pod} for {timeout}s: {last}")
 
     def capture(self) -> list[dict]:
         events = self.events()
@@ -166,14 +183,15 @@ def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(
     did = wait_for(lambda: (lambda d: d if d["pulled"] == 1 else None)(n.did("hunter")), 60, what="hunter pulled")
     assert did == {"pulling": 1, "pulled": 1, "present": 0, "failed": 0, "backoff": 0, "errors": 0}
     for rule in (SCANNER, SUSPICIOUS):
-        f = n.settled(rule, "hunter", 1)
+        f, _ = n.settled(rule, "hunter")
+        assert f["status"]["count"] == 1
         assert outcomes(f) == {"succeeded": 1, "cached": 0, "failed": 0, "backoff": 0, "ran": "yes"}
         assert f["spec"]["image"] == node.hunter and f["spec"]["node"] == node.name
         assert f["spec"]["reportedBy"]["component"] == "kubelet"
         assert f["spec"]["workload"] == {"kind": "Pod", "name": "hunter", "source": "read"}
     wait_for(lambda: n.did("unlisted")["pulled"] == 1 and n.did("allowed")["pulled"] == 1, 60, what="all pulled")
-    unlisted = n.settled(SUSPICIOUS, "unlisted", 1)
-    assert outcomes(unlisted)["ran"] == "yes"
+    unlisted, _ = n.settled(SUSPICIOUS, "unlisted")
+    assert unlisted["status"]["count"] == 1 and outcomes(unlisted)["ran"] == "yes"
     assert n.finding(SCANNER, "unlisted") is None
     assert n.finding(SUSPICIOUS, "allowed") is None and n.finding(SCANNER, "allowed") is None
     row = columns(cluster, n.ns, n.finding(SCANNER, "hunter")["metadata"]["name"])
@@ -189,7 +207,8 @@ def test_if_not_present_on_a_present_image_is_one_cached_pull(cluster, node, sta
     n.pod("cached", node.hunter, "IfNotPresent")
     did = wait_for(lambda: (lambda d: d if d["present"] == 1 else None)(n.did("cached")), 60, what="already present")
     assert did == {"pulling": 0, "pulled": 0, "present": 1, "failed": 0, "backoff": 0, "errors": 0}
-    f = n.settled(SCANNER, "cached", 1)
+    f, _ = n.settled(SCANNER, "cached")
+    assert f["status"]["count"] == 1
     assert outcomes(f) == {"succeeded": 0, "cached": 1, "failed": 0, "backoff": 0, "ran": "yes"}
     agree_with_scan(n, [(SCANNER, "cached"), (SUSPICIOUS, "cached")], tmp_path)
     no_skips(op)
@@ -202,16 +221,17 @@ def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cl
     node.preload(node.hunter)
     n.pod("loop", node.hunter, "IfNotPresent", command=["/bin/busybox", "sh", "-c", "exit 1"])
     wait_for(lambda: n.did("loop")["present"] >= 2, 60, what="a second start")
-    n.settled(SCANNER, "loop", n.did("loop")["present"])
+    n.settled(SCANNER, "loop")
     op.kill()  # the restart must neither lose nor re-count what the first operator counted
     op = start_operator("--standalone")
     wait_for(lambda: n.did("loop")["present"] >= 3, 90, what="a third start")
     n.delete("loop")
-    did = n.did("loop")
+    did = n.quiesce("loop")
     assert did["pulling"] == 0 and did["present"] >= 3
     series = [e for e in n.events() if e["involvedObject"]["name"] == "loop" and e["reason"] == "Pulled"]
     assert len(series) == 1 and series[0]["count"] == did["present"], "one Event object, its count rising"
-    f = n.settled(SCANNER, "loop", did["present"])
+    f, settled_on = n.settled(SCANNER, "loop")
+    assert settled_on == did and f["status"]["count"] == did["present"]
     assert outcomes(f) == expected_outcomes(did)
     agree_with_scan(n, [(SCANNER, "loop"), (SUSPICIOUS, "loop")], tmp_path)
     no_skips(op)
@@ -229,10 +249,11 @@ def test_a_pull_that_never_succeeds_fires_and_says_nothing_ran(cluster, node, st
     wait_for(lambda: n.did("doomed")["pulling"] >= 2 and n.did("doomed")["backoff"] >= 1, 90,
              what="a retried pull")
     n.delete("doomed")
-    did = n.did("doomed")
+    did = n.quiesce("doomed")
     assert did["pulled"] == 0 and did["present"] == 0 and did["failed"] >= 2 and did["errors"] >= 2
     for rule in (SCANNER, SUSPICIOUS):
-        f = n.settled(rule, "doomed", did["pulling"])
+        f, settled_on = n.settled(rule, "doomed")
+        assert settled_on == did and f["status"]["count"] == did["pulling"]
         assert outcomes(f) == expected_outcomes(did) and outcomes(f)["ran"] == "no"
         assert f["status"]["outcomes"]["lastError"]["class"] == error
     row = columns(cluster, n.ns, n.finding(SCANNER, "doomed")["metadata"]["name"])

@@ -105,7 +105,7 @@ class Detector:
         self.caps = caps
         self.live_series = live_series
         self.states: dict[str, FindingState] = {}
-        self.owners: dict[tuple[str, int], str] = {}  # (rule, series hash) -> Finding name
+        self.owners: dict[int, str] = {}  # route(rule, series hash) -> Finding name
         self.per_rule: Counter[str] = Counter()
         self.per_namespace: Counter[tuple[str, str]] = Counter()
         self._rules_cache: dict[tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]] = {}
@@ -215,7 +215,7 @@ class Detector:
 
     def _route(self, rule: str, series_key: int, identity: Identity, pull: Pull, workload: Workload,
                not_allowed: str | None) -> tuple[FindingState, bool, Identity | None]:
-        owner = self.owners.get((rule, series_key))
+        owner = self.owners.get(route(rule, series_key))
         state = self.states.get(owner) if owner else None
         if state is not None:
             return state, False, None
@@ -229,7 +229,7 @@ class Detector:
                 created = state is None
             if state is None:
                 state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
-        self.owners[(rule, series_key)] = state.name
+        self.owners[route(rule, series_key)] = state.name
         return state, created, folded
 
     def _admits(self, rule: str, namespace: str) -> bool:
@@ -242,8 +242,7 @@ class Detector:
         if not state.identity.is_overflow:
             self.per_rule[state.identity.rule] += 1
             self.per_namespace[(state.identity.rule, state.namespace)] += 1
-        for key in state.ledger.series:
-            self.owners[(state.identity.rule, key)] = state.name
+        self._route_series(state)
         return state
 
     def adopt(self, body: Any) -> FindingState:
@@ -254,9 +253,13 @@ class Detector:
         if mine is None:
             return self.add(stored)
         mine.merge(stored)
-        for key in mine.ledger.series:
-            self.owners[(mine.identity.rule, key)] = mine.name
+        self._route_series(mine)
         return mine
+
+    def _route_series(self, state: FindingState) -> None:
+        name, rule = state.name, state.identity.rule
+        for key in state.series_keys():
+            self.owners[route(rule, key)] = name
 
     def forget(self, name: str) -> FindingState | None:
         """Drop a Finding (deleted by retention, or by a user): its next pull starts it again."""
@@ -268,7 +271,17 @@ class Detector:
 
     def prune_routes(self) -> None:
         """Forget the routes of series no ledger holds any more (closed slots): bounded memory."""
-        self.owners = {(s.identity.rule, key): s.name for s in self.states.values() for key in s.ledger.series}
+        self.owners = {route(s.identity.rule, key): s.name for s in self.states.values() for key in s.series_keys()}
+
+    def cool(self, idle_before: int, busy: Any = ()) -> int:
+        """Pack the Findings not observed since minute ``idle_before`` (and not in ``busy``: being
+        written); how many. See FindingState.cool."""
+        n = 0
+        for name, state in self.states.items():
+            if not state.cold and state.touched < idle_before and name not in busy:
+                state.cool()
+                n += state.cold
+        return n
 
     def findings(self) -> "FindingsView":
         """Every Finding with at least one pull, sorted by namespace and name. A lazy sequence:
@@ -293,6 +306,14 @@ class FindingsView:
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other)  # type: ignore[call-overload]
+
+
+_RULE_BITS = {"scanner": 0, "suspicious": 1}
+
+
+def route(rule: str, series_key: int) -> int:
+    """One int per (rule, 48-bit series hash): a route costs a dict entry, not a tuple too."""
+    return series_key | (_RULE_BITS.get(rule, 2) << 48)
 
 
 def covered_expiry(s: Suppression) -> str:

@@ -80,7 +80,7 @@ class Identity(NamedTuple):
         return finding_name(*self)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)  # the operator keeps each Finding's name; scan's hot path repeats
 def finding_name(rule: str, namespace: str, workload: str, repository: str) -> str:
     """Readable and deterministic; a valid DNS subdomain well under 253 characters."""
     digest = hashlib.sha256("\0".join((rule, namespace, workload, repository)).encode()).hexdigest()[:10]

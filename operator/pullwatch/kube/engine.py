@@ -38,6 +38,7 @@ from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
 log = logging.getLogger("pullwatch")
+COOL_AFTER = 10  # minutes without a pull after which a Finding is packed (FindingState.cool)
 
 
 @dataclass
@@ -87,9 +88,14 @@ class Engine:
             "Suppression": Configs(api, suppressions(self.detector, options.operator_namespace, self._recover,
                                                      self.hidden), quiet),
         }
-        self.findings_watch = ListWatch(api, f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._finding_event,
-                                        name="Findings watch", health=health, watch_timeout=options.watch_timeout,
-                                        read_timeout=options.read_timeout, quiet=quiet, metric="findings")
+        # The Findings of the namespaces watched, no others: another pullwatch may own those (their
+        # retention, their tamper checks).
+        self.findings_watches = [
+            ListWatch(api, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" if ns else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
+                      self._finding_event, name=f"Findings watch ({ns or 'all namespaces'})", health=health,
+                      watch_timeout=options.watch_timeout, read_timeout=options.read_timeout, quiet=quiet,
+                      metric="findings", cached=True)
+            for ns in (options.namespaces or [None])]
         self.event_streams = [
             ListWatch(api, f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events", self.handle_event,
                       name=f"Event stream ({ns or 'all namespaces'})", health=health, candidate=CANDIDATE,
@@ -112,9 +118,11 @@ class Engine:
         self.health.watch("writer", allowed=60)
         start(self.writer.run(), "writer")
         start(self.resolver.run(), "workloads")
-        start(self.findings_watch.run(), "findings-watch")
-        self.health.watch(self.findings_watch.name, allowed=3 * self.options.read_timeout + 30)
-        await self.findings_watch.synced.wait()   # every Finding adopted (its first list)
+        for watch in self.findings_watches:
+            start(watch.run(), watch.name)
+            self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
+        for watch in self.findings_watches:
+            await watch.synced.wait()   # every Finding adopted (its first list)
         log.info("adopted %d existing Findings", len(self.detector.states))
         # every AllowedImages, ScannerImages and Suppression compiled before any pull is judged
         await asyncio.gather(*(c.load() for c in self.configs.values()))
@@ -144,7 +152,7 @@ class Engine:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in [s.name for s in self.event_streams] + ["writer", self.findings_watch.name]:
+        for name in [s.name for s in self.event_streams + self.findings_watches] + ["writer"]:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)
         if left:
@@ -200,7 +208,7 @@ class Engine:
 
     def _finding_event(self, kind: str, obj: dict[str, Any]) -> None:
         if not self._stopping:
-            self.custody.on_event(kind, obj, at_start=not self.findings_watch.synced.is_set())
+            self.custody.on_event(kind, obj, at_start=not all(w.synced.is_set() for w in self.findings_watches))
 
     def _skip(self, reason: str, event: dict[str, Any]) -> None:
         """Count a malformed Event; log each reason once, not once per Event."""
@@ -219,16 +227,19 @@ class Engine:
 
     async def _maintain(self) -> None:
         """Every ``maintenance_interval`` (a minute): close ledger slots whose Events have expired
-        (exact, and it keeps Findings small); every tenth time from the first: forget their
-        routes, and apply the retention."""
+        (exact, and it keeps Findings small), and pack the Findings not pulled for ``COOL_AFTER``
+        minutes (memory); every tenth time from the first: forget the routes of closed slots,
+        and apply the retention."""
         rounds = 0
         while True:
             await asyncio.sleep(self.options.maintenance_interval)
             rounds += 1
             cutoff = int(time.time() - self.options.event_ttl_seconds) // 60 - 5
             for state in list(self.detector.states.values()):
-                if state.ledger.close_before(cutoff):
+                if state.close_before(cutoff):
                     self.writer.mark(state.name)
+            busy = self.writer.dirty.keys() | self.writer.in_flight
+            self.detector.cool(int(time.time()) // 60 - COOL_AFTER, busy)
             self._recover()  # Suppressions that expired since
             self.configs["Suppression"].recheck_statuses()
             if rounds % 10 == 1:

@@ -4,13 +4,17 @@ kopf serves lifecycle, login, peering, health and the AllowedImages index; but i
 machinery (a worker task and handler kwargs per object) costs more CPU per Event than the API
 server spends storing it, and 90 % of Events are not image pulls. This stream:
 
-* lists in pages and then watches from the list's resourceVersion, with bookmarks;
+* lists in pages (or, with ``cached``, all at once from the API server's watch cache, streamed;
+  for the Findings, which adoption must read whole before any Event is counted) and then watches
+  from the list's resourceVersion, with bookmarks;
 * hands over only the lines that can matter (for Events: those with the bytes ``image \\"``, the
   same pre-filter as ``pullwatch scan``): the others are never parsed;
-* never goes blind without saying so: the server ends each watch after ``watch_timeout`` seconds
-  (then it is resumed from its resourceVersion, not re-listed), and a watch that delivers nothing
-  at all for ``read_timeout`` seconds - a half-open connection, a frozen proxy - is dropped and
-  resumed, within that time instead of the minutes a TCP connection can stay half-open;
+* never goes blind without saying so: a watch that delivers nothing at all for ``read_timeout``
+  seconds - a half-open connection, a frozen proxy - is dropped and resumed, within that time
+  instead of the minutes a TCP connection can stay half-open. So that a healthy watch of a quiet
+  cluster is never taken for a dead one, the server is asked to end each watch well within that
+  time (two thirds of it, or ``watch_timeout`` if shorter); it is then resumed from its
+  resourceVersion, not re-listed;
 * ``410 Gone`` means: list again; any other failure: resume, backing off up to 10 s, saying what
   failed once per interval (``forbidden: list events`` while RBAC refuses it).
 
@@ -28,7 +32,7 @@ import aiohttp
 import orjson
 
 from . import metrics
-from .api import Api, ApiError
+from .api import Api, ApiError, Listing
 from .health import Health
 from .quietlog import Quiet
 
@@ -41,17 +45,21 @@ class ListWatch:
                  health: Health | None = None, candidate: bytes | None = None,
                  keep_listed: Callable[[dict[str, Any]], bool] | None = None, page: int = 500,
                  watch_timeout: int = 60, read_timeout: float = 30.0, quiet: Quiet | None = None,
-                 metric: str | None = None):
+                 metric: str | None = None, cached: bool = False):
         self.api, self.path, self.handle, self.name = api, path, handle, name
         self.resource = path.rstrip("/").rsplit("/", 1)[-1]
         self.health = health or Health()
         self.candidate, self.keep_listed = candidate, keep_listed
-        self.page, self.watch_timeout, self.read_timeout = page, watch_timeout, read_timeout
+        self.page, self.read_timeout = page, read_timeout
+        # The server ends a quiet watch cleanly before the read deadline can fire (bookmarks need
+        # not come that often), so only a truly silent connection is dropped as one.
+        self.watch_timeout = max(1, min(watch_timeout, int(read_timeout * 2 / 3)))
         self.quiet = quiet or Quiet(log)
         self.relists = 0   # how often it listed (1 + one per 410)
         self.silences = 0  # watches dropped because nothing arrived for read_timeout
         self.synced = asyncio.Event()  # set once the first list is handed over
         self.metric = metric
+        self.cached = cached
 
     async def run(self) -> None:
         """List, watch, and again, until cancelled."""
@@ -95,6 +103,8 @@ class ListWatch:
 
     async def _list(self) -> str:
         self.relists += 1
+        if self.cached:
+            return await self._list_cached()
         rv = ""
         async for doc in self.api.pages(self.path, self.page):
             self.health.beat(self.name)
@@ -106,6 +116,20 @@ class ListWatch:
         self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
                                  self.name)
         return rv
+
+    async def _list_cached(self) -> str:
+        listing = Listing()
+        n = 0
+        async for item in self.api.items(self.path, listing, self.read_timeout):
+            if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
+                self.handle("ADDED", item)
+            n += 1
+            if n % 200 == 0:
+                self.health.beat(self.name)
+                await asyncio.sleep(0)  # let the writer and kopf run in between
+        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
+                                 self.name)
+        return listing.resource_version
 
     async def _watch(self, rv: str) -> str:
         """Watch from ``rv`` until the server ends the watch; return where it got to."""

@@ -72,6 +72,8 @@ class Custody:
         self.writer.versions[name] = str(meta.get("resourceVersion"))
         self._note_labels(name, meta)
         self._check(state, obj, at_start)
+        if name not in self.writer.dirty:
+            state.cool()  # at rest until its next pull: a fraction of the memory (state.py)
         return state
 
     def _note_labels(self, name: str, meta: dict[str, Any]) -> None:

@@ -69,6 +69,11 @@ class FindingWriter:
         self.in_flight: set[str] = set()
         self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
         self.last_success = self.last_failure = 0.0
+        # Findings whose writes failed since the last success (two or more: an outage, not one
+        # Finding a namespace's policy refuses), and the Findings each logged trouble is about:
+        # "works again" is said when those succeed, not when some other Finding does.
+        self.failing: set[str] = set()
+        self.troubled: dict[str, set[str]] = {}
         self.listeners: list[Callable[[str], None]] = []  # told the namespace of every change
         self._wake = asyncio.Event()
         self._draining = False
@@ -163,7 +168,7 @@ class FindingWriter:
         except Exception as exc:  # noqa: BLE001 - never lose the loop to one Finding
             self._failed(name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time())
         else:
-            self._succeeded(loop.time())
+            self._succeeded(name, loop.time())
             metrics.LATENCY.observe(loop.time() - d.since)
             if d.generation == generation:
                 self.dirty.pop(name, None)
@@ -176,33 +181,40 @@ class FindingWriter:
 
     def _failed(self, name: str, d: _Dirty, exc: ApiError, now: float) -> None:
         self.last_failure = now
+        self.failing.add(name)
         d.attempts += 1
         cap = OUTAGE_BACKOFF_MAX if self.outage else BACKOFF_MAX
         d.not_before = now + min(cap, 2 ** min(d.attempts, 9)) * random.uniform(0.8, 1.2)
         state = self.detector.states.get(name)
         where = f"{state.namespace}/{name}" if state else name
+        key = f"forbidden {exc.what}" if exc.status == 403 else f"write {exc.status} {exc.reason}"
+        self.troubled.setdefault(key, set()).add(name)
         if exc.status == 403:
-            self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (Finding %s; %s); will retry", exc.what,
-                               where, exc.message[:200])
+            self.quiet.warning(key, "forbidden: %s (Finding %s; %s); will retry", exc.what, where, exc.message[:200])
         else:
-            self.quiet.warning(f"write {exc.status} {exc.reason}", "writing Finding %s failed: %s; will retry",
-                               where, exc)
+            self.quiet.warning(key, "writing Finding %s failed: %s; will retry", where, exc)
 
-    def _succeeded(self, now: float) -> None:
+    def _succeeded(self, name: str, now: float) -> None:
         was_outage = self.outage
         self.last_success = now
+        self.failing.clear()
         if was_outage:
             # The trouble that stopped every write is over: retry everything that waited.
             for d in self.dirty.values():
                 d.not_before = 0.0
             self._wake.set()
-        self.quiet.recovered_all(("forbidden patch findings", "forbidden update findings", "forbidden create findings",
-                                  "write "), "writing Findings works again")
+        for key, names in list(self.troubled.items()):
+            # a Finding no longer pending (written, or gone) is no longer trouble
+            names = self.troubled[key] = {n for n in names if n != name and n in self.dirty}
+            if not names:
+                del self.troubled[key]
+                self.quiet.recovered(key, "writing Findings works again")
 
     @property
     def outage(self) -> bool:
-        """Every write since the last success failed."""
-        return self.last_failure > self.last_success
+        """Writes of two or more Findings failed since the last success: the API server, RBAC or
+        the network, not one Finding's namespace (whose retries must not be hurried by others)."""
+        return len(self.failing) >= 2
 
     def _wrote(self, verb: str, outcome: str) -> None:
         self.writes[(verb, outcome)] += 1
