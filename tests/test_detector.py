@@ -297,3 +297,44 @@ def test_live_slots_close_by_when_pullwatch_saw_them_not_by_the_events_own_times
     assert state.ledger.close_before(now - 65) == 0
     assert [x.delta for x in observe(d, with_count(ev, 2), minute=now + 1)] == [1]
     assert state.ledger.close_before(now + 200) == 1 and state.count == 2  # closed: exact all the same
+
+
+# -- idle Findings are kept packed -----------------------------------------------------------------
+
+def _busy_finding(d):
+    for i in range(30):  # pods, images, outcomes and series: every packed field has something in it
+        observe(d, image_event("Pulling", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=i), minute=100)
+        observe(d, image_event("Present", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=500 + i),
+                minute=100)
+    (state,) = [s for s in d.states.values() if s.count]
+    return state
+
+
+def test_a_cooled_finding_has_the_same_body_and_counts_on_exactly():
+    d = Detector(Allowlist())
+    state = _busy_finding(d)
+    before, n = json.dumps(state.body(), sort_keys=True), state.count
+    assert d.cool(idle_before=101) == 1 and state.cold
+    assert json.dumps(state.body(), sort_keys=True) == before  # reading does not change it
+    again = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 3), "evil/app:3", seq=3, count=2)
+    assert [x.delta for x in observe(d, again, minute=102)] == [1]  # the series' mark survived packing
+    assert not state.cold and state.count == n + 1
+    assert d.cool(idle_before=102) == 0  # pulled at minute 102: not idle yet
+
+
+def test_a_finding_being_written_is_not_cooled():
+    d = Detector(Allowlist())
+    state = _busy_finding(d)
+    assert d.cool(idle_before=101, busy={state.name}) == 0 and not state.cold
+
+
+def test_an_adopted_finding_packed_at_once_is_the_one_stored():
+    d = Detector(Allowlist())
+    body = json.loads(json.dumps(_busy_finding(d).body()))
+    d2 = Detector(Allowlist())
+    adopted = d2.adopt(body)
+    adopted.cool()
+    assert adopted.cold and adopted.count == body["status"]["count"]
+    assert adopted.body()["status"] == body["status"]
+    ev = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 0), "evil/app:0", seq=0)
+    assert [x.delta for x in observe(d2, ev)] == [0]  # a relist of what was counted adds nothing

@@ -23,7 +23,7 @@ import pullwatch
 PACKAGE = Path(pullwatch.__file__).parent
 DOCTESTED = ["core.imageref", "core.patterns", "core.allowlist", "core.rules", "core.pulls", "core.findings",
              "core.detector", "core.ledger", "core.workload", "scan.render", "scan.sources", "scan.records",
-             "scan.jsontext", "scan.yamltext"]
+             "scan.jsontext", "scan.yamltext", "kube.api"]
 # What each layer may import from outside the standard library (top-level names).
 ALLOWED_THIRD_PARTY = {
     "core": {"re2", "docker_image", "orjson"},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from typing import Any, AsyncIterator
 
@@ -163,19 +164,20 @@ class Api:
         informers ask: served from memory, not etcd; 10,000 Findings in about a third of the
         time of a paginated list), its items parsed as they arrive (ijson), so that memory stays
         flat however long the list. Sets ``listing.resource_version`` once the list is read."""
-        found, version = ijson.sendable_list(), ijson.sendable_list()
+        found = ijson.sendable_list()
         parse_items = ijson.items_coro(found, "items.item", use_float=True)
-        parse_version = ijson.items_coro(version, "metadata.resourceVersion")
+        head, tail = b"", b""
         async with self.stream(path, {"resourceVersion": "0"}, read_timeout or max(self.timeout, 30)) as rsp:
             try:
                 while True:
                     chunk = await rsp.content.read(1 << 16)
                     if chunk:
                         parse_items.send(chunk)
-                        parse_version.send(chunk)
+                        if len(head) < _EDGE:
+                            head += chunk[:_EDGE - len(head)]
+                        tail = (tail + chunk)[-_EDGE:]
                     else:
-                        parse_items.close()
-                        parse_version.close()
+                        parse_items.close()  # raises if the document is incomplete
                     for item in found:
                         yield item
                     del found[:]
@@ -187,7 +189,38 @@ class Api:
                 raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None
             except ijson.JSONError as exc:
                 raise ApiError(0, "BadJSON", str(exc).splitlines()[0][:200], "GET", path) from None
-        listing.resource_version = str(version[0]) if version else ""
+        version = list_version(head, tail)
+        if not version:
+            raise ApiError(0, "BadList", "the list has no metadata.resourceVersion", "GET", path)
+        listing.resource_version = version
+
+
+_EDGE = 4096
+_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+
+
+def list_version(head: bytes, tail: bytes) -> str:
+    """A List's own ``metadata.resourceVersion``, from the bytes around its items (a second
+    streaming parser just for it cost as much as parsing every item). The API server writes the
+    List's metadata either before ``"items"`` (built-in kinds) or after the items array (custom
+    resources: their keys are sorted), and nothing in those places but the List's own fields.
+
+    >>> list_version(b'{"kind":"EventList","metadata":{"resourceVersion":"12"},"items":[{"metadata":'
+    ...              b'{"resourceVersion":"9"}}', b'"9"}}]}')
+    '12'
+    >>> list_version(b'{"apiVersion":"pullwatch.dev/v1alpha1","items":[{"metadata":{"resourceVersion":"9"}}',
+    ...              b'"9"}}],"kind":"FindingList","metadata":{"continue":"","resourceVersion":"40"}}')
+    '40'
+    >>> list_version(b'{"items":[', b'"resourceVersion":"9"}}]}')
+    ''
+    """
+    before = head.split(b'"items":', 1)[0] if b'"items":' in head else b""
+    after = tail.rsplit(b"]", 1)[1] if b"]" in tail else b""
+    for part in (before, after):
+        m = _VERSION.search(part)
+        if m:
+            return m.group(1).decode()
+    return ""
 
 
 class Listing:
