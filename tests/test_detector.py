@@ -338,3 +338,17 @@ def test_an_adopted_finding_packed_at_once_is_the_one_stored():
     assert adopted.body()["status"] == body["status"]
     ev = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 0), "evil/app:0", seq=0)
     assert [x.delta for x in observe(d2, ev)] == [0]  # a relist of what was counted adds nothing
+
+
+def test_a_series_already_counted_needs_no_workload_read():
+    """After a restart, the relist of a counted pull must not make the operator read its pod."""
+    d = Detector(Allowlist())
+    ev = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 1), "evil/app:1", count=2)
+    assert not d.routed(decode_event(ev))
+    observe(d, ev, workload=Workload("Deployment", "web", "read"))
+    d2 = Detector(Allowlist())
+    d2.adopt(json.loads(json.dumps(only(d))))
+    assert d2.routed(decode_event(ev)) and d2.routed(decode_event(with_count(ev, 3)))
+    other = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 2), "evil/app:1")
+    assert not d2.routed(decode_event(other))  # a new pod: its workload is read
+    assert not d2.routed(decode_event(image_event("Pulling", "shop", "p", "nginx:1", count=1)))

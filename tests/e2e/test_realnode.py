@@ -175,8 +175,8 @@ def no_skips(op) -> None:
 
 # -- the tests -----------------------------------------------------------------------------
 def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(cluster, node, start_operator, tmp_path):
-    op = start_operator("--standalone")
     n = Node(cluster, node)
+    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
     n.pod("hunter", node.hunter, "Always")
     n.pod("allowed", node.allowed, "Always")
     n.pod("unlisted", node.unlisted, "Always")
@@ -201,8 +201,8 @@ def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(
 
 
 def test_if_not_present_on_a_present_image_is_one_cached_pull(cluster, node, start_operator, tmp_path):
-    op = start_operator("--standalone")
     n = Node(cluster, node)
+    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
     node.preload(node.hunter)  # in the node's store, put there without the kubelet (no Events)
     n.pod("cached", node.hunter, "IfNotPresent")
     did = wait_for(lambda: (lambda d: d if d["present"] == 1 else None)(n.did("cached")), 60, what="already present")
@@ -216,14 +216,14 @@ def test_if_not_present_on_a_present_image_is_one_cached_pull(cluster, node, sta
 
 def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cluster, node, start_operator, tmp_path):
     """Each restart is another "already present" on the same Event (count rising, a MODIFIED)."""
-    op = start_operator("--standalone")
     n = Node(cluster, node)
+    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
     node.preload(node.hunter)
     n.pod("loop", node.hunter, "IfNotPresent", command=["/bin/busybox", "sh", "-c", "exit 1"])
     wait_for(lambda: n.did("loop")["present"] >= 2, 60, what="a second start")
     n.settled(SCANNER, "loop")
     op.kill()  # the restart must neither lose nor re-count what the first operator counted
-    op = start_operator("--standalone")
+    op = start_operator("--standalone", "-n", n.ns)
     wait_for(lambda: n.did("loop")["present"] >= 3, 90, what="a third start")
     n.delete("loop")
     did = n.quiesce("loop")
@@ -239,8 +239,8 @@ def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cl
 
 @pytest.mark.parametrize("case", ["missing tag", "unreachable registry"])
 def test_a_pull_that_never_succeeds_fires_and_says_nothing_ran(cluster, node, start_operator, case, tmp_path):
-    op = start_operator("--standalone")
     n = Node(cluster, node)
+    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
     if case == "missing tag":
         image, error = f"{node.registry}/aquasec/kube-hunter:9.9.9-missing", "not found"
     else:

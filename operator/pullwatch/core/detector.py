@@ -182,13 +182,23 @@ class Detector:
             if self.live_series is not None and len(state.ledger.series) > self.live_series:
                 state.ledger.bound(self.live_series)
             image = ref.normalized if ref else pull.image
-            covered = self.suppressions.covering(rule.name, identity.namespace, identity.workload, image, now)
+            # the Finding's own workload (it may have been read, where this pull's is inferred)
+            workload_name = identity.workload if state.identity.is_overflow else state.identity.workload
+            covered = self.suppressions.covering(rule.name, identity.namespace, workload_name, image, now)
             state.last_image = image
             self._cover(state, covered)
             if covered is not None:
                 state.suppressed_pulls += delta
             out.append(Detection(state, delta, created, folded, covered))
         return out
+
+    def routed(self, pull: Pull) -> bool:
+        """Whether the series of ``pull`` is already counted in a Finding for every rule that fires:
+        then its workload cannot change where it is counted (``_route``), and the operator need not
+        read the pod's owners (a relist after a restart re-reads no pod it has counted)."""
+        fired = self.rules_for(pull.involved.namespace, pull.image)
+        key = short_hash(series_of(pull), 48)
+        return bool(fired) and all(self.owners.get(route(rule.short, key)) in self.states for rule, _, _ in fired)
 
     @staticmethod
     def _cover(state: FindingState, covered: Suppression | None) -> bool:

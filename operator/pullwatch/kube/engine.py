@@ -176,8 +176,8 @@ class Engine:
         if not fired:
             self.pulls += 1
             return
-        if pull.involved.kind != "Pod":
-            self._count(pull, None)
+        if pull.involved.kind != "Pod" or self.detector.routed(pull):
+            self._count(pull, None)  # no pod, or its series already has its Finding: nothing to read
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(pull.involved.namespace, pull.involved.name, priority,

@@ -71,7 +71,7 @@ class Source:
         self.damage: list[str] = []
         self._raw, self._close = raw, close
         self._pending = b""      # raw bytes read ahead while sniffing
-        self._out = b""          # decoded bytes not yet handed out
+        self._out = bytearray()  # decoded bytes not yet handed out (appended in place: no quadratic copies)
         self._eof = False
         self.raw_offset = 0      # bytes of the stored input consumed so far
         self._decompress = None  # callable(bytes) -> bytes, raising on damage
@@ -83,19 +83,23 @@ class Source:
     # -- public ---------------------------------------------------------------------------
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left for -1); ``b""`` at the end or the damage."""
-        if self._plain and not self._out and not self._pending and size > 0:
-            # Plain UTF-8, the sniffed head handed out: read straight through, no copies (this is
-            # the path of every large uncompressed dump).
-            data = self._raw_read(size)
+        if self._plain and not self._pending and len(self._out) < size:
+            # Plain UTF-8: read straight through, no copies (the path of every large uncompressed
+            # dump); what is left of the sniffed head goes out with the first read, once.
+            head = bytes(self._out)
+            self._out.clear()
+            data = self._raw_read(size - len(head))
             if not data:
                 self._eof = True
-            return data
+            return head + data if head else data
         while (size < 0 or len(self._out) < size) and not self._eof:
             self._fill()
-        if size < 0:
-            out, self._out = self._out, b""
+        if size < 0 or size >= len(self._out):
+            out = bytes(self._out)
+            self._out.clear()
         else:
-            out, self._out = self._out[:size], self._out[size:]
+            out = bytes(self._out[:size])
+            del self._out[:size]  # bytearray: dropping the front is cheap
         return out
 
     def close(self) -> None:
@@ -179,7 +183,7 @@ class Source:
             # errors="replace": a broken UTF-16 sequence becomes U+FFFD inside one record, which
             # then fails to parse and is counted, instead of ending the whole input.
             data = self._decoder.decode(data, final=final).encode("utf-8", "surrogatepass")
-        self._out = self._out + data if self._out else data
+        self._out += data
 
     def _choose_encoding(self, data: bytes) -> bytes:
         for bom, encoding in _BOMS:
