@@ -99,21 +99,25 @@ def test_caps_hold_and_the_overflow_is_counted_exactly(cluster, start_operator):
     for i in range(10):
         kubelet.pull(f"job{i}", f"evil/img{i}:1", count=2)
     kubelet.pull("hunter", "aquasec/kube-hunter:0.6.8")
-    expected_overflow = 7 * 2 + 1  # seven folded workloads, and kube-hunter's suspicious pull (past the cap)
+    total = 10 * 2 + 1  # every suspicious pull: ten workloads twice, and kube-hunter's once
+    # Which three come first is the operator's choice (a scanner pull's workload is read first),
+    # so the test asserts the split's invariants, not one order.
 
     def settled():
         by = cluster.by_workload(ns)
-        over = by.get((SUSPICIOUS, "(overflow)"))
-        return by if over and over["status"].get("count") == expected_overflow else None
+        counts = [(f.get("status") or {}).get("count", 0) for (rule, _), f in by.items() if rule == SUSPICIOUS]
+        return by if (SUSPICIOUS, "(overflow)") in by and sum(counts) == total else None
 
-    by = wait_for(settled, 30, what="the overflow Finding with its exact count")
+    by = wait_for(settled, 30, what=f"{total} suspicious pulls, with an overflow Finding")
     regular = [f for (rule, w), f in by.items() if rule == SUSPICIOUS and w != "(overflow)"]
-    assert len(regular) == 3 and sum(f["status"]["count"] for f in regular) == 6
+    assert len(regular) == 3
     over = by[(SUSPICIOUS, "(overflow)")]
+    folded = total - sum(f["status"]["count"] for f in regular)
+    assert over["status"]["count"] == folded and folded >= 7 * 2
     assert over["spec"]["overflow"] is True and over["status"]["folded"]["identities"] == 8
     assert (SCANNER, "hunter") in by  # the scanner rule's own caps: never folded by a flood
     assert op.logs().count(f"cap reached for rule suspicious in namespace {ns}") == 1
-    assert op.metric("pullwatch_findings_folded_total", rule=SUSPICIOUS, namespace=ns) == expected_overflow
+    assert op.metric("pullwatch_findings_folded_total", rule=SUSPICIOUS, namespace=ns) == folded
 
 
 def test_retention_deletes_a_stale_finding_and_keeps_a_labelled_one(cluster, start_operator):
