@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from localcluster import LocalCluster, daemon, free_port, http_ok  # noqa: E402
+from localcluster import LocalCluster, daemon, free_port, http_ok, memory_mb  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA_USER = "system:serviceaccount:pullwatch-system:pullwatch"
@@ -55,19 +55,11 @@ class Operator:
 
     def peak_rss_mb(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return memory_mb(self.proc.pid, "VmHWM")
 
     def rss_mb(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return memory_mb(self.proc.pid)
 
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubelet import for_create  # noqa: E402
-from localcluster import LocalCluster, daemon, free_port, http_ok  # noqa: E402
+from localcluster import LocalCluster, daemon, free_port, http_ok, memory_mb  # noqa: E402
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SA = ("pullwatch-system", "pullwatch")
@@ -196,13 +196,9 @@ class Operator:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def rss_mb(self) -> float:
+    def peak_rss_mb(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return memory_mb(self.proc.pid, "VmHWM")
 
 
 class FaultProxy:

@@ -195,7 +195,7 @@ def test_event_storm_exact_and_memory_bounded(cluster, start_operator, total, pu
         created += 1
     rate = created / (time.monotonic() - started)
     kubelet.wait_exact(timeout=120)
-    rss = op.rss_mb()
+    rss = op.peak_rss_mb()
     print(f"\nstorm: {created} Events at {rate:.0f}/s, {len(kubelet.expected())} Findings exact, operator peak RSS {rss:.0f} MB")
     assert rss < 150
 

@@ -102,33 +102,36 @@ class ListWatch:
             await asyncio.sleep(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 6)))
 
     async def _list(self) -> str:
+        """List everything, handing each item over as ADDED; the resourceVersion to watch from."""
         self.relists += 1
-        if self.cached:
-            return await self._list_cached()
+        rv = await (self._list_cached() if self.cached else self._list_paged())
+        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
+                                 self.name)
+        return rv
+
+    def _listed(self, item: Any) -> None:
+        if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
+            self.handle("ADDED", item)
+
+    async def _list_paged(self) -> str:
         rv = ""
         async for doc in self.api.pages(self.path, self.page):
             self.health.beat(self.name)
             for item in doc.get("items") or []:
-                if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
-                    self.handle("ADDED", item)
+                self._listed(item)
             rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
             await asyncio.sleep(0)  # let the writer and kopf run between pages
-        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
-                                 self.name)
         return rv
 
     async def _list_cached(self) -> str:
         listing = Listing()
         n = 0
         async for item in self.api.items(self.path, listing, self.read_timeout):
-            if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
-                self.handle("ADDED", item)
+            self._listed(item)
             n += 1
             if n % 200 == 0:
                 self.health.beat(self.name)
                 await asyncio.sleep(0)  # let the writer and kopf run in between
-        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
-                                 self.name)
         return listing.resource_version
 
     async def _watch(self, rv: str) -> str:
