@@ -95,11 +95,16 @@ class Node:
 
     def settled(self, rule: str, pod: str, timeout: float = 30) -> tuple[dict, dict[str, int]]:
         """(Finding, what the kubelet reported) once the Finding's count is the kubelet's number of
-        attempts: its Pulling and already-present Events (both read again on every try)."""
+        attempts (its Pulling and already-present Events) and its outcomes are what the kubelet
+        reported - both read again on every try: an outcome Event can be written a status
+        interval after the pull it ends."""
         def check():
             did, f = self.did(pod), self.finding(rule, pod)
-            return (f, did) if f and f.get("status", {}).get("count") == did["pulling"] + did["present"] else None
-        return wait_for(check, timeout, what=f"the {rule} Finding of {pod} to count the kubelet's attempts")
+            status = (f or {}).get("status") or {}
+            return (f, did) if (status.get("count") == did["pulling"] + did["present"] and "outcomes" in status
+                                and outcomes(f) == expected_outcomes(did)) else None
+        return wait_for(check, timeout, what=f"the {rule} Finding of {pod} to count the kubelet's attempts "
+                                             "and their outcomes")
 
     def quiesce(self, pod: str, still: float = 3.0, timeout: float = 45) -> dict[str, int]:
         """What the kubelet reported for ``pod`` once it stops changing (after a delete, its last
