@@ -25,14 +25,21 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, LocalCluster, Operator  # noqa: E402
-from kubelet import for_create, image_event  # noqa: E402
+from benchlib import ROOT, LocalCluster, Operator
+from kubelet import for_create, image_event
 
 
 def allowed(i: int, patterns: int, extra: list[str] | None = None) -> dict:
-    return {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": f"team-{i}"},
-            "spec": {"namespaces": [f"team-{i}", f"team-{i}-*"],
-                     "images": [f"registry{i}.example.com/app-{j}/*:v*" for j in range(patterns)] + (extra or [])}}
+    return {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": f"team-{i}"},
+        "spec": {
+            "namespaces": [f"team-{i}", f"team-{i}-*"],
+            "images": [f"registry{i}.example.com/app-{j}/*:v*" for j in range(patterns)]
+            + (extra or []),
+        },
+    }
 
 
 class Prober(threading.Thread):
@@ -63,14 +70,25 @@ def main() -> None:
     op = None
     try:
         cluster.kubectl("apply", "-k", str(ROOT / "manifests"))
-        cluster.kubectl("wait", "--for=condition=established", "--timeout=60s", "crd/allowedimages.pullwatch.dev")
+        cluster.kubectl(
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/allowedimages.pullwatch.dev",
+        )
         last = args.objects - 1
         cluster.kubectl("create", "namespace", f"team-{last}")
         t = time.monotonic()
         for start in range(0, args.objects, 200):
-            docs = "\n".join(json.dumps(allowed(i, args.patterns)) for i in range(start, min(args.objects, start + 200)))
+            docs = "\n".join(
+                json.dumps(allowed(i, args.patterns))
+                for i in range(start, min(args.objects, start + 200))
+            )
             cluster.kubectl("create", "-f", "-", input=docs, timeout=300)
-        print(f"{args.objects} AllowedImages x {args.patterns} patterns created in {time.monotonic() - t:.1f}s", flush=True)
+        print(
+            f"{args.objects} AllowedImages x {args.patterns} patterns created in {time.monotonic() - t:.1f}s",
+            flush=True,
+        )
         ev = image_event("Pulling", f"team-{last}", "before-start", "evil/miner:1", seq=1)
         cluster.request("POST", f"/api/v1/namespaces/team-{last}/events", for_create(ev))
 
@@ -82,38 +100,70 @@ def main() -> None:
         while not (cluster.request("GET", path)[1] or {}).get("items"):
             time.sleep(0.05)
         judged = time.monotonic() - op.started
-        print(f"first pull judged {judged:.2f}s after the operator started (target < 5 s)", flush=True)
+        print(
+            f"first pull judged {judged:.2f}s after the operator started (target < 5 s)", flush=True
+        )
 
         def statuses_done() -> bool:
-            items = (cluster.request("GET", "/apis/pullwatch.dev/v1alpha1/allowedimages?limit=5000")[1] or {})["items"]
-            return all((o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"] for o in items)
+            items = (
+                cluster.request("GET", "/apis/pullwatch.dev/v1alpha1/allowedimages?limit=5000")[1]
+                or {}
+            )["items"]
+            return all(
+                (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+                for o in items
+            )
+
         while not statuses_done():
             time.sleep(0.5)
-        print(f"all {args.objects} statuses written {time.monotonic() - op.started:.1f}s after the start", flush=True)
+        print(
+            f"all {args.objects} statuses written {time.monotonic() - op.started:.1f}s after the start",
+            flush=True,
+        )
 
         edits = []
         for k in range(5):
             name = f"team-{last}"
             obj = allowed(last, args.patterns, [f"evil/newly-allowed-{k}:*"])
-            current = cluster.request("GET", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}")[1]
+            current = cluster.request("GET", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}")[
+                1
+            ]
             obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             t = time.monotonic()
-            status, stored = cluster.request("PUT", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}", obj)
+            status, stored = cluster.request(
+                "PUT", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}", obj
+            )
             gen = stored["metadata"]["generation"]
-            while (cluster.request("GET", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}")[1].get("status") or {}) \
-                    .get("observedGeneration") != gen:
+            while (
+                cluster.request("GET", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}")[1].get(
+                    "status"
+                )
+                or {}
+            ).get("observedGeneration") != gen:
                 time.sleep(0.02)
             edits.append(time.monotonic() - t)
-            ev = image_event("Pulling", f"team-{last}", f"now-allowed-{k}", f"evil/newly-allowed-{k}:1", seq=10 + k)
+            ev = image_event(
+                "Pulling",
+                f"team-{last}",
+                f"now-allowed-{k}",
+                f"evil/newly-allowed-{k}:1",
+                seq=10 + k,
+            )
             cluster.request("POST", f"/api/v1/namespaces/team-{last}/events", for_create(ev))
         time.sleep(3)
-        workloads = {f["spec"]["workload"]["name"] for f in cluster.request("GET", path)[1]["items"]}
+        workloads = {
+            f["spec"]["workload"]["name"] for f in cluster.request("GET", path)[1]["items"]
+        }
         allowed_ok = not any(w.startswith("now-allowed-") for w in workloads)
-        print(f"an edit in force (its status at the new generation): {min(edits):.2f}-{max(edits):.2f}s over "
-              f"{len(edits)} edits (target < 1 s); the newly allowed images made no Finding: {allowed_ok}")
+        print(
+            f"an edit in force (its status at the new generation): {min(edits):.2f}-{max(edits):.2f}s over "
+            f"{len(edits)} edits (target < 1 s); the newly allowed images made no Finding: {allowed_ok}"
+        )
         prober.stop.set()
-        print(f"liveness: slowest answer {prober.worst:.2f}s, {prober.failures} failures; operator peak RSS "
-              f"{op.peak_rss_mb():.0f} MB")
+        print(
+            f"liveness: slowest answer {prober.worst:.2f}s, {prober.failures} failures; operator peak RSS "
+            f"{op.peak_rss_mb():.0f} MB"
+        )
     finally:
         if op is not None:
             op.stop()

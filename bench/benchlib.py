@@ -33,14 +33,23 @@ class Operator:
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
 
-    def start(self, timeout: float = 600) -> "Operator":
+    def start(self, timeout: float = 600) -> Operator:
         kubeconfig = self.cluster.service_account_kubeconfig("pullwatch-system", "pullwatch")
         log = open(self.workdir / "operator.log", "ab")
         self.started = time.monotonic()
         self.proc = daemon(
-            [PULLWATCH, "run", "--standalone", f"--liveness=http://127.0.0.1:{self.health}/healthz",
-             f"--metrics-address=127.0.0.1:{self.metrics_port}", *self.args],
-            env=self.cluster.env(kubeconfig), stdout=log, stderr=log)
+            [
+                PULLWATCH,
+                "run",
+                "--standalone",
+                f"--liveness=http://127.0.0.1:{self.health}/healthz",
+                f"--metrics-address=127.0.0.1:{self.metrics_port}",
+                *self.args,
+            ],
+            env=self.cluster.env(kubeconfig),
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if http_ok(f"http://127.0.0.1:{self.health}/healthz"):
@@ -63,8 +72,11 @@ class Operator:
 
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
+
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            ) as rsp:
                 text = rsp.read().decode()
         except OSError:
             return 0.0
@@ -93,10 +105,15 @@ class FindingWatch(threading.Thread):
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         while not self.stop.is_set():
-            conn = http.client.HTTPSConnection("127.0.0.1", self.cluster.port, context=ctx, timeout=5)
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.cluster.port, context=ctx, timeout=5
+            )
             try:
-                conn.request("GET", "/apis/pullwatch.dev/v1alpha1/findings?watch=1&timeoutSeconds=600",
-                             headers={"Authorization": f"Bearer {self.cluster.token}"})
+                conn.request(
+                    "GET",
+                    "/apis/pullwatch.dev/v1alpha1/findings?watch=1&timeoutSeconds=600",
+                    headers={"Authorization": f"Bearer {self.cluster.token}"},
+                )
                 rsp = conn.getresponse()
                 while not self.stop.is_set():
                     line = rsp.readline()
@@ -106,7 +123,9 @@ class FindingWatch(threading.Thread):
                     if ev["type"] == "ADDED":
                         name = ev["object"]["metadata"]["name"]
                         self.seen.setdefault(name, time.monotonic())
-                        self.workload[name] = (ev["object"]["spec"].get("workload") or {}).get("name", "(overflow)")
+                        self.workload[name] = (ev["object"]["spec"].get("workload") or {}).get(
+                            "name", "(overflow)"
+                        )
             except (OSError, http.client.HTTPException, ValueError):
                 time.sleep(0.2)
             finally:
@@ -122,8 +141,12 @@ def count_writes(cluster: LocalCluster, since_bytes: int = 0) -> int:
             if b"pullwatch.dev" not in line:
                 continue
             e = json.loads(line)
-            if e.get("stage") == "ResponseComplete" and e["user"]["username"] == SA_USER and \
-                    e["objectRef"].get("resource") == "findings" and e["verb"] in ("create", "update", "patch"):
+            if (
+                e.get("stage") == "ResponseComplete"
+                and e["user"]["username"] == SA_USER
+                and e["objectRef"].get("resource") == "findings"
+                and e["verb"] in ("create", "update", "patch")
+            ):
                 n += 1
     return n
 
@@ -135,9 +158,16 @@ def etcd_findings(cluster: LocalCluster) -> tuple[int, int, int]:
     count = total = largest = 0
     key = prefix
     while True:
-        body = json.dumps({"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode(),
-                           "limit": 1000}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{cluster.etcd_port}/v3/kv/range", data=body, method="POST")
+        body = json.dumps(
+            {
+                "key": base64.b64encode(key).decode(),
+                "range_end": base64.b64encode(end).decode(),
+                "limit": 1000,
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{cluster.etcd_port}/v3/kv/range", data=body, method="POST"
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             doc = json.loads(r.read())
         kvs = doc.get("kvs") or []

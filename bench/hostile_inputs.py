@@ -36,15 +36,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 # Runs the command and prints its peak RSS. A go-between because a child forked from this
 # process starts with this process's high-water mark (Linux keeps it across exec), and this one
 # has loaded 50,000 patterns: measured directly, every command would seem as big as the benchmark.
-_PEAK = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, "
-         "stderr=subprocess.DEVNULL); _, st, ru = os.wait4(p.pid, 0); "
-         "print(ru.ru_maxrss, os.waitstatus_to_exitcode(st))")
+_PEAK = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, "
+    "stderr=subprocess.DEVNULL); _, st, ru = os.wait4(p.pid, 0); "
+    "print(ru.ru_maxrss, os.waitstatus_to_exitcode(st))"
+)
 
 
 def measure(cmd: list[str]) -> tuple[float, float, int]:
     """Wall seconds, peak RSS in MB (of the command's own process, from wait4) and exit code."""
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", _PEAK, *cmd], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, *cmd], capture_output=True, text=True, check=True
+    ).stdout
     elapsed = time.monotonic() - start
     maxrss, code = out.split()
     return elapsed, int(maxrss) / 1024, int(code)
@@ -56,11 +60,26 @@ def allowlist_figures() -> None:
 
     images = []
     for i in range(50_000):
-        images.append([f"registry{i % 97}.example.com/team-{i}/*", f"docker.io/org{i}/**",
-                       f"quay.io/proj{i}/app-*:v1.*", f"ghcr.io/o{i}/*/x-*:*", f"docker.io/lib{i}/exact:1.0"][i % 5])
+        images.append(
+            [
+                f"registry{i % 97}.example.com/team-{i}/*",
+                f"docker.io/org{i}/**",
+                f"quay.io/proj{i}/app-*:v1.*",
+                f"ghcr.io/o{i}/*/x-*:*",
+                f"docker.io/lib{i}/exact:1.0",
+            ][i % 5]
+        )
     path = OUT / "allowlist-50000.yaml"
-    path.write_text(json.dumps({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-                                "metadata": {"name": "big"}, "spec": {"images": images}}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "pullwatch.dev/v1alpha1",
+                "kind": "AllowedImages",
+                "metadata": {"name": "big"},
+                "spec": {"images": images},
+            }
+        )
+    )
     start = time.monotonic()
     policies = load_policies([str(path)])
     allowlist = Allowlist(policies)
@@ -71,18 +90,24 @@ def allowlist_figures() -> None:
         assert not allowlist.check("ns", f"docker.io/unknown{j}/x:1").allowed
     miss = (time.monotonic() - start) / 2000
     tiny = OUT / "one-event.json"
-    tiny.write_text('{"kind": "Event", "reason": "Started", "message": "x", "involvedObject": {"name": "p"}}\n')
+    tiny.write_text(
+        '{"kind": "Event", "reason": "Started", "message": "x", "involvedObject": {"name": "p"}}\n'
+    )
     wall, rss, code = measure([PULLWATCH, "scan", str(tiny), "-a", str(path), "-q"])
     print("allowlist, 50,000 patterns (40,000 with wildcards)")
     print(f"  load in-process (parse YAML, normalize, compile RE2 sets): {loaded:.2f} s")
-    print(f"  `pullwatch scan -a` on a one-line input, whole command:   {wall:.2f} s, peak RSS {rss:.0f} MB (exit {code})")
+    print(
+        f"  `pullwatch scan -a` on a one-line input, whole command:   {wall:.2f} s, peak RSS {rss:.0f} MB (exit {code})"
+    )
     print(f"  lookup that matches no pattern (uncached):                {miss * 1e6:.0f} us")
 
 
 def big_inputs() -> None:
     base = OUT / "watch-1000000.jsonl"
     if not base.exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "scan_throughput.py"), "--no-jq"], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "scan_throughput.py"), "--no-jq"], check=True
+        )
     broken = OUT / "damaged-first-line.jsonl"
     if not broken.exists():
         with open(broken, "wb") as out, open(base, "rb") as src:
@@ -111,13 +136,26 @@ def big_inputs() -> None:
             out.write(comp.flush(zlib.Z_SYNC_FLUSH))  # no end of stream: cut in the middle
     print("\ndamaged and awkward inputs: `pullwatch scan FILE -o json`")
     print(f"  {'input':44} {'size MB':>8} {'seconds':>8} {'peak RSS MB':>12} {'exit':>5}")
-    for path, label in ((broken, "JSON lines, first line broken"),
-                        (pretty, "kubectl -w -o json (indented, back to back)"),
-                        (cut, "gzip JSON lines cut in half")):
-        wall, rss, code = measure([PULLWATCH, "scan", str(path), "-o", "json", "-a",
-                                   str(ROOT / "examples" / "allowed-images.yaml")])
+    for path, label in (
+        (broken, "JSON lines, first line broken"),
+        (pretty, "kubectl -w -o json (indented, back to back)"),
+        (cut, "gzip JSON lines cut in half"),
+    ):
+        wall, rss, code = measure(
+            [
+                PULLWATCH,
+                "scan",
+                str(path),
+                "-o",
+                "json",
+                "-a",
+                str(ROOT / "examples" / "allowed-images.yaml"),
+            ]
+        )
         print(f"  {label:44} {path.stat().st_size / 1e6:8.0f} {wall:8.2f} {rss:12.0f} {code:5d}")
-    print("  target: peak RSS < 100 MB on the damaged 1 GB input; exit 3 where the input is damaged")
+    print(
+        "  target: peak RSS < 100 MB on the damaged 1 GB input; exit 3 where the input is damaged"
+    )
 
 
 def main() -> int:

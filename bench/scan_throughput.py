@@ -43,10 +43,19 @@ NORMAL = [
     ("SuccessfulCreate", "Created pod: {pod}"),
     ("ScalingReplicaSet", "Scaled up replica set {c}-7d9f to 3"),
 ]
-ALLOWED_IMAGES = ["quay.io/prometheus/node-exporter:v1.8.1", "nginx:1.25.3", "registry.k8s.io/pause:3.9",
-                  "registry.k8s.io/coredns/coredns:v1.11.1", "docker.io/library/redis:7.2"]
-SCANNERS = ["aquasec/kube-hunter:0.6.8", "aquasec/kube-bench:v0.7.0",
-            "registry.example.net:5000/mirrors/aquasec/kube-hunter:v0.6.7", "bishopfox/peirates:1.1.13"]
+ALLOWED_IMAGES = [
+    "quay.io/prometheus/node-exporter:v1.8.1",
+    "nginx:1.25.3",
+    "registry.k8s.io/pause:3.9",
+    "registry.k8s.io/coredns/coredns:v1.11.1",
+    "docker.io/library/redis:7.2",
+]
+SCANNERS = [
+    "aquasec/kube-hunter:0.6.8",
+    "aquasec/kube-bench:v0.7.0",
+    "registry.example.net:5000/mirrors/aquasec/kube-hunter:v0.6.7",
+    "bishopfox/peirates:1.1.13",
+]
 UNLISTED = ["docker.io/randomuser/xmrig:latest", "ghcr.io/someone/tool:1.0", "evil.example/miner:2"]
 
 
@@ -58,8 +67,13 @@ def pod_profile(p: int) -> tuple[str, str, str]:
     pods run a scanner and 3 % an unlisted image; the rest run allowed images."""
     ns = f"team-{'abc'[p % 3]}-{p % 40}"
     roll = (p * 2654435761) % 1000 / 1000  # deterministic spread over the pods
-    image = (SCANNERS[p % len(SCANNERS)] if roll < 0.03 else UNLISTED[p % len(UNLISTED)] if roll < 0.06
-             else ALLOWED_IMAGES[p % len(ALLOWED_IMAGES)])
+    image = (
+        SCANNERS[p % len(SCANNERS)]
+        if roll < 0.03
+        else UNLISTED[p % len(UNLISTED)]
+        if roll < 0.06
+        else ALLOWED_IMAGES[p % len(ALLOWED_IMAGES)]
+    )
     return ns, f"app{p}-{(p * 7919) % 65536:04x}", image
 
 
@@ -71,32 +85,69 @@ def make_event(rng: random.Random, i: int) -> dict:
     if roll < 0.10:
         kind = rng.choice(("Pulling", "Pulled", "Present"))
         reason = "Pulling" if kind == "Pulling" else "Pulled"
-        message = {"Pulling": f'Pulling image "{image}"',
-                   "Pulled": f'Successfully pulled image "{image}" in 1.2s (1.2s including waiting)',
-                   "Present": f'Container image "{image}" already present on machine'}[kind]
+        message = {
+            "Pulling": f'Pulling image "{image}"',
+            "Pulled": f'Successfully pulled image "{image}" in 1.2s (1.2s including waiting)',
+            "Present": f'Container image "{image}" already present on machine',
+        }[kind]
     else:
         reason, template = rng.choice(NORMAL)
         message = template.format(ns=ns, pod=pod, node=node, c=pod.split("-")[0], uid=uid)
     stamp = f"2026-11-18T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}Z"
-    return {"type": "ADDED" if i % 7 else "MODIFIED", "object": {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": f"{pod}.{i:016x}", "namespace": ns, "uid": uid, "resourceVersion": str(100000 + i),
-                     "creationTimestamp": stamp,
-                     "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
-                                        "time": stamp, "fieldsType": "FieldsV1",
-                                        "fieldsV1": {"f:count": {}, "f:firstTimestamp": {},
-                                                     "f:involvedObject": {}, "f:lastTimestamp": {},
-                                                     "f:message": {}, "f:reason": {},
-                                                     "f:reportingComponent": {}, "f:reportingInstance": {},
-                                                     "f:source": {"f:component": {}, "f:host": {}},
-                                                     "f:type": {}}}]},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": ns,
-                           "uid": f"{hash(pod) & 0xffffffff:08x}-1111-4222-8333-444455556666", "resourceVersion": "4211",
-                           "fieldPath": f"spec.containers{{{pod.split('-')[0]}}}"},
-        "reason": reason, "message": message,
-        "source": {"component": "kubelet", "host": node},
-        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1 + (i % 3 == 0),
-        "type": "Normal", "eventTime": None, "reportingComponent": "kubelet", "reportingInstance": node}}
+    return {
+        "type": "ADDED" if i % 7 else "MODIFIED",
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{pod}.{i:016x}",
+                "namespace": ns,
+                "uid": uid,
+                "resourceVersion": str(100000 + i),
+                "creationTimestamp": stamp,
+                "managedFields": [
+                    {
+                        "manager": "kubelet",
+                        "operation": "Update",
+                        "apiVersion": "v1",
+                        "time": stamp,
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {
+                            "f:count": {},
+                            "f:firstTimestamp": {},
+                            "f:involvedObject": {},
+                            "f:lastTimestamp": {},
+                            "f:message": {},
+                            "f:reason": {},
+                            "f:reportingComponent": {},
+                            "f:reportingInstance": {},
+                            "f:source": {"f:component": {}, "f:host": {}},
+                            "f:type": {},
+                        },
+                    }
+                ],
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod,
+                "namespace": ns,
+                "uid": f"{hash(pod) & 0xFFFFFFFF:08x}-1111-4222-8333-444455556666",
+                "resourceVersion": "4211",
+                "fieldPath": f"spec.containers{{{pod.split('-')[0]}}}",
+            },
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": node},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1 + (i % 3 == 0),
+            "type": "Normal",
+            "eventTime": None,
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+        },
+    }
 
 
 def generate(path: Path, n: int) -> None:
@@ -127,17 +178,23 @@ def measure(cmd: list[str]) -> tuple[float, float, bytes]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err[-2000:].decode(errors='replace')}")
+        raise SystemExit(
+            f"{cmd[0]} failed ({proc.returncode}): {err[-2000:].decode(errors='replace')}"
+        )
     return seconds, usage.ru_maxrss / 1024, err
 
 
 FLOOR = "import orjson,sys\nfor line in open(sys.argv[1], 'rb'):\n    orjson.loads(line)\n"
-JQ_FILTER = ('select(.object.reason == "Pulling" and '
-             '(.object.message | test("kube-hunter|kube-bench|kube-recon")))')
+JQ_FILTER = (
+    'select(.object.reason == "Pulling" and '
+    '(.object.message | test("kube-hunter|kube-bench|kube-recon")))'
+)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--no-jq", action="store_true", help="skip jq (it is the slow one)")
     ap.add_argument("--generate-only", metavar="PATH", help=argparse.SUPPRESS)
@@ -151,8 +208,10 @@ def main() -> None:
         print(f"generating {args.events:,} events -> {path} ...", flush=True)
         # In a child process: a forked child's peak RSS starts at its parent's, so this process
         # stays small for the measurements below to be each command's own.
-        subprocess.run([sys.executable, __file__, "--events", str(args.events), "--generate-only", str(path)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--events", str(args.events), "--generate-only", str(path)],
+            check=True,
+        )
     size_mb = path.stat().st_size / 1e6
     print(f"input: {path.name}, {size_mb:,.0f} MB, {args.events:,} events")
 
@@ -171,10 +230,16 @@ def main() -> None:
     for name, (t, rss) in runs.items():
         print(f"{name:26}{t:9.2f}{size_mb / t:9.0f}{args.events / t:12,.0f}{rss:13.0f}")
     pw = runs["pullwatch scan"][0]
-    print(f"\npullwatch vs parse-every-line floor: {runs['orjson.loads every line'][0] / pw:.2f}x  (target >= 1.0x)")
+    print(
+        f"\npullwatch vs parse-every-line floor: {runs['orjson.loads every line'][0] / pw:.2f}x  (target >= 1.0x)"
+    )
     if "jq (seed filter)" in runs:
-        print(f"pullwatch vs jq:                     {runs['jq (seed filter)'][0] / pw:.1f}x  (target >= 10x)")
-    print(f"pullwatch peak RSS:                  {runs['pullwatch scan'][1]:.0f} MB  (target < 200 MB on ~1 GB)")
+        print(
+            f"pullwatch vs jq:                     {runs['jq (seed filter)'][0] / pw:.1f}x  (target >= 10x)"
+        )
+    print(
+        f"pullwatch peak RSS:                  {runs['pullwatch scan'][1]:.0f} MB  (target < 200 MB on ~1 GB)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ rules:
 
 def kube_apiserver_binary() -> str:
     """Build (first time) or find the cached kube-apiserver; also installs etcd and friends."""
-    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -104,16 +106,32 @@ class LocalCluster:
         self._conn: http.client.HTTPSConnection | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         (self.dir / "certs").mkdir(exist_ok=True)
         if not (self.dir / "sa.key").exists():
-            subprocess.run(["openssl", "genrsa", "-out", str(self.dir / "sa.key"), "2048"], check=True,
-                           capture_output=True)
-            subprocess.run(["openssl", "rsa", "-in", str(self.dir / "sa.key"), "-pubout", "-out",
-                            str(self.dir / "sa.pub")], check=True, capture_output=True)
+            subprocess.run(
+                ["openssl", "genrsa", "-out", str(self.dir / "sa.key"), "2048"],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                [
+                    "openssl",
+                    "rsa",
+                    "-in",
+                    str(self.dir / "sa.key"),
+                    "-pubout",
+                    "-out",
+                    str(self.dir / "sa.pub"),
+                ],
+                check=True,
+                capture_output=True,
+            )
         node = f"system:node:{self.NODE}"
-        (self.dir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n"
-                                             f"{self.node_token},{node},{node},system:nodes\n")
+        (self.dir / "tokens.csv").write_text(
+            f"{self.token},admin,admin,system:masters\n"
+            f"{self.node_token},{node},{node},system:nodes\n"
+        )
         (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._start_etcd()
         self.start_apiserver()
@@ -125,27 +143,51 @@ class LocalCluster:
     def _start_etcd(self) -> None:
         log = open(self.dir / "etcd.log", "ab")
         self.etcd = daemon(
-            [self.etcd_bin, "--data-dir", str(self.dir / "etcd"), "--name", "pullwatch-test",
-             "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-             "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-             "--initial-cluster", f"pullwatch-test=http://127.0.0.1:{self.peer_port}"],
-            stdout=log, stderr=log)
+            [
+                self.etcd_bin,
+                "--data-dir",
+                str(self.dir / "etcd"),
+                "--name",
+                "pullwatch-test",
+                "--listen-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{self.peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{self.peer_port}",
+                "--initial-cluster",
+                f"pullwatch-test=http://127.0.0.1:{self.peer_port}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
 
     def start_apiserver(self, wait: float = 60) -> None:
         log = open(self.dir / "apiserver.log", "ab")
         self.api = daemon(
-            [self.apiserver_bin, f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
-             f"--cert-dir={self.dir / 'certs'}", f"--token-auth-file={self.dir / 'tokens.csv'}",
-             "--authorization-mode=Node,RBAC", f"--service-account-key-file={self.dir / 'sa.pub'}",
-             f"--service-account-signing-key-file={self.dir / 'sa.key'}",
-             "--service-account-issuer=https://kubernetes.default.svc",
-             "--service-cluster-ip-range=10.96.0.0/24",
-             f"--audit-policy-file={self.dir / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
-             "--audit-log-format=json", *self.extra_api_args],
-            stdout=log, stderr=log)
+            [
+                self.apiserver_bin,
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.dir / 'certs'}",
+                f"--token-auth-file={self.dir / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-key-file={self.dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={self.dir / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                f"--audit-policy-file={self.dir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                *self.extra_api_args,
+            ],
+            stdout=log,
+            stderr=log,
+        )
         self.wait_ready(wait)
 
     def tail(self, name: str, lines: int = 15) -> str:
@@ -162,19 +204,25 @@ class LocalCluster:
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         while time.monotonic() < deadline:
             if self.api is not None and self.api.poll() is not None:
-                raise RuntimeError(f"kube-apiserver exited ({self.api.returncode}):\n{self.tail('apiserver.log')}\n"
-                                   f"etcd:\n{self.tail('etcd.log', 5)}")
+                raise RuntimeError(
+                    f"kube-apiserver exited ({self.api.returncode}):\n{self.tail('apiserver.log')}\n"
+                    f"etcd:\n{self.tail('etcd.log', 5)}"
+                )
             try:
-                req = urllib.request.Request(f"https://127.0.0.1:{self.port}/readyz",
-                                             headers={"Authorization": f"Bearer {self.token}"})
+                req = urllib.request.Request(
+                    f"https://127.0.0.1:{self.port}/readyz",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
                 with urllib.request.urlopen(req, context=ctx, timeout=2) as rsp:
                     if rsp.status == 200:
                         return
             except OSError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"kube-apiserver not ready in {timeout}s:\n{self.tail('apiserver.log')}\n"
-                           f"etcd:\n{self.tail('etcd.log', 5)}")
+        raise TimeoutError(
+            f"kube-apiserver not ready in {timeout}s:\n{self.tail('apiserver.log')}\n"
+            f"etcd:\n{self.tail('etcd.log', 5)}"
+        )
 
     def kill_apiserver(self) -> None:
         """SIGKILL: immediate (SIGTERM waits out 1.20's 60 s graceful shutdown with a watch open)."""
@@ -193,13 +241,28 @@ class LocalCluster:
 
     # -- clients ---------------------------------------------------------------------------
     def _write_kubeconfig(self, path: Path, token: str, port: int | None = None) -> None:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "local",
-            "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{port or self.port}",
-                                                        "insecure-skip-tls-verify": True}}],
-            "users": [{"name": "user", "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "local",
+                    "clusters": [
+                        {
+                            "name": "local",
+                            "cluster": {
+                                "server": f"https://127.0.0.1:{port or self.port}",
+                                "insecure-skip-tls-verify": True,
+                            },
+                        }
+                    ],
+                    "users": [{"name": "user", "user": {"token": token}}],
+                    "contexts": [
+                        {"name": "local", "context": {"cluster": "local", "user": "user"}}
+                    ],
+                }
+            )
+        )
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -207,24 +270,46 @@ class LocalCluster:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         return env
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        r = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
-                           env=self.env(kubeconfig), timeout=timeout)
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            ["kubectl", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(kubeconfig),
+            timeout=timeout,
+        )
         if check and r.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
         return r
 
-    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24, port: int | None = None) -> Path:
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, hours: int = 24, port: int | None = None
+    ) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API); ``port``: reach
         the API server through something else on loopback (the tests' fault proxy)."""
-        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={hours}h").stdout.strip()
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={hours}h"
+        ).stdout.strip()
         path = self.dir / f"{namespace}.{name}.{port or self.port}.kubeconfig"
         self._write_kubeconfig(path, token, port)
         return path
 
-    def request(self, method: str, path: str, body: object = None,
-                content_type: str = "application/json", token: str | None = None) -> tuple[int, object]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        content_type: str = "application/json",
+        token: str | None = None,
+    ) -> tuple[int, object]:
         """One API request as the admin (or ``token``) on a kept-alive connection: fast enough
         to play thousands of kubelet Events. Returns (HTTP status, decoded JSON body)."""
         data = None if body is None else json.dumps(body).encode()
@@ -236,7 +321,9 @@ class LocalCluster:
             if conn is None:
                 ctx = ssl.create_default_context()
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-                conn = self._conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=30)
+                conn = self._conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, context=ctx, timeout=30
+                )
             try:
                 conn.request(method, path, body=data, headers=headers)
                 rsp = conn.getresponse()
@@ -253,10 +340,12 @@ class LocalCluster:
         """Compact etcd at its current revision: every older resourceVersion is now 410 Gone."""
         base = f"http://127.0.0.1:{self.etcd_port}"
         request = urllib.request.Request
-        with urllib.request.urlopen(request(f"{base}/v3/kv/range", data=b'{"key":"AA=="}', method="POST"),
-                                    timeout=5) as r:
+        with urllib.request.urlopen(
+            request(f"{base}/v3/kv/range", data=b'{"key":"AA=="}', method="POST"), timeout=5
+        ) as r:
             rev = json.loads(r.read())["header"]["revision"]
         body = json.dumps({"revision": rev, "physical": True}).encode()
-        with urllib.request.urlopen(request(f"{base}/v3/kv/compaction", data=body, method="POST"),
-                                    timeout=30) as r:
+        with urllib.request.urlopen(
+            request(f"{base}/v3/kv/compaction", data=body, method="POST"), timeout=30
+        ) as r:
             r.read()

@@ -29,19 +29,28 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from localcluster import LocalCluster, daemon, free_port, http_ok
 
 HERE = Path(__file__).resolve().parent
 SETUP_SCRIPT = HERE / "realnode-setup.sh"
-CACHE_ROOT = Path(os.environ.get("PULLWATCH_CACHE") or
-                  Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pullwatch")
+CACHE_ROOT = Path(
+    os.environ.get("PULLWATCH_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pullwatch"
+)
 CGROUP_ROOT = "pullwatch"  # the kubelet's cgroupRoot: its pods never mix with a host's own
 # What the kubelet's container manager writes (setupKernelTunables); restored at stop.
-KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-                   "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
 # Where the kubelet logs its pods: the entries it makes are removed at stop.
 LOG_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"))
 # Fixed paths (the kubelet's device-plugin socket, containerd's shim sockets): removed at stop when
@@ -55,13 +64,19 @@ class Unavailable(RuntimeError):
 
 def setup() -> dict[str, str]:
     """Build (first time) or find the kubelet and the images: KUBELET, PAUSE_ARCHIVE, ... ."""
-    out = subprocess.run(["bash", str(SETUP_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run(
+        ["bash", str(SETUP_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 class RealNode:
-    def __init__(self, cluster: LocalCluster, run_dir: Path | None = None,
-                 log: Callable[[str], Any] = lambda msg: None):
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        run_dir: Path | None = None,
+        log: Callable[[str], Any] = lambda msg: None,
+    ):
         self.cluster = cluster
         self.run = Path(run_dir or CACHE_ROOT / "realnode" / "run")
         self.name = cluster.NODE
@@ -81,13 +96,19 @@ class RealNode:
         return f"127.0.0.1:{self.registry_port}"
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, timeout: float = 90) -> "RealNode":
+    def start(self, timeout: float = 90) -> RealNode:
         if os.geteuid() != 0:
             raise Unavailable("a real node needs root (containerd and the kubelet run as root)")
-        foreign = [pid for pid, cmd in _processes() if Path(cmd[0]).name == "kubelet" and str(self.run) not in " ".join(cmd)]
+        foreign = [
+            pid
+            for pid, cmd in _processes()
+            if Path(cmd[0]).name == "kubelet" and str(self.run) not in " ".join(cmd)
+        ]
         if foreign:
-            raise Unavailable(f"a kubelet already runs on this machine (pid {foreign[0]}); a real node "
-                              "beside it would share its host directories")
+            raise Unavailable(
+                f"a kubelet already runs on this machine (pid {foreign[0]}); a real node "
+                "beside it would share its host directories"
+            )
         self._take_lock(timeout=1200)
         atexit.register(self._at_exit)  # a session that ends without calling stop() still cleans up
         try:
@@ -110,7 +131,9 @@ class RealNode:
                 try:
                     self._drain_pods()
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                    self.log(f"real node: pods not drained ({e}); stopping the runtime's tasks instead")
+                    self.log(
+                        f"real node: pods not drained ({e}); stopping the runtime's tasks instead"
+                    )
             return teardown(self.run, self.log)
         finally:
             self._procs.clear()
@@ -136,25 +159,39 @@ class RealNode:
                 if time.monotonic() > deadline:
                     self._lock.close()
                     self._lock = None
-                    raise TimeoutError(f"another real node holds {path} for more than {timeout:.0f}s")
+                    raise TimeoutError(
+                        f"another real node holds {path} for more than {timeout:.0f}s"
+                    )
                 time.sleep(2)
 
     def _prepare(self) -> None:
-        for sub in ("reg/data", "ctrd/cni", "ctrd/opt", "kubelet/root", "kubelet/certs", "kubelet/plugins", "pids"):
+        for sub in (
+            "reg/data",
+            "ctrd/cni",
+            "ctrd/opt",
+            "kubelet/root",
+            "kubelet/certs",
+            "kubelet/plugins",
+            "pids",
+        ):
             (self.run / sub).mkdir(parents=True, exist_ok=True)
         # What stop() must put back, saved before anything changes it (a later start reads it if
         # this run is killed).
         sysctls = {key: _read(Path("/proc/sys") / key) for key in KUBELET_SYSCTLS}
         logs = {str(d): sorted(os.listdir(d)) if d.is_dir() else None for d in LOG_DIRS}
         fixed = {str(d): d.exists() for d in FIXED_DIRS}
-        (self.run / "host.json").write_text(json.dumps({"sysctls": sysctls, "logs": logs, "fixed": fixed}))
+        (self.run / "host.json").write_text(
+            json.dumps({"sysctls": sysctls, "logs": logs, "fixed": fixed})
+        )
         for hierarchy in _cgroup_hierarchies():
             (hierarchy / CGROUP_ROOT).mkdir(exist_ok=True)
         if not _port_free(self.registry_port):
             self.registry_port = free_port()
         self.kubelet_port, self.healthz_port = free_port(), free_port()
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.run / f"{name}.log", "ab")
         # daemon(): it dies with this process, so a killed test run leaves no kubelet running;
         # the next start's teardown() removes what the runtime left (shims, containers, mounts).
@@ -179,7 +216,9 @@ class RealNode:
 
     def tail(self, name: str, lines: int = 20) -> str:
         try:
-            return "\n".join((self.run / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                (self.run / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+            )
         except OSError:
             return "(no log)"
 
@@ -187,7 +226,8 @@ class RealNode:
         (self.run / "reg" / "config.yml").write_text(
             "version: 0.1\n"
             f"storage: {{filesystem: {{rootdirectory: {self.run / 'reg' / 'data'}}}, delete: {{enabled: true}}}}\n"
-            f"http: {{addr: '{self.registry}'}}\n")
+            f"http: {{addr: '{self.registry}'}}\n"
+        )
         self._spawn("registry", ["docker-registry", "serve", str(self.run / "reg" / "config.yml")])
         self._wait("registry", lambda: http_ok(f"http://{self.registry}/v2/"), 30, "registry")
 
@@ -196,23 +236,24 @@ class RealNode:
         certs = ctrd / "certs.d" / self.registry
         certs.mkdir(parents=True, exist_ok=True)
         (certs / "hosts.toml").write_text(
-            f'server = "http://{self.registry}"\n[host."http://{self.registry}"]\n  capabilities = ["pull", "resolve"]\n')
+            f'server = "http://{self.registry}"\n[host."http://{self.registry}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
         # restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so runc cannot lower a
         # sandbox's oom_score_adj (gotcha 1 of the recipe).
         (ctrd / "config.toml").write_text(f"""version = 2
-root = "{ctrd / 'root'}"
-state = "{ctrd / 'state'}"
+root = "{ctrd / "root"}"
+state = "{ctrd / "state"}"
 [grpc]
   address = "{self.socket}"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{ctrd / 'opt'}"
+  path = "{ctrd / "opt"}"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{self.config['PAUSE_IMAGE']}"
+  sandbox_image = "{self.config["PAUSE_IMAGE"]}"
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "{ctrd / 'cni'}"
+    conf_dir = "{ctrd / "cni"}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -220,16 +261,24 @@ state = "{ctrd / 'state'}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "{ctrd / 'runc'}"
+        Root = "{ctrd / "runc"}"
   [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{ctrd / 'certs.d'}"
+    config_path = "{ctrd / "certs.d"}"
 """)
         self._spawn("containerd", ["containerd", "--config", str(ctrd / "config.toml")])
-        self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, 30, "containerd")
+        self._wait(
+            "containerd", lambda: self.ctr("version", check=False).returncode == 0, 30, "containerd"
+        )
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        r = subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", *args], capture_output=True,
-                           text=True, timeout=timeout)
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            ["ctr", "-a", str(self.socket), "-n", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and r.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)}: {r.stderr.strip()}")
         return r
@@ -242,8 +291,20 @@ state = "{ctrd / 'state'}"
         full reference a pod names."""
         ref = f"{self.registry}/{name}"
         env = {**os.environ, "CONTAINERS_CONF": self.config["CONTAINERS_CONF"]}
-        r = subprocess.run(["podman", "push", "-q", "--tls-verify=false", self.config["APP_IMAGE"], f"docker://{ref}"],
-                           capture_output=True, text=True, env=env, timeout=120)
+        r = subprocess.run(
+            [
+                "podman",
+                "push",
+                "-q",
+                "--tls-verify=false",
+                self.config["APP_IMAGE"],
+                f"docker://{ref}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"podman push {ref}: {r.stderr.strip()}")
         return ref
@@ -258,42 +319,91 @@ state = "{ctrd / 'state'}"
 
     def _start_kubelet(self, timeout: float) -> None:
         kub = self.run / "kubelet"
-        (kub / "config.yaml").write_text(json.dumps({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": "127.0.0.1", "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": self.healthz_port,
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{CGROUP_ROOT}", "failSwapOn": False,
-            "clusterDomain": "cluster.local", "resolvConf": "/etc/resolv.conf",
-            "makeIPTablesUtilChains": False, "volumePluginDir": str(kub / "plugins"),
-            # A test node must not evict its pods or collect its images because the host's disk
-            # is fuller than a production node's would be.
-            "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        }))
-        self._spawn("kubelet", [
-            self.config["KUBELET"], f"--config={kub / 'config.yaml'}",
-            f"--kubeconfig={self.cluster.node_kubeconfig}", f"--root-dir={kub / 'root'}",
-            f"--cert-dir={kub / 'certs'}", f"--hostname-override={self.name}", "--container-runtime=remote",
-            f"--container-runtime-endpoint=unix://{self.socket}",
-            f"--pod-infra-container-image={self.config['PAUSE_IMAGE']}", "--v=2"])
-        self._wait("the node", lambda: self.cluster.request("GET", f"/api/v1/nodes/{self.name}")[0] == 200,
-                   timeout, "kubelet")
+        (kub / "config.yaml").write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "address": "127.0.0.1",
+                    "port": self.kubelet_port,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": self.healthz_port,
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": False},
+                    },
+                    "authorization": {"mode": "AlwaysAllow"},
+                    "cgroupDriver": "cgroupfs",
+                    "cgroupRoot": f"/{CGROUP_ROOT}",
+                    "failSwapOn": False,
+                    "clusterDomain": "cluster.local",
+                    "resolvConf": "/etc/resolv.conf",
+                    "makeIPTablesUtilChains": False,
+                    "volumePluginDir": str(kub / "plugins"),
+                    # A test node must not evict its pods or collect its images because the host's
+                    # disk
+                    # is fuller than a production node's would be.
+                    "evictionHard": {
+                        "memory.available": "1Mi",
+                        "nodefs.available": "1%",
+                        "imagefs.available": "1%",
+                    },
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                }
+            )
+        )
+        self._spawn(
+            "kubelet",
+            [
+                self.config["KUBELET"],
+                f"--config={kub / 'config.yaml'}",
+                f"--kubeconfig={self.cluster.node_kubeconfig}",
+                f"--root-dir={kub / 'root'}",
+                f"--cert-dir={kub / 'certs'}",
+                f"--hostname-override={self.name}",
+                "--container-runtime=remote",
+                f"--container-runtime-endpoint=unix://{self.socket}",
+                f"--pod-infra-container-image={self.config['PAUSE_IMAGE']}",
+                "--v=2",
+            ],
+        )
+        self._wait(
+            "the node",
+            lambda: self.cluster.request("GET", f"/api/v1/nodes/{self.name}")[0] == 200,
+            timeout,
+            "kubelet",
+        )
 
     def _drain_pods(self, timeout: float = 30) -> None:
         """Let the kubelet stop its own containers (bounded), then force-delete what 1.20 leaves
         Terminating (pods whose container never started)."""
-        status, body = self.cluster.request("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.name}")
-        pods = [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in (body or {}).get("items", [])] \
-            if status == 200 else []
+        status, body = self.cluster.request(
+            "GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.name}"
+        )
+        pods = (
+            [
+                (p["metadata"]["namespace"], p["metadata"]["name"])
+                for p in (body or {}).get("items", [])
+            ]
+            if status == 200
+            else []
+        )
         for ns, name in pods:
-            self.cluster.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {"gracePeriodSeconds": 1})
+            self.cluster.request(
+                "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {"gracePeriodSeconds": 1}
+            )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.ctr("tasks", "ls", "-q", check=False).stdout.strip():
+        while (
+            time.monotonic() < deadline
+            and self.ctr("tasks", "ls", "-q", check=False).stdout.strip()
+        ):
             time.sleep(1)
         for ns, name in pods:
-            self.cluster.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {"gracePeriodSeconds": 0})
+            self.cluster.request(
+                "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {"gracePeriodSeconds": 0}
+            )
 
 
 # -- teardown: by PID, mounts, cgroups, whoever started them --------------------------------
@@ -329,7 +439,9 @@ def teardown(run: Path, log: Callable[[str], Any] = lambda msg: None) -> list[st
     for hierarchy in _cgroup_hierarchies():
         root = hierarchy / CGROUP_ROOT
         if root.is_dir():
-            for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            for d in sorted(
+                (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+            ):
                 _rmdir(d, problems)
             _rmdir(root, problems)
     host = run / "host.json"
@@ -398,7 +510,9 @@ def _processes() -> list[tuple[int, list[str]]]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                cmd = (
+                    Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                )
             except OSError:
                 continue
             if cmd and cmd[0]:
@@ -469,6 +583,7 @@ def _run(cmd: list[str]) -> str:
 
 def _port_free(port: int) -> bool:
     import socket
+
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

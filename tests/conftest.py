@@ -31,5 +31,8 @@ def pytest_sessionstart(session):
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.py")}
 
     if tree(installed) != tree(source):
-        pytest.exit(f"the installed pullwatch ({installed}) is not operator/pullwatch: run the tests with "
-                    "`bash hack/test.sh` (it reinstalls), or `source hack/bootstrap.sh` first", returncode=4)
+        pytest.exit(
+            f"the installed pullwatch ({installed}) is not operator/pullwatch: run the tests with "
+            "`bash hack/test.sh` (it reinstalls), or `source hack/bootstrap.sh` first",
+            returncode=4,
+        )

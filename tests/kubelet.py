@@ -14,7 +14,8 @@ EPOCH = 1_795_000_000  # a fixed moment (2026-11-18), so data and golden files a
 
 def stamp(offset_s: int = 0) -> str:
     import datetime as _dt
-    return _dt.datetime.fromtimestamp(EPOCH + offset_s, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return _dt.datetime.fromtimestamp(EPOCH + offset_s, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _uid(*parts: Any) -> str:
@@ -29,9 +30,19 @@ MESSAGES = {
 }
 
 
-def image_event(kind: str, namespace: str, pod: str, image: str, *, node: str = "worker-1",
-                container: str | None = None, count: int = 1, seq: int = 0, t: int = 0,
-                with_uid: bool = True) -> dict[str, Any]:
+def image_event(
+    kind: str,
+    namespace: str,
+    pod: str,
+    image: str,
+    *,
+    node: str = "worker-1",
+    container: str | None = None,
+    count: int = 1,
+    seq: int = 0,
+    t: int = 0,
+    with_uid: bool = True,
+) -> dict[str, Any]:
     """kind: Pulling, Pulled (successfully pulled) or Present (already present on machine)."""
     container = container or pod.split("-")[0]
     reason = "Pulling" if kind == "Pulling" else "Pulled"
@@ -41,8 +52,12 @@ def image_event(kind: str, namespace: str, pod: str, image: str, *, node: str = 
         "kind": "Event",
         "metadata": {"name": name, "namespace": namespace},
         "involvedObject": {
-            "apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": namespace,
-            "uid": _uid("pod", namespace, pod), "resourceVersion": "4211",
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod,
+            "namespace": namespace,
+            "uid": _uid("pod", namespace, pod),
+            "resourceVersion": "4211",
             "fieldPath": f"spec.containers{{{container}}}",
         },
         "reason": reason,
@@ -65,8 +80,16 @@ def hash_int(*parts: Any) -> int:
     return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:6], 16)
 
 
-def other_event(reason: str, namespace: str, pod: str, message: str, *, node: str = "worker-1",
-                seq: int = 0, t: int = 0) -> dict[str, Any]:
+def other_event(
+    reason: str,
+    namespace: str,
+    pod: str,
+    message: str,
+    *,
+    node: str = "worker-1",
+    seq: int = 0,
+    t: int = 0,
+) -> dict[str, Any]:
     ev = image_event("Pulling", namespace, pod, "x", node=node, seq=seq, t=t)
     ev["reason"] = reason
     ev["message"] = message
@@ -109,9 +132,17 @@ def for_create(ev: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def audit_entries(ev: dict[str, Any], audit_id: str, *, node: str = "worker-1", ip: str = "10.0.3.7",
-                  stages: tuple[str, ...] = ("RequestReceived", "ResponseComplete"),
-                  verb: str = "create", resource: str = "events", code: int = 201) -> list[dict[str, Any]]:
+def audit_entries(
+    ev: dict[str, Any],
+    audit_id: str,
+    *,
+    node: str = "worker-1",
+    ip: str = "10.0.3.7",
+    stages: tuple[str, ...] = ("RequestReceived", "ResponseComplete"),
+    verb: str = "create",
+    resource: str = "events",
+    code: int = 201,
+) -> list[dict[str, Any]]:
     """The audit.k8s.io/v1 entries a RequestResponse policy logs for the kubelet's create."""
     request = for_create(ev)
     response = {**ev, "metadata": {**ev["metadata"], "resourceVersion": "5120"}}
@@ -119,15 +150,25 @@ def audit_entries(ev: dict[str, Any], audit_id: str, *, node: str = "worker-1", 
     out = []
     for stage in stages:
         entry: dict[str, Any] = {
-            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
-            "auditID": audit_id, "stage": stage,
+            "kind": "Event",
+            "apiVersion": "audit.k8s.io/v1",
+            "level": "RequestResponse",
+            "auditID": audit_id,
+            "stage": stage,
             "requestURI": f"/api/v1/namespaces/{ev['metadata']['namespace']}/{resource}",
             "verb": verb,
-            "user": {"username": f"system:node:{node}", "groups": ["system:nodes", "system:authenticated"]},
+            "user": {
+                "username": f"system:node:{node}",
+                "groups": ["system:nodes", "system:authenticated"],
+            },
             "sourceIPs": [ip],
             "userAgent": "kubelet/v1.29.4 (linux/amd64) kubernetes/55019c8",
-            "objectRef": {"resource": resource, "namespace": ev["metadata"]["namespace"],
-                          "name": ev["metadata"]["name"], "apiVersion": "v1"},
+            "objectRef": {
+                "resource": resource,
+                "namespace": ev["metadata"]["namespace"],
+                "name": ev["metadata"]["name"],
+                "apiVersion": "v1",
+            },
             "requestReceivedTimestamp": first.replace("Z", ".000000Z"),
             "stageTimestamp": first.replace("Z", ".004000Z"),
             "requestObject": request,
@@ -140,7 +181,9 @@ def audit_entries(ev: dict[str, Any], audit_id: str, *, node: str = "worker-1", 
 
 
 # -- reading a real kubelet's Events (tests/e2e/test_realnode.py, tests/data/real-kubelet.json) ----
-def reported(events: list[dict[str, Any]], pod: str, namespace: str | None = None) -> dict[str, int]:
+def reported(
+    events: list[dict[str, Any]], pod: str, namespace: str | None = None
+) -> dict[str, int]:
     """What a kubelet reported doing for one pod, summed over its Events' counts, in its own words
     (1.20's texts; a later kubelet adds a tail to some): attempts are its "Pulling image" and
     "already present" Events; the others say how attempts ended; ``errors`` are the
@@ -168,6 +211,15 @@ def reported(events: list[dict[str, Any]], pod: str, namespace: str | None = Non
 
 def expected_outcomes(did: dict[str, int]) -> dict[str, Any]:
     """A Finding's status.outcomes (without lastError) for what :func:`reported` says happened."""
-    ran = "yes" if did["pulled"] or did["present"] else ("no" if did["failed"] or did["backoff"] else "unknown")
-    return {"succeeded": did["pulled"], "cached": did["present"], "failed": did["failed"],
-            "backoff": did["backoff"], "ran": ran}
+    ran = (
+        "yes"
+        if did["pulled"] or did["present"]
+        else ("no" if did["failed"] or did["backoff"] else "unknown")
+    )
+    return {
+        "succeeded": did["pulled"],
+        "cached": did["present"],
+        "failed": did["failed"],
+        "backoff": did["backoff"],
+        "ran": ran,
+    }

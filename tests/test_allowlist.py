@@ -6,7 +6,12 @@ from pullwatch.scan.pipeline import load_policies
 
 
 def obj(name="p", **spec):
-    return {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def test_namespaces_absent_means_every_namespace():
@@ -24,8 +29,12 @@ def test_namespace_globs():
 
 
 def test_any_matching_policy_allows():
-    allow = Allowlist([policy_from_object(obj("a", namespaces=["a"], images=["nginx:*"])),
-                       policy_from_object(obj("b", images=["redis:*"]))])
+    allow = Allowlist(
+        [
+            policy_from_object(obj("a", namespaces=["a"], images=["nginx:*"])),
+            policy_from_object(obj("b", images=["redis:*"])),
+        ]
+    )
     v = allow.check("a", "redis:7")
     assert v.allowed and v.policy == "b" and v.pattern == "redis:*"
     assert not allow.check("b", "nginx:1").allowed
@@ -60,9 +69,17 @@ def test_bad_pattern_is_dropped_and_reported_others_still_apply():
 
 
 def test_malformed_objects():
-    for bad in (None, "x", [], {"kind": "AllowedImages"}, obj(images="nginx"), obj(),
-                {**obj(images=["nginx"]), "apiVersion": "v1"}, {**obj(images=["nginx"]), "kind": "Pod"},
-                {**obj(images=["nginx"]), "spec": None}):
+    for bad in (
+        None,
+        "x",
+        [],
+        {"kind": "AllowedImages"},
+        obj(images="nginx"),
+        obj(),
+        {**obj(images=["nginx"]), "apiVersion": "v1"},
+        {**obj(images=["nginx"]), "kind": "Pod"},
+        {**obj(images=["nginx"]), "spec": None},
+    ):
         p = policy_from_object(bad)
         assert not p.usable and p.problems
 
@@ -75,7 +92,11 @@ def test_verdicts_are_cached_but_a_new_allowlist_decides_afresh():
 
 
 def test_documents_and_lists_are_flattened():
-    docs = [None, obj("a", images=["x"]), {"apiVersion": "v1", "kind": "List", "items": [obj("b", images=["y"])]}]
+    docs = [
+        None,
+        obj("a", images=["x"]),
+        {"apiVersion": "v1", "kind": "List", "items": [obj("b", images=["y"])]},
+    ]
     assert [o["metadata"]["name"] for o in objects_from_documents(docs)] == ["a", "b"]
 
 

@@ -49,15 +49,25 @@ def test_other_resources_verbs_and_failures_never_fire():
 
 
 def test_finding_names_the_actor_in_its_message():
-    entry = audit_entries(image_event("Pulling", "team-a", "m", "randomuser/xmrig"), "id-9", ip="10.0.9.9",
-                          node="worker-5")[1]
+    entry = audit_entries(
+        image_event("Pulling", "team-a", "m", "randomuser/xmrig"),
+        "id-9",
+        ip="10.0.9.9",
+        node="worker-5",
+    )[1]
     d = Detector(Allowlist())
     (det,) = d.observe(decode_audit_entry(entry, AuditDeduper()))
     spec = det.state.body()["spec"]
-    assert spec["message"] == ("Suspicious image randomuser/xmrig pulled in Kubernetes from ip 10.0.9.9 "
-                               "by user system:node:worker-5")
-    assert spec["actor"] == {"user": "system:node:worker-5", "groups": ["system:nodes", "system:authenticated"],
-                             "sourceIPs": ["10.0.9.9"], "userAgent": entry["userAgent"]}
+    assert spec["message"] == (
+        "Suspicious image randomuser/xmrig pulled in Kubernetes from ip 10.0.9.9 "
+        "by user system:node:worker-5"
+    )
+    assert spec["actor"] == {
+        "user": "system:node:worker-5",
+        "groups": ["system:nodes", "system:authenticated"],
+        "sourceIPs": ["10.0.9.9"],
+        "userAgent": entry["userAgent"],
+    }
     assert spec["source"] == "audit"
 
 

@@ -18,12 +18,21 @@ from paths import DATA
 GOLDEN = DATA / "golden"
 ALLOW = str(DATA / "allowed-images.yaml")
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
-INPUTS = ["events-list.json", "events-list.yaml", "events-v1.json", "watch.jsonl", "bare.jsonl",
-          "audit.jsonl", "malformed.jsonl"]
+INPUTS = [
+    "events-list.json",
+    "events-list.yaml",
+    "events-v1.json",
+    "watch.jsonl",
+    "bare.jsonl",
+    "audit.jsonl",
+    "malformed.jsonl",
+]
 
 
 def scan(*args, stdin=None, cwd=None):
-    return subprocess.run([PULLWATCH, "scan", *args], input=stdin, capture_output=True, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [PULLWATCH, "scan", *args], input=stdin, capture_output=True, timeout=60, cwd=cwd
+    )
 
 
 def check_golden(name: str, text: str) -> None:
@@ -37,7 +46,9 @@ def check_golden(name: str, text: str) -> None:
 @pytest.mark.parametrize("name", INPUTS)
 def test_json_output_and_summary_are_golden(name):
     r = scan(name, "-a", ALLOW, "-o", "json", cwd=DATA)  # relative: the messages name the input
-    assert r.returncode == (3 if name == "malformed.jsonl" else 0), r.stderr  # malformed: damaged lines
+    assert r.returncode == (3 if name == "malformed.jsonl" else 0), (
+        r.stderr
+    )  # malformed: damaged lines
     check_golden(f"{name}.json", r.stdout.decode())
     check_golden(f"{name}.summary", r.stderr.decode())
 
@@ -66,28 +77,43 @@ def test_audit_gives_the_same_detections_with_actors():
     ref = {f["metadata"]["name"]: f["status"]["count"] for f in findings("events-list.json")}
     audit = findings("audit.jsonl")
     assert {f["metadata"]["name"]: f["status"]["count"] for f in audit} == ref
-    assert all(f["spec"]["source"] == "audit" and f["spec"]["actor"]["user"].startswith("system:node:")
-               for f in audit)
+    assert all(
+        f["spec"]["source"] == "audit" and f["spec"]["actor"]["user"].startswith("system:node:")
+        for f in audit
+    )
     miner = next(f for f in audit if "xmrig" in f["metadata"]["name"])
-    assert miner["spec"]["message"] == ("Suspicious image docker.io/randomuser/xmrig:latest pulled in "
-                                        "Kubernetes from ip 10.0.3.25 by user system:node:worker-3")
+    assert miner["spec"]["message"] == (
+        "Suspicious image docker.io/randomuser/xmrig:latest pulled in "
+        "Kubernetes from ip 10.0.3.25 by user system:node:worker-3"
+    )
 
 
 def test_expected_detections():
     found = findings("events-list.json")
-    by_name = {(f["metadata"]["namespace"], f["spec"]["rule"], f["spec"]["image"]): f["status"]["count"] for f in found}
+    by_name = {
+        (f["metadata"]["namespace"], f["spec"]["rule"], f["spec"]["image"]): f["status"]["count"]
+        for f in found
+    }
     ran = {(f["spec"]["image"], f["status"]["outcomes"]["ran"]) for f in found}
-    assert {("aquasec/kube-bench:nope", "no"), ("aquasec/kube-hunter:0.6.8", "yes"),
-            ("registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0", "unknown")} <= ran  # only a Pulling
+    assert {
+        ("aquasec/kube-bench:nope", "no"),
+        ("aquasec/kube-hunter:0.6.8", "yes"),
+        ("registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0", "unknown"),
+    } <= ran  # only a Pulling
     scanner, suspicious = "kubernetes-scanner-image-pulling", "kubernetes-suspicious-image-pulling"
-    hunter, bench = "aquasec/kube-hunter:0.6.8", "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0"
+    hunter, bench = (
+        "aquasec/kube-hunter:0.6.8",
+        "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0",
+    )
     assert by_name == {
-        ("default", scanner, hunter): 3, ("default", suspicious, hunter): 3,   # Pulling 3 + 3 Pulled = 3
-        ("ci", scanner, bench): 1, ("ci", suspicious, bench): 1,
-        ("ci", scanner, "aquasec/kube-bench:nope"): 1,                         # a failed pull is an attempt
+        ("default", scanner, hunter): 3,
+        ("default", suspicious, hunter): 3,  # Pulling 3 + 3 Pulled = 3
+        ("ci", scanner, bench): 1,
+        ("ci", suspicious, bench): 1,
+        ("ci", scanner, "aquasec/kube-bench:nope"): 1,  # a failed pull is an attempt
         ("ci", suspicious, "aquasec/kube-bench:nope"): 1,
-        ("security", scanner, hunter): 1,                                      # allowlisted, still a scanner
-        ("default", scanner, "bishopfox/peirates:1.1.13"): 1,                  # already present
+        ("security", scanner, hunter): 1,  # allowlisted, still a scanner
+        ("default", scanner, "bishopfox/peirates:1.1.13"): 1,  # already present
         ("default", suspicious, "bishopfox/peirates:1.1.13"): 1,
         ("team-a-web", suspicious, "docker.io/randomuser/xmrig:latest"): 1,
     }
@@ -107,9 +133,18 @@ def test_stdin_and_gzip(tmp_path):
 
 def test_several_files_are_one_scan_and_duplicates_do_not_double():
     once = {f["metadata"]["name"]: f["status"]["count"] for f in findings("bare.jsonl")}
-    r = scan(str(DATA / "bare.jsonl"), str(DATA / "bare.jsonl"), str(DATA / "events-list.json"),
-             "-a", ALLOW, "-o", "json")
-    assert {f["metadata"]["name"]: f["status"]["count"] for f in json.loads(r.stdout)["items"]} == once
+    r = scan(
+        str(DATA / "bare.jsonl"),
+        str(DATA / "bare.jsonl"),
+        str(DATA / "events-list.json"),
+        "-a",
+        ALLOW,
+        "-o",
+        "json",
+    )
+    assert {
+        f["metadata"]["name"]: f["status"]["count"] for f in json.loads(r.stdout)["items"]
+    } == once
 
 
 def test_table_escapes_terminal_control_characters():
@@ -136,17 +171,21 @@ def test_exit_codes(tmp_path):
     assert scan(str(quiet), "--fail-on-findings").returncode == 0
     r = scan(str(tmp_path / "missing.json"))
     assert r.returncode == 3 and b"missing.json" in r.stderr  # an input that cannot be read
-    assert scan(str(DATA / "events-list.json"), "-a", str(tmp_path / "missing.yaml")).returncode == 2
+    assert (
+        scan(str(DATA / "events-list.json"), "-a", str(tmp_path / "missing.yaml")).returncode == 2
+    )
     assert scan(str(DATA / "events-list.json"), "--scanner", "Not/Valid").returncode == 2
     assert subprocess.run([PULLWATCH, "scan"], capture_output=True).returncode == 2
 
 
 def test_invalid_allowed_images_are_reported_and_never_widen(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: pullwatch.dev/v1alpha1\nkind: AllowedImages\nmetadata: {name: bad}\n"
-                   "spec:\n  namespaces: team-a-*\n  images: ['**']\n---\n"
-                   "apiVersion: pullwatch.dev/v1alpha1\nkind: AllowedImages\nmetadata: {name: half}\n"
-                   "spec:\n  images: ['NOT VALID', 'quay.io/**']\n")
+    bad.write_text(
+        "apiVersion: pullwatch.dev/v1alpha1\nkind: AllowedImages\nmetadata: {name: bad}\n"
+        "spec:\n  namespaces: team-a-*\n  images: ['**']\n---\n"
+        "apiVersion: pullwatch.dev/v1alpha1\nkind: AllowedImages\nmetadata: {name: half}\n"
+        "spec:\n  images: ['NOT VALID', 'quay.io/**']\n"
+    )
     r = scan(str(DATA / "events-list.json"), "-a", str(bad), "-o", "json")
     assert r.returncode == 0
     err = r.stderr.decode()
@@ -154,15 +193,27 @@ def test_invalid_allowed_images_are_reported_and_never_widen(tmp_path):
     assert "AllowedImages half: pattern ignored: images[0]" in err
     images = {f["spec"]["image"] for f in json.loads(r.stdout)["items"]}
     assert "nginx:1.25.3" in images  # '**' of the broken object did not allow it
-    assert "quay.io/prometheus/node-exporter:v1.8.1" not in images  # the valid pattern still applies
+    assert (
+        "quay.io/prometheus/node-exporter:v1.8.1" not in images
+    )  # the valid pattern still applies
 
 
 def test_custom_scanner_names():
-    r = scan(str(DATA / "events-list.json"), "-a", ALLOW, "-o", "json", "--no-default-scanners",
-             "--scanner", "xmrig")
+    r = scan(
+        str(DATA / "events-list.json"),
+        "-a",
+        ALLOW,
+        "-o",
+        "json",
+        "--no-default-scanners",
+        "--scanner",
+        "xmrig",
+    )
     rules = {(f["spec"]["rule"], f["spec"]["image"]) for f in json.loads(r.stdout)["items"]}
     assert ("kubernetes-scanner-image-pulling", "docker.io/randomuser/xmrig:latest") in rules
-    assert not any(rule.endswith("scanner-image-pulling") and "kube-hunter" in img for rule, img in rules)
+    assert not any(
+        rule.endswith("scanner-image-pulling") and "kube-hunter" in img for rule, img in rules
+    )
 
 
 def test_output_is_a_v1_list_of_complete_findings():

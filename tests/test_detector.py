@@ -18,8 +18,18 @@ def allow(*images, namespaces=None):
     spec = {"images": list(images)}
     if namespaces:
         spec["namespaces"] = namespaces
-    return Allowlist([policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-                                          "metadata": {"name": "t"}, "spec": spec})])
+    return Allowlist(
+        [
+            policy_from_object(
+                {
+                    "apiVersion": "pullwatch.dev/v1alpha1",
+                    "kind": "AllowedImages",
+                    "metadata": {"name": "t"},
+                    "spec": spec,
+                }
+            )
+        ]
+    )
 
 
 def observe(detector, ev, **kw):
@@ -37,7 +47,7 @@ def build(state):
 def pod(base: str, i: int) -> str:
     """A pod name as generateName makes it: base + 5 characters of the random alphabet."""
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
-    suffix = "".join(alphabet[(i // 27 ** k) % 27] for k in range(5))
+    suffix = "".join(alphabet[(i // 27**k) % 27] for k in range(5))
     return f"{base}-{suffix}"
 
 
@@ -48,37 +58,62 @@ def only(detector):
 
 def test_rule_scores_and_identity():
     assert (SCANNER_RULE.risk_score, SCANNER_RULE.severity, SCANNER_RULE.id) == (
-        81, "high", "4890cd6b-0112-4974-a272-c5c153aee551")
+        81,
+        "high",
+        "4890cd6b-0112-4974-a272-c5c153aee551",
+    )
     assert (SUSPICIOUS_RULE.risk_score, SUSPICIOUS_RULE.severity, SUSPICIOUS_RULE.id) == (
-        49, "medium", "4d3a17b3-0a6d-4ae0-9421-46623a69c122")
+        49,
+        "medium",
+        "4d3a17b3-0a6d-4ae0-9421-46623a69c122",
+    )
     assert SCANNER_RULE.mitre.technique_id == SUSPICIOUS_RULE.mitre.technique_id == "T1526"
 
 
 def test_scanner_fires_from_any_registry_and_even_when_allowlisted():
     d = Detector(allow("docker.io/**", "registry.example.net:5000/**", "quay.io/**"))
-    for image in ("aquasec/kube-hunter", "registry.example.net:5000/mirrors/aquasec/kube-hunter:v0.6.7",
-                  "quay.io/someone/kube-bench@sha256:" + "a" * 64, "kube-recon", "bishopfox/peirates:1"):
-        assert rules_fired(d, image_event("Pulling", "ns", "p", image)) == [SCANNER_RULE.name], image
+    for image in (
+        "aquasec/kube-hunter",
+        "registry.example.net:5000/mirrors/aquasec/kube-hunter:v0.6.7",
+        "quay.io/someone/kube-bench@sha256:" + "a" * 64,
+        "kube-recon",
+        "bishopfox/peirates:1",
+    ):
+        assert rules_fired(d, image_event("Pulling", "ns", "p", image)) == [SCANNER_RULE.name], (
+            image
+        )
 
 
 def test_scanner_names_match_the_last_component_only():
     d = Detector(allow("**", "quay.io/**"))
-    for image in ("kube-hunter-dashboard", "mykube-hunter", "quay.io/kube-hunter/web:1", "kube-bench-exporter"):
+    for image in (
+        "kube-hunter-dashboard",
+        "mykube-hunter",
+        "quay.io/kube-hunter/web:1",
+        "kube-bench-exporter",
+    ):
         assert rules_fired(d, image_event("Pulling", "ns", "p", image)) == [], image
 
 
 def test_scanner_list_is_configurable():
     d = Detector(allow("docker.io/**"), scanners={"nmap"})
-    assert rules_fired(d, image_event("Pulling", "ns", "p", "instrumentisto/nmap")) == [SCANNER_RULE.name]
+    assert rules_fired(d, image_event("Pulling", "ns", "p", "instrumentisto/nmap")) == [
+        SCANNER_RULE.name
+    ]
     assert rules_fired(d, image_event("Pulling", "ns", "p", "aquasec/kube-hunter")) == []
 
 
 def test_suspicious_fires_for_unlisted_and_not_for_allowed():
     d = Detector(allow("nginx:1.25.*", namespaces=["team-a-*"]))
     assert rules_fired(d, image_event("Pulling", "team-a-x", "p", "nginx:1.25.3")) == []
-    assert rules_fired(d, image_event("Pulling", "team-b", "p", "nginx:1.25.3")) == [SUSPICIOUS_RULE.name]
+    assert rules_fired(d, image_event("Pulling", "team-b", "p", "nginx:1.25.3")) == [
+        SUSPICIOUS_RULE.name
+    ]
     (det,) = observe(d, image_event("Pulling", "team-a-x", "q", "nginx:1.26"))
-    assert "no AllowedImages pattern for namespace team-a-x" in build(det.state)["spec"]["notAllowedReason"]
+    assert (
+        "no AllowedImages pattern for namespace team-a-x"
+        in build(det.state)["spec"]["notAllowedReason"]
+    )
 
 
 def test_invalid_image_is_suspicious_and_says_why():
@@ -86,10 +121,14 @@ def test_invalid_image_is_suspicious_and_says_why():
     ev["message"] = 'Pulling image "Evil/Image"'
     (det,) = observe(Detector(allow("**")), ev)
     spec = build(det.state)["spec"]
-    assert spec["repository"] == "Evil/Image" and "not a valid image reference" in spec["notAllowedReason"]
+    assert (
+        spec["repository"] == "Evil/Image"
+        and "not a valid image reference" in spec["notAllowedReason"]
+    )
 
 
 # -- exact counting ---------------------------------------------------------------------------
+
 
 def test_series_adds_only_the_difference():
     d = Detector(Allowlist())
@@ -123,8 +162,13 @@ def test_already_present_counts_on_top_and_is_served_from_cache():
     observe(d, image_event("Pulled", "ns", "p", "nginx", seq=2))
     observe(d, image_event("Present", "ns", "p", "nginx", seq=3, count=2))
     status = only(d)["status"]
-    assert status["count"] == 3 and status["outcomes"] == {"succeeded": 1, "cached": 2, "failed": 0, "backoff": 0,
-                                                           "ran": "yes"}
+    assert status["count"] == 3 and status["outcomes"] == {
+        "succeeded": 1,
+        "cached": 2,
+        "failed": 0,
+        "backoff": 0,
+        "ran": "yes",
+    }
 
 
 def _failed(ns, pod, image, seq, count=1, error="rpc error: code = NotFound desc = x: not found"):
@@ -144,13 +188,28 @@ def test_failed_pulls_are_attempts_that_fire_and_say_nothing_ran():
     scanner = next(f for f in d.findings() if f["spec"]["rule"] == SCANNER_RULE.name)
     outcomes = scanner["status"]["outcomes"]
     assert scanner["status"]["count"] == 4  # four attempts: Pulling 4, each ended in Failed
-    assert (outcomes["failed"], outcomes["backoff"], outcomes["succeeded"], outcomes["ran"]) == (4, 6, 0, "no")
+    assert (outcomes["failed"], outcomes["backoff"], outcomes["succeeded"], outcomes["ran"]) == (
+        4,
+        6,
+        0,
+        "no",
+    )
     assert outcomes["lastError"]["class"] == "not found"
 
 
 def test_a_failed_pull_seen_alone_is_still_an_attempt():
     d = Detector(Allowlist())
-    observe(d, _failed("ns", "p", "evil/x:1", seq=1, count=2, error="dial tcp 10.0.0.1:443: connect: connection refused"))
+    observe(
+        d,
+        _failed(
+            "ns",
+            "p",
+            "evil/x:1",
+            seq=1,
+            count=2,
+            error="dial tcp 10.0.0.1:443: connect: connection refused",
+        ),
+    )
     status = only(d)["status"]
     assert status["count"] == 2 and status["outcomes"]["lastError"]["class"] == "unreachable"
 
@@ -169,9 +228,14 @@ def test_restart_relist_adds_nothing_and_counts_on():
 
 def test_adopt_refuses_objects_pullwatch_did_not_write():
     d = Detector(Allowlist())
-    for bad in ({"metadata": {}}, {"metadata": {"name": "x", "namespace": "y"}, "spec": {}},
-                {"metadata": {"name": "suspicious-renamed-0000000000", "namespace": "ns"},
-                 "spec": {"workload": {"name": "w"}, "repository": "docker.io/library/nginx"}}):
+    for bad in (
+        {"metadata": {}},
+        {"metadata": {"name": "x", "namespace": "y"}, "spec": {}},
+        {
+            "metadata": {"name": "suspicious-renamed-0000000000", "namespace": "ns"},
+            "spec": {"workload": {"name": "w"}, "repository": "docker.io/library/nginx"},
+        },
+    ):
         with pytest.raises(ValueError):
             d.adopt(bad)
 
@@ -180,36 +244,49 @@ def test_merge_takes_the_higher_high_water_mark_per_series():
     ev_a = image_event("Pulling", "ns", "p", "nginx", count=3, seq=1)
     ev_b = image_event("Pulled", "ns", "p", "nginx", count=1, seq=2)
     here, there = Detector(Allowlist()), Detector(Allowlist())
-    observe(here, ev_a)                            # this process saw a at 3
-    observe(there, with_count(ev_a, 2))            # the stored copy saw a at 2, and b
+    observe(here, ev_a)  # this process saw a at 3
+    observe(there, with_count(ev_a, 2))  # the stored copy saw a at 2, and b
     observe(there, ev_b)
     state = here.adopt(only(there))
     assert state.count == 3 and sorted(v[2] for v in state.ledger.series.values()) == [1, 3]
-    here.adopt(only(there))                        # merging again changes nothing
+    here.adopt(only(there))  # merging again changes nothing
     assert state.count == 3
 
 
 # -- the workload is the unit ----------------------------------------------------------------------
+
 
 def test_a_deployments_replicas_and_its_rollout_are_one_finding():
     d = Detector(Allowlist())
     for i in range(50):
         observe(d, image_event("Pulling", "shop", pod("web-7d9f8b6c5d", i), "evil/app:1", seq=i))
     for i in range(10):  # a rollout: a new ReplicaSet hash and tag, the same repository
-        observe(d, image_event("Pulling", "shop", pod("web-5c4b9d8f67", i), "evil/app:2", seq=100 + i))
+        observe(
+            d, image_event("Pulling", "shop", pod("web-5c4b9d8f67", i), "evil/app:2", seq=100 + i)
+        )
     f = only(d)
     assert f["spec"]["workload"] == {"kind": "Deployment", "name": "web", "source": "inferred"}
     assert f["status"]["count"] == 60 and f["status"]["podCount"] == 60
-    assert {i["image"]: i["count"] for i in f["status"]["images"]} == {"evil/app:1": 50, "evil/app:2": 10}
+    assert {i["image"]: i["count"] for i in f["status"]["images"]} == {
+        "evil/app:1": 50,
+        "evil/app:2": 10,
+    }
     assert len(f["status"]["pods"]) == 10  # the most recent ones, bounded
 
 
 def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each():
     d = Detector(Allowlist())
     for run, minutes in enumerate((29375040, 29375100, 29375160)):
-        observe(d, image_event("Pulling", "ops", f"backup-{minutes}-x7k2p", "evil/backup:1", seq=run))
+        observe(
+            d, image_event("Pulling", "ops", f"backup-{minutes}-x7k2p", "evil/backup:1", seq=run)
+        )
     for n in range(12):
-        observe(d, image_event("Pulling", "ops", pod("agent", n), "evil/agent:1", node=f"node-{n}", seq=50 + n))
+        observe(
+            d,
+            image_event(
+                "Pulling", "ops", pod("agent", n), "evil/agent:1", node=f"node-{n}", seq=50 + n
+            ),
+        )
     by_workload = {f["spec"]["workload"]["name"]: f for f in d.findings()}
     assert by_workload["backup"]["spec"]["workload"]["kind"] == "CronJob"
     assert by_workload["backup"]["status"]["count"] == 3
@@ -220,7 +297,9 @@ def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each():
 def test_a_read_workload_wins_and_routing_stays_with_the_series():
     d = Detector(Allowlist())
     ev = image_event("Pulling", "ns", "db-2", "evil/db:1", count=2)
-    (det,) = observe(d, ev, workload=Workload("Pod", "db-2", "read"))  # read: a bare pod, not a StatefulSet
+    (det,) = observe(
+        d, ev, workload=Workload("Pod", "db-2", "read")
+    )  # read: a bare pod, not a StatefulSet
     assert det.state.identity.workload == "db-2"
     (again,) = observe(d, with_count(ev, 3))  # later resolved by inference: still the same Finding
     assert again.state is det.state and again.delta == 1
@@ -228,14 +307,23 @@ def test_a_read_workload_wins_and_routing_stays_with_the_series():
 
 def test_names_are_deterministic_and_distinct():
     def name(ns, pod, image="nginx", seq=0):
-        return Detector(Allowlist()).observe(decode_event(image_event("Pulling", ns, pod, image, seq=seq)))[0].state.name
-    assert name("ns", "web-7d9f8b6c5d-x7k2p") == name("ns", "web-6f7b9c8d45-zzzzz", "nginx:2", seq=5)
+        return (
+            Detector(Allowlist())
+            .observe(decode_event(image_event("Pulling", ns, pod, image, seq=seq)))[0]
+            .state.name
+        )
+
+    assert name("ns", "web-7d9f8b6c5d-x7k2p") == name(
+        "ns", "web-6f7b9c8d45-zzzzz", "nginx:2", seq=5
+    )
     assert name("ns", "web-7d9f8b6c5d-x7k2p") != name("ns2", "web-7d9f8b6c5d-x7k2p")
     assert name("ns", "web-7d9f8b6c5d-x7k2p") != name("ns", "api-7d9f8b6c5d-x7k2p")
     assert len(name("n" * 63, "p" * 63, "r" * 200 + "/x")) <= 253
 
 
-# -- bounds ------------------------------------------------------------------------------------------
+# -- bounds
+# ------------------------------------------------------------------------------------------
+
 
 def test_caps_fold_detections_into_one_overflow_finding_per_rule_and_namespace_exactly():
     d = Detector(Allowlist(), caps=Caps(total=100, per_namespace=3))
@@ -247,10 +335,18 @@ def test_caps_fold_detections_into_one_overflow_finding_per_rule_and_namespace_e
     regular = [f for f in suspicious if not f["spec"].get("overflow")]
     (overflow,) = [f for f in suspicious if f["spec"].get("overflow")]
     assert len(regular) == 3 and sum(f["status"]["count"] for f in regular) == 6
-    assert overflow["status"]["count"] == 15  # 7 folded workloads x 2, and kube-hunter's suspicious pull
-    assert overflow["status"]["folded"]["identities"] == 8 and overflow["metadata"]["labels"]["pullwatch.dev/overflow"]
+    assert (
+        overflow["status"]["count"] == 15
+    )  # 7 folded workloads x 2, and kube-hunter's suspicious pull
+    assert (
+        overflow["status"]["folded"]["identities"] == 8
+        and overflow["metadata"]["labels"]["pullwatch.dev/overflow"]
+    )
     # the scanner rule has caps of its own: a flood of suspicious pulls never folds a scanner
-    assert any(f["spec"]["rule"] == SCANNER_RULE.name and not f["spec"].get("overflow") for f in by_name.values())
+    assert any(
+        f["spec"]["rule"] == SCANNER_RULE.name and not f["spec"].get("overflow")
+        for f in by_name.values()
+    )
 
 
 def test_folded_series_stay_in_the_overflow_finding_after_room_is_made():
@@ -259,7 +355,9 @@ def test_folded_series_stay_in_the_overflow_finding_after_room_is_made():
     ev = image_event("Pulling", "ns", "b", "evil/b:1", seq=2)
     (folded,) = observe(d, ev)
     assert folded.state.identity.is_overflow and folded.folded.workload == "b"
-    d.forget(next(n for n in d.states if not d.states[n].identity.is_overflow))  # retention made room
+    d.forget(
+        next(n for n in d.states if not d.states[n].identity.is_overflow)
+    )  # retention made room
     (again,) = observe(d, with_count(ev, 2))
     assert again.state is folded.state and again.delta == 1
 
@@ -276,8 +374,16 @@ def test_live_ledgers_are_bounded_and_the_count_stays_exact():
 def test_no_finding_outgrows_its_budget_whatever_the_input(size):
     d = Detector(Allowlist())
     for i in range(400):
-        ev = image_event("Pulling", "n" * 63, f"{'p' * (size % 200)}{i}", f"reg.example/{'a' * size}/img:{i}",
-                         node="w" * min(size, 253), container="c" * min(size, 253), seq=i, count=10**9)
+        ev = image_event(
+            "Pulling",
+            "n" * 63,
+            f"{'p' * (size % 200)}{i}",
+            f"reg.example/{'a' * size}/img:{i}",
+            node="w" * min(size, 253),
+            container="c" * min(size, 253),
+            seq=i,
+            count=10**9,
+        )
         ev["metadata"]["uid"] = f"{i:08d}" + "u" * 28
         observe(d, ev)
     for body in d.findings():
@@ -296,16 +402,28 @@ def test_live_slots_close_by_when_pullwatch_saw_them_not_by_the_events_own_times
     (state,) = d.states.values()
     assert state.ledger.close_before(now - 65) == 0
     assert [x.delta for x in observe(d, with_count(ev, 2), minute=now + 1)] == [1]
-    assert state.ledger.close_before(now + 200) == 1 and state.count == 2  # closed: exact all the same
+    assert (
+        state.ledger.close_before(now + 200) == 1 and state.count == 2
+    )  # closed: exact all the same
 
 
 # -- idle Findings are kept packed -----------------------------------------------------------------
 
+
 def _busy_finding(d):
     for i in range(30):  # pods, images, outcomes and series: every packed field has something in it
-        observe(d, image_event("Pulling", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=i), minute=100)
-        observe(d, image_event("Present", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=500 + i),
-                minute=100)
+        observe(
+            d,
+            image_event("Pulling", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=i),
+            minute=100,
+        )
+        observe(
+            d,
+            image_event(
+                "Present", "shop", pod("web-7d9f8b6c5d", i), f"evil/app:{i % 12}", seq=500 + i
+            ),
+            minute=100,
+        )
     (state,) = [s for s in d.states.values() if s.count]
     return state
 
@@ -317,7 +435,9 @@ def test_a_cooled_finding_has_the_same_body_and_counts_on_exactly():
     assert d.cool(idle_before=101) == 1 and state.cold
     assert json.dumps(state.body(), sort_keys=True) == before  # reading does not change it
     again = image_event("Pulling", "shop", pod("web-7d9f8b6c5d", 3), "evil/app:3", seq=3, count=2)
-    assert [x.delta for x in observe(d, again, minute=102)] == [1]  # the series' mark survived packing
+    assert [x.delta for x in observe(d, again, minute=102)] == [
+        1
+    ]  # the series' mark survived packing
     assert not state.cold and state.count == n + 1
     assert d.cool(idle_before=102) == 0  # pulled at minute 102: not idle yet
 

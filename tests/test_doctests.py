@@ -21,9 +21,23 @@ import pytest
 import pullwatch
 
 PACKAGE = Path(pullwatch.__file__).parent
-DOCTESTED = ["core.imageref", "core.patterns", "core.allowlist", "core.rules", "core.pulls", "core.findings",
-             "core.detector", "core.ledger", "core.workload", "scan.render", "scan.sources", "scan.records",
-             "scan.jsontext", "scan.yamltext", "kube.api"]
+DOCTESTED = [
+    "core.imageref",
+    "core.patterns",
+    "core.allowlist",
+    "core.rules",
+    "core.pulls",
+    "core.findings",
+    "core.detector",
+    "core.ledger",
+    "core.workload",
+    "scan.render",
+    "scan.sources",
+    "scan.records",
+    "scan.jsontext",
+    "scan.yamltext",
+    "kube.api",
+]
 # What each layer may import from outside the standard library (top-level names).
 ALLOWED_THIRD_PARTY = {
     "core": {"re2", "docker_image", "orjson"},
@@ -65,14 +79,18 @@ def test_layer_import_contract(layer):
                 assert name not in FORBIDDEN_LAYERS[layer], f"{path.name} imports pullwatch.{name}"
                 assert name in ("core", "<root>"), f"{path.name} imports pullwatch.{name}"
             elif name != "pullwatch":
-                assert name in stdlib or name in ALLOWED_THIRD_PARTY[layer], f"{layer}/{path.name} imports {name}"
+                assert name in stdlib or name in ALLOWED_THIRD_PARTY[layer], (
+                    f"{layer}/{path.name} imports {name}"
+                )
 
 
 def test_core_and_scan_load_neither_kopf_nor_kubernetes_at_run_time():
-    code = ("import sys, pullwatch.cli, pullwatch.scan.pipeline, pullwatch.scan.parallel, pullwatch.core.detector, "
-            "pullwatch.scan.render; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, pullwatch.cli, pullwatch.scan.pipeline, pullwatch.scan.parallel, pullwatch.core.detector, "
+        "pullwatch.scan.render; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -81,6 +99,9 @@ def test_every_module_is_in_a_layer_and_small():
         path = Path(importlib.util.find_spec(info.name).origin)
         if info.ispkg:
             continue
-        assert path.parent.name in ("core", "scan", "kube") or path.name in ("cli.py", "__main__.py"), info.name
+        assert path.parent.name in ("core", "scan", "kube") or path.name in (
+            "cli.py",
+            "__main__.py",
+        ), info.name
         lines = len(path.read_text().splitlines())
         assert lines <= 450, f"{info.name} has {lines} lines: split it by responsibility"

@@ -10,7 +10,6 @@ import gzip
 import io
 import json
 import lzma
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +38,9 @@ def noise(i):
 
 
 def scan(*args, stdin=None, timeout=120):
-    return subprocess.run([PULLWATCH, "scan", *args], input=stdin, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [PULLWATCH, "scan", *args], input=stdin, capture_output=True, timeout=timeout
+    )
 
 
 def scan_bytes(tmp_path, data: bytes, *args, name="input"):
@@ -49,7 +50,9 @@ def scan_bytes(tmp_path, data: bytes, *args, name="input"):
 
 
 def rules_found(r):
-    return sorted({(f["spec"]["rule"], f["spec"]["workload"]["name"]) for f in json.loads(r.stdout)["items"]})
+    return sorted(
+        {(f["spec"]["rule"], f["spec"]["workload"]["name"]) for f in json.loads(r.stdout)["items"]}
+    )
 
 
 SCANNER_HIT = ("kubernetes-scanner-image-pulling", "hunter")  # pod hunter-x7k2p: a controller's
@@ -61,6 +64,7 @@ def read(data: bytes):
 
 
 # -- silent misses -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("indent", [4, 2])
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -80,7 +84,7 @@ def test_concatenated_values_need_bounded_memory_and_resync_after_a_cut_record()
     events = [hunter(seq=i, pod=f"hunter-{i:05d}") for i in range(200)]
     text = "".join(json.dumps(e, indent=4) + "\n" for e in events)
     cut = text.index('"involvedObject"', text.index("hunter-00100"))  # record 100 cut short
-    damaged = text[:cut] + "\n" + text[text.index("\n{\n", cut) + 1:]
+    damaged = text[:cut] + "\n" + text[text.index("\n{\n", cut) + 1 :]
     objs, stats = read(damaged.encode())
     pods = {o["involvedObject"]["name"] for _, o in objs}
     assert len(pods) == 199 and "hunter-00100" not in pods
@@ -110,15 +114,21 @@ def test_utf16_and_utf32_as_windows_powershell_writes_them(tmp_path, encoding):
 
 @pytest.mark.parametrize("pretty", [False, True])
 @pytest.mark.parametrize("api_version_last", [False, True])
-def test_raw_events_k8s_io_list_whose_items_carry_no_api_version(tmp_path, pretty, api_version_last):
+def test_raw_events_k8s_io_list_whose_items_carry_no_api_version(
+    tmp_path, pretty, api_version_last
+):
     """`kubectl get --raw /apis/events.k8s.io/v1/events`: the List names the apiVersion once."""
     items = []
     for ev in (noise(1), hunter()):
         item = as_events_v1(ev)
         del item["apiVersion"], item["kind"]
         items.append(item)
-    doc = {"kind": "EventList", "apiVersion": "events.k8s.io/v1", "metadata": {"resourceVersion": "7"},
-           "items": items}
+    doc = {
+        "kind": "EventList",
+        "apiVersion": "events.k8s.io/v1",
+        "metadata": {"resourceVersion": "7"},
+        "items": items,
+    }
     if api_version_last:
         doc = {"items": items, "kind": "EventList", "apiVersion": "events.k8s.io/v1"}
     data = json.dumps(doc, indent=4 if pretty else None).encode()
@@ -130,11 +140,16 @@ def test_raw_events_k8s_io_list_whose_items_carry_no_api_version(tmp_path, prett
 def test_a_compact_list_longer_than_any_line_limit_is_streamed(monkeypatch):
     import pullwatch.scan.jsontext as jsontext
     import pullwatch.scan.records as records
+
     monkeypatch.setattr(records, "CHUNK", 4096)
     monkeypatch.setattr(jsontext, "CHUNK", 4096)
     items = [noise(i) for i in range(300)] + [hunter()]
-    objs, stats = read(json.dumps({"kind": "EventList", "apiVersion": "v1", "items": items}).encode())
-    assert [o["involvedObject"]["name"] for _, o in objs if o["reason"] == "Pulling"] == ["hunter-x7k2p"]
+    objs, stats = read(
+        json.dumps({"kind": "EventList", "apiVersion": "v1", "items": items}).encode()
+    )
+    assert [o["involvedObject"]["name"] for _, o in objs if o["reason"] == "Pulling"] == [
+        "hunter-x7k2p"
+    ]
     assert stats.records == 301 and not stats.damaged and stats.examined < 20  # noise is not parsed
 
 
@@ -147,10 +162,14 @@ def test_a_yaml_stream_with_one_bad_document_keeps_the_others(tmp_path):
 
 
 def test_a_yaml_list_with_one_bad_item_keeps_the_others(tmp_path):
-    text = yaml.safe_dump({"apiVersion": "v1", "items": [noise(1), {"x": 1}, hunter()], "kind": "List"})
+    text = yaml.safe_dump(
+        {"apiVersion": "v1", "items": [noise(1), {"x": 1}, hunter()], "kind": "List"}
+    )
     text = text.replace("- x: 1\n", "- x: [Pulled\n")  # damage the middle item only
     objs, stats = read(text.encode())
-    assert [o["involvedObject"]["name"] for _, o in objs if o.get("reason") == "Pulling"] == ["hunter-x7k2p"]
+    assert [o["involvedObject"]["name"] for _, o in objs if o.get("reason") == "Pulling"] == [
+        "hunter-x7k2p"
+    ]
     assert stats.damaged == {"invalid YAML List item": 1}
 
 
@@ -158,20 +177,28 @@ def test_unquoted_yaml_timestamps_and_impossible_dates_do_not_crash(tmp_path):
     text = yaml.safe_dump(hunter()).replace("'2026", "2026").replace("Z'", "Z")
     text += "---\nreason: Pulled\nlastTimestamp: 2026-02-30\n"
     objs, stats = read(text.encode())
-    assert objs[0][1]["firstTimestamp"] == hunter()["firstTimestamp"]  # a string, as Kubernetes keeps it
+    assert (
+        objs[0][1]["firstTimestamp"] == hunter()["firstTimestamp"]
+    )  # a string, as Kubernetes keeps it
     assert objs[1][1]["lastTimestamp"] == "2026-02-30" and not stats.damaged
 
 
 def test_input_whose_records_were_all_skipped_is_not_a_clean_no_findings(tmp_path):
-    pods = {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"}} for i in range(5)]}
+    pods = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"}} for i in range(5)
+        ],
+    }
     r = scan(str(_write(tmp_path / "pods.json", json.dumps(pods, indent=4))))
     assert r.returncode == 3
-    assert b"No findings.\n" != r.stdout and b"not read in full" in r.stdout
+    assert r.stdout != b"No findings.\n" and b"not read in full" in r.stdout
     assert b"none of the 5 records examined is a Kubernetes Event" in r.stderr
 
 
 # -- crashes and damaged compression --------------------------------------------------------
+
 
 def _write(path, text):
     path.write_text(text)
@@ -201,7 +228,7 @@ def test_truncated_gzip_keeps_what_was_read_and_the_other_inputs(tmp_path):
 def test_corrupt_gzip_block_keeps_what_came_before(tmp_path):
     raw = _jsonl(20000, hunter_at=50)
     gz = bytearray(gzip.compress(raw))
-    gz[len(gz) // 2: len(gz) // 2 + 16] = b"\xff" * 16
+    gz[len(gz) // 2 : len(gz) // 2 + 16] = b"\xff" * 16
     r = scan_bytes(tmp_path, bytes(gz))
     assert r.returncode == 3 and b"Traceback" not in r.stderr
     assert SCANNER_HIT in rules_found(r)
@@ -212,8 +239,11 @@ def test_multi_member_gzip_bzip2_and_xz_are_read(tmp_path):
     half = len(_jsonl(100, 99)) // 2
     data = _jsonl(100, hunter_at=99)
     cut = data.rfind(b"\n", 0, half) + 1
-    for blob in (gzip.compress(data[:cut]) + gzip.compress(data[cut:]) + b"\0" * 8,
-                 bz2.compress(data), lzma.compress(data)):
+    for blob in (
+        gzip.compress(data[:cut]) + gzip.compress(data[cut:]) + b"\0" * 8,
+        bz2.compress(data),
+        lzma.compress(data),
+    ):
         r = scan_bytes(tmp_path, blob)
         assert r.returncode == 0, r.stderr
         assert SCANNER_HIT in rules_found(r)
@@ -224,11 +254,20 @@ def test_zstd_is_refused_loudly(tmp_path):
     assert r.returncode == 3 and b"zstd-compressed" in r.stderr
 
 
-@pytest.mark.parametrize("data", [
-    b"[" * 100_000, b"{\"a\":" * 50_000, b"- " * 50_000 + b"x\n", b"a: " + b"[" * 20_000 + b"\n",
-    b"\xff\xfe\x00\xd8", b"\x00\x01\x02binary\xff" * 1000, b"\x1f\x8b\x08\x00garbage", b"BZh9garbage",
-    b'{"kind": "List", "items": [' + b'{"reason": "Pulling", "message": 1},' * 10 + b"\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100_000,
+        b'{"a":' * 50_000,
+        b"- " * 50_000 + b"x\n",
+        b"a: " + b"[" * 20_000 + b"\n",
+        b"\xff\xfe\x00\xd8",
+        b"\x00\x01\x02binary\xff" * 1000,
+        b"\x1f\x8b\x08\x00garbage",
+        b"BZh9garbage",
+        b'{"kind": "List", "items": [' + b'{"reason": "Pulling", "message": 1},' * 10 + b"\n",
+    ],
+)
 def test_no_traceback_on_hostile_bytes(tmp_path, data):
     r = scan_bytes(tmp_path, data)
     assert r.returncode in (0, 3), r.stderr
@@ -239,8 +278,12 @@ def test_large_allowlists_load_and_match(tmp_path):
     """RE2 failed to compile ~2,000 wildcard patterns in one set; 50,000 must work."""
     images = [f"r{i % 97}.example.com/team-{i}/*/a*-*:v*-{i}*" for i in range(25_000)]
     images += [f"docker.io/org{i}/**" for i in range(25_000)]
-    allow = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": "big"},
-             "spec": {"images": images}}
+    allow = {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": "big"},
+        "spec": {"images": images},
+    }
     policy = policy_from_object(allow)
     assert not policy.problems and len(policy.patterns) == 50_000
     allowlist = Allowlist([policy])
@@ -252,16 +295,26 @@ def test_large_allowlists_load_and_match(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text(json.dumps(allow))
     events = tmp_path / "events.jsonl"
-    events.write_text(json.dumps(image_event("Pulling", "ns", "ok", "docker.io/org7/app:1")) + "\n"
-                      + json.dumps(image_event("Pulling", "ns", "bad", "docker.io/evil/app:1", seq=2)) + "\n")
+    events.write_text(
+        json.dumps(image_event("Pulling", "ns", "ok", "docker.io/org7/app:1"))
+        + "\n"
+        + json.dumps(image_event("Pulling", "ns", "bad", "docker.io/evil/app:1", seq=2))
+        + "\n"
+    )
     r = scan(str(events), "-a", str(path), "-o", "json")
     assert r.returncode == 0, r.stderr
     assert rules_found(r) == [("kubernetes-suspicious-image-pulling", "bad")]
 
 
 def test_hostile_allowlist_files_are_a_clear_usage_error(tmp_path):
-    for i, text in enumerate([b"a: [" * 20_000, b"\xff\xfe\x00garbage", b"spec: {images: [\n",
-                              b"x: &a [*a, *a]\ny: 2026-02-30\n"]):
+    for i, text in enumerate(
+        [
+            b"a: [" * 20_000,
+            b"\xff\xfe\x00garbage",
+            b"spec: {images: [\n",
+            b"x: &a [*a, *a]\ny: 2026-02-30\n",
+        ]
+    ):
         path = tmp_path / f"allow-{i}.yaml"
         path.write_bytes(text)
         r = scan(str(DATA / "events-list.json"), "-a", str(path))
@@ -270,9 +323,16 @@ def test_hostile_allowlist_files_are_a_clear_usage_error(tmp_path):
 
 # -- widening and forgery --------------------------------------------------------------------
 
+
 def _policy(spec):
-    return policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-                               "metadata": {"name": "p"}, "spec": spec})
+    return policy_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "AllowedImages",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        }
+    )
 
 
 def test_empty_namespaces_matches_no_namespace_and_says_so():
@@ -286,7 +346,11 @@ def test_other_empty_shapes_never_widen():
     assert not _policy({"namespaces": [""], "images": ["**"]}).usable
     assert not _policy({"namespaces": None, "images": None}).usable
     # null namespaces is the field left out (the API server drops nulls): every namespace
-    assert Allowlist([_policy({"namespaces": None, "images": ["**"]})]).check("x", "docker.io/a/b:1").allowed
+    assert (
+        Allowlist([_policy({"namespaces": None, "images": ["**"]})])
+        .check("x", "docker.io/a/b:1")
+        .allowed
+    )
 
 
 def test_audit_create_of_another_groups_events_resource_is_not_a_pull():
@@ -306,7 +370,10 @@ def test_who_reported_a_pull_is_in_the_finding(tmp_path):
     real, forged = hunter(), image_event("Pulling", "recon", "fake", HUNTER, seq=9)  # a bare pod
     forged["source"] = {"component": "kubectl", "host": "worker-1"}
     r = scan_bytes(tmp_path, (json.dumps(real) + "\n" + json.dumps(forged) + "\n").encode())
-    by_pod = {f["spec"]["workload"]["name"]: f["spec"]["reportedBy"] for f in json.loads(r.stdout)["items"]}
+    by_pod = {
+        f["spec"]["workload"]["name"]: f["spec"]["reportedBy"]
+        for f in json.loads(r.stdout)["items"]
+    }
     assert by_pod["hunter"] == {"component": "kubelet", "kubelet": True}
     assert by_pod["fake"] == {"component": "kubectl", "kubelet": False}
     entries = audit_entries(hunter(), "x1")
@@ -319,6 +386,7 @@ def test_who_reported_a_pull_is_in_the_finding(tmp_path):
 
 # -- memory and exit codes --------------------------------------------------------------------
 
+
 def test_a_damaged_first_line_does_not_read_the_whole_file_into_memory(tmp_path):
     path = tmp_path / "big.jsonl"
     line = json.dumps(noise(1)).encode() + b"\n"
@@ -327,9 +395,13 @@ def test_a_damaged_first_line_does_not_read_the_whole_file_into_memory(tmp_path)
         for _ in range(60_000_000 // len(line)):
             f.write(line)
         f.write(json.dumps(hunter()).encode() + b"\n")
-    code = (f"import resource, subprocess; r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'],"
-            " capture_output=True); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        f"import resource, subprocess; r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'],"
+        " capture_output=True); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "3"  # the broken line is damage
     assert int(out[1]) < 100 * 1024, f"peak RSS {int(out[1]) // 1024} MB for a 60 MB input"
 
@@ -343,11 +415,12 @@ def test_every_exit_code(tmp_path, monkeypatch, capsys):
     assert scan(events, "--scanner", "Not/Valid").returncode == 2
     r = scan(str(tmp_path / "missing.json"), events, "--fail-on-findings")
     assert r.returncode == 3 and b"missing.json" in r.stderr  # 3 wins over 1: results incomplete
-    from pullwatch import cli
     import pullwatch.scan.pipeline as pipeline
+    from pullwatch import cli
 
     def boom(*_a, **_k):
         raise KeyError("a bug")
+
     monkeypatch.setattr(pipeline, "scan_paths", boom)
     assert cli.main(["scan", events]) == 4
     err = capsys.readouterr().err

@@ -20,19 +20,28 @@ SCANNER, SUSPICIOUS = "kubernetes-scanner-image-pulling", "kubernetes-suspicious
 
 
 def supp(spec, name="s", namespace="team-a"):
-    return suppression_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "Suppression",
-                                    "metadata": {"name": name, "namespace": namespace}, "spec": spec},
-                                   "pullwatch-system")
+    return suppression_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "Suppression",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        },
+        "pullwatch-system",
+    )
 
 
-@pytest.mark.parametrize("spec, problem", [
-    ({"rules": ["scanner"]}, "spec.reason is required"),
-    ({"reason": "x", "rules": ["no-such-rule"]}, "names no known rule"),
-    ({"reason": "x", "images": ["NOT VALID"]}, "spec.images[0]"),
-    ({"reason": "x", "images": []}, "non-empty list"),
-    ({"reason": "x", "namespaces": ["*"]}, "allowed only on Suppressions in pullwatch-system"),
-    ({"reason": "x", "expires": "next tuesday"}, "RFC 3339"),
-])
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        ({"rules": ["scanner"]}, "spec.reason is required"),
+        ({"reason": "x", "rules": ["no-such-rule"]}, "names no known rule"),
+        ({"reason": "x", "images": ["NOT VALID"]}, "spec.images[0]"),
+        ({"reason": "x", "images": []}, "non-empty list"),
+        ({"reason": "x", "namespaces": ["*"]}, "allowed only on Suppressions in pullwatch-system"),
+        ({"reason": "x", "expires": "next tuesday"}, "RFC 3339"),
+    ],
+)
 def test_a_malformed_suppression_covers_nothing_and_says_why(spec, problem):
     s = supp(spec)
     assert not s.usable and any(problem in p for p in s.problems), s.problems
@@ -40,58 +49,119 @@ def test_a_malformed_suppression_covers_nothing_and_says_why(spec, problem):
 
 
 def test_what_a_suppression_covers():
-    s = supp({"reason": "CIS run", "rules": ["scanner"], "images": ["aquasec/kube-bench:*"], "workloads": ["cis-*"],
-              "expires": "2030-01-01T00:00:00Z"})
+    s = supp(
+        {
+            "reason": "CIS run",
+            "rules": ["scanner"],
+            "images": ["aquasec/kube-bench:*"],
+            "workloads": ["cis-*"],
+            "expires": "2030-01-01T00:00:00Z",
+        }
+    )
     assert s.covers(SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0)
-    assert not s.covers(SUSPICIOUS, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0)   # rule
-    assert not s.covers(SCANNER, "team-b", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0)      # namespace
-    assert not s.covers(SCANNER, "team-a", "web", "docker.io/aquasec/kube-bench:v1", 0)             # workload
-    assert not s.covers(SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-hunter:v1", 0)     # image
-    assert not s.covers(SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 1.9e9)  # expired
+    assert not s.covers(
+        SUSPICIOUS, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0
+    )  # rule
+    assert not s.covers(
+        SCANNER, "team-b", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0
+    )  # namespace
+    assert not s.covers(SCANNER, "team-a", "web", "docker.io/aquasec/kube-bench:v1", 0)  # workload
+    assert not s.covers(
+        SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-hunter:v1", 0
+    )  # image
+    assert not s.covers(
+        SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 1.9e9
+    )  # expired
     cluster_wide = supp({"reason": "x", "namespaces": ["ci-*"]}, namespace="pullwatch-system")
-    assert cluster_wide.usable and cluster_wide.covers(SUSPICIOUS, "ci-7", "w", "docker.io/a/b:1", 0)
+    assert cluster_wide.usable and cluster_wide.covers(
+        SUSPICIOUS, "ci-7", "w", "docker.io/a/b:1", 0
+    )
     assert not cluster_wide.covers(SUSPICIOUS, "prod", "w", "docker.io/a/b:1", 0)
 
 
 def test_a_covered_pull_is_still_counted_and_the_finding_names_its_suppression():
     d = Detector(Allowlist())
-    d.suppressions = Suppressions([supp({"reason": "accepted", "images": ["evil/x:*"], "expires": "2030-01-01T00:00:00Z"})])
+    d.suppressions = Suppressions(
+        [supp({"reason": "accepted", "images": ["evil/x:*"], "expires": "2030-01-01T00:00:00Z"})]
+    )
     ev = image_event("Pulling", "team-a", "web", "evil/x:1", count=3)
     (det,) = d.observe(decode_event(ev), now=1.8e9)
     assert det.delta == 3 and det.suppressed is not None
     status = det.state.body()["status"]
     assert status["count"] == 3 and status["suppressedPulls"] == 3
-    assert status["suppression"] == {"namespace": "team-a", "name": "s", "reason": "accepted",
-                                     "expires": "2030-01-01T00:00:00Z"}
+    assert status["suppression"] == {
+        "namespace": "team-a",
+        "name": "s",
+        "reason": "accepted",
+        "expires": "2030-01-01T00:00:00Z",
+    }
     assert d.recheck_suppressions(now=1.95e9) == [det.state]  # expired: the Finding is active again
     assert "suppression" not in det.state.body()["status"]
 
 
 def test_scanner_names_as_data():
-    lst = scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages",
-                                    "metadata": {"name": "x"}, "spec": {"names": ["trufflehog"]}})
+    lst = scanner_list_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "ScannerImages",
+            "metadata": {"name": "x"},
+            "spec": {"names": ["trufflehog"]},
+        }
+    )
     assert lst.names == {"trufflehog"} and not lst.problems
     d = Detector(Allowlist())
     d.scanners = scanner_names([lst])
-    assert [x.state.identity.rule for x in d.observe(decode_event(image_event("Pulling", "ns", "p", "trufflesecurity/trufflehog:3")))] \
-        == ["scanner", "suspicious"]
+    assert [
+        x.state.identity.rule
+        for x in d.observe(
+            decode_event(image_event("Pulling", "ns", "p", "trufflesecurity/trufflehog:3"))
+        )
+    ] == ["scanner", "suspicious"]
     assert "kube-hunter" not in scanner_names([ScannerList("r", frozenset({"nmap"}), True)])
 
 
 def test_scan_reads_suppressions_and_scanner_images_from_config_files(tmp_path):
     config = tmp_path / "pullwatch.yaml"
-    config.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages", "metadata": {"name": "more"},
-         "spec": {"names": ["trufflehog"]}},
-        {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "Suppression", "metadata": {"name": "ok", "namespace": "ci"},
-         "spec": {"reason": "our own CI scanner", "rules": ["*"], "workloads": ["audit"]}},
-    ]}))
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "pullwatch.dev/v1alpha1",
+                        "kind": "ScannerImages",
+                        "metadata": {"name": "more"},
+                        "spec": {"names": ["trufflehog"]},
+                    },
+                    {
+                        "apiVersion": "pullwatch.dev/v1alpha1",
+                        "kind": "Suppression",
+                        "metadata": {"name": "ok", "namespace": "ci"},
+                        "spec": {
+                            "reason": "our own CI scanner",
+                            "rules": ["*"],
+                            "workloads": ["audit"],
+                        },
+                    },
+                ],
+            }
+        )
+    )
     events = tmp_path / "events.jsonl"
-    events.write_text(json.dumps(image_event("Pulling", "ci", "secrets", "trufflesecurity/trufflehog:3")) + "\n"
-                      + json.dumps(image_event("Pulling", "ci", "audit", "aquasec/kube-bench:1", seq=2)) + "\n")
-    r = subprocess.run([PULLWATCH, "scan", str(events), "-c", str(config), "-o", "json"], capture_output=True)
+    events.write_text(
+        json.dumps(image_event("Pulling", "ci", "secrets", "trufflesecurity/trufflehog:3"))
+        + "\n"
+        + json.dumps(image_event("Pulling", "ci", "audit", "aquasec/kube-bench:1", seq=2))
+        + "\n"
+    )
+    r = subprocess.run(
+        [PULLWATCH, "scan", str(events), "-c", str(config), "-o", "json"], capture_output=True
+    )
     assert r.returncode == 0, r.stderr
-    found = {(f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in json.loads(r.stdout)["items"]}
+    found = {
+        (f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in json.loads(r.stdout)["items"]
+    }
     assert (SCANNER, "secrets") in found  # the new scanner name
     assert found[(SCANNER, "audit")]["status"]["suppression"]["name"] == "ok"
     assert "suppression" not in found[(SCANNER, "secrets")]["status"]
@@ -99,21 +169,42 @@ def test_scan_reads_suppressions_and_scanner_images_from_config_files(tmp_path):
 
 def test_an_openreports_report_mirrors_the_findings():
     d = Detector(Allowlist())
-    d.suppressions = Suppressions([supp({"reason": "accepted", "workloads": ["ok-*"]}, namespace="ns")])
-    d.observe(decode_event(image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:1", count=2)), now=0)
+    d.suppressions = Suppressions(
+        [supp({"reason": "accepted", "workloads": ["ok-*"]}, namespace="ns")]
+    )
+    d.observe(
+        decode_event(image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:1", count=2)),
+        now=0,
+    )
     d.observe(decode_event(image_event("Pulling", "ns", "ok-app", "evil/x:1", seq=2)), now=0)
     report = report_for("ns", d.states.values())
     assert report["apiVersion"] == "openreports.io/v1alpha1" and report["kind"] == "Report"
-    assert report["source"] == "pullwatch" and report["summary"] == {"pass": 0, "fail": 2, "warn": 0, "error": 0, "skip": 1}
+    assert report["source"] == "pullwatch" and report["summary"] == {
+        "pass": 0,
+        "fail": 2,
+        "warn": 0,
+        "error": 0,
+        "skip": 1,
+    }
     first = report["results"][0]
-    assert (first["policy"], first["severity"], first["result"], first["scored"]) == (SCANNER, "high", "fail", True)
+    assert (first["policy"], first["severity"], first["result"], first["scored"]) == (
+        SCANNER,
+        "high",
+        "fail",
+        True,
+    )
     assert all(isinstance(v, str) for r in report["results"] for v in r["properties"].values())
     skipped = next(r for r in report["results"] if r["result"] == "skip")
     assert skipped["properties"]["suppressedBy"] == "ns/s"
     messages = {r["properties"]["resultID"]: r["message"] for r in report["results"]}
-    d.observe(decode_event(image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:1", count=7)), now=0)
+    d.observe(
+        decode_event(image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:1", count=7)),
+        now=0,
+    )
     again = report_for("ns", d.states.values())
-    assert {r["properties"]["resultID"]: r["message"] for r in again["results"]} == messages  # stable
+    assert {
+        r["properties"]["resultID"]: r["message"] for r in again["results"]
+    } == messages  # stable
     assert report_for("other", d.states.values()) is None
     assert len(report_for("ns", d.states.values(), max_results=1)["results"]) == 1
 
@@ -121,10 +212,19 @@ def test_an_openreports_report_mirrors_the_findings():
 def test_metric_names_and_bounded_labels():
     pytest.importorskip("prometheus_client")
     from pullwatch.kube import metrics
+
     for family in metrics.REGISTRY.collect():
         assert family.name.startswith("pullwatch_"), family.name
         for sample in family.samples:
-            assert not set(sample.labels) - {"rule", "severity", "namespace", "reason", "verb", "outcome", "stream",
-                                              "le"}, (family.name, sample.labels)
+            assert not set(sample.labels) - {
+                "rule",
+                "severity",
+                "namespace",
+                "reason",
+                "verb",
+                "outcome",
+                "stream",
+                "le",
+            }, (family.name, sample.labels)
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name

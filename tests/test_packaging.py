@@ -32,6 +32,7 @@ def test_the_entrypoint_command_exists_in_the_installed_package():
 
 def test_the_deployment_args_are_accepted_by_pullwatch_run():
     from pullwatch.cli import build_parser
+
     dep = yaml.safe_load((ROOT / "manifests" / "deployment.yaml").read_text())
     container = dep["spec"]["template"]["spec"]["containers"][0]
     args = build_parser().parse_args(["run", *container["args"]])
@@ -49,5 +50,11 @@ def test_the_dockerfile_copies_what_the_package_needs():
 
 def test_run_without_any_cluster_config_is_a_clear_error(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
-    r = subprocess.run([PULLWATCH, "run", "--standalone"], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 2 and "no Kubernetes configuration" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [PULLWATCH, "run", "--standalone"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (
+        r.returncode == 2
+        and "no Kubernetes configuration" in r.stderr
+        and "Traceback" not in r.stderr
+    )

@@ -9,25 +9,52 @@ from kubelet import image_event, other_event, with_count
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.scan.pipeline import scan_paths
 
-ALLOW = Allowlist([policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-                                       "metadata": {"name": "a"}, "spec": {"images": ["nginx:*"]}})])
+ALLOW = Allowlist(
+    [
+        policy_from_object(
+            {
+                "apiVersion": "pullwatch.dev/v1alpha1",
+                "kind": "AllowedImages",
+                "metadata": {"name": "a"},
+                "spec": {"images": ["nginx:*"]},
+            }
+        )
+    ]
+)
 
 
 @pytest.fixture
 def stream(tmp_path):
     lines = []
-    hunter = image_event("Pulling", "default", "hunter", "aquasec/kube-hunter:0.6.8", count=1, seq=1)
+    hunter = image_event(
+        "Pulling", "default", "hunter", "aquasec/kube-hunter:0.6.8", count=1, seq=1
+    )
     lines.append({"type": "ADDED", "object": hunter})  # the series starts in the first range...
     for i in range(3000):
         ns = f"ns{i % 7}"
         if i % 10 == 0:
-            lines.append({"type": "ADDED", "object": image_event("Pulling", ns, f"p{i % 50}", "nginx:1.25", seq=i)})
+            lines.append(
+                {
+                    "type": "ADDED",
+                    "object": image_event("Pulling", ns, f"p{i % 50}", "nginx:1.25", seq=i),
+                }
+            )
         elif i % 37 == 0:
-            lines.append({"type": "ADDED", "object": image_event("Pulled", ns, f"m{i % 5}", "evil/miner", seq=i)})
+            lines.append(
+                {
+                    "type": "ADDED",
+                    "object": image_event("Pulled", ns, f"m{i % 5}", "evil/miner", seq=i),
+                }
+            )
         else:
-            lines.append({"type": "ADDED", "object": other_event("Started", ns, f"p{i % 50}", "Started", seq=i)})
+            lines.append(
+                {
+                    "type": "ADDED",
+                    "object": other_event("Started", ns, f"p{i % 50}", "Started", seq=i),
+                }
+            )
         if i == 1500:
-            lines.append("not json but \"Pulling\"")
+            lines.append('not json but "Pulling"')
     lines.append({"type": "MODIFIED", "object": with_count(hunter, 9)})  # ...and rises in the last
     path = tmp_path / "stream.jsonl"
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
@@ -40,8 +67,12 @@ def test_parallel_equals_sequential(stream, monkeypatch):
     seq = scan_paths([stream], ALLOW, parallel=False)
     par = scan_paths([stream], ALLOW, parallel=True)
     assert list(par.findings) == list(seq.findings)
-    assert (par.pulls, par.stats.records, par.stats.examined, dict(par.stats.skipped)) == \
-           (seq.pulls, seq.stats.records, seq.stats.examined, dict(seq.stats.skipped))
+    assert (par.pulls, par.stats.records, par.stats.examined, dict(par.stats.skipped)) == (
+        seq.pulls,
+        seq.stats.records,
+        seq.stats.examined,
+        dict(seq.stats.skipped),
+    )
     hunter = [f for f in par.findings if "kube-hunter" in f["metadata"]["name"]]
     assert hunter and all(f["status"]["count"] == 9 for f in hunter)
 
@@ -51,7 +82,7 @@ def test_ranges_are_line_aligned_and_cover_the_file(stream):
     ranges = parallel.line_aligned_ranges(stream, 7)
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
     for (a, b), (c, _) in zip(ranges, ranges[1:]):
-        assert b == c and data[b - 1:b] == b"\n"
+        assert b == c and data[b - 1 : b] == b"\n"
 
 
 def test_not_used_for_small_gzip_or_non_json_lines(tmp_path, stream):

@@ -16,14 +16,40 @@ from pullwatch.core.pulls import DecodeError, decode_event
 from pullwatch.scan.records import ReadStats, iter_objects
 from pullwatch.scan.sources import Source as _Source
 
-REF_ALPHABET = st.sampled_from(list("abcXYZ019._-:/@[]*+ \n\x1b\""))
+REF_ALPHABET = st.sampled_from(list('abcXYZ019._-:/@[]*+ \n\x1b"'))
 # Reference-like strings: grammar pieces glued together, so the parser's deeper branches are hit.
-REF_LIKE = st.lists(st.sampled_from(["sha256:", "docker.io/", "localhost", "index.docker.io/", "a", "b1",
-                                     "/", ":", "@", "-", "_", "__", ".", "*", "**", "[::1]", ":5000",
-                                     "0" * 64, "Z", "\n"]), max_size=12).map("".join)
+REF_LIKE = st.lists(
+    st.sampled_from(
+        [
+            "sha256:",
+            "docker.io/",
+            "localhost",
+            "index.docker.io/",
+            "a",
+            "b1",
+            "/",
+            ":",
+            "@",
+            "-",
+            "_",
+            "__",
+            ".",
+            "*",
+            "**",
+            "[::1]",
+            ":5000",
+            "0" * 64,
+            "Z",
+            "\n",
+        ]
+    ),
+    max_size=12,
+).map("".join)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -48,9 +74,13 @@ def test_compile_pattern_raises_only_its_own_error(raw):
 @st.composite
 def mutated_events(draw):
     ev = image_event("Pulling", "ns", "p", draw(st.text(REF_ALPHABET, max_size=40) | REF_LIKE))
-    for key in draw(st.lists(st.sampled_from(sorted(ev) + ["series", "note", "regarding"]), max_size=4)):
+    for key in draw(
+        st.lists(st.sampled_from(sorted(ev) + ["series", "note", "regarding"]), max_size=4)
+    ):
         ev[key] = draw(json_values)
-    for key in draw(st.lists(st.sampled_from(["name", "namespace", "fieldPath", "uid", "kind"]), max_size=3)):
+    for key in draw(
+        st.lists(st.sampled_from(["name", "namespace", "fieldPath", "uid", "kind"]), max_size=3)
+    ):
         if isinstance(ev.get("involvedObject"), dict):
             ev["involvedObject"][key] = draw(json_values)
     if draw(st.booleans()):
@@ -61,9 +91,20 @@ def mutated_events(draw):
 @settings(max_examples=300)
 @given(mutated_events() | json_values)
 def test_decoders_and_detector_raise_only_decode_errors(obj):
-    detector = Detector(Allowlist([policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1",
-                                                        "kind": "AllowedImages", "metadata": {"name": "a"},
-                                                        "spec": {"images": ["**"]}})]))
+    detector = Detector(
+        Allowlist(
+            [
+                policy_from_object(
+                    {
+                        "apiVersion": "pullwatch.dev/v1alpha1",
+                        "kind": "AllowedImages",
+                        "metadata": {"name": "a"},
+                        "spec": {"images": ["**"]},
+                    }
+                )
+            ]
+        )
+    )
     try:
         pull = decode_event(obj)
     except DecodeError:
@@ -71,8 +112,14 @@ def test_decoders_and_detector_raise_only_decode_errors(obj):
     if pull is not None:
         detector.observe(pull)
         json.dumps(list(detector.findings()))
-    entry = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "x", "verb": "create",
-             "objectRef": {"resource": "events"}, "requestObject": obj}
+    entry = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "auditID": "x",
+        "verb": "create",
+        "objectRef": {"resource": "events"},
+        "requestObject": obj,
+    }
     try:
         decode_audit_entry(entry, AuditDeduper())
     except DecodeError:
@@ -88,8 +135,12 @@ def test_audit_decoder_on_arbitrary_entries(entry):
             pass
 
 
-@given(st.binary(max_size=300) | st.lists(json_values, max_size=5).map(
-    lambda xs: "\n".join(json.dumps(x) + ' "Pull' * (i % 2) for i, x in enumerate(xs)).encode()))
+@given(
+    st.binary(max_size=300)
+    | st.lists(json_values, max_size=5).map(
+        lambda xs: "\n".join(json.dumps(x) + ' "Pull' * (i % 2) for i, x in enumerate(xs)).encode()
+    )
+)
 def test_reader_never_raises_on_arbitrary_bytes(data):
     stats = ReadStats()
     for _ in iter_objects(_Source("t", io.BytesIO(data)), stats):
@@ -100,7 +151,9 @@ def test_reader_never_raises_on_arbitrary_bytes(data):
 def test_policy_from_arbitrary_objects_never_raises(obj):
     policy_from_object(obj)
     if isinstance(obj, dict):
-        policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "spec": obj})
+        policy_from_object(
+            {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "spec": obj}
+        )
 
 
 # -- readers against random damage of every format (issue 8) ------------------------------------
@@ -113,8 +166,16 @@ import yaml as _yaml  # noqa: E402
 from kubelet import audit_entries, other_event  # noqa: E402
 from pullwatch.scan.sources import Source  # noqa: E402
 
-FORMATS = ["jsonl", "watch-pretty", "list-pretty", "list-compact", "array-pretty", "yaml-stream",
-           "yaml-list", "audit-jsonl"]
+FORMATS = [
+    "jsonl",
+    "watch-pretty",
+    "list-pretty",
+    "list-compact",
+    "array-pretty",
+    "yaml-stream",
+    "yaml-list",
+    "audit-jsonl",
+]
 
 
 def _events(n: int) -> list[dict]:
@@ -122,7 +183,9 @@ def _events(n: int) -> list[dict]:
     for i in range(n):
         out.append(image_event("Pulling", "ns", f"pod-{i:03d}", f"img{i}:1", seq=i))
         if i % 3 == 0:
-            out.append(other_event("Started", "ns", f"noise-{i}", "Started container x", seq=500 + i))
+            out.append(
+                other_event("Started", "ns", f"noise-{i}", "Started container x", seq=500 + i)
+            )
     return out
 
 
@@ -142,7 +205,11 @@ def _serialize(fmt: str, events: list[dict]) -> tuple[bytes, list[tuple[int, str
     pods = [e["involvedObject"]["name"] for e in events]
     if fmt in ("jsonl", "audit-jsonl"):
         for i, e in enumerate(events):
-            for entry in (audit_entries(e, f"id-{i}", stages=("ResponseComplete",)) if fmt == "audit-jsonl" else [e]):
+            for entry in (
+                audit_entries(e, f"id-{i}", stages=("ResponseComplete",))
+                if fmt == "audit-jsonl"
+                else [e]
+            ):
                 add(json.dumps(entry).encode() + b"\n", pods[i])
     elif fmt == "watch-pretty":
         for e, pod in zip(events, pods):
@@ -153,13 +220,26 @@ def _serialize(fmt: str, events: list[dict]) -> tuple[bytes, list[tuple[int, str
         items = [json.dumps(e, indent=indent).encode() for e in events]
         if indent:
             items = [b"\n".join(b"        " + line for line in item.split(b"\n")) for item in items]
-        head = b"[\n" if fmt == "array-pretty" else (b'{\n    "apiVersion": "v1",\n    "items": [\n' if indent
-                                                      else b'{"apiVersion":"v1","kind":"List","items":[')
+        head = (
+            b"[\n"
+            if fmt == "array-pretty"
+            else (
+                b'{\n    "apiVersion": "v1",\n    "items": [\n'
+                if indent
+                else b'{"apiVersion":"v1","kind":"List","items":['
+            )
+        )
         add(head)
         for i, (item, pod) in enumerate(zip(items, pods)):
             add(item, pod)
             add((b",\n" if indent else b",") if i < len(items) - 1 else b"\n" if indent else b"")
-        add(b"]\n" if fmt == "array-pretty" else b'    ],\n    "kind": "List"\n}\n' if indent else b"]}")
+        add(
+            b"]\n"
+            if fmt == "array-pretty"
+            else b'    ],\n    "kind": "List"\n}\n'
+            if indent
+            else b"]}"
+        )
     elif fmt == "yaml-stream":
         for e, pod in zip(events, pods):
             add(_yaml.safe_dump(e).encode() + b"---\n", pod)  # a document ends with its separator
@@ -178,6 +258,7 @@ def _pods_read(data: bytes, chunk: int | None = None) -> set[str]:
     import pullwatch.scan.jsontext as jsontext
     import pullwatch.scan.records as records
     import pullwatch.scan.yamltext as yamltext
+
     saved = records.CHUNK, jsontext.CHUNK, yamltext.CHUNK
     if chunk:
         records.CHUNK = jsontext.CHUNK = yamltext.CHUNK = chunk
@@ -204,7 +285,7 @@ def _salvageable(data: bytes) -> bytes:
     d, out = _zlib.decompressobj(_zlib.MAX_WBITS | 16), []
     for i in range(len(data)):
         try:
-            out.append(d.decompress(data[i:i + 1]))
+            out.append(d.decompress(data[i : i + 1]))
         except _zlib.error:
             break
         if d.eof:
@@ -220,13 +301,22 @@ def damaged_inputs(draw):
     data = _gzip.compress(text, mtime=0) if compressed else text
     at = draw(st.integers(0, len(data)))
     how = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "newline", "quote"]))
-    junk = {"truncate": b"", "flip": bytes([data[at] ^ draw(st.integers(1, 255))]) if at < len(data) else b"",
-            "insert": draw(st.binary(min_size=1, max_size=8)), "delete": b"", "newline": b"\n", "quote": b'"'}[how]
+    junk = {
+        "truncate": b"",
+        "flip": bytes([data[at] ^ draw(st.integers(1, 255))]) if at < len(data) else b"",
+        "insert": draw(st.binary(min_size=1, max_size=8)),
+        "delete": b"",
+        "newline": b"\n",
+        "quote": b'"',
+    }[how]
     skip = {"truncate": len(data), "flip": 1, "delete": draw(st.integers(1, 64))}.get(how, 0)
-    damaged = data[:at] + junk + data[at + skip:]
+    damaged = data[:at] + junk + data[at + skip :]
     if compressed:
         salvaged = _salvageable(damaged)
-        intact = next((i for i, (a, b) in enumerate(zip(salvaged, text)) if a != b), min(len(salvaged), len(text)))
+        intact = next(
+            (i for i, (a, b) in enumerate(zip(salvaged, text)) if a != b),
+            min(len(salvaged), len(text)),
+        )
     else:
         intact = at
     chunk = draw(st.sampled_from([None, None, 7, 64, 333, 4096]))

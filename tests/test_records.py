@@ -18,7 +18,9 @@ def read(data: bytes):
 
 
 def test_json_list_pretty_printed():
-    objs, stats = read(json.dumps({"apiVersion": "v1", "kind": "List", "items": [EV, OTHER]}, indent=2).encode())
+    objs, stats = read(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": [EV, OTHER]}, indent=2).encode()
+    )
     assert [k for k, _ in objs] == ["event", "event"] and stats.records == 2
 
 
@@ -28,13 +30,19 @@ def test_json_array_and_single_event():
 
 
 def test_yaml_documents_and_list():
-    text = yaml.safe_dump(EV) + "---\n" + yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [EV]})
+    text = (
+        yaml.safe_dump(EV)
+        + "---\n"
+        + yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [EV]})
+    )
     objs, stats = read(("---\n" + text).encode())
     assert len(objs) == 2 and stats.records == 2
 
 
 def test_json_lines_prefilter_parses_only_candidates():
-    lines = [json.dumps({"type": "ADDED", "object": OTHER})] * 50 + [json.dumps({"type": "ADDED", "object": EV})]
+    lines = [json.dumps({"type": "ADDED", "object": OTHER})] * 50 + [
+        json.dumps({"type": "ADDED", "object": EV})
+    ]
     objs, stats = read(("\n".join(lines) + "\n").encode())
     assert len(objs) == 1 and stats.records == 51 and stats.examined == 1
 
@@ -47,6 +55,7 @@ def test_last_line_without_newline_and_blank_lines():
 
 def test_lines_across_chunk_boundaries(monkeypatch):
     import pullwatch.scan.records as records
+
     monkeypatch.setattr(records, "CHUNK", 1000)
     data = "".join(json.dumps({"type": "ADDED", "object": EV}) + "\n" for _ in range(40)).encode()
     objs, stats = read(data)
@@ -63,7 +72,12 @@ def test_garbage_first_line_then_json_lines():
 
 
 def test_audit_and_watch_classification():
-    audit = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": "create", "note": 'Pulling image "x"'}
+    audit = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "verb": "create",
+        "note": 'Pulling image "x"',
+    }
     bookmark = {"type": "BOOKMARK", "object": {"x": 'Pulling image "x"'}}
     data = (json.dumps(audit) + "\n" + json.dumps(bookmark) + "\n").encode()
     objs, stats = read(data)
@@ -71,7 +85,9 @@ def test_audit_and_watch_classification():
 
 
 def test_one_line_list():
-    objs, stats = read((json.dumps({"kind": "EventList", "items": [EV, EV, OTHER]}) + "\n").encode())
+    objs, stats = read(
+        (json.dumps({"kind": "EventList", "items": [EV, EV, OTHER]}) + "\n").encode()
+    )
     assert len(objs) == 3 and stats.records == 3
 
 
@@ -82,8 +98,20 @@ def test_empty_input():
 
 def test_overlong_line_is_skipped(monkeypatch):
     import pullwatch.scan.records as records
+
     monkeypatch.setattr(records, "MAX_LINE", 5000)
     monkeypatch.setattr(records, "CHUNK", 1000)
-    data = json.dumps(EV).encode() + b"\n" + b"x" * 20000 + b'"Pull\n' + json.dumps(EV).encode() + b"\n"
+    data = (
+        json.dumps(EV).encode()
+        + b"\n"
+        + b"x" * 20000
+        + b'"Pull\n'
+        + json.dumps(EV).encode()
+        + b"\n"
+    )
     objs, stats = read(data)
-    assert len(objs) == 2 and stats.records == 3 and stats.damaged["line longer than 16 MiB (not read)"] == 1
+    assert (
+        len(objs) == 2
+        and stats.records == 3
+        and stats.damaged["line longer than 16 MiB (not read)"] == 1
+    )

@@ -19,7 +19,15 @@ def pod_template_hash(rng: random.Random) -> str:
     return "".join(ALPHABET[ord(c) % 27] for c in str(rng.getrandbits(32)))
 
 
-NAMES = ["web", "api-server", "a" * 30, "payments-processor-v2-canary", "x" * 50, "y" * 57, "z" * 63]
+NAMES = [
+    "web",
+    "api-server",
+    "a" * 30,
+    "payments-processor-v2-canary",
+    "x" * 50,
+    "y" * 57,
+    "z" * 63,
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -52,8 +60,17 @@ def test_statefulset_and_controller_pods(name):
         assert infer(generate_name(f"{name}-", rng)) == Workload(CONTROLLER_KINDS, name, "inferred")
 
 
-@pytest.mark.parametrize("pod", ["hunter", "my-debug-pod", "nginx-vowels-abcde", "migrate-20261118-abcde",
-                                 "x" * 62 + "a", "release-2026-01"])
+@pytest.mark.parametrize(
+    "pod",
+    [
+        "hunter",
+        "my-debug-pod",
+        "nginx-vowels-abcde",
+        "migrate-20261118-abcde",
+        "x" * 62 + "a",
+        "release-2026-01",
+    ],
+)
 def test_bare_pods_stay_pods(pod):
     assert infer(pod).kind == "Pod" and infer(pod).name == pod
 
@@ -68,9 +85,15 @@ def test_known_confusions_are_what_the_readme_says():
 
 
 def test_owner_chain():
-    meta = {"ownerReferences": [{"kind": "Node", "name": "n", "controller": False},
-                                {"kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "controller": True}]}
+    meta = {
+        "ownerReferences": [
+            {"kind": "Node", "name": "n", "controller": False},
+            {"kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "controller": True},
+        ]
+    }
     assert controller_of(meta) == ("ReplicaSet", "web-7d9f8b6c5d")
     assert controller_of({"ownerReferences": "garbage"}) is None and controller_of({}) is None
-    assert from_owners("web-x", [("ReplicaSet", "web-rs"), ("Deployment", "web")]) == Workload("Deployment", "web", "read")
+    assert from_owners("web-x", [("ReplicaSet", "web-rs"), ("Deployment", "web")]) == Workload(
+        "Deployment", "web", "read"
+    )
     assert from_owners("bare", [None]) == Workload("Pod", "bare", "read")

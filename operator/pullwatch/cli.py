@@ -6,7 +6,7 @@ import argparse
 import gc
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 
@@ -24,27 +24,56 @@ SCAN_EXIT_CODES = """exit codes:
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "scan", help="detect scanner and unapproved image pulls in event dumps and audit logs",
+        "scan",
+        help="detect scanner and unapproved image pulls in event dumps and audit logs",
         description="Run pullwatch's detection offline. Inputs: kubectl get events -o json/yaml "
-                    "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
-                    "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
-                    "'-' reads stdin. Findings go to stdout, a summary to stderr.",
-        epilog=SCAN_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
+        "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
+        "'-' reads stdin. Findings go to stdout, a summary to stderr.",
+        epilog=SCAN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("-a", "--allowed-images", "-c", "--config", action="append", default=[], metavar="FILE",
-                   dest="allowed_images",
-                   help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no image is "
-                        "allowed), ScannerImages and Suppressions - as the operator reads them from the cluster")
-    p.add_argument("--operator-namespace", default="pullwatch-system", metavar="NS",
-                   help="Suppressions in this namespace may name namespaces (act cluster-wide), as in the operator")
+    p.add_argument(
+        "-a",
+        "--allowed-images",
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="allowed_images",
+        help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no image is "
+        "allowed), ScannerImages and Suppressions - as the operator reads them from the cluster",
+    )
+    p.add_argument(
+        "--operator-namespace",
+        default="pullwatch-system",
+        metavar="NS",
+        help="Suppressions in this namespace may name namespaces (act cluster-wide), as in the operator",
+    )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="table")
-    p.add_argument("--scanner", action="append", default=[], metavar="NAME",
-                   help="another image name (last path component) to treat as a scanner")
-    p.add_argument("--no-default-scanners", action="store_true",
-                   help="use only the --scanner names, not the built-in list")
-    p.add_argument("--fail-on-findings", action="store_true", help="exit 1 when there is any Finding")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr (problems are still reported)")
+    p.add_argument(
+        "--scanner",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another image name (last path component) to treat as a scanner",
+    )
+    p.add_argument(
+        "--no-default-scanners",
+        action="store_true",
+        help="use only the --scanner names, not the built-in list",
+    )
+    p.add_argument(
+        "--fail-on-findings", action="store_true", help="exit 1 when there is any Finding"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no summary on stderr (problems are still reported)",
+    )
 
 
 def duration(text: str) -> float:
@@ -53,68 +82,181 @@ def duration(text: str) -> float:
     try:
         value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30d, 12h, 15m, 45s)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use e.g. 30d, 12h, 15m, 45s)"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
     return value
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
-                       description="Watch Events and AllowedImages; write Findings.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
-                   help="watch Events only in this namespace (repeatable); all namespaces when none is given")
-    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
-    p.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with other replicas")
-    p.add_argument("--peering", default="pullwatch", metavar="NAME", help="peering object for leader election")
-    p.add_argument("--priority", type=int, default=None,
-                   help="peering priority; the highest live replica is active (default: random)")
-    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
-                   help="liveness endpoint ('none' disables)")
-    p.add_argument("--metrics-address", default="0.0.0.0:9090", metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics ('none' disables)")
-    p.add_argument("--scanner", action="append", default=[], metavar="NAME",
-                   help="another image name to treat as a scanner (ScannerImages objects add more)")
-    p.add_argument("--no-default-scanners", action="store_true", help="leave out the built-in scanner names")
-    p.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "pullwatch-system"), metavar="NS",
-                   help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
-                        "(default: $POD_NAMESPACE, else pullwatch-system)")
-    p.add_argument("--watch-timeout", type=int, default=60, metavar="SECONDS",
-                   help="the longest the API server keeps a watch open before it is resumed (the Event "
-                        "and Finding watches also end within two thirds of --read-timeout)")
-    p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="a watch that delivers nothing for this long is dropped and resumed (half-open connections)")
-    p.add_argument("--flush-interval", type=float, default=0.25, metavar="SECONDS",
-                   help="how soon a new Finding is written")
-    p.add_argument("--status-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="how long count updates of one Finding are coalesced into one write")
-    p.add_argument("--max-findings", type=int, default=5000, metavar="N",
-                   help="Findings per rule in the whole cluster; past it, detections go to overflow Findings")
-    p.add_argument("--max-findings-per-namespace", type=int, default=250, metavar="N",
-                   help="Findings per rule in one namespace; past it, detections go to its overflow Finding")
-    p.add_argument("--retention", type=duration, default=duration("30d"), metavar="DURATION",
-                   help="Findings not seen for this long are deleted, unless labelled pullwatch.dev/keep=true "
-                        "(seconds, or 30d / 12h / 15m)")
-    p.add_argument("--event-ttl", type=duration, default=duration("1h"), metavar="DURATION",
-                   help="the API server's --event-ttl: how long an Event can be delivered again after its last update")
-    p.add_argument("--openreports", action="store_true",
-                   help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for Policy "
-                        "Reporter; needs the Report CRD: manifests/components/openreports)")
-    p.add_argument("--openreports-interval", type=float, default=5.0, metavar="SECONDS",
-                   help="how long changes to one namespace's Report are coalesced")
-    p.add_argument("--openreports-max-results", type=int, default=100, metavar="N",
-                   help="results per Report, the most severe and most recent first")
-    p.add_argument("--no-workload-reads", action="store_true",
-                   help="infer workloads from pod names only (no get on pods, replicasets, jobs)")
-    p.add_argument("--drain-seconds", type=float, default=20.0, metavar="SECONDS",
-                   help="at shutdown, how long to keep writing what was counted (keep it under the pod's "
-                        "termination grace period)")
-    p.add_argument("--maintenance-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="how often expired ledger entries are closed and Suppressions' expiry is applied; retention "
-                        "runs every tenth time")
-    p.add_argument("--census-interval", type=float, default=15.0, metavar="SECONDS",
-                   help="how often the Findings gauges and the Suppressions' counts are brought up to date")
+    p = sub.add_parser(
+        "run",
+        help="run the operator (kopf) against the current cluster",
+        description="Watch Events and AllowedImages; write Findings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch Events only in this namespace (repeatable); all namespaces when none is given",
+    )
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)"
+    )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: do not coordinate with other replicas",
+    )
+    p.add_argument(
+        "--peering", default="pullwatch", metavar="NAME", help="peering object for leader election"
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest live replica is active (default: random)",
+    )
+    p.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        metavar="URL",
+        help="liveness endpoint ('none' disables)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default="0.0.0.0:9090",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics ('none' disables)",
+    )
+    p.add_argument(
+        "--scanner",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another image name to treat as a scanner (ScannerImages objects add more)",
+    )
+    p.add_argument(
+        "--no-default-scanners", action="store_true", help="leave out the built-in scanner names"
+    )
+    p.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("POD_NAMESPACE", "pullwatch-system"),
+        metavar="NS",
+        help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
+        "(default: $POD_NAMESPACE, else pullwatch-system)",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="the longest the API server keeps a watch open before it is resumed (the Event "
+        "and Finding watches also end within two thirds of --read-timeout)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a watch that delivers nothing for this long is dropped and resumed (half-open connections)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="how soon a new Finding is written",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long count updates of one Finding are coalesced into one write",
+    )
+    p.add_argument(
+        "--max-findings",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="Findings per rule in the whole cluster; past it, detections go to overflow Findings",
+    )
+    p.add_argument(
+        "--max-findings-per-namespace",
+        type=int,
+        default=250,
+        metavar="N",
+        help="Findings per rule in one namespace; past it, detections go to its overflow Finding",
+    )
+    p.add_argument(
+        "--retention",
+        type=duration,
+        default=duration("30d"),
+        metavar="DURATION",
+        help="Findings not seen for this long are deleted, unless labelled pullwatch.dev/keep=true "
+        "(seconds, or 30d / 12h / 15m)",
+    )
+    p.add_argument(
+        "--event-ttl",
+        type=duration,
+        default=duration("1h"),
+        metavar="DURATION",
+        help="the API server's --event-ttl: how long an Event can be delivered again after its last update",
+    )
+    p.add_argument(
+        "--openreports",
+        action="store_true",
+        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for Policy "
+        "Reporter; needs the Report CRD: manifests/components/openreports)",
+    )
+    p.add_argument(
+        "--openreports-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long changes to one namespace's Report are coalesced",
+    )
+    p.add_argument(
+        "--openreports-max-results",
+        type=int,
+        default=100,
+        metavar="N",
+        help="results per Report, the most severe and most recent first",
+    )
+    p.add_argument(
+        "--no-workload-reads",
+        action="store_true",
+        help="infer workloads from pod names only (no get on pods, replicasets, jobs)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="at shutdown, how long to keep writing what was counted (keep it under the pod's "
+        "termination grace period)",
+    )
+    p.add_argument(
+        "--maintenance-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often expired ledger entries are closed and Suppressions' expiry is applied; retention "
+        "runs every tenth time",
+    )
+    p.add_argument(
+        "--census-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often the Findings gauges and the Suppressions' counts are brought up to date",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -122,8 +264,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 
 def _scanners(args: argparse.Namespace, lists: Sequence[object] = ()) -> frozenset[str]:
     from .core.rules import DEFAULT_SCANNER_IMAGES, scanner_names, validate_scanner_names
+
     names = validate_scanner_names(list(args.scanner))
-    return scanner_names(lists, names, frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES)  # type: ignore[arg-type]
+    return scanner_names(
+        lists, names, frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES
+    )  # type: ignore[arg-type]
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -142,33 +287,51 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for policy in policies:
         for problem in policy.problems:
             status = "ignored" if not policy.usable else "pattern ignored"
-            print(f"pullwatch: AllowedImages {safe(policy.name)}: {status}: {safe(problem)}", file=sys.stderr)
+            print(
+                f"pullwatch: AllowedImages {safe(policy.name)}: {status}: {safe(problem)}",
+                file=sys.stderr,
+            )
     for scanner_list in config.scanner_lists:
         for problem in scanner_list.problems:
-            print(f"pullwatch: ScannerImages {safe(scanner_list.name)}: {safe(problem)}", file=sys.stderr)
+            print(
+                f"pullwatch: ScannerImages {safe(scanner_list.name)}: {safe(problem)}",
+                file=sys.stderr,
+            )
     for s in config.suppressions:
         for problem in s.problems:
-            print(f"pullwatch: Suppression {safe(s.key)}: ignored: {safe(problem)}", file=sys.stderr)
+            print(
+                f"pullwatch: Suppression {safe(s.key)}: ignored: {safe(problem)}", file=sys.stderr
+            )
     for what in config.unknown:
-        print(f"pullwatch: {safe(what)}: not a pullwatch configuration object; ignored", file=sys.stderr)
+        print(
+            f"pullwatch: {safe(what)}: not a pullwatch configuration object; ignored",
+            file=sys.stderr,
+        )
     # The scan builds no reference cycles (parsed JSON and our own records), so reference
     # counting frees everything; the cyclic collector would only re-walk the growing Finding
     # state over and over (a third of the scan time in bench/scan_throughput.py).
     gc.disable()
     try:
-        result = scan_paths(args.files, Allowlist(policies), scanners, suppressions=config.suppressions)
+        result = scan_paths(
+            args.files, Allowlist(policies), scanners, suppressions=config.suppressions
+        )
     finally:
         gc.enable()
     FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete)
     sys.stdout.flush()
     s = result.stats
     if not args.quiet:
-        sys.stderr.write(summary(s.records, s.examined, result.pulls, len(result.findings), s.skipped, s.damaged))
+        sys.stderr.write(
+            summary(s.records, s.examined, result.pulls, len(result.findings), s.skipped, s.damaged)
+        )
     for problem in result.input_errors:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
-        print(f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, watch event "
-              "or audit entry: is this the right input?", file=sys.stderr)
+        print(
+            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, watch event "
+            "or audit entry: is this the right input?",
+            file=sys.stderr,
+        )
     if not result.complete:
         return EXIT_INPUT
     if args.fail_on_findings and result.findings:
@@ -180,21 +343,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
     from .kube.app import run_operator  # imported here: `scan` needs neither kopf nor kubernetes
     from .kube.engine import Options
+
     try:
         extra = validate_scanner_names(list(args.scanner))
     except ValueError as exc:
         print(f"pullwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     options = Options(
-        namespaces=list(args.namespace), scanner_extra=extra,
+        namespaces=list(args.namespace),
+        scanner_extra=extra,
         scanner_defaults=frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES,
-        operator_namespace=args.operator_namespace, flush_interval=args.flush_interval,
-        status_interval=args.status_interval, watch_timeout=args.watch_timeout, read_timeout=args.read_timeout,
-        max_findings=args.max_findings, max_findings_per_namespace=args.max_findings_per_namespace,
-        retention_seconds=args.retention, event_ttl_seconds=args.event_ttl, read_workloads=not args.no_workload_reads,
-        drain_seconds=args.drain_seconds, maintenance_interval=args.maintenance_interval,
-        openreports=args.openreports, openreports_interval=args.openreports_interval,
-        openreports_max_results=args.openreports_max_results, census_interval=args.census_interval)
+        operator_namespace=args.operator_namespace,
+        flush_interval=args.flush_interval,
+        status_interval=args.status_interval,
+        watch_timeout=args.watch_timeout,
+        read_timeout=args.read_timeout,
+        max_findings=args.max_findings,
+        max_findings_per_namespace=args.max_findings_per_namespace,
+        retention_seconds=args.retention,
+        event_ttl_seconds=args.event_ttl,
+        read_workloads=not args.no_workload_reads,
+        drain_seconds=args.drain_seconds,
+        maintenance_interval=args.maintenance_interval,
+        openreports=args.openreports,
+        openreports_interval=args.openreports_interval,
+        openreports_max_results=args.openreports_max_results,
+        census_interval=args.census_interval,
+    )
     return run_operator(args, options)
 
 
@@ -221,13 +396,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("pullwatch: internal error: out of memory", file=sys.stderr)
         return EXIT_INTERNAL
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, its own code
+    except Exception as exc:
         where = exc.__traceback__
         while where is not None and where.tb_next is not None:
             where = where.tb_next
-        at = f" at {where.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:{where.tb_lineno}" if where else ""
-        print(f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} (please report this)",
-              file=sys.stderr)
+        at = (
+            f" at {where.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:{where.tb_lineno}"
+            if where
+            else ""
+        )
+        print(
+            f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} (please report this)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

@@ -14,8 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Cluster, Operator  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
+from harness import ROOT, Cluster, Operator
+
+from localcluster import LocalCluster
 
 
 def _terminate(signum, frame):
@@ -38,9 +39,14 @@ def cluster(tmp_path_factory) -> Cluster:
     local = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
         local.kubectl("apply", "-k", str(ROOT / "manifests"))
-        local.kubectl("wait", "--for=condition=established", "--timeout=60s",
-                      "crd/findings.pullwatch.dev", "crd/allowedimages.pullwatch.dev",
-                      "crd/clusterkopfpeerings.kopf.dev")
+        local.kubectl(
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/findings.pullwatch.dev",
+            "crd/allowedimages.pullwatch.dev",
+            "crd/clusterkopfpeerings.kopf.dev",
+        )
         yield Cluster(local)
     finally:
         local.stop()

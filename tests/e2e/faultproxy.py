@@ -26,14 +26,24 @@ import ssl
 import aiohttp
 from aiohttp import web
 
-HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-       "transfer-encoding", "upgrade", "content-length", "host"}
+HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+}
 
 
 class Proxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
-        self.protocols: set[object] = set()   # connections seen (aiohttp request handlers)
+        self.protocols: set[object] = set()  # connections seen (aiohttp request handlers)
         self.frozen: set[int] = set()
         self.thawed = asyncio.Event()
         self.thawed.set()
@@ -51,20 +61,39 @@ class Proxy:
             self.stats["frozen_requests"] += 1
         await self.wait_if_frozen(request)
         for rule in self.rules:
-            if rule["times"] > 0 and request.method == rule["method"] and re.search(rule["path"], request.path_qs):
+            if (
+                rule["times"] > 0
+                and request.method == rule["method"]
+                and re.search(rule["path"], request.path_qs)
+            ):
                 rule["times"] -= 1
                 self.stats["failed"] += 1
-                return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                          "message": "injected by faultproxy", "reason": "InternalError",
-                                          "code": rule["status"]}, status=rule["status"])
+                return web.json_response(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "message": "injected by faultproxy",
+                        "reason": "InternalError",
+                        "code": rule["status"],
+                    },
+                    status=rule["status"],
+                )
         assert self.session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         body = await request.read()
         self.stats["forwarded"] += 1
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                        data=body or None, allow_redirects=False) as up:
-            rsp = web.StreamResponse(status=up.status, headers={k: v for k, v in up.headers.items()
-                                                                 if k.lower() not in HOP})
+        async with self.session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+        ) as up:
+            rsp = web.StreamResponse(
+                status=up.status,
+                headers={k: v for k, v in up.headers.items() if k.lower() not in HOP},
+            )
             await rsp.prepare(request)
             async for chunk in up.content.iter_any():
                 await self.wait_if_frozen(request)
@@ -85,8 +114,14 @@ class Proxy:
 
     async def fail(self, request: web.Request) -> web.Response:
         rule = await request.json()
-        self.rules.append({"method": rule.get("method", "GET"), "path": rule["path"], "status": int(rule["status"]),
-                           "times": int(rule.get("times", 1))})
+        self.rules.append(
+            {
+                "method": rule.get("method", "GET"),
+                "path": rule["path"],
+                "status": int(rule["status"]),
+                "times": int(rule.get("times", 1)),
+            }
+        )
         return web.json_response({"rules": len(self.rules)})
 
     async def get_stats(self, _: web.Request) -> web.Response:
@@ -97,8 +132,11 @@ async def main(args: argparse.Namespace) -> None:
     proxy = Proxy(args.upstream)
     # auto_decompress off: the body is forwarded as the API server sent it, under its own
     # Content-Encoding (decompressing it here while passing "gzip" on would corrupt it).
-    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False), auto_decompress=False,
-                                          timeout=aiohttp.ClientTimeout(total=None))
+    proxy.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=False),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "hack"))
@@ -59,7 +60,9 @@ def kill_everything() -> None:
             kill(proc)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.2, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.2, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -67,7 +70,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float 
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})"
+    )
 
 
 class Cluster:
@@ -85,16 +90,20 @@ class Cluster:
     def create_event(self, ev: dict[str, Any]) -> dict[str, Any]:
         """POST an Event exactly as the kubelet does; returns the stored object."""
         body = for_create(ev)
-        status, stored = self.local.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body)
+        status, stored = self.local.request(
+            "POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body
+        )
         assert status == 201, (status, stored)
         return stored  # type: ignore[return-value]
 
     def set_count(self, namespace: str, name: str, count: int) -> None:
         """What the kubelet's recorder does for a repeat: PATCH count and lastTimestamp."""
         status, rsp = self.local.request(
-            "PATCH", f"/api/v1/namespaces/{namespace}/events/{name}",
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/events/{name}",
             {"count": count, "lastTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            content_type="application/merge-patch+json")
+            content_type="application/merge-patch+json",
+        )
         assert status == 200, (status, rsp)
 
     def findings(self, namespace: str | None = None) -> dict[str, dict[str, Any]]:
@@ -103,7 +112,9 @@ class Cluster:
         return {f["metadata"]["name"]: f for f in items}
 
     def counts(self, namespace: str | None = None) -> dict[str, int]:
-        return {n: (f.get("status") or {}).get("count", 0) for n, f in self.findings(namespace).items()}
+        return {
+            n: (f.get("status") or {}).get("count", 0) for n, f in self.findings(namespace).items()
+        }
 
     def by_workload(self, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
         """{(rule, workload name): Finding}; the overflow Finding under (rule, "(overflow)")."""
@@ -126,20 +137,36 @@ class Operator:
         self.kubeconfig = cluster.local.service_account_kubeconfig(*SA)
         self.health = free_port()
         self.metrics_port = free_port()
-        self.args = ["--liveness", f"http://127.0.0.1:{self.health}/healthz",
-                     "--metrics-address", f"127.0.0.1:{self.metrics_port}", *args]
+        self.args = [
+            "--liveness",
+            f"http://127.0.0.1:{self.health}/healthz",
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}",
+            *args,
+        ]
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30) -> "Operator":
+    def start(self, wait: bool = True, timeout: float = 30) -> Operator:
         self.log = open(self.log_path, "ab")
-        self.proc = spawn([PULLWATCH, "run", *self.args], stdout=self.log, stderr=self.log,
-                          env=self.cluster.local.env(self.kubeconfig))
+        self.proc = spawn(
+            [PULLWATCH, "run", *self.args],
+            stdout=self.log,
+            stderr=self.log,
+            env=self.cluster.local.env(self.kubeconfig),
+        )
         if wait:
             try:
                 wait_for(self.healthy, timeout, what="the operator's liveness endpoint")
-                wait_for(lambda: "processing Events" in self.logs() or "standing by" in self.logs()
-                         or "Pausing operations" in self.logs(), 60, what="the operator to start counting")
+                wait_for(
+                    lambda: (
+                        "processing Events" in self.logs()
+                        or "standing by" in self.logs()
+                        or "Pausing operations" in self.logs()
+                    ),
+                    60,
+                    what="the operator to start counting",
+                )
             except BaseException:
                 self.kill()  # a start-up that failed must not leave the process behind
                 raise
@@ -147,7 +174,9 @@ class Operator:
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            raise AssertionError(
+                f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}"
+            )
         return http_ok(f"http://127.0.0.1:{self.health}/healthz")
 
     def kill(self) -> None:
@@ -168,14 +197,21 @@ class Operator:
         """{(sample name, sorted labels): value} from the operator's /metrics (parsed by
         prometheus_client's own parser); {} while it does not answer."""
         import urllib.request
+
         from prometheus_client.parser import text_string_to_metric_families
+
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            ) as rsp:
                 text = rsp.read().decode()
         except OSError:
             return {}
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent)."""
@@ -185,8 +221,11 @@ class Operator:
         """The liveness endpoint's HTTP status and body."""
         import urllib.error
         import urllib.request
+
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=5) as rsp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health}/healthz", timeout=5
+            ) as rsp:
                 return rsp.status, json.loads(rsp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()[:500]
@@ -209,15 +248,48 @@ class FaultProxy:
         self.port, self.control = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         cert, key = self.dir / "proxy.crt", self.dir / "proxy.key"
         if not cert.exists():
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                            "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                ],
+                check=True,
+                capture_output=True,
+            )
         self.log = open(self.dir / "proxy.log", "ab")
-        self.proc = spawn([sys.executable, str(Path(__file__).with_name("faultproxy.py")), "--port", str(self.port),
-                           "--control", str(self.control), "--upstream", f"https://127.0.0.1:{self.cluster.local.port}",
-                           "--cert", str(cert), "--key", str(key)], stdout=self.log, stderr=self.log)
+        self.proc = spawn(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("faultproxy.py")),
+                "--port",
+                str(self.port),
+                "--control",
+                str(self.control),
+                "--upstream",
+                f"https://127.0.0.1:{self.cluster.local.port}",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
         wait_for(lambda: self._call("GET", "/stats") is not None, 20, what="the fault proxy")
         return self
 
@@ -227,9 +299,14 @@ class FaultProxy:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         import urllib.request
+
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.control}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.control}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as rsp:
                 return json.loads(rsp.read())
@@ -243,7 +320,9 @@ class FaultProxy:
         return self._call("POST", "/thaw", {})
 
     def fail(self, method: str, path: str, status: int, times: int) -> Any:
-        return self._call("POST", "/fail", {"method": method, "path": path, "status": status, "times": times})
+        return self._call(
+            "POST", "/fail", {"method": method, "path": path, "status": status, "times": times}
+        )
 
     def stats(self) -> Any:
         return self._call("GET", "/stats")
@@ -273,53 +352,123 @@ class Workloads:
     def __init__(self, cluster: Cluster, namespace: str):
         self.cluster, self.ns = cluster, namespace
         # No controller-manager: the default ServiceAccount pods need must be made by hand.
-        self._create("/api/v1", "serviceaccounts", {"metadata": {"name": "default"},
-                                                    "automountServiceAccountToken": False})
+        self._create(
+            "/api/v1",
+            "serviceaccounts",
+            {"metadata": {"name": "default"}, "automountServiceAccountToken": False},
+        )
 
     def _create(self, api: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
-        status, stored = self.cluster.local.request("POST", f"{api}/namespaces/{self.ns}/{plural}", body)
+        status, stored = self.cluster.local.request(
+            "POST", f"{api}/namespaces/{self.ns}/{plural}", body
+        )
         assert status in (200, 201), (status, stored)
         return stored  # type: ignore[return-value]
 
     @staticmethod
     def _owner(kind: str, api: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"apiVersion": api, "kind": kind, "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
-                 "controller": True, "blockOwnerDeletion": True}]
+        return [
+            {
+                "apiVersion": api,
+                "kind": kind,
+                "name": obj["metadata"]["name"],
+                "uid": obj["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
 
     @staticmethod
-    def _template(name: str, image: str, labels: dict[str, str], restart: str = "Always") -> dict[str, Any]:
-        return {"metadata": {"labels": labels}, "spec": {"restartPolicy": restart, "automountServiceAccountToken": False,
-                                                         "containers": [{"name": name, "image": image}]}}
+    def _template(
+        name: str, image: str, labels: dict[str, str], restart: str = "Always"
+    ) -> dict[str, Any]:
+        return {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": restart,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": name, "image": image}],
+            },
+        }
 
     def deployment(self, name: str, image: str) -> dict[str, Any]:
         labels = {"app": name}
-        return self._create("/apis/apps/v1", "deployments", {
-            "metadata": {"name": name}, "spec": {"selector": {"matchLabels": labels},
-                                                 "template": self._template(name, image, labels)}})
+        return self._create(
+            "/apis/apps/v1",
+            "deployments",
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": self._template(name, image, labels),
+                },
+            },
+        )
 
-    def replicaset(self, deployment: dict[str, Any] | None, name: str, pod_hash: str, image: str) -> dict[str, Any]:
+    def replicaset(
+        self, deployment: dict[str, Any] | None, name: str, pod_hash: str, image: str
+    ) -> dict[str, Any]:
         labels = {"app": name.rsplit("-", 1)[0], "pod-template-hash": pod_hash}
         meta: dict[str, Any] = {"name": name, "labels": labels}
         if deployment is not None:
             meta["ownerReferences"] = self._owner("Deployment", "apps/v1", deployment)
-        return self._create("/apis/apps/v1", "replicasets", {
-            "metadata": meta, "spec": {"selector": {"matchLabels": labels},
-                                       "template": self._template(name, image, labels)}})
+        return self._create(
+            "/apis/apps/v1",
+            "replicasets",
+            {
+                "metadata": meta,
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": self._template(name, image, labels),
+                },
+            },
+        )
 
     def job(self, cronjob: str | None, name: str, image: str) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name}
-        if cronjob is not None:  # batch/v1beta1 in 1.20; the owner need not exist (no garbage collector)
-            meta["ownerReferences"] = [{"apiVersion": "batch/v1beta1", "kind": "CronJob", "name": cronjob,
-                                        "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, cronjob)), "controller": True}]
-        return self._create("/apis/batch/v1", "jobs", {
-            "metadata": meta, "spec": {"template": self._template(name, image, {"job": name}, restart="Never")}})
+        if (
+            cronjob is not None
+        ):  # batch/v1beta1 in 1.20; the owner need not exist (no garbage collector)
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": "batch/v1beta1",
+                    "kind": "CronJob",
+                    "name": cronjob,
+                    "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, cronjob)),
+                    "controller": True,
+                }
+            ]
+        return self._create(
+            "/apis/batch/v1",
+            "jobs",
+            {
+                "metadata": meta,
+                "spec": {"template": self._template(name, image, {"job": name}, restart="Never")},
+            },
+        )
 
-    def pod(self, owner_kind: str | None, owner: dict[str, Any] | None, name: str, image: str,
-            labels: dict[str, str] | None = None) -> dict[str, Any]:
+    def pod(
+        self,
+        owner_kind: str | None,
+        owner: dict[str, Any] | None,
+        name: str,
+        image: str,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "labels": labels or {}}
         if owner is not None and owner_kind is not None:
-            api = {"ReplicaSet": "apps/v1", "DaemonSet": "apps/v1", "StatefulSet": "apps/v1", "Job": "batch/v1"}[owner_kind]
+            api = {
+                "ReplicaSet": "apps/v1",
+                "DaemonSet": "apps/v1",
+                "StatefulSet": "apps/v1",
+                "Job": "batch/v1",
+            }[owner_kind]
             meta["ownerReferences"] = self._owner(owner_kind, api, owner)
-        body = {"metadata": meta, "spec": {"automountServiceAccountToken": False,
-                                           "containers": [{"name": name.split("-")[0], "image": image}]}}
+        body = {
+            "metadata": meta,
+            "spec": {
+                "automountServiceAccountToken": False,
+                "containers": [{"name": name.split("-")[0], "image": image}],
+            },
+        }
         return self._create("/api/v1", "pods", body)

@@ -15,8 +15,8 @@ import signal
 import time
 
 import pytest
-
 from harness import wait_for
+
 from kubelet import image_event, other_event
 
 SCANNER_IMAGE, OTHER_IMAGE = "aquasec/kube-hunter:0.6.8", "evil/miner:1"
@@ -28,14 +28,16 @@ class Kubelet:
 
     def __init__(self, cluster, ns: str):
         self.cluster, self.ns = cluster, ns
-        self.names: dict[str, str] = {}   # pod -> Event name
+        self.names: dict[str, str] = {}  # pod -> Event name
         self.counts: dict[str, int] = {}  # pod -> the series' count
         self.seq = 0
 
     def pull(self, pod: str, count: int = 1) -> None:
         self.seq += 1
         image = SCANNER_IMAGE if pod.startswith("scan") else OTHER_IMAGE
-        stored = self.cluster.create_event(image_event("Pulling", self.ns, pod, image, count=count, seq=self.seq))
+        stored = self.cluster.create_event(
+            image_event("Pulling", self.ns, pod, image, count=count, seq=self.seq)
+        )
         self.names[pod], self.counts[pod] = stored["metadata"]["name"], count
 
     def bump(self, pod: str, by: int = 1) -> None:
@@ -51,16 +53,24 @@ class Kubelet:
         return out
 
     def observed(self) -> dict[tuple[str, str], int]:
-        return {(f["spec"]["workload"]["name"], f["spec"]["rule"]): (f.get("status") or {}).get("count", 0)
-                for f in self.cluster.findings(self.ns).values()}
+        return {
+            (f["spec"]["workload"]["name"], f["spec"]["rule"]): (f.get("status") or {}).get(
+                "count", 0
+            )
+            for f in self.cluster.findings(self.ns).values()
+        }
 
     def exact(self) -> bool:
         return self.observed() == self.expected()
 
     def wait_exact(self, timeout: float = 30) -> float:
         start = time.monotonic()
-        wait_for(self.exact, timeout, interval=0.3,
-                 what=f"exact counts in {self.ns}: expected {self.expected()}, observed {self.observed()}")
+        wait_for(
+            self.exact,
+            timeout,
+            interval=0.3,
+            what=f"exact counts in {self.ns}: expected {self.expected()}, observed {self.observed()}",
+        )
         return time.monotonic() - start
 
 
@@ -119,15 +129,21 @@ def test_watch_relist_after_410_gone_stays_exact(cluster, start_operator):
                 kubelet.bump(pod, 1)
             kubelet.pull("scan-late", count=2)
             for i in range(5):  # ...the cluster moves on...
-                local.request("POST", f"/api/v1/namespaces/{kubelet.ns}/configmaps",
-                              {"metadata": {"name": f"advance-{i}"}})
+                local.request(
+                    "POST",
+                    f"/api/v1/namespaces/{kubelet.ns}/configmaps",
+                    {"metadata": {"name": f"advance-{i}"}},
+                )
             local.compact_etcd()  # ...and its resourceVersion is compacted away
-            time.sleep(3)         # its watch times out server-side meanwhile
+            time.sleep(3)  # its watch times out server-side meanwhile
         finally:
             os.killpg(op.proc.pid, signal.SIGCONT)
         kubelet.bump("scan-late", 1)
         kubelet.wait_exact(timeout=45)
-        assert "Event stream (all namespaces): resourceVersion expired (410 Gone); listing again" in op.logs()
+        assert (
+            "Event stream (all namespaces): resourceVersion expired (410 Gone); listing again"
+            in op.logs()
+        )
         assert "detection engine stopped" not in op.logs()
     finally:
         local.kill_apiserver()
@@ -144,14 +160,18 @@ def test_finding_deleted_by_a_user_is_recreated_with_the_full_count(cluster, sta
     cluster.kubectl("delete", "finding", name, "-n", kubelet.ns)
     assert cluster.findings(kubelet.ns) == {}
     kubelet.bump("app-p1", 1)  # the next pull of that series
-    kubelet.wait_exact()      # back, with every pull its Event records: 4
+    kubelet.wait_exact()  # back, with every pull its Event records: 4
     assert list(cluster.findings(kubelet.ns)) == [name]
 
 
 def test_two_replicas_one_stands_by_and_takes_over(cluster, start_operator):
     kubelet = Kubelet(cluster, cluster.namespace("replicas"))
     active = start_operator("--priority", "200")
-    wait_for(lambda: "Resuming operations" in active.logs(), 20, what="the first replica to become active")
+    wait_for(
+        lambda: "Resuming operations" in active.logs(),
+        20,
+        what="the first replica to become active",
+    )
     standby = start_operator("--priority", "100")
     # kopf starts every replica paused until peering says it may run; a standby never resumes.
     for i in range(12):
@@ -162,8 +182,10 @@ def test_two_replicas_one_stands_by_and_takes_over(cluster, start_operator):
     time.sleep(1)
     assert kubelet.exact()  # not doubled by the second replica
     assert "Resuming operations" not in standby.logs()  # it stood by the whole time
-    peers = json.loads(cluster.kubectl("get", "clusterkopfpeering", "pullwatch", "-o", "json").stdout)["status"]
-    assert sorted(p["priority"] for p in peers.values() if p) [-2:] == [100, 200]
+    peers = json.loads(
+        cluster.kubectl("get", "clusterkopfpeering", "pullwatch", "-o", "json").stdout
+    )["status"]
+    assert sorted(p["priority"] for p in peers.values() if p)[-2:] == [100, 200]
     active.kill()
     for pod in list(kubelet.counts)[6:]:
         kubelet.bump(pod, 1)
@@ -190,13 +212,22 @@ def test_event_storm_exact_and_memory_bounded(cluster, start_operator, total, pu
             else:
                 kubelet.pull(pod)
         else:
-            cluster.create_event(other_event(rng.choice(["Scheduled", "Created", "Started", "Killing"]),
-                                             kubelet.ns, f"noise-{i % 500}", "Started container", seq=i))
+            cluster.create_event(
+                other_event(
+                    rng.choice(["Scheduled", "Created", "Started", "Killing"]),
+                    kubelet.ns,
+                    f"noise-{i % 500}",
+                    "Started container",
+                    seq=i,
+                )
+            )
         created += 1
     rate = created / (time.monotonic() - started)
     kubelet.wait_exact(timeout=120)
     rss = op.peak_rss_mb()
-    print(f"\nstorm: {created} Events at {rate:.0f}/s, {len(kubelet.expected())} Findings exact, operator peak RSS {rss:.0f} MB")
+    print(
+        f"\nstorm: {created} Events at {rate:.0f}/s, {len(kubelet.expected())} Findings exact, operator peak RSS {rss:.0f} MB"
+    )
     assert rss < 150
 
 
@@ -207,7 +238,9 @@ def test_malformed_events_are_skipped_logged_once_and_detection_goes_on(cluster,
     bad = []
     for i in range(3):  # the same problem three times: logged once
         ev = image_event("Pulling", ns, f"noquote-{i}", "x", seq=100 + i)
-        ev["message"] = 'Pulling image "' + "x" * 100_000  # a 100 kB message, its quote never closed
+        ev["message"] = (
+            'Pulling image "' + "x" * 100_000
+        )  # a 100 kB message, its quote never closed
         bad.append(ev)
     ev = image_event("Pulling", ns, "empty", "x", seq=200)
     ev["message"] = ""
@@ -221,6 +254,7 @@ def test_malformed_events_are_skipped_logged_once_and_detection_goes_on(cluster,
     accepted = 0
     for ev in bad:
         from kubelet import for_create
+
         status, _ = cluster.local.request("POST", f"/api/v1/namespaces/{ns}/events", for_create(ev))
         accepted += status == 201
     assert accepted >= 3  # the API server stores at least the 100 kB ones

@@ -10,6 +10,7 @@ import json
 import time
 
 from harness import ROOT, SCANNER, SUSPICIOUS, wait_for
+
 from kubelet import EPOCH, image_event
 
 SUPPRESSION = "pullwatch.dev/v1alpha1"
@@ -21,7 +22,9 @@ class Pulls:
 
     def pull(self, pod: str, image: str, count: int = 1, **kw) -> dict:
         self.seq += 1
-        return self.cluster.create_event(image_event("Pulling", self.ns, pod, image, count=count, seq=self.seq, **kw))
+        return self.cluster.create_event(
+            image_event("Pulling", self.ns, pod, image, count=count, seq=self.seq, **kw)
+        )
 
 
 def test_metrics_are_scraped_with_the_values_of_known_pulls(cluster, start_operator):
@@ -36,68 +39,150 @@ def test_metrics_are_scraped_with_the_values_of_known_pulls(cluster, start_opera
     cluster.create_event(bad)
     scanner = {"rule": SCANNER, "severity": "high"}
     suspicious = {"rule": SUSPICIOUS, "severity": "medium"}
-    wait_for(lambda: op.metric("pullwatch_pulls_detected_total", **suspicious) == 7, 30, what="7 suspicious pulls")
+    wait_for(
+        lambda: op.metric("pullwatch_pulls_detected_total", **suspicious) == 7,
+        30,
+        what="7 suspicious pulls",
+    )
     assert op.metric("pullwatch_pulls_detected_total", **scanner) == 4
-    wait_for(lambda: op.metric("pullwatch_findings", **scanner) == 2 and op.metric("pullwatch_findings", **suspicious) == 3,
-             30, what="the Findings gauges")
+    wait_for(
+        lambda: (
+            op.metric("pullwatch_findings", **scanner) == 2
+            and op.metric("pullwatch_findings", **suspicious) == 3
+        ),
+        30,
+        what="the Findings gauges",
+    )
     assert op.metric("pullwatch_events_examined_total") == 4
-    assert op.metric("pullwatch_events_skipped_total", reason="image event with no quoted image in its message") == 1
+    assert (
+        op.metric(
+            "pullwatch_events_skipped_total",
+            reason="image event with no quoted image in its message",
+        )
+        == 1
+    )
     assert op.metric("pullwatch_api_writes_total", verb="create", outcome="ok") == 5
     assert op.metric("pullwatch_active") == 1
     assert op.metric("pullwatch_event_to_finding_seconds_count") >= 5
     assert op.metric("pullwatch_allowlist_objects") >= 0
     kubelet.pull("hunter-c", "aquasec/kube-hunter:0.6.8")  # and the counters move
-    wait_for(lambda: op.metric("pullwatch_pulls_detected_total", **scanner) == 5, 30, what="the scanner counter to move")
+    wait_for(
+        lambda: op.metric("pullwatch_pulls_detected_total", **scanner) == 5,
+        30,
+        what="the scanner counter to move",
+    )
 
 
-def test_openreports_reports_pass_the_real_crd_schema_and_go_with_their_findings(cluster, start_operator):
-    cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "components" / "openreports" / "reports.openreports.io.yaml"))
-    cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "components" / "openreports" / "rbac.yaml"))
+def test_openreports_reports_pass_the_real_crd_schema_and_go_with_their_findings(
+    cluster, start_operator
+):
+    cluster.kubectl(
+        "apply",
+        "-f",
+        str(ROOT / "manifests" / "components" / "openreports" / "reports.openreports.io.yaml"),
+    )
+    cluster.kubectl(
+        "apply", "-f", str(ROOT / "manifests" / "components" / "openreports" / "rbac.yaml")
+    )
     cluster.kubectl("wait", "--for=condition=established", "crd/reports.openreports.io")
     ns, stale = cluster.namespace("reports"), cluster.namespace("stalereports")
     kubelet, old = Pulls(cluster, ns), Pulls(cluster, stale)
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": SUPPRESSION, "kind": "Suppression", "metadata": {"name": "accepted", "namespace": ns},
-        "spec": {"reason": "our build cache", "workloads": ["cache"]}}))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": SUPPRESSION,
+                "kind": "Suppression",
+                "metadata": {"name": "accepted", "namespace": ns},
+                "spec": {"reason": "our build cache", "workloads": ["cache"]},
+            }
+        ),
+    )
     now = int(time.time()) - EPOCH  # the tests' Event stamps count from EPOCH
     old.pull("gone", "evil/old:1", t=now - 2 * 86400)
-    op = start_operator("--standalone", "-n", ns, "-n", stale, "--openreports", "--openreports-interval", "1")
-    kubelet.pull("hunter", "aquasec/kube-hunter:0.6.8", count=2, t=now)  # seen now: retention keeps them
+    op = start_operator(
+        "--standalone", "-n", ns, "-n", stale, "--openreports", "--openreports-interval", "1"
+    )
+    kubelet.pull(
+        "hunter", "aquasec/kube-hunter:0.6.8", count=2, t=now
+    )  # seen now: retention keeps them
     kubelet.pull("miner", "evil/miner:1", t=now)
     kubelet.pull("cache", "evil/cache:1", t=now)
 
     def report(namespace):
-        r = cluster.kubectl("get", "reports.openreports.io", "pullwatch", "-n", namespace, "-o", "json", check=False)
+        r = cluster.kubectl(
+            "get", "reports.openreports.io", "pullwatch", "-n", namespace, "-o", "json", check=False
+        )
         return json.loads(r.stdout) if r.returncode == 0 else None
 
-    got = wait_for(lambda: (lambda r: r if r and len(r.get("results", [])) == 4 else None)(report(ns)), 30,
-                   what="the namespace's Report with four results")
-    assert got["source"] == "pullwatch" and got["summary"] == {"pass": 0, "fail": 3, "warn": 0, "error": 0, "skip": 1}
+    got = wait_for(
+        lambda: (lambda r: r if r and len(r.get("results", [])) == 4 else None)(report(ns)),
+        30,
+        what="the namespace's Report with four results",
+    )
+    assert got["source"] == "pullwatch" and got["summary"] == {
+        "pass": 0,
+        "fail": 3,
+        "warn": 0,
+        "error": 0,
+        "skip": 1,
+    }
     assert got["scope"] == {"apiVersion": "v1", "kind": "Namespace", "name": ns}
     first = got["results"][0]
-    assert (first["policy"], first["severity"], first["result"], first["scored"]) == (SCANNER, "high", "fail", True)
+    assert (first["policy"], first["severity"], first["result"], first["scored"]) == (
+        SCANNER,
+        "high",
+        "fail",
+        True,
+    )
     assert set(first["timestamp"]) == {"seconds", "nanos"} and first["timestamp"]["seconds"] > 0
-    assert first["resources"] == [{"apiVersion": "v1", "kind": "Pod", "name": "hunter", "namespace": ns}]
+    assert first["resources"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "hunter", "namespace": ns}
+    ]
     assert first["properties"]["riskScore"] == "81" and first["properties"]["count"] == "2"
     assert first["properties"]["resultID"].startswith("scanner-hunter-")
     skipped = next(r for r in got["results"] if r["result"] == "skip")
     assert skipped["properties"]["suppressedBy"] == f"{ns}/accepted"
     # Nothing was pruned by the structural schema: what is stored is what pullwatch wrote.
     from pullwatch.core.reports import report_for  # noqa: F401 - the same builder the operator used
+
     assert all(isinstance(v, str) for r in got["results"] for v in r["properties"].values())
-    # The stale namespace: its Finding goes by retention (a second operator with --retention) and so does its Report.
+    # The stale namespace: its Finding goes by retention (a second operator with --retention) and so
+    # does its Report.
     wait_for(lambda: report(stale) is not None, 30, what="the stale namespace's Report")
     op.stop()
-    start_operator("--standalone", "-n", ns, "-n", stale, "--openreports", "--openreports-interval", "1",
-                   "--retention", "1d", "--maintenance-interval", "2")
-    wait_for(lambda: report(stale) is None and cluster.findings(stale) == {}, 60,
-             what="the stale Finding and its Report removed")
+    start_operator(
+        "--standalone",
+        "-n",
+        ns,
+        "-n",
+        stale,
+        "--openreports",
+        "--openreports-interval",
+        "1",
+        "--retention",
+        "1d",
+        "--maintenance-interval",
+        "2",
+    )
+    wait_for(
+        lambda: report(stale) is None and cluster.findings(stale) == {},
+        60,
+        what="the stale Finding and its Report removed",
+    )
     time.sleep(3)  # more sweeps and Report writes: the fresh namespace keeps both
     assert len(cluster.findings(ns)) == 4 and len(report(ns)["results"]) == 4
 
 
 def _supp(name, ns, spec):
-    return {"apiVersion": SUPPRESSION, "kind": "Suppression", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": SUPPRESSION,
+        "kind": "Suppression",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def _ready(cluster, kind, name, ns=None):
@@ -112,42 +197,104 @@ def _ready(cluster, kind, name, ns=None):
 def test_suppressions_cover_the_right_things_are_counted_and_expire(cluster, start_operator):
     a, b = cluster.namespace("suppa"), cluster.namespace("suppb")
     pa, pb = Pulls(cluster, a), Pulls(cluster, b)
-    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for obj in (_supp("cis", a, {"reason": "weekly CIS benchmark", "rules": ["scanner"], "images": ["aquasec/kube-bench:*"],
-                                 "workloads": ["cis-*"]}),
-                _supp("temporary", a, {"reason": "until the fix ships", "workloads": ["legacy"], "expires": expires}),
-                _supp("overreach", a, {"reason": "x", "namespaces": ["*"]}),
-                _supp(f"ci-{b}", "pullwatch-system", {"reason": "CI builds", "rules": ["suspicious"], "namespaces": [b]})):
+    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=40)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    for obj in (
+        _supp(
+            "cis",
+            a,
+            {
+                "reason": "weekly CIS benchmark",
+                "rules": ["scanner"],
+                "images": ["aquasec/kube-bench:*"],
+                "workloads": ["cis-*"],
+            },
+        ),
+        _supp(
+            "temporary",
+            a,
+            {"reason": "until the fix ships", "workloads": ["legacy"], "expires": expires},
+        ),
+        _supp("overreach", a, {"reason": "x", "namespaces": ["*"]}),
+        _supp(
+            f"ci-{b}",
+            "pullwatch-system",
+            {"reason": "CI builds", "rules": ["suspicious"], "namespaces": [b]},
+        ),
+    ):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-    op = start_operator("--standalone", "-n", a, "-n", b, "--maintenance-interval", "3", "--census-interval", "1")
+    op = start_operator(
+        "--standalone", "-n", a, "-n", b, "--maintenance-interval", "3", "--census-interval", "1"
+    )
     pa.pull("cis-weekly", "aquasec/kube-bench:v0.7.0", count=2)  # scanner: covered; suspicious: not
-    pa.pull("hunter", "aquasec/kube-hunter:0.6.8")               # not covered: another workload and image
-    pa.pull("legacy", "evil/legacy:1", count=3)                  # covered until it expires
-    pb.pull("builder", "evil/builder:1")                         # covered by the cluster-wide one
+    pa.pull("hunter", "aquasec/kube-hunter:0.6.8")  # not covered: another workload and image
+    pa.pull("legacy", "evil/legacy:1", count=3)  # covered until it expires
+    pb.pull("builder", "evil/builder:1")  # covered by the cluster-wide one
 
     def cover(ns, rule, workload):
         f = cluster.by_workload(ns).get((rule, workload))
         return f and (f["status"].get("suppression") or {}).get("name")
 
-    wait_for(lambda: cover(a, SCANNER, "cis-weekly") == "cis" and cover(b, SUSPICIOUS, "builder") == f"ci-{b}"
-             and cover(a, SUSPICIOUS, "legacy") == "temporary", 30, what="the covered Findings")
+    wait_for(
+        lambda: (
+            cover(a, SCANNER, "cis-weekly") == "cis"
+            and cover(b, SUSPICIOUS, "builder") == f"ci-{b}"
+            and cover(a, SUSPICIOUS, "legacy") == "temporary"
+        ),
+        30,
+        what="the covered Findings",
+    )
     assert not cover(a, SUSPICIOUS, "cis-weekly") and not cover(a, SCANNER, "hunter")
     f = cluster.by_workload(a)[(SCANNER, "cis-weekly")]
-    assert f["status"]["count"] == 2 and f["status"]["suppressedPulls"] == 2  # still counted: evidence
-    cond, status = wait_for(lambda: _ready(cluster, "suppressions", "cis", a), 20, what="the Suppression's status")
+    assert (
+        f["status"]["count"] == 2 and f["status"]["suppressedPulls"] == 2
+    )  # still counted: evidence
+    cond, status = wait_for(
+        lambda: _ready(cluster, "suppressions", "cis", a), 20, what="the Suppression's status"
+    )
     assert cond["status"] == "True"
-    wait_for(lambda: _ready(cluster, "suppressions", "cis", a)[1].get("hidden") == 2, 30, what="hidden pulls counted")
-    cond, _ = wait_for(lambda: _ready(cluster, "suppressions", "overreach", a), 20, what="the refused one's status")
-    assert cond["status"] == "False" and "allowed only on Suppressions in pullwatch-system" in cond["message"]
+    wait_for(
+        lambda: _ready(cluster, "suppressions", "cis", a)[1].get("hidden") == 2,
+        30,
+        what="hidden pulls counted",
+    )
+    cond, _ = wait_for(
+        lambda: _ready(cluster, "suppressions", "overreach", a), 20, what="the refused one's status"
+    )
+    assert (
+        cond["status"] == "False"
+        and "allowed only on Suppressions in pullwatch-system" in cond["message"]
+    )
     # covered pulls are left out of the active metrics
-    assert op.metric("pullwatch_pulls_detected_total", rule=SCANNER, severity="high") == 1  # hunter only
+    assert (
+        op.metric("pullwatch_pulls_detected_total", rule=SCANNER, severity="high") == 1
+    )  # hunter only
     assert op.metric("pullwatch_pulls_suppressed_total", rule=SCANNER, severity="high") == 2
     table = cluster.kubectl("get", "suppressions", "-n", a).stdout.splitlines()
-    assert table[0].split()[:8] == ["NAME", "RULES", "IMAGES", "WORKLOADS", "EXPIRES", "HIDDEN", "FINDINGS", "READY"]
+    assert table[0].split()[:8] == [
+        "NAME",
+        "RULES",
+        "IMAGES",
+        "WORKLOADS",
+        "EXPIRES",
+        "HIDDEN",
+        "FINDINGS",
+        "READY",
+    ]
     # the temporary one expires: it stops covering, and says so
-    wait_for(lambda: not cover(a, SUSPICIOUS, "legacy"), 90, what="the expired Suppression to stop covering")
-    cond, _ = wait_for(lambda: (lambda r: r if r and r[0]["status"] == "False" else None)(
-        _ready(cluster, "suppressions", "temporary", a)), 30, what="Expired in its status")
+    wait_for(
+        lambda: not cover(a, SUSPICIOUS, "legacy"),
+        90,
+        what="the expired Suppression to stop covering",
+    )
+    cond, _ = wait_for(
+        lambda: (lambda r: r if r and r[0]["status"] == "False" else None)(
+            _ready(cluster, "suppressions", "temporary", a)
+        ),
+        30,
+        what="Expired in its status",
+    )
     assert cond["reason"] == "Expired"
 
 
@@ -156,16 +303,37 @@ def test_a_new_scanner_name_takes_effect_without_a_restart(cluster, start_operat
     kubelet = Pulls(cluster, ns)
     start_operator("--standalone", "-n", ns)
     kubelet.pull("secrets-a", "trufflesecurity/trufflehog:3.63")
-    wait_for(lambda: (SUSPICIOUS, "secrets-a") in cluster.by_workload(ns), 20, what="the pull, as merely suspicious")
+    wait_for(
+        lambda: (SUSPICIOUS, "secrets-a") in cluster.by_workload(ns),
+        20,
+        what="the pull, as merely suspicious",
+    )
     assert (SCANNER, "secrets-a") not in cluster.by_workload(ns)
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": SUPPRESSION, "kind": "ScannerImages", "metadata": {"name": "e2e-secret-scanners"},
-        "spec": {"names": ["trufflehog", "Not/Valid"]}}))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": SUPPRESSION,
+                "kind": "ScannerImages",
+                "metadata": {"name": "e2e-secret-scanners"},
+                "spec": {"names": ["trufflehog", "Not/Valid"]},
+            }
+        ),
+    )
     try:
-        cond, status = wait_for(lambda: _ready(cluster, "scannerimages", "e2e-secret-scanners"), 20,
-                                what="the ScannerImages status")
+        cond, status = wait_for(
+            lambda: _ready(cluster, "scannerimages", "e2e-secret-scanners"),
+            20,
+            what="the ScannerImages status",
+        )
         assert cond["status"] == "False" and status["names"] == 1 and status["namesInForce"] >= 12
         kubelet.pull("secrets-b", "trufflesecurity/trufflehog:3.63")
-        wait_for(lambda: (SCANNER, "secrets-b") in cluster.by_workload(ns), 20, what="a scanner Finding for trufflehog")
+        wait_for(
+            lambda: (SCANNER, "secrets-b") in cluster.by_workload(ns),
+            20,
+            what="a scanner Finding for trufflehog",
+        )
     finally:
         cluster.kubectl("delete", "scannerimages", "e2e-secret-scanners")

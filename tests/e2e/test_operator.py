@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import yaml
-
 from harness import PULLWATCH, ROOT, SA, SCANNER, SUSPICIOUS, wait_for
+
 from kubelet import image_event
 
 HUNTER = "aquasec/kube-hunter:0.6.8"
@@ -18,8 +18,12 @@ def allowed(name, images, namespaces=None):
     spec = {"images": images}
     if namespaces is not None:
         spec["namespaces"] = namespaces
-    return {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": name},
-            "spec": spec}
+    return {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def ready(cluster, name):
@@ -31,7 +35,9 @@ def ready(cluster, name):
 
 
 def test_manifests_apply_and_rbac_is_least_privilege(cluster):
-    assert cluster.kubectl("get", "deployment", "pullwatch", "-n", "pullwatch-system").returncode == 0
+    assert (
+        cluster.kubectl("get", "deployment", "pullwatch", "-n", "pullwatch-system").returncode == 0
+    )
     who = f"--as=system:serviceaccount:{SA[0]}:{SA[1]}"
 
     def can(*args):
@@ -40,17 +46,34 @@ def test_manifests_apply_and_rbac_is_least_privilege(cluster):
 
     assert can("watch", "events") and can("list", "events", "-A")
     assert can("create", "findings.pullwatch.dev", "-n", "default")
-    assert can("patch", "findings.pullwatch.dev", "-n", "default") and not can("update", "findings.pullwatch.dev")
+    assert can("patch", "findings.pullwatch.dev", "-n", "default") and not can(
+        "update", "findings.pullwatch.dev"
+    )
     assert can("update", "findings.pullwatch.dev", "--subresource=status", "-n", "default")
     assert can("delete", "findings.pullwatch.dev", "-n", "default")  # retention
     assert can("patch", "allowedimages.pullwatch.dev", "--subresource=status")
     assert not can("patch", "allowedimages.pullwatch.dev")  # the status only, never the spec
-    assert can("get", "pods", "-n", "default") and can("get", "replicasets.apps") and can("get", "jobs.batch")
-    for denied in (("get", "secrets", "-A"), ("list", "secrets"), ("create", "events"), ("list", "pods"),
-                   ("watch", "pods"), ("create", "pods"), ("update", "pods"), ("list", "replicasets.apps"),
-                   ("delete", "events"), ("delete", "allowedimages.pullwatch.dev"),
-                   ("update", "allowedimages.pullwatch.dev"), ("get", "configmaps"), ("get", "deployments.apps"),
-                   ("*", "*")):
+    assert (
+        can("get", "pods", "-n", "default")
+        and can("get", "replicasets.apps")
+        and can("get", "jobs.batch")
+    )
+    for denied in (
+        ("get", "secrets", "-A"),
+        ("list", "secrets"),
+        ("create", "events"),
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("create", "pods"),
+        ("update", "pods"),
+        ("list", "replicasets.apps"),
+        ("delete", "events"),
+        ("delete", "allowedimages.pullwatch.dev"),
+        ("update", "allowedimages.pullwatch.dev"),
+        ("get", "configmaps"),
+        ("get", "deployments.apps"),
+        ("*", "*"),
+    ):
         assert not can(*denied), denied
     # and with the operator's own token, not just impersonation:
     sa_config = cluster.local.service_account_kubeconfig(*SA)
@@ -62,24 +85,60 @@ def test_findings_scores_counts_and_columns(cluster, operator):
     ns = cluster.namespace("det")
     cluster.apply(allowed("e2e-det", ["nginx:1.25.*"], [ns]))
     wait_for(lambda: ready(cluster, "e2e-det"), what="AllowedImages status")
-    cluster.create_event(image_event("Pulling", ns, "hunter-1", HUNTER, node="worker-7", count=2, seq=1))
-    cluster.create_event(image_event("Pulling", ns, "miner", "docker.io/randomuser/xmrig:latest", seq=2))
+    cluster.create_event(
+        image_event("Pulling", ns, "hunter-1", HUNTER, node="worker-7", count=2, seq=1)
+    )
+    cluster.create_event(
+        image_event("Pulling", ns, "miner", "docker.io/randomuser/xmrig:latest", seq=2)
+    )
     cluster.create_event(image_event("Pulling", ns, "web", "nginx:1.25.3", seq=3))
-    cluster.create_event(image_event("Pulling", ns, "web2", "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0", seq=4))
+    cluster.create_event(
+        image_event(
+            "Pulling",
+            ns,
+            "web2",
+            "registry.example.net:5000/mirrors/aquasec/kube-bench:v0.7.0",
+            seq=4,
+        )
+    )
     wait_for(lambda: len(cluster.findings(ns)) == 5, what="5 Findings")
     by = cluster.by_workload(ns)
     # hunter-1: a StatefulSet's pod by its name (no such pod exists here: inferred, and said so)
-    assert set(by) == {(SCANNER, "hunter"), (SUSPICIOUS, "hunter"), (SUSPICIOUS, "miner"),
-                       (SCANNER, "web2"), (SUSPICIOUS, "web2")}
+    assert set(by) == {
+        (SCANNER, "hunter"),
+        (SUSPICIOUS, "hunter"),
+        (SUSPICIOUS, "miner"),
+        (SCANNER, "web2"),
+        (SUSPICIOUS, "web2"),
+    }
     hunter = by[(SCANNER, "hunter")]
-    assert (hunter["spec"]["riskScore"], hunter["spec"]["severity"], hunter["status"]["count"]) == (81, "high", 2)
-    assert hunter["spec"]["workload"] == {"kind": "StatefulSet", "name": "hunter", "source": "inferred"}
+    assert (hunter["spec"]["riskScore"], hunter["spec"]["severity"], hunter["status"]["count"]) == (
+        81,
+        "high",
+        2,
+    )
+    assert hunter["spec"]["workload"] == {
+        "kind": "StatefulSet",
+        "name": "hunter",
+        "source": "inferred",
+    }
     assert hunter["spec"]["message"] == "Kubernetes Scanner image pulled on host worker-7"
     assert hunter["spec"]["mitre"]["techniqueId"] == "T1526"
     assert by[(SUSPICIOUS, "miner")]["spec"]["riskScore"] == 49
     assert "ownerReferences" not in hunter["metadata"]  # evidence outlives the Pod
     table = cluster.kubectl("get", "findings", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "KIND", "WORKLOAD", "IMAGE", "PODS", "COUNT", "RAN", "LAST", "SEEN", "AGE"]
+    assert table[0].split() == [
+        "NAME",
+        "KIND",
+        "WORKLOAD",
+        "IMAGE",
+        "PODS",
+        "COUNT",
+        "RAN",
+        "LAST",
+        "SEEN",
+        "AGE",
+    ]
     row = next(line.split() for line in table if line.startswith("scanner-hunter-kube-hunter"))
     assert row[1:7] == ["StatefulSet", "hunter", HUNTER, "1", "2", "unknown"]
     wide = cluster.kubectl("get", "findings", "-n", ns, "-o", "wide").stdout.splitlines()
@@ -97,14 +156,20 @@ def test_series_count_follows_exactly(cluster, operator):
     name = stored["metadata"]["name"]
 
     def count():
-        c = [f["status"].get("count") for f in cluster.findings(ns).values() if f["spec"]["rule"] == SCANNER]
+        c = [
+            f["status"].get("count")
+            for f in cluster.findings(ns).values()
+            if f["spec"]["rule"] == SCANNER
+        ]
         return c[0] if c else None
 
     wait_for(lambda: count() == 1, what="count 1")
     cluster.set_count(ns, name, 4)
     wait_for(lambda: count() == 4, what="count 4")
     cluster.set_count(ns, name, 4)  # the same count again: nothing new
-    cluster.create_event(image_event("Pulled", ns, "hunter", HUNTER, seq=2))  # completes a pull: not another
+    cluster.create_event(
+        image_event("Pulled", ns, "hunter", HUNTER, seq=2)
+    )  # completes a pull: not another
     cluster.create_event(image_event("Pulling", ns, "marker", "marker/image:1", seq=3))
     wait_for(lambda: any("marker" in n for n in cluster.findings(ns)), what="the marker Finding")
     time.sleep(1)
@@ -125,7 +190,10 @@ def test_a_conflicting_write_is_reread_and_merged_and_keeps_triage_labels(cluste
     wait_for(lambda: counts() == [4], what="count 4 (max(pulling 4, pulled 3))")
     f = cluster.findings(ns)[name]
     assert f["status"]["outcomes"]["succeeded"] == 3
-    assert f["metadata"]["labels"]["triaged"] == "yes" and f["metadata"]["annotations"]["owner"] == "secops"
+    assert (
+        f["metadata"]["labels"]["triaged"] == "yes"
+        and f["metadata"]["annotations"]["owner"] == "secops"
+    )
 
 
 def test_allowlist_add_edit_delete_take_effect_on_the_next_pull(cluster, operator):
@@ -139,33 +207,42 @@ def test_allowlist_add_edit_delete_take_effect_on_the_next_pull(cluster, operato
         wait_for(lambda: any(marker in n for n in cluster.findings(ns)), what=f"marker of {pod}")
         return any(f["spec"]["workload"]["name"] == pod for f in cluster.findings(ns).values())
 
-    assert pull("a1", "corp/app:1")                         # nothing allows it yet
+    assert pull("a1", "corp/app:1")  # nothing allows it yet
     cluster.apply(allowed("e2e-allow", ["corp/app:*"], [ns]))
     wait_for(lambda: ready(cluster, "e2e-allow"), what="Ready")
-    assert not pull("a2", "corp/app:2")                     # added: allowed
+    assert not pull("a2", "corp/app:2")  # added: allowed
     assert pull("a3", "corp/other:1")
     cluster.apply(allowed("e2e-allow", ["corp/other:*"], [ns]))
     wait_for(lambda: ready(cluster, "e2e-allow"), what="Ready after edit")
-    assert pull("a4", "corp/app:3")                         # edited away: suspicious again
+    assert pull("a4", "corp/app:3")  # edited away: suspicious again
     assert not pull("a5", "corp/other:2")
     cluster.kubectl("delete", "allowedimages", "e2e-allow")
     time.sleep(0.5)
-    assert pull("a6", "corp/other:3")                       # deleted: nothing allows it
+    assert pull("a6", "corp/other:3")  # deleted: nothing allows it
 
 
 def test_invalid_allowedimages_refused_or_flagged_and_detection_goes_on(cluster, operator):
     ns = cluster.namespace("invalid")
     r = cluster.apply(allowed("e2e-empty-pattern", [""], [ns]), check=False)
-    assert r.returncode != 0 and "images" in r.stderr           # the schema refuses it
+    assert r.returncode != 0 and "images" in r.stderr  # the schema refuses it
     r = cluster.apply(allowed("e2e-not-a-list", "nginx", [ns]), check=False)
     assert r.returncode != 0
     cluster.apply(allowed("e2e-bad", ["NOT VALID", "**.evil.example/x", "good/image:*"], [ns]))
     cond = wait_for(lambda: ready(cluster, "e2e-bad"), what="status of e2e-bad")
-    assert cond["status"] == "False" and cond["reason"] == "InvalidPatterns" and "NOT VALID" in cond["message"]
-    status = json.loads(cluster.kubectl("get", "allowedimages", "e2e-bad", "-o", "json").stdout)["status"]
+    assert (
+        cond["status"] == "False"
+        and cond["reason"] == "InvalidPatterns"
+        and "NOT VALID" in cond["message"]
+    )
+    status = json.loads(cluster.kubectl("get", "allowedimages", "e2e-bad", "-o", "json").stdout)[
+        "status"
+    ]
     assert status["patterns"] == 1 and status["normalizedPatterns"] == ["docker.io/good/image:*"]
     columns = cluster.kubectl("get", "allowedimages", "e2e-bad").stdout.splitlines()
-    assert columns[0].split() == ["NAME", "NAMESPACES", "PATTERNS", "READY", "AGE"] and "False" in columns[1]
+    assert (
+        columns[0].split() == ["NAME", "NAMESPACES", "PATTERNS", "READY", "AGE"]
+        and "False" in columns[1]
+    )
     cluster.create_event(image_event("Pulling", ns, "ok", "good/image:1", seq=1))
     cluster.create_event(image_event("Pulling", ns, "bad", "evil/image:1", seq=2))
     wait_for(lambda: any("bad" in n for n in cluster.findings(ns)), what="detection still working")
@@ -180,17 +257,36 @@ def test_scan_of_the_same_events_gives_the_same_findings(cluster, operator, tmp_
     stored = cluster.create_event(image_event("Pulling", ns, "hunter", HUNTER, count=3, seq=1))
     cluster.create_event(image_event("Pulled", ns, "hunter", HUNTER, seq=2))
     cluster.create_event(image_event("Present", ns, "pp", "bishopfox/peirates:1.1.13", seq=3))
-    cluster.create_event(image_event("Pulling", ns, "ok", "quay.io/prometheus/node-exporter:v1", seq=4))
+    cluster.create_event(
+        image_event("Pulling", ns, "ok", "quay.io/prometheus/node-exporter:v1", seq=4)
+    )
     cluster.create_event(image_event("Pulling", ns, "miner", "evil/miner:1", seq=5))
     cluster.set_count(ns, stored["metadata"]["name"], 5)
-    wait_for(lambda: sorted(cluster.counts(ns).values()) == [1, 1, 1, 5, 5], what="operator Findings")
+    wait_for(
+        lambda: sorted(cluster.counts(ns).values()) == [1, 1, 1, 5, 5], what="operator Findings"
+    )
     time.sleep(3)  # and let the last coalesced status writes land
     operator_findings = cluster.findings(ns)
 
-    (tmp_path / "events.json").write_text(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
-    (tmp_path / "allowed.yaml").write_text(cluster.kubectl("get", "allowedimages", "-o", "yaml").stdout)
-    r = subprocess.run([PULLWATCH, "scan", str(tmp_path / "events.json"), "-a", str(tmp_path / "allowed.yaml"),
-                        "-o", "json"], capture_output=True, timeout=60)
+    (tmp_path / "events.json").write_text(
+        cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    )
+    (tmp_path / "allowed.yaml").write_text(
+        cluster.kubectl("get", "allowedimages", "-o", "yaml").stdout
+    )
+    r = subprocess.run(
+        [
+            PULLWATCH,
+            "scan",
+            str(tmp_path / "events.json"),
+            "-a",
+            str(tmp_path / "allowed.yaml"),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     scanned = {f["metadata"]["name"]: f for f in json.loads(r.stdout)["items"]}
     assert set(scanned) == set(operator_findings)
@@ -198,7 +294,10 @@ def test_scan_of_the_same_events_gives_the_same_findings(cluster, operator, tmp_
         live = operator_findings[name]
         assert f["spec"] == live["spec"], name
         assert f["status"]["count"] == live["status"]["count"]
-        assert f["status"]["outcomes"] == live["status"]["outcomes"] and f["status"]["origin"] == live["status"]["origin"]
+        assert (
+            f["status"]["outcomes"] == live["status"]["outcomes"]
+            and f["status"]["origin"] == live["status"]["origin"]
+        )
         series = lambda s: sorted(x.split(".")[0] for x in s["ledger"]["series"])  # noqa: E731 - minutes differ
         assert series(f["status"]) == series(live["status"])
     cluster.kubectl("delete", "allowedimages", "e2e-parity")
@@ -213,30 +312,58 @@ def test_real_audit_log_gives_the_same_detections_with_the_actor(cluster, operat
     wait_for(lambda: log.exists() and ns in log.read_text(errors="replace"), what="the audit log")
     r = subprocess.run([PULLWATCH, "scan", str(log), "-o", "json"], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    mine = {f["metadata"]["name"]: f for f in json.loads(r.stdout)["items"] if f["metadata"]["namespace"] == ns}
+    mine = {
+        f["metadata"]["name"]: f
+        for f in json.loads(r.stdout)["items"]
+        if f["metadata"]["namespace"] == ns
+    }
     assert set(mine) == set(cluster.findings(ns))
     miner = next(f for f in mine.values() if "miner" in f["metadata"]["name"])
     assert miner["spec"]["source"] == "audit" and miner["spec"]["actor"]["user"] == "admin"
     assert miner["spec"]["actor"]["sourceIPs"] == ["127.0.0.1"]
-    assert miner["spec"]["message"] == ("Suspicious image evil/miner:1 pulled in Kubernetes from ip 127.0.0.1 "
-                                        "by user admin")
+    assert miner["spec"]["message"] == (
+        "Suspicious image evil/miner:1 pulled in Kubernetes from ip 127.0.0.1 by user admin"
+    )
 
 
 def test_kustomize_output_is_plain_readable_yaml():
-    docs = list(yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")],
-                                                  capture_output=True, text=True, check=True).stdout))
+    docs = list(
+        yaml.safe_load_all(
+            subprocess.run(
+                ["kubectl", "kustomize", str(ROOT / "manifests")],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    )
     kinds = sorted(d["kind"] for d in docs)
     crds = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition")
-    assert crds == ["allowedimages.pullwatch.dev", "clusterkopfpeerings.kopf.dev", "findings.pullwatch.dev",
-                    "kopfpeerings.kopf.dev", "scannerimages.pullwatch.dev", "suppressions.pullwatch.dev"]
+    assert crds == [
+        "allowedimages.pullwatch.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "findings.pullwatch.dev",
+        "kopfpeerings.kopf.dev",
+        "scannerimages.pullwatch.dev",
+        "suppressions.pullwatch.dev",
+    ]
     assert "Deployment" in kinds
     dep = next(d for d in docs if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert (
+        pod["securityContext"]["runAsNonRoot"]
+        and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"][
+        "drop"
+    ] == ["ALL"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["resources"]["limits"]
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]
+        assert (
+            "*" not in rule["verbs"]
+            and "*" not in rule["resources"]
+            and "secrets" not in rule["resources"]
+        )

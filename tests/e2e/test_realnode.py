@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harness import ROOT, SCANNER, SUSPICIOUS, wait_for
+
 from kubelet import expected_outcomes, reported
 from localcluster import free_port
 from realnode import RealNode, Unavailable
@@ -45,14 +45,20 @@ def node(cluster):
     real.allowed = real.push("library/allowed:1.0")
     real.unlisted = real.push("acme/unlisted:1.0")
     real.hunter = real.push(HUNTER)
-    allowed = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": "real-node"},
-               "spec": {"namespaces": ["real-*"], "images": [f"{real.registry}/library/**"]}}
+    allowed = {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": "real-node"},
+        "spec": {"namespaces": ["real-*"], "images": [f"{real.registry}/library/**"]},
+    }
     cluster.apply(allowed)
     yield real
     cluster.kubectl("delete", "allowedimages", "real-node", "--ignore-not-found")
     problems = real.stop()
     if os.environ.get("PULLWATCH_RECORD_REAL_EVENTS") and CAPTURED:
-        RECORDED.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": CAPTURED}, indent=1) + "\n")
+        RECORDED.write_text(
+            json.dumps({"apiVersion": "v1", "kind": "List", "items": CAPTURED}, indent=1) + "\n"
+        )
         RECORDED_ALLOWLIST.write_text(json.dumps(allowed, indent=1) + "\n")
     assert problems == [], f"the real node left things behind: {problems}"
 
@@ -63,28 +69,55 @@ class Node:
     def __init__(self, cluster, real: RealNode):
         self.cluster, self.real = cluster, real
         self.ns = cluster.namespace("real")
-        cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",  # no controller-manager makes it
-                       "metadata": {"name": "default", "namespace": self.ns}, "automountServiceAccountToken": False})
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",  # no controller-manager makes it
+                "metadata": {"name": "default", "namespace": self.ns},
+                "automountServiceAccountToken": False,
+            }
+        )
 
-    def pod(self, name: str, image: str, policy: str = "Always", command: list[str] | None = None) -> None:
+    def pod(
+        self, name: str, image: str, policy: str = "Always", command: list[str] | None = None
+    ) -> None:
         container = {"name": name.split("-")[0], "image": image, "imagePullPolicy": policy}
         if command:
             container["command"] = command
-        self.cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns},
-                            "spec": {"nodeName": self.real.name, "hostNetwork": True,
-                                     "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
-                                     "containers": [container]}})
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": self.ns},
+                "spec": {
+                    "nodeName": self.real.name,
+                    "hostNetwork": True,
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [container],
+                },
+            }
+        )
 
     def delete(self, name: str) -> None:
         """Stop the kubelet trying: delete, then force (1.20 leaves a never-started pod Terminating)."""
         local = self.cluster.local
-        local.request("DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}", {"gracePeriodSeconds": 1})
-        local.request("DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}", {"gracePeriodSeconds": 0})
-        wait_for(lambda: local.request("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}")[0] == 404, 30,
-                 what=f"pod {name} gone")
+        local.request(
+            "DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}", {"gracePeriodSeconds": 1}
+        )
+        local.request(
+            "DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}", {"gracePeriodSeconds": 0}
+        )
+        wait_for(
+            lambda: local.request("GET", f"/api/v1/namespaces/{self.ns}/pods/{name}")[0] == 404,
+            30,
+            what=f"pod {name} gone",
+        )
 
     def events(self) -> list[dict]:
-        items = json.loads(self.cluster.kubectl("get", "events", "-n", self.ns, "-o", "json").stdout)["items"]
+        items = json.loads(
+            self.cluster.kubectl("get", "events", "-n", self.ns, "-o", "json").stdout
+        )["items"]
         return [e for e in items if (e.get("source") or {}).get("component") == "kubelet"]
 
     def did(self, pod: str) -> dict[str, int]:
@@ -98,13 +131,25 @@ class Node:
         attempts (its Pulling and already-present Events) and its outcomes are what the kubelet
         reported - both read again on every try: an outcome Event can be written a status
         interval after the pull it ends."""
+
         def check():
             did, f = self.did(pod), self.finding(rule, pod)
             status = (f or {}).get("status") or {}
-            return (f, did) if (status.get("count") == did["pulling"] + did["present"] and "outcomes" in status
-                                and outcomes(f) == expected_outcomes(did)) else None
-        return wait_for(check, timeout, what=f"the {rule} Finding of {pod} to count the kubelet's attempts "
-                                             "and their outcomes")
+            return (
+                (f, did)
+                if (
+                    status.get("count") == did["pulling"] + did["present"]
+                    and "outcomes" in status
+                    and outcomes(f) == expected_outcomes(did)
+                )
+                else None
+            )
+
+        return wait_for(
+            check,
+            timeout,
+            what=f"the {rule} Finding of {pod} to count the kubelet's attempts and their outcomes",
+        )
 
     def quiesce(self, pod: str, still: float = 3.0, timeout: float = 45) -> dict[str, int]:
         """What the kubelet reported for ``pod`` once it stops changing (after a delete, its last
@@ -127,13 +172,32 @@ class Node:
     def scan(self, events: list[dict], workdir: Path) -> dict[tuple[str, str], dict]:
         """`pullwatch scan` over these Events with the allowlist in force: {(rule, workload): Finding}.
         It must read every record and skip none."""
-        (workdir / "events.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": events}))
-        (workdir / "allow.json").write_text(self.cluster.kubectl("get", "allowedimages", "-o", "json").stdout)
-        r = subprocess.run([PULLWATCH, "scan", str(workdir / "events.json"), "-a", str(workdir / "allow.json"),
-                            "-o", "json"], capture_output=True, text=True, timeout=60)
+        (workdir / "events.json").write_text(
+            json.dumps({"apiVersion": "v1", "kind": "List", "items": events})
+        )
+        (workdir / "allow.json").write_text(
+            self.cluster.kubectl("get", "allowedimages", "-o", "json").stdout
+        )
+        r = subprocess.run(
+            [
+                PULLWATCH,
+                "scan",
+                str(workdir / "events.json"),
+                "-a",
+                str(workdir / "allow.json"),
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         assert "skipped: 0" in r.stderr and "damaged" not in r.stderr, r.stderr
-        return {(f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in json.loads(r.stdout)["items"]}
+        return {
+            (f["spec"]["rule"], f["spec"]["workload"]["name"]): f
+            for f in json.loads(r.stdout)["items"]
+        }
 
 
 def _stable(event: dict) -> dict:
@@ -156,17 +220,20 @@ def agree_with_scan(node: Node, pods_rules: list[tuple[str, str]], workdir: Path
         live, offline = node.finding(rule, pod), scanned[(rule, pod)]
         assert offline["status"]["count"] == live["status"]["count"], (rule, pod)
         assert outcomes(offline) == outcomes(live), (rule, pod)
-        assert (offline["status"]["outcomes"].get("lastError") or {}).get("class") == \
-            (live["status"]["outcomes"].get("lastError") or {}).get("class")
+        assert (offline["status"]["outcomes"].get("lastError") or {}).get("class") == (
+            live["status"]["outcomes"].get("lastError") or {}
+        ).get("class")
     assert {k for k in scanned if k[1] in {p for _, p in pods_rules}} == set(pods_rules)
 
 
 def columns(cluster, ns: str, name: str) -> dict[str, str]:
     """A Finding's row of `kubectl get findings -o wide` (its printer columns), by header."""
-    header, row = cluster.kubectl("get", "finding", name, "-n", ns, "-o", "wide").stdout.splitlines()[:2]
+    header, row = cluster.kubectl(
+        "get", "finding", name, "-n", ns, "-o", "wide"
+    ).stdout.splitlines()[:2]
     starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
     # headers may have one space inside ("LAST SEEN"): a column starts after two spaces or more
-    starts = [i for i in starts if i == 0 or header[i - 2:i] == "  "]
+    starts = [i for i in starts if i == 0 or header[i - 2 : i] == "  "]
     bounds = list(zip(starts, starts[1:] + [None]))
     return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
 
@@ -179,13 +246,21 @@ def no_skips(op) -> None:
 
 
 # -- the tests -----------------------------------------------------------------------------
-def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(cluster, node, start_operator, tmp_path):
+def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(
+    cluster, node, start_operator, tmp_path
+):
     n = Node(cluster, node)
-    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
+    op = start_operator(
+        "--standalone", "-n", n.ns
+    )  # its namespace only: other tests' Events are not its
     n.pod("hunter", node.hunter, "Always")
     n.pod("allowed", node.allowed, "Always")
     n.pod("unlisted", node.unlisted, "Always")
-    did = wait_for(lambda: (lambda d: d if d["pulled"] == 1 else None)(n.did("hunter")), 60, what="hunter pulled")
+    did = wait_for(
+        lambda: (lambda d: d if d["pulled"] == 1 else None)(n.did("hunter")),
+        60,
+        what="hunter pulled",
+    )
     assert did == {"pulling": 1, "pulled": 1, "present": 0, "failed": 0, "backoff": 0, "errors": 0}
     for rule in (SCANNER, SUSPICIOUS):
         f, _ = n.settled(rule, "hunter")
@@ -194,23 +269,37 @@ def test_always_is_one_pull_that_ran_and_allowed_and_unlisted_images_are_judged(
         assert f["spec"]["image"] == node.hunter and f["spec"]["node"] == node.name
         assert f["spec"]["reportedBy"]["component"] == "kubelet"
         assert f["spec"]["workload"] == {"kind": "Pod", "name": "hunter", "source": "read"}
-    wait_for(lambda: n.did("unlisted")["pulled"] == 1 and n.did("allowed")["pulled"] == 1, 60, what="all pulled")
+    wait_for(
+        lambda: n.did("unlisted")["pulled"] == 1 and n.did("allowed")["pulled"] == 1,
+        60,
+        what="all pulled",
+    )
     unlisted, _ = n.settled(SUSPICIOUS, "unlisted")
     assert unlisted["status"]["count"] == 1 and outcomes(unlisted)["ran"] == "yes"
     assert n.finding(SCANNER, "unlisted") is None
     assert n.finding(SUSPICIOUS, "allowed") is None and n.finding(SCANNER, "allowed") is None
     row = columns(cluster, n.ns, n.finding(SCANNER, "hunter")["metadata"]["name"])
     assert (row["KIND"], row["WORKLOAD"], row["COUNT"], row["RAN"]) == ("Pod", "hunter", "1", "yes")
-    agree_with_scan(n, [(SCANNER, "hunter"), (SUSPICIOUS, "hunter"), (SUSPICIOUS, "unlisted")], tmp_path)
+    agree_with_scan(
+        n, [(SCANNER, "hunter"), (SUSPICIOUS, "hunter"), (SUSPICIOUS, "unlisted")], tmp_path
+    )
     no_skips(op)
 
 
-def test_if_not_present_on_a_present_image_is_one_cached_pull(cluster, node, start_operator, tmp_path):
+def test_if_not_present_on_a_present_image_is_one_cached_pull(
+    cluster, node, start_operator, tmp_path
+):
     n = Node(cluster, node)
-    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
+    op = start_operator(
+        "--standalone", "-n", n.ns
+    )  # its namespace only: other tests' Events are not its
     node.preload(node.hunter)  # in the node's store, put there without the kubelet (no Events)
     n.pod("cached", node.hunter, "IfNotPresent")
-    did = wait_for(lambda: (lambda d: d if d["present"] == 1 else None)(n.did("cached")), 60, what="already present")
+    did = wait_for(
+        lambda: (lambda d: d if d["present"] == 1 else None)(n.did("cached")),
+        60,
+        what="already present",
+    )
     assert did == {"pulling": 0, "pulled": 0, "present": 1, "failed": 0, "backoff": 0, "errors": 0}
     f, _ = n.settled(SCANNER, "cached")
     assert f["status"]["count"] == 1
@@ -219,10 +308,14 @@ def test_if_not_present_on_a_present_image_is_one_cached_pull(cluster, node, sta
     no_skips(op)
 
 
-def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cluster, node, start_operator, tmp_path):
+def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(
+    cluster, node, start_operator, tmp_path
+):
     """Each restart is another "already present" on the same Event (count rising, a MODIFIED)."""
     n = Node(cluster, node)
-    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
+    op = start_operator(
+        "--standalone", "-n", n.ns
+    )  # its namespace only: other tests' Events are not its
     node.preload(node.hunter)
     n.pod("loop", node.hunter, "IfNotPresent", command=["/bin/busybox", "sh", "-c", "exit 1"])
     wait_for(lambda: n.did("loop")["present"] >= 2, 60, what="a second start")
@@ -233,8 +326,12 @@ def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cl
     n.delete("loop")
     did = n.quiesce("loop")
     assert did["pulling"] == 0 and did["present"] >= 3
-    series = [e for e in n.events() if e["involvedObject"]["name"] == "loop" and e["reason"] == "Pulled"]
-    assert len(series) == 1 and series[0]["count"] == did["present"], "one Event object, its count rising"
+    series = [
+        e for e in n.events() if e["involvedObject"]["name"] == "loop" and e["reason"] == "Pulled"
+    ]
+    assert len(series) == 1 and series[0]["count"] == did["present"], (
+        "one Event object, its count rising"
+    )
     f, settled_on = n.settled(SCANNER, "loop")
     assert settled_on == did and f["status"]["count"] == did["present"]
     assert outcomes(f) == expected_outcomes(did)
@@ -243,16 +340,26 @@ def test_a_crash_loop_counts_every_restart_exactly_across_an_operator_restart(cl
 
 
 @pytest.mark.parametrize("case", ["missing tag", "unreachable registry"])
-def test_a_pull_that_never_succeeds_fires_and_says_nothing_ran(cluster, node, start_operator, case, tmp_path):
+def test_a_pull_that_never_succeeds_fires_and_says_nothing_ran(
+    cluster, node, start_operator, case, tmp_path
+):
     n = Node(cluster, node)
-    op = start_operator("--standalone", "-n", n.ns)  # its namespace only: other tests' Events are not its
+    op = start_operator(
+        "--standalone", "-n", n.ns
+    )  # its namespace only: other tests' Events are not its
     if case == "missing tag":
         image, error = f"{node.registry}/aquasec/kube-hunter:9.9.9-missing", "not found"
     else:
-        image, error = f"127.0.0.1:{free_port()}/aquasec/kube-hunter:0.6.8", "unreachable"  # nothing listens
+        image, error = (
+            f"127.0.0.1:{free_port()}/aquasec/kube-hunter:0.6.8",
+            "unreachable",
+        )  # nothing listens
     n.pod("doomed", image, "Always")
-    wait_for(lambda: n.did("doomed")["pulling"] >= 2 and n.did("doomed")["backoff"] >= 1, 90,
-             what="a retried pull")
+    wait_for(
+        lambda: n.did("doomed")["pulling"] >= 2 and n.did("doomed")["backoff"] >= 1,
+        90,
+        what="a retried pull",
+    )
     n.delete("doomed")
     did = n.quiesce("doomed")
     assert did["pulled"] == 0 and did["present"] == 0 and did["failed"] >= 2 and did["errors"] >= 2
@@ -262,6 +369,11 @@ def test_a_pull_that_never_succeeds_fires_and_says_nothing_ran(cluster, node, st
         assert outcomes(f) == expected_outcomes(did) and outcomes(f)["ran"] == "no"
         assert f["status"]["outcomes"]["lastError"]["class"] == error
     row = columns(cluster, n.ns, n.finding(SCANNER, "doomed")["metadata"]["name"])
-    assert (row["COUNT"], row["RAN"], row["FAILED"], row["ERROR"]) == (str(did["pulling"]), "no", str(did["failed"]), error)
+    assert (row["COUNT"], row["RAN"], row["FAILED"], row["ERROR"]) == (
+        str(did["pulling"]),
+        "no",
+        str(did["failed"]),
+        error,
+    )
     agree_with_scan(n, [(SCANNER, "doomed"), (SUSPICIOUS, "doomed")], tmp_path)
     no_skips(op)

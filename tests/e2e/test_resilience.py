@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 
 import pytest
-
 from harness import SCANNER, SUSPICIOUS, FaultProxy, wait_for
-from kubelet import image_event
 from test_faults import Kubelet
+
+from kubelet import image_event
 
 
 @pytest.fixture
@@ -27,7 +26,9 @@ def proxy(cluster, tmp_path):
     p.stop()
 
 
-def test_a_frozen_connection_never_freezes_the_writer_and_a_silent_watch_is_noticed(cluster, proxy, start_operator):
+def test_a_frozen_connection_never_freezes_the_writer_and_a_silent_watch_is_noticed(
+    cluster, proxy, start_operator
+):
     """Every connection open at the freeze stops answering (no RST); new ones work. Before: the
     writer's call never returned and no Finding was written again, with liveness still green."""
     kubelet = Kubelet(cluster, cluster.namespace("freeze"))
@@ -41,17 +42,23 @@ def test_a_frozen_connection_never_freezes_the_writer_and_a_silent_watch_is_noti
         kubelet.bump(pod, 2)
     kubelet.pull("scan-frozen", count=3)
     took = kubelet.wait_exact(timeout=60)  # on new connections, within the deadlines
-    assert time.monotonic() - frozen_at < 60, f"recovered {time.monotonic() - frozen_at:.0f}s into the freeze"
+    assert time.monotonic() - frozen_at < 60, (
+        f"recovered {time.monotonic() - frozen_at:.0f}s into the freeze"
+    )
     assert op.probe()[0] == 200
     assert re.search(r"Event stream \(all namespaces\): nothing received for 10s", op.logs())
     proxy.thaw()
     kubelet.bump("scan-frozen", 1)
     kubelet.wait_exact(timeout=30)
-    print(f"\nfrozen connections: exact again {took:.1f}s after the pulls, "
-          f"{time.monotonic() - frozen_at:.1f}s after the freeze began")
+    print(
+        f"\nfrozen connections: exact again {took:.1f}s after the pulls, "
+        f"{time.monotonic() - frozen_at:.1f}s after the freeze began"
+    )
 
 
-def test_a_whole_frozen_path_to_the_api_server_recovers_when_it_thaws(cluster, proxy, start_operator):
+def test_a_whole_frozen_path_to_the_api_server_recovers_when_it_thaws(
+    cluster, proxy, start_operator
+):
     """SIGSTOP the proxy: no connection, old or new, gets an answer. The operator must not wedge:
     when it thaws, writes resume and counts are exact; the probe answers throughout."""
     kubelet = Kubelet(cluster, cluster.namespace("sigstop"))
@@ -95,8 +102,12 @@ def test_rbac_revoked_then_restored(cluster, start_operator):
     """Delete the ClusterRoleBinding for a minute, then restore it. Before: the operator exited with
     code 1 after the restore, or stood by 'for a peer with a higher priority' that did not exist."""
     kubelet = Kubelet(cluster, cluster.namespace("rbac"))
-    allowed = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": "e2e-rbac"},
-               "spec": {"namespaces": [kubelet.ns], "images": ["corp/ok:*"]}}
+    allowed = {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": "e2e-rbac"},
+        "spec": {"namespaces": [kubelet.ns], "images": ["corp/ok:*"]},
+    }
     cluster.apply(allowed)
     op = start_operator()  # with peering, alone: the peering object must be read to know it
     for i in range(4):
@@ -117,9 +128,16 @@ def test_rbac_revoked_then_restored(cluster, start_operator):
     kubelet.wait_exact(timeout=45)
     took = time.monotonic() - restored
     # the allowlist edit is in force, and its status says so
-    status = wait_for(lambda: (lambda s: s if s.get("patterns") == 2 else None)(
-        json.loads(cluster.kubectl("get", "allowedimages", "e2e-rbac", "-o", "json").stdout).get("status") or {}),
-        30, what="the AllowedImages status after the restore")
+    status = wait_for(
+        lambda: (lambda s: s if s.get("patterns") == 2 else None)(
+            json.loads(
+                cluster.kubectl("get", "allowedimages", "e2e-rbac", "-o", "json").stdout
+            ).get("status")
+            or {}
+        ),
+        30,
+        what="the AllowedImages status after the restore",
+    )
     assert status["conditions"][0]["status"] == "True"
     cluster.create_event(image_event("Pulling", kubelet.ns, "newapp", "corp/new:1", seq=900))
     kubelet.pull("app-marker")
@@ -138,13 +156,26 @@ def test_sigterm_in_the_middle_of_a_flush_writes_everything_counted(cluster, sta
     """400 new Findings pending, SIGTERM while they are being written. Before: exit 0 in 1.8 s
     with 189 Findings never written (their names had left the dirty set before being written)."""
     kubelet = Kubelet(cluster, cluster.namespace("sigterm"))
-    op = start_operator("--standalone", "--max-findings-per-namespace", "1000", "--flush-interval", "2")
+    op = start_operator(
+        "--standalone", "--max-findings-per-namespace", "1000", "--flush-interval", "2"
+    )
     for i in range(400):
         kubelet.pull(f"app-p{i}", count=1 + i % 3)
-    counted = lambda: op.metric("pullwatch_pulls_detected_total", rule=SUSPICIOUS, severity="medium")  # noqa: E731
-    wait_for(lambda: counted() == sum(kubelet.counts.values()), 60, interval=0.05, what="every pull counted")
-    wait_for(lambda: op.metric("pullwatch_api_writes_total", verb="create", outcome="ok") >= 20, 30, interval=0.02,
-             what="the flush to be under way")
+    counted = lambda: op.metric(
+        "pullwatch_pulls_detected_total", rule=SUSPICIOUS, severity="medium"
+    )
+    wait_for(
+        lambda: counted() == sum(kubelet.counts.values()),
+        60,
+        interval=0.05,
+        what="every pull counted",
+    )
+    wait_for(
+        lambda: op.metric("pullwatch_api_writes_total", verb="create", outcome="ok") >= 20,
+        30,
+        interval=0.02,
+        what="the flush to be under way",
+    )
     created = op.metric("pullwatch_api_writes_total", verb="create", outcome="ok")
     stopped = time.monotonic()
     code = op.stop(timeout=40)
@@ -152,16 +183,29 @@ def test_sigterm_in_the_middle_of_a_flush_writes_everything_counted(cluster, sta
     assert code == 0, op.logs()[-2000:]
     assert kubelet.exact(), f"{len(kubelet.observed())} of {len(kubelet.expected())} Findings right"
     assert "0 Findings left unwritten" in op.logs()
-    print(f"\nSIGTERM with {400 - created:.0f} of 400 Findings not yet created: all written, exit 0 in {took:.1f}s")
+    print(
+        f"\nSIGTERM with {400 - created:.0f} of 400 Findings not yet created: all written, exit 0 in {took:.1f}s"
+    )
 
 
 def test_liveness_answers_while_a_big_allowlist_is_compiled(cluster, start_operator):
     """Before: /healthz failed for 80-115 s while the event loop rebuilt allowlists (600 objects),
     so the Deployment's probe would have killed a healthy operator into a crash loop."""
-    objects = [{"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": f"e2e-many-{i}"},
-                "spec": {"namespaces": [f"team-{i}-*"], "images": [f"registry{i}.example/*/app-{j}:*" for j in range(100)]}}
-               for i in range(300)]
-    cluster.kubectl("create", "-f", "-", input="\n".join(json.dumps(o) for o in objects), timeout=120)
+    objects = [
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "AllowedImages",
+            "metadata": {"name": f"e2e-many-{i}"},
+            "spec": {
+                "namespaces": [f"team-{i}-*"],
+                "images": [f"registry{i}.example/*/app-{j}:*" for j in range(100)],
+            },
+        }
+        for i in range(300)
+    ]
+    cluster.kubectl(
+        "create", "-f", "-", input="\n".join(json.dumps(o) for o in objects), timeout=120
+    )
     try:
         op = start_operator("--standalone")
         answers = []
@@ -170,18 +214,35 @@ def test_liveness_answers_while_a_big_allowlist_is_compiled(cluster, start_opera
             answers.append(op.probe()[0])
             time.sleep(0.2)
         assert answers.count(200) == len(answers), answers
-        wait_for(lambda: all((o.get("status") or {}).get("patterns") == 100 for o in json.loads(
-            cluster.kubectl("get", "allowedimages", "-o", "json").stdout)["items"]
-            if o["metadata"]["name"].startswith("e2e-many-")), 60, what="all 300 statuses")
+        wait_for(
+            lambda: all(
+                (o.get("status") or {}).get("patterns") == 100
+                for o in json.loads(cluster.kubectl("get", "allowedimages", "-o", "json").stdout)[
+                    "items"
+                ]
+                if o["metadata"]["name"].startswith("e2e-many-")
+            ),
+            60,
+            what="all 300 statuses",
+        )
     finally:
-        cluster.kubectl("delete", "allowedimages", *[o["metadata"]["name"] for o in objects], "--wait=false", timeout=120)
+        cluster.kubectl(
+            "delete",
+            "allowedimages",
+            *[o["metadata"]["name"] for o in objects],
+            "--wait=false",
+            timeout=120,
+        )
 
 
 def test_an_unwritable_finding_backs_off_and_is_said_once(cluster, start_operator):
     """A namespace that refuses every Finding (here: one stuck in Terminating - no namespace
     controller runs - so that NamespaceLifecycle answers 403 to any create in it; a policy engine
     denying it would look the same). Before: 117 requests and 132 log lines in 30 s for one Finding."""
-    denied, fine = Kubelet(cluster, cluster.namespace("denied")), Kubelet(cluster, cluster.namespace("fine"))
+    denied, fine = (
+        Kubelet(cluster, cluster.namespace("denied")),
+        Kubelet(cluster, cluster.namespace("fine")),
+    )
     denied.pull("app-denied")
     cluster.kubectl("delete", "namespace", denied.ns, "--wait=false")
     assert "Terminating" in cluster.kubectl("get", "namespace", denied.ns).stdout
@@ -190,10 +251,18 @@ def test_an_unwritable_finding_backs_off_and_is_said_once(cluster, start_operato
     fine.pull("app-fine")
     fine.wait_exact()  # the other namespace is not held up
     time.sleep(max(0.0, 30 - (time.monotonic() - t0)))
-    audit = [json.loads(line) for line in cluster.local.audit_log.read_text(errors="replace").splitlines()
-             if denied.ns in line and "findings" in line]
-    attempts = [e for e in audit if e.get("verb") == "create" and (e.get("responseStatus") or {}).get("code") == 403
-                and (e.get("objectRef") or {}).get("namespace") == denied.ns]
+    audit = [
+        json.loads(line)
+        for line in cluster.local.audit_log.read_text(errors="replace").splitlines()
+        if denied.ns in line and "findings" in line
+    ]
+    attempts = [
+        e
+        for e in audit
+        if e.get("verb") == "create"
+        and (e.get("responseStatus") or {}).get("code") == 403
+        and (e.get("objectRef") or {}).get("namespace") == denied.ns
+    ]
     assert 2 <= len(attempts) <= 8, f"{len(attempts)} create attempts in 30 s"
     said = op.logs().count(f"Finding {denied.ns}/")
     assert 1 <= said <= 2, f"logged {said} times"
@@ -205,15 +274,31 @@ def test_a_huge_allowedimages_gets_a_bounded_status(cluster, start_operator):
     """A ~1.1 MB AllowedImages: its status repeated every pattern and the write failed (over etcd's
     request limit), leaving READY empty."""
     images = [f"registry.example.com/team-{j:05d}/{'component-' * 8}{j}:*" for j in range(10_000)]
-    obj = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages", "metadata": {"name": "e2e-huge"},
-           "spec": {"images": images}}
+    obj = {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "AllowedImages",
+        "metadata": {"name": "e2e-huge"},
+        "spec": {"images": images},
+    }
     assert len(json.dumps(obj)) > 1_000_000
     start_operator("--standalone")
-    cluster.kubectl("create", "-f", "-", input=json.dumps(obj), timeout=120)  # apply refuses > 256 KiB
+    cluster.kubectl(
+        "create", "-f", "-", input=json.dumps(obj), timeout=120
+    )  # apply refuses > 256 KiB
     try:
-        status = wait_for(lambda: (json.loads(cluster.kubectl("get", "allowedimages", "e2e-huge", "-o", "json",
-                                                              timeout=60).stdout).get("status") or None),
-                          60, interval=1, what="the status of a huge AllowedImages")
+        status = wait_for(
+            lambda: (
+                json.loads(
+                    cluster.kubectl(
+                        "get", "allowedimages", "e2e-huge", "-o", "json", timeout=60
+                    ).stdout
+                ).get("status")
+                or None
+            ),
+            60,
+            interval=1,
+            what="the status of a huge AllowedImages",
+        )
         assert status["patterns"] == 10_000 and status["conditions"][0]["status"] == "True"
         assert len(status["normalizedPatterns"]) == 20 and len(json.dumps(status)) < 8000
         assert "True" in cluster.kubectl("get", "allowedimages", "e2e-huge").stdout
@@ -233,19 +318,58 @@ def test_edits_to_a_finding_are_put_back_and_their_author_named(cluster, start_o
 
     original = spec()
     cluster.kubectl("label", "finding", name, "-n", kubelet.ns, "triage=done")  # people's: kept
-    cluster.kubectl("patch", "finding", name, "-n", kubelet.ns, "--type=merge",
-                    "-p", json.dumps({"spec": {"severity": "informational", "riskScore": 0, "image": "nginx:1"}}))
+    cluster.kubectl(
+        "patch",
+        "finding",
+        name,
+        "-n",
+        kubelet.ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"severity": "informational", "riskScore": 0, "image": "nginx:1"}}),
+    )
     wait_for(lambda: spec() == original, 20, what="the spec put back")
-    assert re.search(rf"Finding {kubelet.ns}/{name}: its spec was changed by kubectl-patch", op.logs())
-    cluster.kubectl("patch", "finding", name, "-n", kubelet.ns, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": {"count": 0}}))
+    assert re.search(
+        rf"Finding {kubelet.ns}/{name}: its spec was changed by kubectl-patch", op.logs()
+    )
+    cluster.kubectl(
+        "patch",
+        "finding",
+        name,
+        "-n",
+        kubelet.ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"count": 0}}),
+    )
     wait_for(kubelet.exact, 20, what="the count put back")
-    assert re.search(rf"Finding {kubelet.ns}/{name}: its count was changed to 0 by kubectl-patch", op.logs())
+    assert re.search(
+        rf"Finding {kubelet.ns}/{name}: its count was changed to 0 by kubectl-patch", op.logs()
+    )
     # while pullwatch is not running
     op.stop()
-    cluster.kubectl("patch", "finding", name, "-n", kubelet.ns, "--type=merge", "-p", '{"spec": {"severity": "low"}}')
-    cluster.kubectl("patch", "finding", name, "-n", kubelet.ns, "--subresource=status", "--type=merge",
-                    "-p", '{"status": {"count": 1}}')
+    cluster.kubectl(
+        "patch",
+        "finding",
+        name,
+        "-n",
+        kubelet.ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"severity": "low"}}',
+    )
+    cluster.kubectl(
+        "patch",
+        "finding",
+        name,
+        "-n",
+        kubelet.ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"count": 1}}',
+    )
     op2 = start_operator("--standalone")
     wait_for(lambda: spec() == original and kubelet.exact(), 30, what="both put back at start-up")
     assert "while pullwatch was not running" in op2.logs()
@@ -256,8 +380,11 @@ def test_edits_to_a_finding_are_put_back_and_their_author_named(cluster, start_o
 def test_every_process_a_test_starts_is_stopped_even_when_start_up_fails(cluster, tmp_path):
     """A failing e2e test leaked its operator (it ran on minutes after the suite ended)."""
     from harness import Operator
+
     op = Operator(cluster, tmp_path)
     op.health = free_port_nobody_listens_on = 1  # its probe is never reached: start-up fails
     with pytest.raises(AssertionError):
         op.start(timeout=3)
-    assert free_port_nobody_listens_on and op.proc.poll() is not None, "a failed start-up left its process running"
+    assert free_port_nobody_listens_on and op.proc.poll() is not None, (
+        "a failed start-up left its process running"
+    )

@@ -14,13 +14,14 @@ import json
 import time
 
 from harness import SCANNER, SUSPICIOUS, Workloads, wait_for
+
 from kubelet import EPOCH, image_event
 
 ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def generated(base: str, i: int) -> str:
-    return base + "".join(ALPHABET[(i // 27 ** k) % 27] for k in range(5))
+    return base + "".join(ALPHABET[(i // 27**k) % 27] for k in range(5))
 
 
 class Truth:
@@ -31,38 +32,75 @@ class Truth:
 
     def pull(self, pod: str, image: str, count: int = 1, kind: str = "Pulling", **kw) -> dict:
         self.seq += 1
-        return self.cluster.create_event(image_event(kind, self.ns, pod, image, count=count, seq=self.seq, **kw))
+        return self.cluster.create_event(
+            image_event(kind, self.ns, pod, image, count=count, seq=self.seq, **kw)
+        )
 
 
-def test_a_deployments_replicas_and_its_rollout_are_one_finding_per_rule_and_repository(cluster, start_operator):
+def test_a_deployments_replicas_and_its_rollout_are_one_finding_per_rule_and_repository(
+    cluster, start_operator
+):
     ns = cluster.namespace("deploy")
     start_operator("--standalone")
     objs, kubelet = Workloads(cluster, ns), Truth(cluster, ns)
     dep = objs.deployment("web", "evil/web:1")
     rs1 = objs.replicaset(dep, "web-7d9f8b6c5d", "7d9f8b6c5d", "evil/web:1")
-    pods1 = [objs.pod("ReplicaSet", rs1, generated("web-7d9f8b6c5d-", i), "evil/web:1",
-                      labels={"pod-template-hash": "7d9f8b6c5d"})["metadata"]["name"] for i in range(8)]
+    pods1 = [
+        objs.pod(
+            "ReplicaSet",
+            rs1,
+            generated("web-7d9f8b6c5d-", i),
+            "evil/web:1",
+            labels={"pod-template-hash": "7d9f8b6c5d"},
+        )["metadata"]["name"]
+        for i in range(8)
+    ]
     for i, pod in enumerate(pods1):
         kubelet.pull(pod, "evil/web:1", count=1 + i % 2, node=f"node-{i % 3}")
     # the rollout: a new ReplicaSet (new hash), a new tag, the same repository
     rs2 = objs.replicaset(dep, "web-5c4b9d8f67", "5c4b9d8f67", "evil/web:2")
-    pods2 = [objs.pod("ReplicaSet", rs2, generated("web-5c4b9d8f67-", i), "evil/web:2",
-                      labels={"pod-template-hash": "5c4b9d8f67"})["metadata"]["name"] for i in range(4)]
+    pods2 = [
+        objs.pod(
+            "ReplicaSet",
+            rs2,
+            generated("web-5c4b9d8f67-", i),
+            "evil/web:2",
+            labels={"pod-template-hash": "5c4b9d8f67"},
+        )["metadata"]["name"]
+        for i in range(4)
+    ]
     for pod in pods2:
         kubelet.pull(pod, "evil/web:2", node="node-0")
-        kubelet.pull(pod, "evil/web:2", kind="Pulled", node="node-0")  # completes that pull: not another
+        kubelet.pull(
+            pod, "evil/web:2", kind="Pulled", node="node-0"
+        )  # completes that pull: not another
     expected = sum(1 + i % 2 for i in range(8)) + 4
-    by = wait_for(lambda: (lambda b: b if b.get((SUSPICIOUS, "web"), {}).get("status", {}).get("count") == expected
-                           else None)(cluster.by_workload(ns)), 30, what=f"one Finding with {expected} pulls")
+    by = wait_for(
+        lambda: (
+            lambda b: (
+                b
+                if b.get((SUSPICIOUS, "web"), {}).get("status", {}).get("count") == expected
+                else None
+            )
+        )(cluster.by_workload(ns)),
+        30,
+        what=f"one Finding with {expected} pulls",
+    )
     assert list(by) == [(SUSPICIOUS, "web")]
     f = by[(SUSPICIOUS, "web")]
     assert f["spec"]["workload"] == {"kind": "Deployment", "name": "web", "source": "read"}
     assert f["spec"]["repository"] == "docker.io/evil/web"
     status = f["status"]
-    assert {i["image"]: i["count"] for i in status["images"]} == {"evil/web:1": expected - 4, "evil/web:2": 4}
+    assert {i["image"]: i["count"] for i in status["images"]} == {
+        "evil/web:1": expected - 4,
+        "evil/web:2": 4,
+    }
     assert (status["podCount"], status["nodeCount"], len(status["pods"])) == (12, 3, 10)
     assert status["outcomes"]["succeeded"] == 4 and status["outcomes"]["ran"] == "yes"
-    row = next(line.split() for line in cluster.kubectl("get", "findings", "-n", ns).stdout.splitlines()[1:])
+    row = next(
+        line.split()
+        for line in cluster.kubectl("get", "findings", "-n", ns).stdout.splitlines()[1:]
+    )
     assert row[1:7] == ["Deployment", "web", "evil/web:1", "12", str(expected), "yes"]
 
 
@@ -74,17 +112,34 @@ def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each(cluster, st
         job = objs.job("backup", f"backup-{minutes}", "evil/backup:1")
         pod = objs.pod("Job", job, generated(f"backup-{minutes}-", minutes % 97), "evil/backup:1")
         kubelet.pull(pod["metadata"]["name"], "evil/backup:1")
-    job = objs.job(None, "migrate-20261118", "evil/migrate:1")  # a Job of its own, named like a date
-    kubelet.pull(objs.pod("Job", job, generated("migrate-20261118-", 1), "evil/migrate:1")["metadata"]["name"],
-                 "evil/migrate:1")
+    job = objs.job(
+        None, "migrate-20261118", "evil/migrate:1"
+    )  # a Job of its own, named like a date
+    kubelet.pull(
+        objs.pod("Job", job, generated("migrate-20261118-", 1), "evil/migrate:1")["metadata"][
+            "name"
+        ],
+        "evil/migrate:1",
+    )
     # a DaemonSet's pods (no DaemonSet object is needed to be read: its pods' owner says it)
     ds = {"metadata": {"name": "agent", "uid": "0f3c1a1e-0000-4000-8000-000000000001"}}
     for n in range(5):
         pod = objs.pod("DaemonSet", ds, generated("agent-", n), "evil/agent:1")
         kubelet.pull(pod["metadata"]["name"], "evil/agent:1", node=f"node-{n}")
-    by = wait_for(lambda: (lambda b: b if len(b) == 3 and all(f["status"].get("count") for f in b.values()) else None)(
-        cluster.by_workload(ns)), 30, what="three Findings")
-    assert by[(SUSPICIOUS, "backup")]["spec"]["workload"] == {"kind": "CronJob", "name": "backup", "source": "read"}
+    by = wait_for(
+        lambda: (
+            lambda b: (
+                b if len(b) == 3 and all(f["status"].get("count") for f in b.values()) else None
+            )
+        )(cluster.by_workload(ns)),
+        30,
+        what="three Findings",
+    )
+    assert by[(SUSPICIOUS, "backup")]["spec"]["workload"] == {
+        "kind": "CronJob",
+        "name": "backup",
+        "source": "read",
+    }
     assert by[(SUSPICIOUS, "backup")]["status"]["count"] == 3
     assert by[(SUSPICIOUS, "migrate-20261118")]["spec"]["workload"]["kind"] == "Job"
     agent = by[(SUSPICIOUS, "agent")]
@@ -105,7 +160,11 @@ def test_caps_hold_and_the_overflow_is_counted_exactly(cluster, start_operator):
 
     def settled():
         by = cluster.by_workload(ns)
-        counts = [(f.get("status") or {}).get("count", 0) for (rule, _), f in by.items() if rule == SUSPICIOUS]
+        counts = [
+            (f.get("status") or {}).get("count", 0)
+            for (rule, _), f in by.items()
+            if rule == SUSPICIOUS
+        ]
         return by if (SUSPICIOUS, "(overflow)") in by and sum(counts) == total else None
 
     by = wait_for(settled, 30, what=f"{total} suspicious pulls, with an overflow Finding")
@@ -128,15 +187,29 @@ def test_retention_deletes_a_stale_finding_and_keeps_a_labelled_one(cluster, sta
         kubelet.pull(pod, f"evil/{pod}:1", t=now - 2 * 86400)  # last seen two days ago
     kubelet.pull("fresh", "evil/fresh:1", t=now)
     op = start_operator("--standalone", "--retention", "1d", "--maintenance-interval", "3")
-    wait_for(lambda: len(cluster.findings(ns)) == 3 or "retention" in op.logs(), 30, what="the Findings")
-    kept = next((n for n, f in cluster.findings(ns).items() if f["spec"]["workload"]["name"] == "kept"), None)
+    wait_for(
+        lambda: len(cluster.findings(ns)) == 3 or "retention" in op.logs(), 30, what="the Findings"
+    )
+    kept = next(
+        (n for n, f in cluster.findings(ns).items() if f["spec"]["workload"]["name"] == "kept"),
+        None,
+    )
     if kept is not None:
         cluster.kubectl("label", "finding", kept, "-n", ns, "pullwatch.dev/keep=true")
-    wait_for(lambda: {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()} == {"kept", "fresh"},
-             60, what="the stale Finding deleted, the kept and the fresh ones left")
+    wait_for(
+        lambda: (
+            {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()}
+            == {"kept", "fresh"}
+        ),
+        60,
+        what="the stale Finding deleted, the kept and the fresh ones left",
+    )
     assert f"retention: deleted Finding {ns}/" in op.logs()
     time.sleep(8)  # later sweeps leave them alone too
-    assert {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()} == {"kept", "fresh"}
+    assert {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()} == {
+        "kept",
+        "fresh",
+    }
 
 
 def test_the_scanner_finding_is_written_first_in_a_flood(cluster, start_operator):
@@ -149,11 +222,23 @@ def test_the_scanner_finding_is_written_first_in_a_flood(cluster, start_operator
     kubelet.pull("hunter", "aquasec/kube-hunter:0.6.8")  # the last Event of the flood
     start_operator("--standalone", "--max-findings-per-namespace", "2000")
     wait_for(lambda: (SCANNER, "hunter") in cluster.by_workload(ns), 60, what="the scanner Finding")
-    creates = [json.loads(line) for line in cluster.local.audit_log.read_text(errors="replace").splitlines()
-               if ns in line and '"create"' in line and "findings" in line]
-    order = [e["objectRef"]["name"] for e in sorted(
-        (e for e in creates if e.get("stage") == "ResponseComplete" and (e.get("objectRef") or {}).get("namespace") == ns),
-        key=lambda e: e["requestReceivedTimestamp"])]
+    creates = [
+        json.loads(line)
+        for line in cluster.local.audit_log.read_text(errors="replace").splitlines()
+        if ns in line and '"create"' in line and "findings" in line
+    ]
+    order = [
+        e["objectRef"]["name"]
+        for e in sorted(
+            (
+                e
+                for e in creates
+                if e.get("stage") == "ResponseComplete"
+                and (e.get("objectRef") or {}).get("namespace") == ns
+            ),
+            key=lambda e: e["requestReceivedTimestamp"],
+        )
+    ]
     rank = next(i for i, name in enumerate(order) if name.startswith("scanner-hunter-"))
     assert rank < 4, f"the scanner Finding was create number {rank + 1} of the flood"
     wait_for(lambda: len(cluster.findings(ns)) == 1502, 120, what="the whole flood written")

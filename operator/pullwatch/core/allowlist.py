@@ -26,8 +26,9 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .. import API_VERSION
 from .imageref import InvalidImageReference, parse_image
@@ -85,8 +86,11 @@ def policy_from_object(obj: Any) -> Policy:
             return _unusable(name, "spec.namespaces must be a list of globs")
         for i, glob in enumerate(raw_ns):
             if not isinstance(glob, str) or not glob or len(glob) > MAX_NAMESPACE_GLOB_LENGTH:
-                return _unusable(name, f"spec.namespaces[{i}] must be a non-empty string of at most "
-                                       f"{MAX_NAMESPACE_GLOB_LENGTH} characters")
+                return _unusable(
+                    name,
+                    f"spec.namespaces[{i}] must be a non-empty string of at most "
+                    f"{MAX_NAMESPACE_GLOB_LENGTH} characters",
+                )
         namespaces = tuple(raw_ns)
         # One compiled alternation (namespace names are <= 63 characters, so stdlib re is safe);
         # none at all for an empty list: an empty alternation would match every namespace.
@@ -102,12 +106,21 @@ def policy_from_object(obj: Any) -> Policy:
         problems += matcher.rejected.values()
         patterns = [p for i, p in enumerate(patterns) if i not in matcher.rejected]
     if namespaces == ():
-        problems.append("spec.namespaces is empty: this object applies to no namespace "
-                        "(leave the field out for every namespace)")
+        problems.append(
+            "spec.namespaces is empty: this object applies to no namespace "
+            "(leave the field out for every namespace)"
+        )
     if not raw_images:
         problems.append("spec.images is empty: this object allows nothing")
-    return Policy(name=name, namespaces=namespaces, patterns=tuple(patterns),
-                  problems=tuple(problems), usable=True, _ns_regex=ns_regex, matcher=matcher)
+    return Policy(
+        name=name,
+        namespaces=namespaces,
+        patterns=tuple(patterns),
+        problems=tuple(problems),
+        usable=True,
+        _ns_regex=ns_regex,
+        matcher=matcher,
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,9 @@ class Allowlist:
 
     def __init__(self, policies: Iterable[Policy] = ()):
         self.policies: tuple[Policy, ...] = tuple(policies)
-        self._usable = [p for p in self.policies if p.usable and p.patterns and p.matcher is not None]
+        self._usable = [
+            p for p in self.policies if p.usable and p.patterns and p.matcher is not None
+        ]
         self._cache: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
         self._by_namespace: dict[str, list[Policy]] = {}
 
@@ -150,19 +165,29 @@ class Allowlist:
         try:
             ref = parse_image(image)
         except InvalidImageReference as exc:
-            return Verdict(False, f"not a valid image reference ({exc}); it can never be allowlisted")
+            return Verdict(
+                False, f"not a valid image reference ({exc}); it can never be allowlisted"
+            )
         normalized = ref.normalized
         applicable = self._by_namespace.get(namespace)
         if applicable is None:
             if len(self._by_namespace) >= self.CACHE_SIZE:
                 self._by_namespace.clear()
-            applicable = self._by_namespace[namespace] = [p for p in self._usable if p.applies_to(namespace)]
+            applicable = self._by_namespace[namespace] = [
+                p for p in self._usable if p.applies_to(namespace)
+            ]
         for policy in applicable:
             hit = policy.matcher.match(normalized)  # type: ignore[union-attr]
             if hit is not None:
-                return Verdict(True, f"allowed by AllowedImages {policy.name} pattern {hit.raw!r}",
-                               policy.name, hit.raw)
-        return Verdict(False, f"no AllowedImages pattern for namespace {namespace} matches {normalized}")
+                return Verdict(
+                    True,
+                    f"allowed by AllowedImages {policy.name} pattern {hit.raw!r}",
+                    policy.name,
+                    hit.raw,
+                )
+        return Verdict(
+            False, f"no AllowedImages pattern for namespace {namespace} matches {normalized}"
+        )
 
 
 def objects_from_documents(docs: Iterable[Any]) -> Iterable[Any]:
@@ -171,8 +196,12 @@ def objects_from_documents(docs: Iterable[Any]) -> Iterable[Any]:
     for doc in docs:
         if doc is None:
             continue
-        if isinstance(doc, Mapping) and isinstance(doc.get("kind"), str) \
-                and doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
+        if (
+            isinstance(doc, Mapping)
+            and isinstance(doc.get("kind"), str)
+            and doc["kind"].endswith("List")
+            and isinstance(doc.get("items"), list)
+        ):
             yield from doc["items"]
         else:
             yield doc

@@ -17,7 +17,8 @@ Finding and its message.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .pulls import Actor, DecodeError, Pull, decode_event, event_head
 
@@ -41,9 +42,12 @@ def actor_of(entry: Mapping[str, Any]) -> Actor:
     # With impersonation the request acts as impersonatedUser; the authenticated user did it.
     username = user.get("username") if isinstance(user.get("username"), str) else None
     agent = entry.get("userAgent")
-    return Actor(user=username, groups=_strings(user.get("groups")),
-                 source_ips=_strings(entry.get("sourceIPs")),
-                 user_agent=agent if isinstance(agent, str) else None)
+    return Actor(
+        user=username,
+        groups=_strings(user.get("groups")),
+        source_ips=_strings(entry.get("sourceIPs")),
+        user_agent=agent if isinstance(agent, str) else None,
+    )
 
 
 class AuditDeduper:
@@ -81,7 +85,11 @@ def _created_event(entry: Mapping[str, Any]) -> tuple[Any, str] | None:
         # body to read here (the ResponseComplete stage, if logged, carries it).
         return None
     status = entry.get("responseStatus")
-    if isinstance(status, Mapping) and isinstance(status.get("code"), int) and status["code"] >= 400:
+    if (
+        isinstance(status, Mapping)
+        and isinstance(status.get("code"), int)
+        and status["code"] >= 400
+    ):
         return None
     namespace = ref.get("namespace")
     return request, namespace if isinstance(namespace, str) and namespace else "default"
@@ -98,7 +106,9 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
     created = _created_event(entry)
     if created is None:
         return None
-    pull = decode_event(created[0], source="audit", actor=actor_of(entry), default_namespace=created[1])
+    pull = decode_event(
+        created[0], source="audit", actor=actor_of(entry), default_namespace=created[1]
+    )
     if pull is None:
         return None
     audit_id = entry.get("auditID")
@@ -116,4 +126,6 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
         series = f"audit:{audit_id}"
     when = entry.get("requestReceivedTimestamp")
     when = when if isinstance(when, str) else None
-    return pull._replace(series=series, first_seen=pull.first_seen or when, last_seen=pull.last_seen or when)
+    return pull._replace(
+        series=series, first_seen=pull.first_seen or when, last_seen=pull.last_seen or when
+    )

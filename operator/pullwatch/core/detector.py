@@ -34,17 +34,17 @@ caps, so a flood of suspicious pulls can never push a scanner pull into an overf
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from .allowlist import Allowlist
-from .findings import RULES_BY_SHORT, Identity, Origin, minute_of, repository_of
+from .findings import RULES_BY_SHORT, Identity, Origin, instant, minute_of, repository_of
 from .imageref import ImageRef, InvalidImageReference, parse_image
 from .ledger import MAX_SERIES, short_hash
 from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
-from .findings import instant
 from .state import FindingState
 from .suppressions import Suppression, Suppressions
 from .workload import Workload, infer
@@ -99,8 +99,13 @@ class Detector:
 
     RULES_CACHE = 16384
 
-    def __init__(self, allowlist: Allowlist, scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
-                 caps: Caps | None = None, live_series: int | None = None):
+    def __init__(
+        self,
+        allowlist: Allowlist,
+        scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
+        caps: Caps | None = None,
+        live_series: int | None = None,
+    ):
         self._scanners = frozenset(scanners)
         self.caps = caps
         self.live_series = live_series
@@ -108,7 +113,9 @@ class Detector:
         self.owners: dict[int, str] = {}  # route(rule, series hash) -> Finding name
         self.per_rule: Counter[str] = Counter()
         self.per_namespace: Counter[tuple[str, str]] = Counter()
-        self._rules_cache: dict[tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]] = {}
+        self._rules_cache: dict[
+            tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]
+        ] = {}
         self.allowlist = allowlist
         self.suppressions = Suppressions()
 
@@ -130,7 +137,9 @@ class Detector:
         self._allowlist = value
         self._rules_cache = {}  # verdicts of the old allowlist must not outlive it
 
-    def rules_for(self, namespace: str, image: str) -> list[tuple[Rule, ImageRef | None, str | None]]:
+    def rules_for(
+        self, namespace: str, image: str
+    ) -> list[tuple[Rule, ImageRef | None, str | None]]:
         """Which rules fire for ``image`` pulled in ``namespace``: (rule, parsed image, why not
         allowed). Cached: the same few hundred (namespace, image) pairs repeat all day."""
         key = (namespace, image)
@@ -153,8 +162,13 @@ class Detector:
         self._rules_cache[key] = fired
         return fired
 
-    def observe(self, pull: Pull, workload: Workload | None = None, minute: int | None = None,
-                now: float | None = None) -> list[Detection]:
+    def observe(
+        self,
+        pull: Pull,
+        workload: Workload | None = None,
+        minute: int | None = None,
+        now: float | None = None,
+    ) -> list[Detection]:
         """Count ``pull``. ``minute``: when it was observed (minutes since the epoch; the operator's
         clock); a series is closed a TTL after it was last *observed*, never by the Event's own
         timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time.
@@ -174,7 +188,9 @@ class Detector:
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)
             identity = Identity(rule.short, pull.involved.namespace, workload.name, repository)
-            state, created, folded = self._route(rule.short, series_key, identity, pull, workload, not_allowed)
+            state, created, folded = self._route(
+                rule.short, series_key, identity, pull, workload, not_allowed
+            )
             delta = state.observe(pull, series, when)
             if state.identity.is_overflow:
                 folded = folded or identity
@@ -183,8 +199,12 @@ class Detector:
                 state.ledger.bound(self.live_series)
             image = ref.normalized if ref else pull.image
             # the Finding's own workload (it may have been read, where this pull's is inferred)
-            workload_name = identity.workload if state.identity.is_overflow else state.identity.workload
-            covered = self.suppressions.covering(rule.name, identity.namespace, workload_name, image, now)
+            workload_name = (
+                identity.workload if state.identity.is_overflow else state.identity.workload
+            )
+            covered = self.suppressions.covering(
+                rule.name, identity.namespace, workload_name, image, now
+            )
             state.last_image = image
             self._cover(state, covered)
             if covered is not None:
@@ -198,14 +218,23 @@ class Detector:
         read the pod's owners (a relist after a restart re-reads no pod it has counted)."""
         fired = self.rules_for(pull.involved.namespace, pull.image)
         key = short_hash(series_of(pull), 48)
-        return bool(fired) and all(self.owners.get(route(rule.short, key)) in self.states for rule, _, _ in fired)
+        return bool(fired) and all(
+            self.owners.get(route(rule.short, key)) in self.states for rule, _, _ in fired
+        )
 
     @staticmethod
     def _cover(state: FindingState, covered: Suppression | None) -> bool:
         """Record which Suppression covers the Finding's latest pull; whether that changed."""
-        wanted = None if covered is None else {
-            "namespace": covered.namespace, "name": covered.name, "reason": covered.reason,
-            **({"expires": covered_expiry(covered)} if covered.expires is not None else {})}
+        wanted = (
+            None
+            if covered is None
+            else {
+                "namespace": covered.namespace,
+                "name": covered.name,
+                "reason": covered.reason,
+                **({"expires": covered_expiry(covered)} if covered.expires is not None else {}),
+            }
+        )
         changed = wanted != state.suppression
         state.suppression = wanted
         return changed
@@ -217,14 +246,22 @@ class Detector:
             if state.last_image is None or state.identity.is_overflow:
                 continue
             rule = RULES_BY_SHORT[state.identity.rule]
-            covered = self.suppressions.covering(rule.name, state.namespace, state.identity.workload,
-                                                 state.last_image, now)
+            covered = self.suppressions.covering(
+                rule.name, state.namespace, state.identity.workload, state.last_image, now
+            )
             if self._cover(state, covered):
                 changed.append(state)
         return changed
 
-    def _route(self, rule: str, series_key: int, identity: Identity, pull: Pull, workload: Workload,
-               not_allowed: str | None) -> tuple[FindingState, bool, Identity | None]:
+    def _route(
+        self,
+        rule: str,
+        series_key: int,
+        identity: Identity,
+        pull: Pull,
+        workload: Workload,
+        not_allowed: str | None,
+    ) -> tuple[FindingState, bool, Identity | None]:
         owner = self.owners.get(route(rule, series_key))
         state = self.states.get(owner) if owner else None
         if state is not None:
@@ -243,7 +280,10 @@ class Detector:
         return state, created, folded
 
     def _admits(self, rule: str, namespace: str) -> bool:
-        return self.per_rule[rule] < self.caps.total and self.per_namespace[(rule, namespace)] < self.caps.per_namespace
+        return (
+            self.per_rule[rule] < self.caps.total
+            and self.per_namespace[(rule, namespace)] < self.caps.per_namespace
+        )
 
     # -- the set of Findings ---------------------------------------------------------------------
     def add(self, state: FindingState) -> FindingState:
@@ -281,7 +321,11 @@ class Detector:
 
     def prune_routes(self) -> None:
         """Forget the routes of series no ledger holds any more (closed slots): bounded memory."""
-        self.owners = {route(s.identity.rule, key): s.name for s in self.states.values() for key in s.series_keys()}
+        self.owners = {
+            route(s.identity.rule, key): s.name
+            for s in self.states.values()
+            for key in s.series_keys()
+        }
 
     def cool(self, idle_before: int, busy: Any = ()) -> int:
         """Pack the Findings not observed since minute ``idle_before`` (and not in ``busy``: being
@@ -293,12 +337,16 @@ class Detector:
                 n += state.cold
         return n
 
-    def findings(self) -> "FindingsView":
+    def findings(self) -> FindingsView:
         """Every Finding with at least one pull, sorted by namespace and name. A lazy sequence:
         each body is built when it is read, so writing 20,000 Findings out does not hold 20,000
         bodies in memory at once."""
-        return FindingsView(sorted((s for s in self.states.values() if s.count > 0),
-                                   key=lambda s: (s.namespace, s.name)))
+        return FindingsView(
+            sorted(
+                (s for s in self.states.values() if s.count > 0),
+                key=lambda s: (s.namespace, s.name),
+            )
+        )
 
 
 class FindingsView:
@@ -327,7 +375,15 @@ def route(rule: str, series_key: int) -> int:
 
 
 def covered_expiry(s: Suppression) -> str:
-    return datetime.fromtimestamp(s.expires or 0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(s.expires or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["Caps", "Detection", "Detector", "FindingsView", "MAX_SERIES", "series_of", "workload_of"]
+__all__ = [
+    "MAX_SERIES",
+    "Caps",
+    "Detection",
+    "Detector",
+    "FindingsView",
+    "series_of",
+    "workload_of",
+]

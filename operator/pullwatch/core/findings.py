@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from .. import API_VERSION
@@ -62,13 +62,13 @@ def repository_of(image: str) -> str:
 
 
 class Identity(NamedTuple):
-    rule: str        # the rule's short name: scanner | suspicious
+    rule: str  # the rule's short name: scanner | suspicious
     namespace: str
-    workload: str    # the workload's name (OVERFLOW for the overflow Finding)
+    workload: str  # the workload's name (OVERFLOW for the overflow Finding)
     repository: str
 
     @classmethod
-    def overflow(cls, rule: str, namespace: str) -> "Identity":
+    def overflow(cls, rule: str, namespace: str) -> Identity:
         return cls(rule, namespace, OVERFLOW, "")
 
     @property
@@ -80,10 +80,14 @@ class Identity(NamedTuple):
         return finding_name(*self)
 
 
-@functools.lru_cache(maxsize=4096)  # the operator keeps each Finding's name; scan's hot path repeats
+@functools.lru_cache(
+    maxsize=4096
+)  # the operator keeps each Finding's name; scan's hot path repeats
 def finding_name(rule: str, namespace: str, workload: str, repository: str) -> str:
     """Readable and deterministic; a valid DNS subdomain well under 253 characters."""
-    digest = hashlib.sha256("\0".join((rule, namespace, workload, repository)).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(
+        "\0".join((rule, namespace, workload, repository)).encode()
+    ).hexdigest()[:10]
     if workload == OVERFLOW:
         return f"{rule}-overflow-{digest}"
     image = repository.rsplit("/", 1)[-1]
@@ -98,37 +102,58 @@ class Origin(NamedTuple):
     workload_kind: str
     workload_source: str
     component: str | None
-    source: str                       # events | audit
-    user: str | None = None           # audit: who created the kubelet's Event
+    source: str  # events | audit
+    user: str | None = None  # audit: who created the kubelet's Event
     groups: tuple[str, ...] = ()
     source_ips: tuple[str, ...] = ()
     user_agent: str | None = None
-    not_allowed: str | None = None    # suspicious rule: why the image is not allowed
+    not_allowed: str | None = None  # suspicious rule: why the image is not allowed
 
     @classmethod
-    def of(cls, pull: Pull, workload: Workload, not_allowed: str | None) -> "Origin":
+    def of(cls, pull: Pull, workload: Workload, not_allowed: str | None) -> Origin:
         actor = pull.actor
-        return cls(cut(pull.image), cut(pull.node), workload.kind, workload.source, cut(pull.component),
-                   pull.source, cut(actor.user) if actor else None,
-                   tuple(cut(g, 253) for g in actor.groups[:16]) if actor else (),
-                   tuple(cut(ip, 64) for ip in actor.source_ips[:8]) if actor else (),
-                   cut(actor.user_agent, 256) if actor else None, cut(not_allowed))
+        return cls(
+            cut(pull.image),
+            cut(pull.node),
+            workload.kind,
+            workload.source,
+            cut(pull.component),
+            pull.source,
+            cut(actor.user) if actor else None,
+            tuple(cut(g, 253) for g in actor.groups[:16]) if actor else (),
+            tuple(cut(ip, 64) for ip in actor.source_ips[:8]) if actor else (),
+            cut(actor.user_agent, 256) if actor else None,
+            cut(not_allowed),
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"image": self.image, "node": self.node, "workloadKind": self.workload_kind,
-                               "workloadSource": self.workload_source, "component": self.component,
-                               "source": self.source}
+        out: dict[str, Any] = {
+            "image": self.image,
+            "node": self.node,
+            "workloadKind": self.workload_kind,
+            "workloadSource": self.workload_source,
+            "component": self.component,
+            "source": self.source,
+        }
         if self.source == "audit":
-            out.update(user=self.user, groups=list(self.groups), sourceIPs=list(self.source_ips),
-                       userAgent=self.user_agent)
+            out.update(
+                user=self.user,
+                groups=list(self.groups),
+                sourceIPs=list(self.source_ips),
+                userAgent=self.user_agent,
+            )
         if self.not_allowed is not None:
             out["notAllowedReason"] = self.not_allowed
         return out
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Origin":
+    def from_dict(cls, d: Any) -> Origin:
         """Raises ValueError for anything but what ``as_dict`` writes."""
-        if not isinstance(d, dict) or not isinstance(d.get("image"), str) or d.get("source") not in ("events", "audit"):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("image"), str)
+            or d.get("source") not in ("events", "audit")
+        ):
             raise ValueError("not a Finding origin")
 
         def text(key: str, limit: int = MAX_TEXT) -> str | None:
@@ -137,18 +162,36 @@ class Origin(NamedTuple):
 
         def texts(key: str) -> tuple[str, ...]:
             v = d.get(key)
-            return tuple(cut(x, 253) for x in v[:16] if isinstance(x, str)) if isinstance(v, list) else ()
+            return (
+                tuple(cut(x, 253) for x in v[:16] if isinstance(x, str))
+                if isinstance(v, list)
+                else ()
+            )
 
-        return cls(cut(d["image"]), text("node"), text("workloadKind", 64) or "Pod",
-                   text("workloadSource", 16) or "inferred", text("component"), d["source"], text("user"),
-                   texts("groups"), texts("sourceIPs"), text("userAgent", 256), text("notAllowedReason"))
+        return cls(
+            cut(d["image"]),
+            text("node"),
+            text("workloadKind", 64) or "Pod",
+            text("workloadSource", 16) or "inferred",
+            text("component"),
+            d["source"],
+            text("user"),
+            texts("groups"),
+            texts("sourceIPs"),
+            text("userAgent", 256),
+            text("notAllowedReason"),
+        )
 
 
 def build_spec(identity: Identity, origin: Origin) -> dict[str, Any]:
     """The spec: the rule's identity and scoring, and the origin's facts. Deterministic."""
     rule = RULES_BY_SHORT[identity.rule]
-    message = rule.render(host=origin.node or "unknown", image=origin.image,
-                          src_ip=",".join(origin.source_ips) or None, user=origin.user)
+    message = rule.render(
+        host=origin.node or "unknown",
+        image=origin.image,
+        src_ip=",".join(origin.source_ips) or None,
+        user=origin.user,
+    )
     spec: dict[str, Any] = {
         "rule": rule.name,
         "ruleId": rule.id,
@@ -161,21 +204,33 @@ def build_spec(identity: Identity, origin: Origin) -> dict[str, Any]:
         "message": message,
     }
     if identity.is_overflow:
-        spec["message"] = (f"{rule.title}: detections past pullwatch's cap on Findings in namespace "
-                           f"{identity.namespace}, counted here together (see status.folded)")
+        spec["message"] = (
+            f"{rule.title}: detections past pullwatch's cap on Findings in namespace "
+            f"{identity.namespace}, counted here together (see status.folded)"
+        )
         spec["overflow"] = True
         return spec
-    spec.update({
-        "image": origin.image,
-        "repository": identity.repository,
-        "workload": {"kind": origin.workload_kind, "name": identity.workload, "source": origin.workload_source},
-        "node": origin.node,
-        "source": origin.source,
-        "reportedBy": reported_by(origin),
-    })
+    spec.update(
+        {
+            "image": origin.image,
+            "repository": identity.repository,
+            "workload": {
+                "kind": origin.workload_kind,
+                "name": identity.workload,
+                "source": origin.workload_source,
+            },
+            "node": origin.node,
+            "source": origin.source,
+            "reportedBy": reported_by(origin),
+        }
+    )
     if origin.source == "audit":
-        spec["actor"] = {"user": origin.user, "groups": list(origin.groups), "sourceIPs": list(origin.source_ips),
-                         "userAgent": origin.user_agent}
+        spec["actor"] = {
+            "user": origin.user,
+            "groups": list(origin.groups),
+            "sourceIPs": list(origin.source_ips),
+            "userAgent": origin.user_agent,
+        }
     if origin.not_allowed is not None:
         spec["notAllowedReason"] = origin.not_allowed
     return spec
@@ -189,7 +244,9 @@ def reported_by(origin: Origin) -> dict[str, Any]:
     if origin.source == "audit":
         out["user"] = origin.user
     user = out.get("user")
-    out["kubelet"] = origin.component == "kubelet" and (user is None or user.startswith("system:node:"))
+    out["kubelet"] = origin.component == "kubelet" and (
+        user is None or user.startswith("system:node:")
+    )
     return out
 
 
@@ -198,7 +255,9 @@ def rule_of_name(name: str) -> Rule | None:
     return RULES_BY_SHORT.get(name.split("-", 1)[0])
 
 
-def finding_body(identity: Identity, spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+def finding_body(
+    identity: Identity, spec: dict[str, Any], status: dict[str, Any]
+) -> dict[str, Any]:
     rule = RULES_BY_SHORT[identity.rule]
     labels = {LABEL_RULE: rule.name, LABEL_SEVERITY: rule.severity}
     if identity.is_overflow:
@@ -214,6 +273,7 @@ def finding_body(identity: Identity, spec: dict[str, Any], status: dict[str, Any
 
 # -- time ----------------------------------------------------------------------------------------
 
+
 def instant(stamp: str) -> datetime | None:
     """The moment an RFC 3339 stamp names (UTC when it says no zone), or None."""
     if not stamp:
@@ -222,7 +282,7 @@ def instant(stamp: str) -> datetime | None:
         moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def minute_of(stamp: str | None) -> int | None:

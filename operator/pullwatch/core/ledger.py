@@ -43,7 +43,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-PULLING, PULLED, PRESENT, FAILED, BACKOFF = KINDS = ("pulling", "pulled", "present", "failed", "backoff")
+PULLING, PULLED, PRESENT, FAILED, BACKOFF = KINDS = (
+    "pulling",
+    "pulled",
+    "present",
+    "failed",
+    "backoff",
+)
 _CODES = "idpfb"
 _KIND_OF_CODE = {c: i for i, c in enumerate(_CODES)}
 _INDEX = {k: i for i, k in enumerate(KINDS)}
@@ -74,7 +80,7 @@ def contribution(t: list[int]) -> int:
 
 
 class Ledger:
-    __slots__ = ("series", "slots", "closed", "count")
+    __slots__ = ("closed", "count", "series", "slots")
 
     def __init__(self) -> None:
         # series hash -> (slot hash, kind index, high-water count, minute of last update)
@@ -82,11 +88,20 @@ class Ledger:
         # slot hash -> [pulling, pulled, present, failed, backoff, minute of last update]; always
         # the sums of the slot's series (derived, never stored)
         self.slots: dict[int, list[int]] = {}
-        self.closed = [0, 0, 0, 0, 0, 0]  # pulls, then pulled, present, failed, backoff of closed slots
-        self.count = 0                    # closed pulls + the contributions of the live slots
+        self.closed = [
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]  # pulls, then pulled, present, failed, backoff of closed slots
+        self.count = 0  # closed pulls + the contributions of the live slots
 
     # -- counting -----------------------------------------------------------------------------
-    def observe(self, series_id: str, slot: tuple[str, str], kind: str, count: int, minute: int) -> int:
+    def observe(
+        self, series_id: str, slot: tuple[str, str], kind: str, count: int, minute: int
+    ) -> int:
         """Take one observation of a series (its cumulative ``count``); return the pulls it adds."""
         key = short_hash(series_id, 48)
         k = _INDEX[kind]
@@ -158,12 +173,14 @@ class Ledger:
             "v": 1,
             "closed": list(self.closed[:5]),
             "base": base,
-            "series": [f"{b64(h, 8)}{b64(v[0], 6)}{_CODES[v[1]]}{v[2]}.{v[3] - base}"
-                       for h, v in self.series.items()],
+            "series": [
+                f"{b64(h, 8)}{b64(v[0], 6)}{_CODES[v[1]]}{v[2]}.{v[3] - base}"
+                for h, v in self.series.items()
+            ],
         }
 
     @classmethod
-    def decode(cls, data: Any) -> "Ledger":
+    def decode(cls, data: Any) -> Ledger:
         """Raises ValueError for anything that is not a ledger this version wrote."""
         try:
             if not isinstance(data, dict) or data.get("v") != 1:
@@ -207,7 +224,7 @@ class Ledger:
         tally[old[1]] -= old[2]
         self.count += contribution(tally) - before
 
-    def merge(self, other: "Ledger") -> None:
+    def merge(self, other: Ledger) -> None:
         """Fold in a ledger written elsewhere (an earlier run, another replica): per series the
         higher high-water mark wins, per closed total the higher; never counts a pull twice."""
         for key, (slot_key, k, hw, minute) in other.series.items():

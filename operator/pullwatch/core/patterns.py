@@ -36,8 +36,9 @@ so no pattern (``**a**a**a**b``…) can make the operator backtrack catastrophic
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import re2
 
@@ -158,7 +159,7 @@ class PatternSet:
         self._chunks: dict[str | None, list[tuple[Any, list[int]]]] = {}
         for host, indices in by_host.items():
             for start in range(0, len(indices), self.CHUNK):
-                self._compile(host, indices[start:start + self.CHUNK])
+                self._compile(host, indices[start : start + self.CHUNK])
 
     def _compile(self, host: str | None, indices: list[int]) -> None:
         options = re2.Options()
@@ -168,9 +169,11 @@ class PatternSet:
             s.Add(self.patterns[i].regex)
         try:
             s.Compile()
-        except Exception:  # noqa: BLE001 - RE2 reports only "failed to compile Set"
+        except Exception:
             if len(indices) == 1:
-                self.rejected[indices[0]] = f"{self.patterns[indices[0]].raw!r}: too complex to match in linear time"
+                self.rejected[indices[0]] = (
+                    f"{self.patterns[indices[0]].raw!r}: too complex to match in linear time"
+                )
                 return
             half = len(indices) // 2
             self._compile(host, indices[:half])

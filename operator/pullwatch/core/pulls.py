@@ -31,8 +31,8 @@ cannot be used raises :class:`DecodeError` with a short, countable reason.
 
 from __future__ import annotations
 
-import re
 import functools
+import re
 from typing import Any, NamedTuple
 
 PULLING, PULLED, PRESENT, FAILED, BACKOFF = "pulling", "pulled", "present", "failed", "backoff"
@@ -55,38 +55,66 @@ _QUOTED = r'"([^"]{0,1100})"'
 _WORDINGS = (
     (re.compile(_COMBINED + r"pulling image " + _QUOTED, re.I), PULLING, "pulling"),
     (re.compile(_COMBINED + r"successfully pulled image " + _QUOTED, re.I), PULLED, "pulled"),
-    (re.compile(_COMBINED + r"container image " + _QUOTED + r" already present on machine", re.I),
-     PRESENT, "pulled"),
-    (re.compile(_COMBINED + r"failed to pull image " + _QUOTED + r"(?::\s*)?", re.I), FAILED, "failed"),
+    (
+        re.compile(
+            _COMBINED + r"container image " + _QUOTED + r" already present on machine", re.I
+        ),
+        PRESENT,
+        "pulled",
+    ),
+    (
+        re.compile(_COMBINED + r"failed to pull image " + _QUOTED + r"(?::\s*)?", re.I),
+        FAILED,
+        "failed",
+    ),
     (re.compile(_COMBINED + r"back-off pulling image " + _QUOTED, re.I), BACKOFF, "backoff"),
 )
 # What a failed pull's error says, in the words registries and runtimes use (checked in order:
 # Docker Hub answers "pull access denied … does not exist" for a missing repository, so "not
 # found" is looked for first).
 ERROR_CLASSES = (
-    ("not found", re.compile(r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I)),
-    ("unauthorized", re.compile(r"unauthorized|authentication required|access denied|denied|forbidden|"
-                                r"\b40[13]\b|insufficient_scope|x509", re.I)),
-    ("unreachable", re.compile(r"connection refused|no such host|i/o timeout|dial tcp|handshake timeout|"
-                               r"network is unreachable|deadline exceeded|connection reset|no route to host|"
-                               r"server misbehaving|EOF", re.I)),
+    (
+        "not found",
+        re.compile(r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I),
+    ),
+    (
+        "unauthorized",
+        re.compile(
+            r"unauthorized|authentication required|access denied|denied|forbidden|"
+            r"\b40[13]\b|insufficient_scope|x509",
+            re.I,
+        ),
+    ),
+    (
+        "unreachable",
+        re.compile(
+            r"connection refused|no such host|i/o timeout|dial tcp|handshake timeout|"
+            r"network is unreachable|deadline exceeded|connection reset|no route to host|"
+            r"server misbehaving|EOF",
+            re.I,
+        ),
+    ),
 )
 
 
 def error_class(message: str) -> str:
     """``not found``, ``unauthorized``, ``unreachable`` or ``other``.
 
-        >>> error_class('rpc error: code = NotFound desc = failed to resolve reference "x": not found')
-        'not found'
-        >>> error_class('failed to do request: Head "http://127.0.0.1:5999/v2/x": dial tcp: connect: connection refused')
-        'unreachable'
+    >>> error_class('rpc error: code = NotFound desc = failed to resolve reference "x": not found')
+    'not found'
+    >>> error_class('failed to do request: Head "http://127.0.0.1:5999/v2/x": dial tcp: connect: connection refused')
+    'unreachable'
     """
     head = message[:2000]
     for name, regex in ERROR_CLASSES:
         if regex.search(head):
             return name
     return "other"
-_FIELD_PATH_CONTAINER = re.compile(r"^spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]{1,253})\}$")
+
+
+_FIELD_PATH_CONTAINER = re.compile(
+    r"^spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]{1,253})\}$"
+)
 MAX_NAME = 253
 
 
@@ -104,8 +132,13 @@ class InvolvedObject(NamedTuple):
     container: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "namespace": self.namespace,
-                "uid": self.uid, "container": self.container}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "container": self.container,
+        }
 
 
 class Actor(NamedTuple):
@@ -117,19 +150,23 @@ class Actor(NamedTuple):
     user_agent: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"user": self.user, "groups": list(self.groups), "sourceIPs": list(self.source_ips),
-                "userAgent": self.user_agent}
+        return {
+            "user": self.user,
+            "groups": list(self.groups),
+            "sourceIPs": list(self.source_ips),
+            "userAgent": self.user_agent,
+        }
 
 
 class Pull(NamedTuple):
     """One observation of an image Event series: ``count`` is the series' cumulative count."""
 
-    kind: str            # PULLING, PULLED or PRESENT
-    image: str           # exactly as the kubelet wrote it
-    reason: str          # the Event's reason, as written
+    kind: str  # PULLING, PULLED or PRESENT
+    image: str  # exactly as the kubelet wrote it
+    reason: str  # the Event's reason, as written
     involved: InvolvedObject
     node: str | None
-    series: str | None   # identity of the Event object (uid, else namespace/name)
+    series: str | None  # identity of the Event object (uid, else namespace/name)
     count: int
     first_seen: str | None
     last_seen: str | None
@@ -214,12 +251,19 @@ def _head(obj: Any, default_namespace: str):
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
         metadata = {}
-    namespace = _str(involved.get("namespace")) or _str(metadata.get("namespace")) or default_namespace
+    namespace = (
+        _str(involved.get("namespace")) or _str(metadata.get("namespace")) or default_namespace
+    )
     return new_api, parsed[0], parsed[1], involved, namespace, metadata
 
 
-def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None,
-                 default_namespace: str = "default") -> Pull | None:
+def decode_event(
+    obj: Any,
+    *,
+    source: str = "events",
+    actor: Actor | None = None,
+    default_namespace: str = "default",
+) -> Pull | None:
     """Decode one core/v1 or events.k8s.io/v1 Event. ``None``: not an image pull event."""
     head = _head(obj, default_namespace)
     if head is None:
@@ -241,9 +285,14 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
         count_field = obj.get("count")
         first = _str(obj.get("firstTimestamp")) or _str(obj.get("eventTime"))
         last = _str(obj.get("lastTimestamp"))
-    node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(obj.get("reportingInstance"))
-    component = (_str(src.get("component")) if isinstance(src, dict) else None) \
-        or _str(obj.get("reportingController")) or _str(obj.get("reportingComponent"))
+    node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(
+        obj.get("reportingInstance")
+    )
+    component = (
+        (_str(src.get("component")) if isinstance(src, dict) else None)
+        or _str(obj.get("reportingController"))
+        or _str(obj.get("reportingComponent"))
+    )
     series_obj = obj.get("series")
     if not isinstance(series_obj, dict):
         series_obj = {}
@@ -260,10 +309,27 @@ def decode_event(obj: Any, *, source: str = "events", actor: Actor | None = None
     if kind == FAILED:
         m = _FAILED_ERROR.search(message_of(obj, new_api) or "")
         error = m.group(1)[:500] if m else ""
-    return Pull(kind, image, obj["reason"],
-                InvolvedObject(_str(involved.get("kind")) or "Pod", inv_name, namespace,
-                               _str(involved.get("uid")), container),
-                node, series, count, first, last, source, actor, _short(component), error)
+    return Pull(
+        kind,
+        image,
+        obj["reason"],
+        InvolvedObject(
+            _str(involved.get("kind")) or "Pod",
+            inv_name,
+            namespace,
+            _str(involved.get("uid")),
+            container,
+        ),
+        node,
+        series,
+        count,
+        first,
+        last,
+        source,
+        actor,
+        _short(component),
+        error,
+    )
 
 
 _FAILED_ERROR = re.compile(r'image "[^"]{0,1100}":\s*(.*)', re.S)

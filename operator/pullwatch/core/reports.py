@@ -29,7 +29,8 @@ the upstream types (openreports/reports-api, ``apis/openreports.io/v1alpha1/repo
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .findings import RULES_BY_SHORT, build_spec, cut, instant
 from .state import FindingState, ran
@@ -40,10 +41,23 @@ NAME = "pullwatch"
 SOURCE = "pullwatch"
 MAX_RESULTS = 100
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-_SEVERITY = {"critical": "critical", "high": "high", "medium": "medium", "low": "low", "informational": "info"}
+_SEVERITY = {
+    "critical": "critical",
+    "high": "high",
+    "medium": "medium",
+    "low": "low",
+    "informational": "info",
+}
 _RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
-_GROUP_OF = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "ReplicaSet": "apps/v1",
-             "Job": "batch/v1", "CronJob": "batch/v1", "Pod": "v1"}
+_GROUP_OF = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "Pod": "v1",
+}
 
 
 def workload_reference(state: FindingState) -> list[dict[str, str]]:
@@ -52,10 +66,20 @@ def workload_reference(state: FindingState) -> list[dict[str, str]]:
         return []
     kind = state.origin.workload_kind
     if kind in _GROUP_OF:
-        return [{"apiVersion": _GROUP_OF[kind], "kind": kind, "name": state.identity.workload,
-                 "namespace": state.namespace}]
+        return [
+            {
+                "apiVersion": _GROUP_OF[kind],
+                "kind": kind,
+                "name": state.identity.workload,
+                "namespace": state.namespace,
+            }
+        ]
     pod = next(reversed(state.pods), None)  # a kind that the pod's name could not tell: its pod
-    return [{"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": state.namespace}] if pod else []
+    return (
+        [{"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": state.namespace}]
+        if pod
+        else []
+    )
 
 
 def result_of(state: FindingState) -> dict[str, Any]:
@@ -79,8 +103,12 @@ def result_of(state: FindingState) -> dict[str, Any]:
         "nodes": str(state.node_count),
     }
     if not state.identity.is_overflow:
-        properties.update(image=cut(spec["image"], 512), repository=cut(state.identity.repository, 512),
-                          workload=cut(workload, 300), workloadSource=state.origin.workload_source)
+        properties.update(
+            image=cut(spec["image"], 512),
+            repository=cut(state.identity.repository, 512),
+            workload=cut(workload, 300),
+            workloadSource=state.origin.workload_source,
+        )
     if state.suppression is not None:
         properties["suppressedBy"] = f"{state.suppression['namespace']}/{state.suppression['name']}"
         properties["suppressionReason"] = cut(state.suppression["reason"], 300)
@@ -100,12 +128,20 @@ def result_of(state: FindingState) -> dict[str, Any]:
     }
 
 
-def report_for(namespace: str, states: Iterable[FindingState], max_results: int = MAX_RESULTS) -> dict[str, Any] | None:
+def report_for(
+    namespace: str, states: Iterable[FindingState], max_results: int = MAX_RESULTS
+) -> dict[str, Any] | None:
     """The namespace's Report, or None when it has no Finding with pulls (the Report goes)."""
     results = [result_of(s) for s in states if s.count > 0 and s.namespace == namespace]
     if not results:
         return None
-    results.sort(key=lambda r: (_RANK[r["severity"]], -r["timestamp"]["seconds"], r["properties"]["resultID"]))
+    results.sort(
+        key=lambda r: (
+            _RANK[r["severity"]],
+            -r["timestamp"]["seconds"],
+            r["properties"]["resultID"],
+        )
+    )
     results = results[:max_results]
     return {
         "apiVersion": API_VERSION,
@@ -114,7 +150,12 @@ def report_for(namespace: str, states: Iterable[FindingState], max_results: int 
         "source": SOURCE,
         "scope": {"apiVersion": "v1", "kind": "Namespace", "name": namespace},
         "configuration": {"limits": {"maxResults": max_results}},
-        "summary": {"pass": 0, "fail": sum(r["result"] == "fail" for r in results), "warn": 0, "error": 0,
-                    "skip": sum(r["result"] == "skip" for r in results)},
+        "summary": {
+            "pass": 0,
+            "fail": sum(r["result"] == "fail" for r in results),
+            "warn": 0,
+            "error": 0,
+            "skip": sum(r["result"] == "skip" for r in results),
+        },
         "results": results,
     }

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 SEVERITIES = ("informational", "low", "medium", "high", "critical")
 _TEMPLATE_FIELD = re.compile(r"\$([a-z_]+)\$")
@@ -28,7 +28,11 @@ class Mitre:
     tactic: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"techniqueId": self.technique_id, "technique": self.technique, "tactic": self.tactic}
+        return {
+            "techniqueId": self.technique_id,
+            "technique": self.technique,
+            "tactic": self.tactic,
+        }
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class Rule:
         if self.severity not in SEVERITIES:
             raise ValueError(f"rule {self.name}: severity must be one of {SEVERITIES}")
         if not re.match(r"^T\d{4}(\.\d{3})?$", self.mitre.technique_id):
-            raise ValueError(f"rule {self.name}: bad ATT&CK technique id {self.mitre.technique_id!r}")
+            raise ValueError(
+                f"rule {self.name}: bad ATT&CK technique id {self.mitre.technique_id!r}"
+            )
 
     @property
     def risk_score(self) -> int:
@@ -98,19 +104,21 @@ RULES = (SCANNER_RULE, SUSPICIOUS_RULE)
 
 # Images whose repository's last path component is one of these are cluster reconnaissance or
 # offensive tools. Matched on the last component so that any registry or mirror counts.
-DEFAULT_SCANNER_IMAGES: frozenset[str] = frozenset({
-    "kube-hunter",   # Aqua Security: hunts for weaknesses in a cluster (the seed rule's list)
-    "kube-bench",    # Aqua Security: CIS benchmark checks of nodes (the seed rule's list)
-    "kube-recon",    # in-cluster reconnaissance (the seed rule's list)
-    "peirates",      # InGuardians: Kubernetes penetration-testing / privilege escalation tool
-    "kdigger",       # Quarkslab: context discovery from inside a pod
-    "kubeletctl",    # CyberArk: attacks the kubelet API (exec, token theft)
-    "kubesploit",    # CyberArk: post-exploitation C2 framework for containers
-    "kubiscan",      # CyberArk: scans RBAC for risky permissions
-    "kubestriker",   # security scanner for cluster misconfigurations
-    "kube-scan",     # Octarine: workload risk scanner
-    "botb",          # "Break out the Box": container escape and recon toolkit
-})
+DEFAULT_SCANNER_IMAGES: frozenset[str] = frozenset(
+    {
+        "kube-hunter",  # Aqua Security: hunts for weaknesses in a cluster (the seed rule's list)
+        "kube-bench",  # Aqua Security: CIS benchmark checks of nodes (the seed rule's list)
+        "kube-recon",  # in-cluster reconnaissance (the seed rule's list)
+        "peirates",  # InGuardians: Kubernetes penetration-testing / privilege escalation tool
+        "kdigger",  # Quarkslab: context discovery from inside a pod
+        "kubeletctl",  # CyberArk: attacks the kubelet API (exec, token theft)
+        "kubesploit",  # CyberArk: post-exploitation C2 framework for containers
+        "kubiscan",  # CyberArk: scans RBAC for risky permissions
+        "kubestriker",  # security scanner for cluster misconfigurations
+        "kube-scan",  # Octarine: workload risk scanner
+        "botb",  # "Break out the Box": container escape and recon toolkit
+    }
+)
 
 _SCANNER_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 
@@ -144,16 +152,26 @@ class ScannerList:
 def scanner_list_from_object(obj: object) -> ScannerList:
     """Validate one ScannerImages object; never raises.
 
-        >>> scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages",
-        ...     "metadata": {"name": "extra"}, "spec": {"names": ["trufflehog", "Not/Valid"]}}).problems
-        ("spec.names[1]: 'Not/Valid' is not a single image path component",)
+    >>> scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages",
+    ...     "metadata": {"name": "extra"}, "spec": {"names": ["trufflehog", "Not/Valid"]}}).problems
+    ("spec.names[1]: 'Not/Valid' is not a single image path component",)
     """
     from .. import API_VERSION
 
-    meta = obj.get("metadata") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else {}
+    meta = (
+        obj.get("metadata")
+        if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
+        else {}
+    )
     name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
-    if not isinstance(obj, dict) or obj.get("kind") != SCANNER_IMAGES_KIND or obj.get("apiVersion") != API_VERSION:
-        return ScannerList(name, frozenset(), False, (f"not a {API_VERSION} {SCANNER_IMAGES_KIND}",))
+    if (
+        not isinstance(obj, dict)
+        or obj.get("kind") != SCANNER_IMAGES_KIND
+        or obj.get("apiVersion") != API_VERSION
+    ):
+        return ScannerList(
+            name, frozenset(), False, (f"not a {API_VERSION} {SCANNER_IMAGES_KIND}",)
+        )
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
     raw = spec.get("names")
     replace = spec.get("replaceDefaults", False)
@@ -168,12 +186,17 @@ def scanner_list_from_object(obj: object) -> ScannerList:
         if isinstance(n, str) and _SCANNER_NAME.match(n):
             good.add(n)
         else:
-            problems.append(f"spec.names[{i}]: {str(n)[:100]!r} is not a single image path component")
+            problems.append(
+                f"spec.names[{i}]: {str(n)[:100]!r} is not a single image path component"
+            )
     return ScannerList(name, frozenset(good), replace, tuple(problems))
 
 
-def scanner_names(lists: "Iterable[ScannerList]", extra: frozenset[str] = frozenset(),
-                  defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES) -> frozenset[str]:
+def scanner_names(
+    lists: Iterable[ScannerList],
+    extra: frozenset[str] = frozenset(),
+    defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES,
+) -> frozenset[str]:
     """The scanner rule's names in force: the built-in list (unless an object replaces it), every
     object's names, and ``extra`` (command-line ``--scanner``).
 

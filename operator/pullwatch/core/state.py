@@ -3,7 +3,8 @@
 ``status`` holds the exact total ``count`` and ``firstSeen``/``lastSeen``; what each pull became
 (``outcomes``: succeeded, served from cache, failed - with the last error's class - and back-offs;
 ``ran`` says whether the image can have run: ``yes`` once a pull succeeded or was served from
-cache, ``no`` while every attempt that ended failed, ``unknown`` while no attempt has ended); the image references seen, each with its count, at
+cache, ``no`` while every attempt that ended failed, ``unknown`` while no attempt has ended); the
+image references seen, each with its count, at
 most ``MAX_IMAGES`` (the rest summed in ``imagesOther``); the most recent pods with their node,
 container and count, at most ``MAX_PODS``; how many distinct pods and nodes (exact up to
 ``MAX_DISTINCT`` each, then counted on from there); the origin (the first pull); the Suppression
@@ -42,22 +43,75 @@ BUDGET = 12 * 1024
 
 
 # What a cold Finding packs away (see cool()); and the status keys kept hot instead.
-_COLD = ("origin", "ledger", "images", "images_other", "pods", "pod_count", "node_count", "pod_hashes",
-         "node_hashes", "last_error", "folded", "folded_count", "folded_hashes")
+_COLD = (
+    "origin",
+    "ledger",
+    "images",
+    "images_other",
+    "pods",
+    "pod_count",
+    "node_count",
+    "pod_hashes",
+    "node_hashes",
+    "last_error",
+    "folded",
+    "folded_count",
+    "folded_hashes",
+)
 _COLD_SET = frozenset(_COLD)
 _HOT_KEYS = ("count", "firstSeen", "lastSeen", "lastImage", "suppression", "suppressedPulls")
 # zlib's preset dictionary: the words every packed status repeats, so that a small one compresses
 # to a few hundred bytes instead of barely shrinking.
-_ZDICT = orjson.dumps({
-    "outcomes": {"succeeded": 0, "cached": 0, "failed": 0, "backoff": 0, "ran": "unknown",
-                 "lastError": {"class": "not found", "message": "rpc error: code = ", "time": "2026-01-01T00:00:00Z"}},
-    "images": [{"image": "docker.io/library/", "count": 1}], "imagesOther": 0,
-    "pods": [{"name": "-", "node": "node-", "container": "", "count": 1, "lastSeen": "2026-01-01T00:00:00Z"}],
-    "podCount": 1, "nodeCount": 1,
-    "origin": {"image": "", "node": "", "workloadKind": "Deployment", "workloadSource": "inferred",
-               "component": "kubelet", "source": "events", "user": None, "groups": None, "sourceIPs": None,
-               "userAgent": None, "notAllowedReason": "no AllowedImages allows it in namespace "},
-    "ledger": {"v": 1, "closed": [0, 0, 0, 0, 0], "base": 29000000, "series": [], "pods": "", "nodes": ""}})
+_ZDICT = orjson.dumps(
+    {
+        "outcomes": {
+            "succeeded": 0,
+            "cached": 0,
+            "failed": 0,
+            "backoff": 0,
+            "ran": "unknown",
+            "lastError": {
+                "class": "not found",
+                "message": "rpc error: code = ",
+                "time": "2026-01-01T00:00:00Z",
+            },
+        },
+        "images": [{"image": "docker.io/library/", "count": 1}],
+        "imagesOther": 0,
+        "pods": [
+            {
+                "name": "-",
+                "node": "node-",
+                "container": "",
+                "count": 1,
+                "lastSeen": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "podCount": 1,
+        "nodeCount": 1,
+        "origin": {
+            "image": "",
+            "node": "",
+            "workloadKind": "Deployment",
+            "workloadSource": "inferred",
+            "component": "kubelet",
+            "source": "events",
+            "user": None,
+            "groups": None,
+            "sourceIPs": None,
+            "userAgent": None,
+            "notAllowedReason": "no AllowedImages allows it in namespace ",
+        },
+        "ledger": {
+            "v": 1,
+            "closed": [0, 0, 0, 0, 0],
+            "base": 29000000,
+            "series": [],
+            "pods": "",
+            "nodes": "",
+        },
+    }
+)
 
 
 def _pack(status: dict[str, Any]) -> bytes:
@@ -71,10 +125,34 @@ def _unpack(packed: bytes) -> Any:
 
 
 class FindingState:
-    __slots__ = ("identity", "name", "origin", "ledger", "first_seen", "last_seen", "images", "images_other",
-                 "pods", "pod_count", "node_count", "pod_hashes", "node_hashes", "last_error", "folded",
-                 "folded_count", "folded_hashes", "suppression", "suppressed_pulls", "last_image", "touched",
-                 "_packed", "_count", "_keys", "_newest", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_count",
+        "_keys",
+        "_newest",
+        "_packed",
+        "first_seen",
+        "folded",
+        "folded_count",
+        "folded_hashes",
+        "identity",
+        "images",
+        "images_other",
+        "last_error",
+        "last_image",
+        "last_seen",
+        "ledger",
+        "name",
+        "node_count",
+        "node_hashes",
+        "origin",
+        "pod_count",
+        "pod_hashes",
+        "pods",
+        "suppressed_pulls",
+        "suppression",
+        "touched",
+    )
 
     def __init__(self, identity: Identity, origin: Origin):
         self._packed: bytes | None = None  # set: cold (see cool())
@@ -84,19 +162,23 @@ class FindingState:
         self.ledger = Ledger()
         self.first_seen: str | None = None
         self.last_seen: str | None = None
-        self.images: dict[str, int] = {}          # kubelet spelling -> pulls attributed to it
+        self.images: dict[str, int] = {}  # kubelet spelling -> pulls attributed to it
         self.images_other = 0
-        self.pods: dict[str, list[Any]] = {}      # pod -> [node, container, pulls, lastSeen]; oldest first
+        self.pods: dict[
+            str, list[Any]
+        ] = {}  # pod -> [node, container, pulls, lastSeen]; oldest first
         self.pod_count = self.node_count = 0
         self.pod_hashes: set[int] = set()
         self.node_hashes: set[int] = set()
         self.last_error: tuple[str, str, str | None] | None = None  # (class, message, when)
-        self.folded: dict[str, int] = {}          # overflow: "workload image" -> pulls
+        self.folded: dict[str, int] = {}  # overflow: "workload image" -> pulls
         self.folded_count = 0
         self.folded_hashes: set[int] = set()
-        self.suppression: dict[str, Any] | None = None  # {namespace, name, reason, expires} covering it
+        self.suppression: dict[str, Any] | None = (
+            None  # {namespace, name, reason, expires} covering it
+        )
         self.suppressed_pulls = 0
-        self.last_image: str | None = None               # the latest pull's image, normalized
+        self.last_image: str | None = None  # the latest pull's image, normalized
 
     @property
     def namespace(self) -> str:
@@ -106,7 +188,8 @@ class FindingState:
     def count(self) -> int:
         return self._count if self._packed is not None else self.ledger.count
 
-    # -- cold and warm --------------------------------------------------------------------------------
+    # -- cold and warm
+    # --------------------------------------------------------------------------------
     def __getattr__(self, attr: str) -> Any:
         # Called only when the normal lookup fails: a packed field of a cold Finding. Unpack.
         if attr in _COLD_SET and object.__getattribute__(self, "_packed") is not None:
@@ -171,8 +254,11 @@ class FindingState:
         when = pull.last_seen or pull.first_seen
         self.first_seen = earlier(self.first_seen, pull.first_seen)
         self.last_seen = later(self.last_seen, when)
-        if pull.kind == FAILED and pull.error is not None and later(self.last_error[2] if self.last_error else None,
-                                                                    when) == when:
+        if (
+            pull.kind == FAILED
+            and pull.error is not None
+            and later(self.last_error[2] if self.last_error else None, when) == when
+        ):
             self.last_error = (error_class(pull.error), cut(pull.error, 300), when)
         if delta:
             image = cut(pull.image, 256)
@@ -196,18 +282,24 @@ class FindingState:
     def fold(self, identity: Identity, image: str, delta: int) -> None:
         """An overflow Finding: remember what was folded into it (a bounded sample, exact pulls)."""
         self.warm()
-        self.folded_count += _note(self.folded_hashes, f"{identity.workload}\0{identity.repository}")
+        self.folded_count += _note(
+            self.folded_hashes, f"{identity.workload}\0{identity.repository}"
+        )
         key = f"{cut(identity.workload, 253)} {cut(image, 256)}"
         if key in self.folded or len(self.folded) < MAX_FOLDED:
             self.folded[key] = self.folded.get(key, 0) + delta
 
-    # -- the body -----------------------------------------------------------------------------------
+    # -- the body
+    # -----------------------------------------------------------------------------------
     def status(self, max_pods: int = MAX_PODS, max_images: int = MAX_IMAGES) -> dict[str, Any]:
         outcomes: dict[str, Any] = self.ledger.outcomes()
         outcomes["ran"] = ran(outcomes)
         if self.last_error is not None:
-            outcomes["lastError"] = {"class": self.last_error[0], "message": self.last_error[1],
-                                     "time": self.last_error[2]}
+            outcomes["lastError"] = {
+                "class": self.last_error[0],
+                "message": self.last_error[1],
+                "time": self.last_error[2],
+            }
         images = sorted(self.images.items(), key=lambda kv: -kv[1])
         shown, hidden = images[:max_images], images[max_images:]
         status: dict[str, Any] = {
@@ -217,8 +309,10 @@ class FindingState:
             "outcomes": outcomes,
             "images": [{"image": i, "count": n} for i, n in shown],
             "imagesOther": self.images_other + sum(n for _, n in hidden),
-            "pods": [{"name": p, "node": e[0], "container": e[1], "count": e[2], "lastSeen": e[3]}
-                     for p, e in list(self.pods.items())[::-1][:max_pods]],
+            "pods": [
+                {"name": p, "node": e[0], "container": e[1], "count": e[2], "lastSeen": e[3]}
+                for p, e in list(self.pods.items())[::-1][:max_pods]
+            ],
             "podCount": self.pod_count,
             "nodeCount": self.node_count,
             "origin": self.origin.as_dict(),
@@ -230,9 +324,13 @@ class FindingState:
         if self.suppressed_pulls:
             status["suppressedPulls"] = self.suppressed_pulls
         if self.identity.is_overflow:
-            status["folded"] = {"identities": self.folded_count,
-                                "sample": [{"what": k, "count": n} for k, n in
-                                           sorted(self.folded.items(), key=lambda kv: -kv[1])]}
+            status["folded"] = {
+                "identities": self.folded_count,
+                "sample": [
+                    {"what": k, "count": n}
+                    for k, n in sorted(self.folded.items(), key=lambda kv: -kv[1])
+                ],
+            }
         ledger = self.ledger.encode()
         ledger["pods"] = "".join(b64(h, 6) for h in sorted(self.pod_hashes))
         ledger["nodes"] = "".join(b64(h, 6) for h in sorted(self.node_hashes))
@@ -251,9 +349,10 @@ class FindingState:
             body = finding_body(self.identity, spec, self.status(0, 0))
         return body
 
-    # -- adopting what is stored ----------------------------------------------------------------------
+    # -- adopting what is stored
+    # ----------------------------------------------------------------------
     @classmethod
-    def from_body(cls, body: Any) -> "FindingState":
+    def from_body(cls, body: Any) -> FindingState:
         """A state from a stored Finding. Raises ValueError when it is not one pullwatch wrote (its
         name must be the one its identity gives, so a renamed or hand-made object is refused)."""
         try:
@@ -278,12 +377,19 @@ class FindingState:
                 if attr not in ("origin", "ledger"):
                     object.__delattr__(state, attr)
             state.ledger = ledger
-            state.first_seen, state.last_seen = _str(status.get("firstSeen")), _str(status.get("lastSeen"))
-            state.last_image = cut(status["lastImage"], 1100) if isinstance(status.get("lastImage"), str) else None
+            state.first_seen, state.last_seen = (
+                _str(status.get("firstSeen")),
+                _str(status.get("lastSeen")),
+            )
+            state.last_image = (
+                cut(status["lastImage"], 1100) if isinstance(status.get("lastImage"), str) else None
+            )
             state.suppressed_pulls = _int(status.get("suppressedPulls"))
             return state
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise ValueError(f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})"
+            ) from None
 
     def _fill(self, status: dict[str, Any]) -> None:
         """The packed fields, from a stored (or packed) status. What is there is shown, not
@@ -295,21 +401,34 @@ class FindingState:
         self.node_hashes = _hashes(ledger.get("nodes"))
         self.pod_count = max(_int(status.get("podCount")), len(self.pod_hashes))
         self.node_count = max(_int(status.get("nodeCount")), len(self.node_hashes))
-        self.images = {cut(str(i["image"]), 256): _int(i.get("count")) for i in _dicts(status.get("images"), "image")}
+        self.images = {
+            cut(str(i["image"]), 256): _int(i.get("count"))
+            for i in _dicts(status.get("images"), "image")
+        }
         self.images_other = _int(status.get("imagesOther"))
         self.pods = {}
         for pod in reversed(_dicts(status.get("pods"), "name")):
-            self.pods[cut(str(pod["name"]), 253)] = [_str(pod.get("node")), _str(pod.get("container")) or "",
-                                                    _int(pod.get("count")), _str(pod.get("lastSeen"))]
+            self.pods[cut(str(pod["name"]), 253)] = [
+                _str(pod.get("node")),
+                _str(pod.get("container")) or "",
+                _int(pod.get("count")),
+                _str(pod.get("lastSeen")),
+            ]
         error = _dict(status.get("outcomes")).get("lastError")
-        self.last_error = (str(error.get("class")), cut(str(error.get("message")), 300), _str(error.get("time"))) \
-            if isinstance(error, dict) else None
+        self.last_error = (
+            (str(error.get("class")), cut(str(error.get("message")), 300), _str(error.get("time")))
+            if isinstance(error, dict)
+            else None
+        )
         folded = _dict(status.get("folded"))
         self.folded_count = _int(folded.get("identities"))
-        self.folded = {cut(str(i["what"]), 512): _int(i.get("count")) for i in _dicts(folded.get("sample"), "what")}
+        self.folded = {
+            cut(str(i["what"]), 512): _int(i.get("count"))
+            for i in _dicts(folded.get("sample"), "what")
+        }
         self.folded_hashes = set()
 
-    def merge(self, other: "FindingState") -> None:
+    def merge(self, other: FindingState) -> None:
         """Fold in the same Finding as stored elsewhere (never counts a pull twice)."""
         self.warm()
         other.warm()
@@ -329,8 +448,11 @@ class FindingState:
         self.node_hashes |= other.node_hashes
         self.pod_count = max(self.pod_count, other.pod_count, len(self.pod_hashes))
         self.node_count = max(self.node_count, other.node_count, len(self.node_hashes))
-        if other.last_error and later(self.last_error[2] if self.last_error else None, other.last_error[2]) \
-                == other.last_error[2]:
+        if (
+            other.last_error
+            and later(self.last_error[2] if self.last_error else None, other.last_error[2])
+            == other.last_error[2]
+        ):
             self.last_error = other.last_error
         for key, n in other.folded.items():
             if key in self.folded or len(self.folded) < MAX_FOLDED:
@@ -361,7 +483,7 @@ def _hashes(text: Any) -> set[int]:
     if not isinstance(text, str) or len(text) % 6 or len(text) > 6 * MAX_DISTINCT:
         return set()
     try:
-        return {unb64(text[i:i + 6]) for i in range(0, len(text), 6)}
+        return {unb64(text[i : i + 6]) for i in range(0, len(text), 6)}
     except KeyError:
         return set()
 
@@ -387,9 +509,20 @@ def _origin_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A stored Finding without status.origin (its first status write never happened)."""
     workload = spec.get("workload") or {}
     actor = spec.get("actor") or {}
-    return {"image": spec.get("image"), "node": spec.get("node"), "workloadKind": workload.get("kind"),
-            "workloadSource": workload.get("source"), "component": (spec.get("reportedBy") or {}).get("component"),
-            "source": spec.get("source"), "user": actor.get("user"), "groups": actor.get("groups"),
-            "sourceIPs": actor.get("sourceIPs"), "userAgent": actor.get("userAgent"),
-            "notAllowedReason": spec.get("notAllowedReason")} if spec.get("image") else \
-        {"image": "", "source": "events"}
+    return (
+        {
+            "image": spec.get("image"),
+            "node": spec.get("node"),
+            "workloadKind": workload.get("kind"),
+            "workloadSource": workload.get("source"),
+            "component": (spec.get("reportedBy") or {}).get("component"),
+            "source": spec.get("source"),
+            "user": actor.get("user"),
+            "groups": actor.get("groups"),
+            "sourceIPs": actor.get("sourceIPs"),
+            "userAgent": actor.get("userAgent"),
+            "notAllowedReason": spec.get("notAllowedReason"),
+        }
+        if spec.get("image")
+        else {"image": "", "source": "events"}
+    )

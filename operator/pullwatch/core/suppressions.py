@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from .. import API_VERSION
 from .patterns import PatternSet, compile_patterns
@@ -43,8 +44,8 @@ class Suppression:
     namespace: str
     name: str
     reason: str
-    rules: frozenset[str] | None            # full rule names; None: every rule
-    expires: float | None                   # epoch seconds
+    rules: frozenset[str] | None  # full rule names; None: every rule
+    expires: float | None  # epoch seconds
     problems: tuple[str, ...] = ()
     namespaces: tuple[str, ...] | None = None  # cluster-wide ones only
     images: tuple[str, ...] = ()
@@ -83,7 +84,11 @@ class Suppression:
     def describe(self) -> str:
         """What it covers, in one line (for its status and `kubectl get suppressions`)."""
         rules = "all rules" if self.rules is None else ", ".join(sorted(self.rules))
-        where = f"namespaces {', '.join(self.namespaces)}" if self.namespaces else f"namespace {self.namespace}"
+        where = (
+            f"namespaces {', '.join(self.namespaces)}"
+            if self.namespaces
+            else f"namespace {self.namespace}"
+        )
         images = ", ".join(self.images) if self.images else "any image"
         workloads = ", ".join(self.workloads) if self.workloads else "any workload"
         return f"{rules}; {where}; {images}; {workloads}"
@@ -93,13 +98,21 @@ def _globs(values: list[str]) -> Any:
     return re.compile("|".join(f"(?:{fnmatch.translate(v)})" for v in values))
 
 
-def _strings(spec: Mapping[str, Any], key: str, problems: list[str], max_items: int = 256) -> list[str] | None:
+def _strings(
+    spec: Mapping[str, Any], key: str, problems: list[str], max_items: int = 256
+) -> list[str] | None:
     value = spec.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or not value or len(value) > max_items or \
-            not all(isinstance(v, str) and v and len(v) <= 512 for v in value):
-        problems.append(f"spec.{key} must be a non-empty list of non-empty strings (leave it out for any)")
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > max_items
+        or not all(isinstance(v, str) and v and len(v) <= 512 for v in value)
+    ):
+        problems.append(
+            f"spec.{key} must be a non-empty list of non-empty strings (leave it out for any)"
+        )
         return None
     return value
 
@@ -109,20 +122,30 @@ def parse_time(value: Any) -> float | None:
     if not isinstance(value, str):
         raise ValueError("not a string")
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
     """Validate one Suppression. Never raises: what is wrong is listed, and then it covers nothing."""
-    meta = obj.get("metadata") if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping) else {}
+    meta = (
+        obj.get("metadata")
+        if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping)
+        else {}
+    )
     name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
     problems: list[str] = []
     spec = obj.get("spec") if isinstance(obj, Mapping) else None
-    if not isinstance(obj, Mapping) or obj.get("kind") != KIND or obj.get("apiVersion") != API_VERSION:
+    if (
+        not isinstance(obj, Mapping)
+        or obj.get("kind") != KIND
+        or obj.get("apiVersion") != API_VERSION
+    ):
         problems.append(f"not a {API_VERSION} {KIND}")
     if not isinstance(spec, Mapping):
-        return Suppression(namespace, name, "", None, None, tuple(problems or ["spec must be a mapping"]))
+        return Suppression(
+            namespace, name, "", None, None, tuple(problems or ["spec must be a mapping"])
+        )
     reason = spec.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         problems.append("spec.reason is required: say why these detections are accepted")
@@ -143,17 +166,30 @@ def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
     workloads = _strings(spec, "workloads", problems) or []
     namespaces = _strings(spec, "namespaces", problems)
     if namespaces is not None and namespace != operator_namespace:
-        problems.append(f"spec.namespaces is allowed only on Suppressions in {operator_namespace} (those act "
-                        f"cluster-wide); this one can only cover namespace {namespace}")
+        problems.append(
+            f"spec.namespaces is allowed only on Suppressions in {operator_namespace} (those act "
+            f"cluster-wide); this one can only cover namespace {namespace}"
+        )
     expires = None
     if spec.get("expires") is not None:
         try:
             expires = parse_time(spec["expires"])
         except (ValueError, TypeError):
             problems.append("spec.expires must be an RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
-    return Suppression(namespace, name, reason.strip()[:1000], rules, expires, tuple(problems),
-                       tuple(namespaces) if namespaces else None, tuple(images), tuple(workloads), patterns,
-                       _globs(workloads) if workloads else None, _globs(namespaces) if namespaces else None)
+    return Suppression(
+        namespace,
+        name,
+        reason.strip()[:1000],
+        rules,
+        expires,
+        tuple(problems),
+        tuple(namespaces) if namespaces else None,
+        tuple(images),
+        tuple(workloads),
+        patterns,
+        _globs(workloads) if workloads else None,
+        _globs(namespaces) if namespaces else None,
+    )
 
 
 class Suppressions:
@@ -162,7 +198,9 @@ class Suppressions:
     def __init__(self, items: Iterable[Suppression] = ()):
         self.items = tuple(sorted(items, key=lambda s: (s.namespace, s.name)))
 
-    def covering(self, rule: str, namespace: str, workload: str, image: str, now: float) -> Suppression | None:
+    def covering(
+        self, rule: str, namespace: str, workload: str, image: str, now: float
+    ) -> Suppression | None:
         for s in self.items:
             if s.covers(rule, namespace, workload, image, now):
                 return s

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 RANDOM = "bcdfghjklmnpqrstvwxz2456789"
 MAX_NAME = 63
@@ -57,7 +58,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 class Workload(NamedTuple):
-    kind: str    # Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, Pod, … (or CONTROLLER_KINDS)
+    kind: str  # Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, Pod, … (or CONTROLLER_KINDS)
     name: str
     source: str  # "read" (the owner chain, by the operator) or "inferred" (from the pod's name)
 
@@ -103,8 +104,13 @@ def _cronjob(base: str, truncated: bool = False) -> str | None:
             minutes = parts[-cut]
             if int(minutes) in MINUTES and "-".join(parts[:-cut]):
                 return "-".join(parts[:-cut])
-    if truncated and len(parts) > 1 and _DIGITS.fullmatch(parts[-1]) and len(parts[-1]) < 8 \
-            and int(parts[-1].ljust(8, "0")) in MINUTES:
+    if (
+        truncated
+        and len(parts) > 1
+        and _DIGITS.fullmatch(parts[-1])
+        and len(parts[-1]) < 8
+        and int(parts[-1].ljust(8, "0")) in MINUTES
+    ):
         return "-".join(parts[:-1])  # the base was cut inside the minutes
     return None
 
@@ -117,7 +123,7 @@ def _deployment(base: str, truncated: bool) -> str | None:
         # The base was cut inside (or just after) the hash: drop what is left of it.
         m = _PARTIAL_HASH.search(base)
         if m and m.start() > 0:
-            return base[:m.start()]
+            return base[: m.start()]
     return None
 
 
@@ -144,6 +150,7 @@ def infer_above(kind: str, name: str) -> Workload:
 
 
 # -- the owner chain, as the operator reads it ------------------------------------------------
+
 
 def controller_of(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     """(kind, name) of the object's controller ownerReference, if any."""

@@ -13,18 +13,22 @@ ServiceAccount or KUBECONFIG), so a rotated ServiceAccount token is picked up.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import ssl
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import ijson
 import orjson
 
 FIELD_MANAGER = "pullwatch"
-JSON, MERGE_PATCH, JSON_PATCH = "application/json", "application/merge-patch+json", "application/json-patch+json"
+JSON, MERGE_PATCH, JSON_PATCH = (
+    "application/json",
+    "application/merge-patch+json",
+    "application/json-patch+json",
+)
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -34,16 +38,27 @@ class ApiError(Exception):
 
     def __init__(self, status: int, reason: str, message: str, method: str, path: str):
         super().__init__(f"{method} {path}: {status or reason} {message}"[:400])
-        self.status, self.reason, self.message, self.method, self.path = status, reason, message, method, path
+        self.status, self.reason, self.message, self.method, self.path = (
+            status,
+            reason,
+            message,
+            method,
+            path,
+        )
 
     @property
     def what(self) -> str:
         """The request in RBAC words (``patch findings``), for "forbidden: <verb> <resource>"."""
-        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
-            self.method, self.method.lower())
+        verb = {
+            "GET": "get",
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete",
+        }.get(self.method, self.method.lower())
         parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
         if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
-            rest = parts[parts.index("namespaces") + 2:]
+            rest = parts[parts.index("namespaces") + 2 :]
         else:
             rest = parts[3:] if parts[:1] == ["apis"] else parts[2:]
         resource = rest[0] if rest else "?"
@@ -67,14 +82,20 @@ class ApiEndpoint:
     def headers(self) -> dict[str, str]:
         # auth_settings() is how the client itself builds its headers (and it runs the token
         # refresh hook); the key names differ between client versions.
-        return {a["key"]: a["value"] for a in self.conf.auth_settings().values()
-                if a.get("in") == "header" and a.get("value")}
+        return {
+            a["key"]: a["value"]
+            for a in self.conf.auth_settings().values()
+            if a.get("in") == "header" and a.get("value")
+        }
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.conf.verify_ssl:
             return False
-        ctx = ssl.create_default_context(cafile=self.conf.ssl_ca_cert) if self.conf.ssl_ca_cert \
+        ctx = (
+            ssl.create_default_context(cafile=self.conf.ssl_ca_cert)
+            if self.conf.ssl_ca_cert
             else ssl.create_default_context()
+        )
         if self.conf.cert_file:
             ctx.load_cert_chain(self.conf.cert_file, self.conf.key_file)
         return ctx
@@ -92,16 +113,29 @@ class Api:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._ssl = self.endpoint.ssl_context()
-            connector = aiohttp.TCPConnector(limit=self.connections, ssl=self._ssl, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+            connector = aiohttp.TCPConnector(
+                limit=self.connections, ssl=self._ssl, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
-                      content_type: str = JSON, accept: str = JSON, timeout: float | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        accept: str = JSON,
+        timeout: float | None = None,
+    ) -> Any:
         """One request, within ``timeout`` seconds all told; the decoded JSON answer."""
         headers = {**self.endpoint.headers(), "Accept": accept}
         data = None
@@ -113,30 +147,48 @@ class Api:
         self.requests += 1
         deadline = aiohttp.ClientTimeout(total=timeout or self.timeout)
         try:
-            async with self.session().request(method, self.endpoint.host + path, params=params, data=data,
-                                              headers=headers, timeout=deadline) as rsp:
+            async with self.session().request(
+                method,
+                self.endpoint.host + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=deadline,
+            ) as rsp:
                 raw = await rsp.read()
                 if rsp.status >= 300:
                     raise _error(rsp.status, raw, method, path)
                 return orjson.loads(raw) if raw else None
         except ApiError:
             raise
-        except asyncio.TimeoutError:
-            raise ApiError(0, "Timeout", f"no answer within {timeout or self.timeout:.0f}s", method, path) from None
+        except TimeoutError:
+            raise ApiError(
+                0, "Timeout", f"no answer within {timeout or self.timeout:.0f}s", method, path
+            ) from None
         except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
             raise ApiError(0, type(exc).__name__, str(exc)[:200], method, path) from None
 
     @contextlib.asynccontextmanager
-    async def stream(self, path: str, params: dict[str, str], read_timeout: float) -> AsyncIterator[Any]:
+    async def stream(
+        self, path: str, params: dict[str, str], read_timeout: float
+    ) -> AsyncIterator[Any]:
         """A watch: the response, whose lines are read with ``read_timeout`` between them (a
         silent stream raises ``asyncio.TimeoutError`` from the read)."""
-        deadline = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=read_timeout)
+        deadline = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=read_timeout
+        )
         self.requests += 1
         try:
-            rsp = await self.session().get(self.endpoint.host + path, params=params, timeout=deadline,
-                                           headers={**self.endpoint.headers(), "Accept": JSON})
-        except asyncio.TimeoutError:
-            raise ApiError(0, "Timeout", f"no answer within {self.timeout:.0f}s", "GET", path) from None
+            rsp = await self.session().get(
+                self.endpoint.host + path,
+                params=params,
+                timeout=deadline,
+                headers={**self.endpoint.headers(), "Accept": JSON},
+            )
+        except TimeoutError:
+            raise ApiError(
+                0, "Timeout", f"no answer within {self.timeout:.0f}s", "GET", path
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None
         try:
@@ -146,20 +198,28 @@ class Api:
         finally:
             rsp.release()
 
-    async def pages(self, path: str, limit: int = 500, params: dict[str, str] | None = None,
-                    timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def pages(
+        self,
+        path: str,
+        limit: int = 500,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """A list, one page at a time (``limit``/``continue``), so that no answer is huge."""
         query = {**(params or {}), "limit": str(limit)}
         while True:
-            page = await self.request("GET", path, params=query, timeout=timeout or max(self.timeout, 30))
+            page = await self.request(
+                "GET", path, params=query, timeout=timeout or max(self.timeout, 30)
+            )
             yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
             query = {**(params or {}), "limit": str(limit), "continue": token}
 
-
-    async def items(self, path: str, listing: "Listing", read_timeout: float | None = None) -> AsyncIterator[Any]:
+    async def items(
+        self, path: str, listing: Listing, read_timeout: float | None = None
+    ) -> AsyncIterator[Any]:
         """A whole list from the API server's watch cache (``resourceVersion=0``, as client-go's
         informers ask: served from memory, not etcd; 10,000 Findings in about a third of the
         time of a paginated list), its items parsed as they arrive (ijson), so that memory stays
@@ -167,14 +227,16 @@ class Api:
         found = ijson.sendable_list()
         parse_items = ijson.items_coro(found, "items.item", use_float=True)
         head, tail = b"", b""
-        async with self.stream(path, {"resourceVersion": "0"}, read_timeout or max(self.timeout, 30)) as rsp:
+        async with self.stream(
+            path, {"resourceVersion": "0"}, read_timeout or max(self.timeout, 30)
+        ) as rsp:
             try:
                 while True:
                     chunk = await rsp.content.read(1 << 16)
                     if chunk:
                         parse_items.send(chunk)
                         if len(head) < _EDGE:
-                            head += chunk[:_EDGE - len(head)]
+                            head += chunk[: _EDGE - len(head)]
                         tail = (tail + chunk)[-_EDGE:]
                     else:
                         parse_items.close()  # raises if the document is incomplete
@@ -183,7 +245,7 @@ class Api:
                     del found[:]
                     if not chunk:
                         break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ApiError(0, "Timeout", "the list stopped arriving", "GET", path) from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None

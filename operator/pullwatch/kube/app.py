@@ -21,7 +21,8 @@ import logging
 import os
 import random
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import kopf
 import kubernetes
@@ -54,7 +55,12 @@ class Runtime:
     """What the handlers share, for one operator process."""
 
     def __init__(self, options: Options, standalone: bool, peering: str, priority: int):
-        self.options, self.standalone, self.peering_name, self.priority = options, standalone, peering, priority
+        self.options, self.standalone, self.peering_name, self.priority = (
+            options,
+            standalone,
+            peering,
+            priority,
+        )
         self.health = Health()
         self.quiet = Quiet(log)
         self.api: Api | None = None
@@ -64,13 +70,21 @@ class Runtime:
     async def supervise(self) -> None:
         """Run the engine while this replica is the active one."""
         assert self.api is not None
-        peering = None if self.standalone else Peering(self.api, self.peering_name, self.priority, self.quiet)
+        peering = (
+            None
+            if self.standalone
+            else Peering(self.api, self.peering_name, self.priority, self.quiet)
+        )
         task: asyncio.Task | None = None
         said: bool | None = None
         try:
             while True:
                 active = True if peering is None else await peering.check()
-                if not active and said is not False and (peering is None or peering.active is not None):
+                if (
+                    not active
+                    and said is not False
+                    and (peering is None or peering.active is not None)
+                ):
                     log.info("standing by: a peer with a higher priority is active")
                 said = active
                 metrics.ACTIVE.set(1 if active else 0)
@@ -135,16 +149,27 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         engine = rt.engine
         if engine is None:
             return {"active": False}
-        return {"active": True, "findings": len(engine.detector.states), "dirty": len(engine.writer.dirty),
-                "pulls": engine.pulls}
+        return {
+            "active": True,
+            "findings": len(engine.detector.states),
+            "dirty": len(engine.writer.dirty),
+            "pulls": engine.pulls,
+        }
 
     # The configuration kinds: kopf watches them and hands every change to the engine (async
     # handlers: they run on the event loop, where the engine's state lives).
-    for plural, kind in (("allowedimages", "AllowedImages"), ("scannerimages", "ScannerImages"),
-                         ("suppressions", "Suppression")):
-        async def handler(event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+    for plural, kind in (
+        ("allowedimages", "AllowedImages"),
+        ("scannerimages", "ScannerImages"),
+        ("suppressions", "Suppression"),
+    ):
+
+        async def handler(
+            event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any
+        ) -> None:
             if rt.engine is not None:
                 rt.engine.configs[_kind].apply(event.get("type") or "MODIFIED", _plain(body))
+
         kopf.on.event(GROUP, VERSION, plural, registry=registry, id=plural)(handler)
 
     return registry
@@ -180,8 +205,14 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
         # kopf logs every handler call at INFO: one line per AllowedImages change is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     retry_filter = KopfRetryFilter()
-    for name in ("kopf", "kopf._core.engines.peering", "kopf._cogs.clients.watching", "kopf._cogs.clients.api",
-                 "kopf.objects", "kopf._core.reactor.observation"):
+    for name in (
+        "kopf",
+        "kopf._core.engines.peering",
+        "kopf._cogs.clients.watching",
+        "kopf._cogs.clients.api",
+        "kopf.objects",
+        "kopf._core.reactor.observation",
+    ):
         logging.getLogger(name).addFilter(retry_filter)
     for handler in logging.getLogger().handlers:
         handler.addFilter(retry_filter)
@@ -193,8 +224,14 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
         return 2
     # Equal priorities make kopf pause *every* replica; a random one per process makes the
     # highest active and the others stand by.
-    priority = args.priority if args.priority is not None else random.SystemRandom().randint(1, 1_000_000)
-    log.info("peering %s with priority %d", "off (standalone)" if args.standalone else args.peering, priority)
+    priority = (
+        args.priority if args.priority is not None else random.SystemRandom().randint(1, 1_000_000)
+    )
+    log.info(
+        "peering %s with priority %d",
+        "off (standalone)" if args.standalone else args.peering,
+        priority,
+    )
     if not args.standalone:
         asyncio.run(_ensure_peering(args.peering))
     rt = Runtime(options, args.standalone, args.peering, priority)

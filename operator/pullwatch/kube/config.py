@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .. import GROUP, VERSION
 from . import metrics
@@ -34,31 +35,43 @@ log = logging.getLogger("pullwatch.config")
 
 @dataclass(frozen=True)
 class Kind:
-    name: str                                               # AllowedImages
-    plural: str                                             # allowedimages
+    name: str  # AllowedImages
+    plural: str  # allowedimages
     namespaced: bool
-    compile: Callable[[dict[str, Any]], Any]                # body -> compiled (pure core; in a thread)
-    install: Callable[[list[Any]], None]                    # compiled objects in force -> the detector
+    compile: Callable[[dict[str, Any]], Any]  # body -> compiled (pure core; in a thread)
+    install: Callable[[list[Any]], None]  # compiled objects in force -> the detector
     status: Callable[[Any, dict[str, Any]], dict[str, Any]]  # compiled, body -> status (bounded)
 
     def path(self, meta: dict[str, Any] | None = None, status: bool = False) -> str:
         if meta is None:
             return f"/apis/{GROUP}/{VERSION}/{self.plural}"
         where = f"namespaces/{meta['namespace']}/" if self.namespaced else ""
-        return f"/apis/{GROUP}/{VERSION}/{where}{self.plural}/{meta['name']}" + ("/status" if status else "")
+        return f"/apis/{GROUP}/{VERSION}/{where}{self.plural}/{meta['name']}" + (
+            "/status" if status else ""
+        )
 
 
 def condition(ok: bool, reason: str, message: str, generation: Any) -> dict[str, Any]:
-    return {"type": "Ready", "status": "True" if ok else "False", "reason": reason,
-            "message": message[:1000], "observedGeneration": generation}
+    return {
+        "type": "Ready",
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:1000],
+        "observedGeneration": generation,
+    }
 
 
 def same_status(current: Any, wanted: dict[str, Any]) -> bool:
     if not isinstance(current, dict):
         return False
-    strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in current.get("conditions") or []
-             if isinstance(c, dict)]
-    return strip == wanted["conditions"] and all(current.get(k) == v for k, v in wanted.items() if k != "conditions")
+    strip = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"}
+        for c in current.get("conditions") or []
+        if isinstance(c, dict)
+    ]
+    return strip == wanted["conditions"] and all(
+        current.get(k) == v for k, v in wanted.items() if k != "conditions"
+    )
 
 
 class Configs:
@@ -67,17 +80,20 @@ class Configs:
     def __init__(self, api: Api, kind: Kind, quiet: Quiet | None = None):
         self.api, self.kind = api, kind
         self.quiet = quiet or Quiet(log)
-        self.objects: dict[str, dict[str, Any]] = {}            # uid -> latest body seen
-        self.compiled: dict[tuple[str, Any], Any] = {}          # (uid, generation) -> compiled
+        self.objects: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
+        self.compiled: dict[tuple[str, Any], Any] = {}  # (uid, generation) -> compiled
         self.ready = asyncio.Event()
         self.rebuilds = 0
         self._said = -1
         self._changed = asyncio.Event()
-        self._statuses: dict[str, dict[str, Any]] = {}           # uid -> body whose status to check
+        self._statuses: dict[str, dict[str, Any]] = {}  # uid -> body whose status to check
 
     def in_force(self) -> list[Any]:
-        return [self.compiled[k] for k in sorted((uid, _generation(b)) for uid, b in self.objects.items())
-                if k in self.compiled]
+        return [
+            self.compiled[k]
+            for k in sorted((uid, _generation(b)) for uid, b in self.objects.items())
+            if k in self.compiled
+        ]
 
     # -- changes -----------------------------------------------------------------------------------
     def apply(self, event: str, body: dict[str, Any]) -> None:
@@ -112,13 +128,20 @@ class Configs:
                         self.apply("ADDED", item)
                 break
             except ApiError as exc:
-                self.quiet.warning(f"forbidden {exc.what}" if exc.status == 403 else f"{self.kind.plural} list failing",
-                                   "listing %s failed (%s); retrying (nothing is judged until it works)",
-                                   self.kind.name, exc)
+                self.quiet.warning(
+                    f"forbidden {exc.what}"
+                    if exc.status == 403
+                    else f"{self.kind.plural} list failing",
+                    "listing %s failed (%s); retrying (nothing is judged until it works)",
+                    self.kind.name,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
-        self.quiet.recovered_all((f"{self.kind.plural} list failing", f"forbidden list {self.kind.plural}"),
-                                 f"listing {self.kind.name} works again")
+        self.quiet.recovered_all(
+            (f"{self.kind.plural} list failing", f"forbidden list {self.kind.plural}"),
+            f"listing {self.kind.name} works again",
+        )
         await self.rebuild()
 
     async def run(self) -> None:
@@ -135,10 +158,14 @@ class Configs:
 
     async def rebuild(self) -> None:
         objects = list(self.objects.items())
-        missing = [(uid, body) for uid, body in objects if (uid, _generation(body)) not in self.compiled]
+        missing = [
+            (uid, body) for uid, body in objects if (uid, _generation(body)) not in self.compiled
+        ]
         if missing:
             compile_ = self.kind.compile
-            fresh = await asyncio.to_thread(lambda: [((uid, _generation(b)), compile_(b)) for uid, b in missing])
+            fresh = await asyncio.to_thread(
+                lambda: [((uid, _generation(b)), compile_(b)) for uid, b in missing]
+            )
             self.compiled.update(fresh)
         keys = {(uid, _generation(body)) for uid, body in objects}
         for stale in [k for k in self.compiled if k not in keys]:
@@ -163,29 +190,51 @@ class Configs:
             if same_status(body.get("status"), wanted):
                 self._statuses.pop(uid, None)
                 continue
-            wanted["conditions"][0]["lastTransitionTime"] = \
-                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            wanted["conditions"][0]["lastTransitionTime"] = datetime.datetime.now(
+                datetime.UTC
+            ).strftime("%Y-%m-%dT%H:%M:%SZ")
             try:
-                stored = await self.api.request("PATCH", self.kind.path(meta, status=True), body={"status": wanted},
-                                                content_type=MERGE_PATCH)
+                stored = await self.api.request(
+                    "PATCH",
+                    self.kind.path(meta, status=True),
+                    body={"status": wanted},
+                    content_type=MERGE_PATCH,
+                )
             except ApiError as exc:
                 failed = True
                 if exc.status == 404:
                     self._statuses.pop(uid, None)
                     continue
-                self.quiet.warning(f"forbidden {exc.what}" if exc.status == 403 else f"{self.kind.plural} status failing",
-                                   "cannot write the status of %s %s (%s); will retry", self.kind.name,
-                                   meta["name"], exc)
+                self.quiet.warning(
+                    f"forbidden {exc.what}"
+                    if exc.status == 403
+                    else f"{self.kind.plural} status failing",
+                    "cannot write the status of %s %s (%s); will retry",
+                    self.kind.name,
+                    meta["name"],
+                    exc,
+                )
                 continue
             self._statuses.pop(uid, None)
-            if isinstance(stored, dict) and uid in self.objects and _rv(stored) >= _rv(self.objects[uid]):
+            if (
+                isinstance(stored, dict)
+                and uid in self.objects
+                and _rv(stored) >= _rv(self.objects[uid])
+            ):
                 self.objects[uid] = stored  # what is stored now: its status is the one just written
             if wanted["conditions"][0]["status"] != "True":
-                self.quiet.warning(f"{self.kind.plural} {meta['name']} {meta.get('generation')}", "%s %s: %s",
-                                   self.kind.name, meta["name"], wanted["conditions"][0]["message"])
+                self.quiet.warning(
+                    f"{self.kind.plural} {meta['name']} {meta.get('generation')}",
+                    "%s %s: %s",
+                    self.kind.name,
+                    meta["name"],
+                    wanted["conditions"][0]["message"],
+                )
         if not failed:
-            self.quiet.recovered_all((f"{self.kind.plural} status failing", f"forbidden patch {self.kind.plural}"),
-                                     f"writing {self.kind.name} statuses works again")
+            self.quiet.recovered_all(
+                (f"{self.kind.plural} status failing", f"forbidden patch {self.kind.plural}"),
+                f"writing {self.kind.name} statuses works again",
+            )
             return 0.0
         return min(10.0, max(0.5, delay * 2))
 

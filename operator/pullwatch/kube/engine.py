@@ -27,9 +27,9 @@ from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
 from ..core.workload import Workload
 from . import metrics
 from .api import Api
+from .config import Configs
 from .events import ListWatch
 from .health import Health
-from .config import Configs
 from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
 from .reports import ReportWriter
@@ -43,10 +43,10 @@ COOL_AFTER = 10  # minutes without a pull after which a Finding is packed (Findi
 
 @dataclass
 class Options:
-    namespaces: list[str] = field(default_factory=list)   # Event namespaces; empty: all
+    namespaces: list[str] = field(default_factory=list)  # Event namespaces; empty: all
     scanner_defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES  # empty with --no-default-scanners
-    scanner_extra: frozenset[str] = frozenset()                # --scanner
-    operator_namespace: str = "pullwatch-system"             # its Suppressions may act cluster-wide
+    scanner_extra: frozenset[str] = frozenset()  # --scanner
+    operator_namespace: str = "pullwatch-system"  # its Suppressions may act cluster-wide
     flush_interval: float = 0.25
     status_interval: float = 2.0
     watch_timeout: int = 60
@@ -67,50 +67,100 @@ class Options:
 class Engine:
     def __init__(self, api: Api, options: Options, health: Health, quiet: Quiet):
         self.api, self.options, self.health, self.quiet = api, options, health, quiet
-        self.detector = Detector(Allowlist(), options.scanner_defaults | options.scanner_extra,
-                                 caps=Caps(options.max_findings, options.max_findings_per_namespace),
-                                 live_series=MAX_SERIES)
-        self.writer = FindingWriter(api, self.detector, health, flush_interval=options.flush_interval,
-                                    status_interval=options.status_interval, quiet=quiet)
+        self.detector = Detector(
+            Allowlist(),
+            options.scanner_defaults | options.scanner_extra,
+            caps=Caps(options.max_findings, options.max_findings_per_namespace),
+            live_series=MAX_SERIES,
+        )
+        self.writer = FindingWriter(
+            api,
+            self.detector,
+            health,
+            flush_interval=options.flush_interval,
+            status_interval=options.status_interval,
+            quiet=quiet,
+        )
         self.resolver = WorkloadResolver(api if options.read_workloads else None, quiet=quiet)
-        self.custody = Custody(api, self.detector, self.writer, retention_seconds=options.retention_seconds,
-                               quiet=quiet)
-        self.reports = ReportWriter(api, self.detector, interval=options.openreports_interval,
-                                    max_results=options.openreports_max_results, quiet=quiet) \
-            if options.openreports else None
+        self.custody = Custody(
+            api,
+            self.detector,
+            self.writer,
+            retention_seconds=options.retention_seconds,
+            quiet=quiet,
+        )
+        self.reports = (
+            ReportWriter(
+                api,
+                self.detector,
+                interval=options.openreports_interval,
+                max_results=options.openreports_max_results,
+                quiet=quiet,
+            )
+            if options.openreports
+            else None
+        )
         if self.reports is not None:
             self.writer.listeners.append(self.reports.mark)
         self.hidden: Counter[str] = Counter()  # pulls hidden per Suppression
         self.configs = {
             "AllowedImages": Configs(api, allowed_images(self.detector), quiet),
-            "ScannerImages": Configs(api, scanner_images(self.detector, options.scanner_extra,
-                                                         options.scanner_defaults), quiet),
-            "Suppression": Configs(api, suppressions(self.detector, options.operator_namespace, self._recover,
-                                                     self.hidden), quiet),
+            "ScannerImages": Configs(
+                api,
+                scanner_images(self.detector, options.scanner_extra, options.scanner_defaults),
+                quiet,
+            ),
+            "Suppression": Configs(
+                api,
+                suppressions(self.detector, options.operator_namespace, self._recover, self.hidden),
+                quiet,
+            ),
         }
         # The Findings of the namespaces watched, no others: another pullwatch may own those (their
         # retention, their tamper checks).
         self.findings_watches = [
-            ListWatch(api, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" if ns else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
-                      self._finding_event, name=f"Findings watch ({ns or 'all namespaces'})", health=health,
-                      watch_timeout=options.watch_timeout, read_timeout=options.read_timeout, quiet=quiet,
-                      metric="findings", cached=True)
-            for ns in (options.namespaces or [None])]
+            ListWatch(
+                api,
+                f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
+                if ns
+                else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
+                self._finding_event,
+                name=f"Findings watch ({ns or 'all namespaces'})",
+                health=health,
+                watch_timeout=options.watch_timeout,
+                read_timeout=options.read_timeout,
+                quiet=quiet,
+                metric="findings",
+                cached=True,
+            )
+            for ns in (options.namespaces or [None])
+        ]
         self.event_streams = [
-            ListWatch(api, f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events", self.handle_event,
-                      name=f"Event stream ({ns or 'all namespaces'})", health=health, candidate=CANDIDATE,
-                      keep_listed=_image_reason, watch_timeout=options.watch_timeout,
-                      read_timeout=options.read_timeout, quiet=quiet, metric="events")
-            for ns in (options.namespaces or [None])]
+            ListWatch(
+                api,
+                f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events",
+                self.handle_event,
+                name=f"Event stream ({ns or 'all namespaces'})",
+                health=health,
+                candidate=CANDIDATE,
+                keep_listed=_image_reason,
+                watch_timeout=options.watch_timeout,
+                read_timeout=options.read_timeout,
+                quiet=quiet,
+                metric="events",
+            )
+            for ns in (options.namespaces or [None])
+        ]
         self._hidden_written: Counter[str] = Counter()
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
-        self.started = asyncio.Event()   # adoption and allowlist done; Events flowing
+        self.started = asyncio.Event()  # adoption and allowlist done; Events flowing
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
-    # -- lifecycle ------------------------------------------------------------------------------------
+    # -- lifecycle
+    # ------------------------------------------------------------------------------------
     async def run(self) -> None:
         def start(coro: Any, name: str) -> None:
             self._tasks.append(asyncio.create_task(coro, name=name))
@@ -122,7 +172,7 @@ class Engine:
             start(watch.run(), watch.name)
             self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
         for watch in self.findings_watches:
-            await watch.synced.wait()   # every Finding adopted (its first list)
+            await watch.synced.wait()  # every Finding adopted (its first list)
         log.info("adopted %d existing Findings", len(self.detector.states))
         # every AllowedImages, ScannerImages and Suppression compiled before any pull is judged
         await asyncio.gather(*(c.load() for c in self.configs.values()))
@@ -156,10 +206,14 @@ class Engine:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)
         if left:
-            log.error("shutting down with %d Findings not written (the API server did not take them in time)", left)
+            log.error(
+                "shutting down with %d Findings not written (the API server did not take them in time)",
+                left,
+            )
         return left
 
-    # -- the pipeline ---------------------------------------------------------------------------------
+    # -- the pipeline
+    # ---------------------------------------------------------------------------------
     def handle_event(self, kind: str, obj: dict[str, Any]) -> None:
         """One candidate Event from the stream: decode, judge, and count it once its workload is known."""
         if kind == "DELETED" or self._stopping:
@@ -177,11 +231,17 @@ class Engine:
             self.pulls += 1
             return
         if pull.involved.kind != "Pod" or self.detector.routed(pull):
-            self._count(pull, None)  # no pod, or its series already has its Finding: nothing to read
+            self._count(
+                pull, None
+            )  # no pod, or its series already has its Finding: nothing to read
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
-        self.resolver.request(pull.involved.namespace, pull.involved.name, priority,
-                              lambda workload: self._count(pull, workload))
+        self.resolver.request(
+            pull.involved.namespace,
+            pull.involved.name,
+            priority,
+            lambda workload: self._count(pull, workload),
+        )
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
         if self._stopping:
@@ -199,16 +259,27 @@ class Engine:
                     metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
                 if det.folded is not None:
                     metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
-            if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
+            if (
+                det.folded is not None
+                and (det.folded.rule, det.folded.namespace) not in self.capped
+            ):
                 self.capped.add((det.folded.rule, det.folded.namespace))
-                log.warning("cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
-                            "further detections are counted in Finding %s/%s", det.folded.rule, det.folded.namespace,
-                            self.options.max_findings_per_namespace, self.options.max_findings,
-                            det.state.namespace, det.state.name)
+                log.warning(
+                    "cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
+                    "further detections are counted in Finding %s/%s",
+                    det.folded.rule,
+                    det.folded.namespace,
+                    self.options.max_findings_per_namespace,
+                    self.options.max_findings,
+                    det.state.namespace,
+                    det.state.name,
+                )
 
     def _finding_event(self, kind: str, obj: dict[str, Any]) -> None:
         if not self._stopping:
-            self.custody.on_event(kind, obj, at_start=not all(w.synced.is_set() for w in self.findings_watches))
+            self.custody.on_event(
+                kind, obj, at_start=not all(w.synced.is_set() for w in self.findings_watches)
+            )
 
     def _skip(self, reason: str, event: dict[str, Any]) -> None:
         """Count a malformed Event; log each reason once, not once per Event."""
@@ -217,8 +288,12 @@ class Engine:
         metrics.SKIPPED.labels(reason).inc()
         if n == 1:
             meta = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
-            log.warning("skipping Event %s/%s: %s (logged once per reason)", meta.get("namespace"), meta.get("name"),
-                        reason)
+            log.warning(
+                "skipping Event %s/%s: %s (logged once per reason)",
+                meta.get("namespace"),
+                meta.get("name"),
+                reason,
+            )
 
     async def _census(self) -> None:
         while True:
@@ -246,7 +321,6 @@ class Engine:
                 self.detector.prune_routes()
                 await self.custody.sweep()
 
-
     def _recover(self) -> None:
         """Suppressions changed or expired: mark the Findings whose cover changed."""
         for state in self.detector.recheck_suppressions(time.time()):
@@ -255,15 +329,21 @@ class Engine:
     def census(self) -> None:
         """The Findings gauges (by rule and severity, suppressed ones apart); and the Suppressions'
         statuses, whose counts move with what happens."""
-        active: dict[tuple[str, str], int] = {(r.name, r.severity): 0 for r in RULES_BY_SHORT.values()}
+        active: dict[tuple[str, str], int] = {
+            (r.name, r.severity): 0 for r in RULES_BY_SHORT.values()
+        }
         suppressed = dict(active)
         for state in self.detector.states.values():
             if state.count:
                 rule = RULES_BY_SHORT[state.identity.rule]
-                (suppressed if state.suppression is not None else active)[(rule.name, rule.severity)] += 1
+                (suppressed if state.suppression is not None else active)[
+                    (rule.name, rule.severity)
+                ] += 1
         for (rule_name, severity), n in active.items():
             metrics.FINDINGS.labels(rule_name, severity).set(n)
-            metrics.SUPPRESSED_FINDINGS.labels(rule_name, severity).set(suppressed[(rule_name, severity)])
+            metrics.SUPPRESSED_FINDINGS.labels(rule_name, severity).set(
+                suppressed[(rule_name, severity)]
+            )
         if self.hidden != self._hidden_written:
             self._hidden_written = Counter(self.hidden)
             self.configs["Suppression"].recheck_statuses()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -41,11 +42,23 @@ BACKOFF_MAX = 10.0
 
 
 class ListWatch:
-    def __init__(self, api: Api, path: str, handle: Callable[[str, dict[str, Any]], None], *, name: str,
-                 health: Health | None = None, candidate: bytes | None = None,
-                 keep_listed: Callable[[dict[str, Any]], bool] | None = None, page: int = 500,
-                 watch_timeout: int = 60, read_timeout: float = 30.0, quiet: Quiet | None = None,
-                 metric: str | None = None, cached: bool = False):
+    def __init__(
+        self,
+        api: Api,
+        path: str,
+        handle: Callable[[str, dict[str, Any]], None],
+        *,
+        name: str,
+        health: Health | None = None,
+        candidate: bytes | None = None,
+        keep_listed: Callable[[dict[str, Any]], bool] | None = None,
+        page: int = 500,
+        watch_timeout: int = 60,
+        read_timeout: float = 30.0,
+        quiet: Quiet | None = None,
+        metric: str | None = None,
+        cached: bool = False,
+    ):
         self.api, self.path, self.handle, self.name = api, path, handle, name
         self.resource = path.rstrip("/").rsplit("/", 1)[-1]
         self.health = health or Health()
@@ -55,7 +68,7 @@ class ListWatch:
         # not come that often), so only a truly silent connection is dropped as one.
         self.watch_timeout = max(1, min(watch_timeout, int(read_timeout * 2 / 3)))
         self.quiet = quiet or Quiet(log)
-        self.relists = 0   # how often it listed (1 + one per 410)
+        self.relists = 0  # how often it listed (1 + one per 410)
         self.silences = 0  # watches dropped because nothing arrived for read_timeout
         self.synced = asyncio.Event()  # set once the first list is handed over
         self.metric = metric
@@ -79,34 +92,55 @@ class ListWatch:
             except _Gone:
                 if self.metric:
                     metrics.RELISTS.labels(self.metric).inc()
-                self.quiet.info(f"{self.name} gone", "%s: resourceVersion expired (410 Gone); listing again", self.name)
+                self.quiet.info(
+                    f"{self.name} gone",
+                    "%s: resourceVersion expired (410 Gone); listing again",
+                    self.name,
+                )
                 rv = None
                 continue
             except _Silent:
                 self.silences += 1
                 if self.metric:
                     metrics.SILENCES.labels(self.metric).inc()
-                self.quiet.info(f"{self.name} silent", "%s: nothing received for %.0fs (half-open connection?); "
-                                "watching again from where it was", self.name, self.read_timeout)
+                self.quiet.info(
+                    f"{self.name} silent",
+                    "%s: nothing received for %.0fs (half-open connection?); "
+                    "watching again from where it was",
+                    self.name,
+                    self.read_timeout,
+                )
                 continue
             except ApiError as exc:
                 failures += 1
                 if exc.status == 403:
-                    self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (%s); retrying", exc.what, self.name)
+                    self.quiet.warning(
+                        f"forbidden {exc.what}", "forbidden: %s (%s); retrying", exc.what, self.name
+                    )
                 else:
-                    self.quiet.warning(f"{self.name} failing", "%s interrupted (%s); retrying", self.name, exc)
-            except Exception as exc:  # noqa: BLE001 - a stream must never stop: say what, and go on
+                    self.quiet.warning(
+                        f"{self.name} failing", "%s interrupted (%s); retrying", self.name, exc
+                    )
+            except Exception as exc:
                 failures += 1
-                self.quiet.warning(f"{self.name} failing", "%s interrupted (%s: %s); retrying", self.name,
-                                   type(exc).__name__, str(exc)[:200])
+                self.quiet.warning(
+                    f"{self.name} failing",
+                    "%s interrupted (%s: %s); retrying",
+                    self.name,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
             await asyncio.sleep(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 6)))
 
     async def _list(self) -> str:
         """List everything, handing each item over as ADDED; the resourceVersion to watch from."""
         self.relists += 1
         rv = await (self._list_cached() if self.cached else self._list_paged())
-        self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: listing works again",
-                                 self.name)
+        self.quiet.recovered_all(
+            (f"forbidden list {self.resource}", f"{self.name} failing"),
+            "%s: listing works again",
+            self.name,
+        )
         return rv
 
     def _listed(self, item: Any) -> None:
@@ -136,23 +170,35 @@ class ListWatch:
 
     async def _watch(self, rv: str) -> str:
         """Watch from ``rv`` until the server ends the watch; return where it got to."""
-        params = {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": rv,
-                  "timeoutSeconds": str(self.watch_timeout)}
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": rv,
+            "timeoutSeconds": str(self.watch_timeout),
+        }
         async with self.api.stream(self.path, params, self.read_timeout) as rsp:
-            self.quiet.recovered_all((f"forbidden list {self.resource}", f"{self.name} failing"), "%s: watching again",
-                                     self.name)
+            self.quiet.recovered_all(
+                (f"forbidden list {self.resource}", f"{self.name} failing"),
+                "%s: watching again",
+                self.name,
+            )
             while True:
                 try:
                     line = await rsp.content.readline()
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise _Silent() from None
                 except (aiohttp.ClientError, OSError) as exc:  # the stream broke mid-chunk
-                    raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", self.path) from None
+                    raise ApiError(
+                        0, type(exc).__name__, str(exc)[:200], "GET", self.path
+                    ) from None
                 if not line:
                     return rv
                 self.health.beat(self.name)
-                if self.candidate is not None and self.candidate not in line \
-                        and not line.startswith((b'{"type":"BOOKMARK"', b'{"type":"ERROR"')):
+                if (
+                    self.candidate is not None
+                    and self.candidate not in line
+                    and not line.startswith((b'{"type":"BOOKMARK"', b'{"type":"ERROR"'))
+                ):
                     continue  # cannot be a pull; resuming from an older rv only re-delivers it
                 event = orjson.loads(line)
                 kind = event.get("type")

@@ -21,7 +21,7 @@ allowlist is compiled in a thread), so the probe itself always answers.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class Health:
@@ -46,5 +46,8 @@ class Health:
 
     def stuck(self) -> list[str]:
         now = self.clock()
-        return [f"{name} (no progress for {now - self._beats[name]:.0f}s)"
-                for name, allowed in sorted(self._allowed.items()) if now - self._beats[name] > allowed]
+        return [
+            f"{name} (no progress for {now - self._beats[name]:.0f}s)"
+            for name, allowed in sorted(self._allowed.items())
+            if now - self._beats[name] > allowed
+        ]

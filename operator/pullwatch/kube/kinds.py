@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..core.allowlist import Allowlist, Policy, policy_from_object
 from ..core.detector import Detector
@@ -39,15 +40,26 @@ def allowed_images(detector: Detector) -> Kind:
         if not policy.usable:
             ready = condition(False, "Invalid", "; ".join(problems[:3]), generation)
         elif problems:
-            ready = condition(False, "InvalidPatterns", f"{len(problems)} problem(s); the valid patterns still apply: "
-                              + "; ".join(problems[:3]), generation)
+            ready = condition(
+                False,
+                "InvalidPatterns",
+                f"{len(problems)} problem(s); the valid patterns still apply: "
+                + "; ".join(problems[:3]),
+                generation,
+            )
         else:
-            ready = condition(True, "Valid", f"{len(policy.patterns)} pattern(s) in use", generation)
-        return {"observedGeneration": generation, "patterns": len(policy.patterns),
-                "patternsWritten": len(_spec_list(body, "images")),
-                "normalizedPatterns": [cut(p.normalized, 256) for p in policy.patterns[:SAMPLE]],
-                "problems": [cut(p, 300) for p in problems[:SAMPLE]], "problemCount": len(problems),
-                "conditions": [ready]}
+            ready = condition(
+                True, "Valid", f"{len(policy.patterns)} pattern(s) in use", generation
+            )
+        return {
+            "observedGeneration": generation,
+            "patterns": len(policy.patterns),
+            "patternsWritten": len(_spec_list(body, "images")),
+            "normalizedPatterns": [cut(p.normalized, 256) for p in policy.patterns[:SAMPLE]],
+            "problems": [cut(p, 300) for p in problems[:SAMPLE]],
+            "problemCount": len(problems),
+            "conditions": [ready],
+        }
 
     return Kind("AllowedImages", "allowedimages", False, policy_from_object, install, status)
 
@@ -59,19 +71,31 @@ def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozense
     def status(lst: ScannerList, body: dict[str, Any]) -> dict[str, Any]:
         generation = body["metadata"].get("generation")
         problems = list(lst.problems)
-        message = (f"{len(lst.names)} name(s) {'replacing the built-in list' if lst.replace_defaults else 'added'}; "
-                   f"{len(detector.scanners)} scanner name(s) in force in all")
-        ready = condition(not problems, "InvalidNames" if problems else "Valid",
-                          ("; ".join(problems[:3]) + "; the valid names still apply") if problems else message, generation)
-        return {"observedGeneration": generation, "names": len(lst.names), "replacesDefaults": lst.replace_defaults,
-                "namesInForce": len(detector.scanners), "problems": [cut(p, 300) for p in problems[:SAMPLE]],
-                "conditions": [ready]}
+        message = (
+            f"{len(lst.names)} name(s) {'replacing the built-in list' if lst.replace_defaults else 'added'}; "
+            f"{len(detector.scanners)} scanner name(s) in force in all"
+        )
+        ready = condition(
+            not problems,
+            "InvalidNames" if problems else "Valid",
+            ("; ".join(problems[:3]) + "; the valid names still apply") if problems else message,
+            generation,
+        )
+        return {
+            "observedGeneration": generation,
+            "names": len(lst.names),
+            "replacesDefaults": lst.replace_defaults,
+            "namesInForce": len(detector.scanners),
+            "problems": [cut(p, 300) for p in problems[:SAMPLE]],
+            "conditions": [ready],
+        }
 
     return Kind("ScannerImages", "scannerimages", False, scanner_list_from_object, install, status)
 
 
-def suppressions(detector: Detector, operator_namespace: str, changed: Callable[[], None],
-                 hidden: Counter[str]) -> Kind:
+def suppressions(
+    detector: Detector, operator_namespace: str, changed: Callable[[], None], hidden: Counter[str]
+) -> Kind:
     """``hidden``: pulls hidden per Suppression (``namespace/name``), counted by the engine."""
 
     def install(items: list[Suppression]) -> None:
@@ -82,17 +106,37 @@ def suppressions(detector: Detector, operator_namespace: str, changed: Callable[
         generation = body["metadata"].get("generation")
         stored = body.get("status") if isinstance(body.get("status"), dict) else {}
         if isinstance(stored.get("hidden"), int) and stored["hidden"] > hidden[s.key]:
-            hidden[s.key] = stored["hidden"]  # counted before this process started: go on from there
+            hidden[s.key] = stored[
+                "hidden"
+            ]  # counted before this process started: go on from there
         if s.problems:
-            ready = condition(False, "Invalid", "covers nothing: " + "; ".join(s.problems[:3]), generation)
+            ready = condition(
+                False, "Invalid", "covers nothing: " + "; ".join(s.problems[:3]), generation
+            )
         elif s.expired(time.time()):
             ready = condition(False, "Expired", "expired: covers nothing any more", generation)
         else:
             ready = condition(True, "Active", s.describe(), generation)
-        covering = sum(1 for st in detector.states.values() if st.suppression is not None
-                       and (st.suppression["namespace"], st.suppression["name"]) == (s.namespace, s.name))
-        return {"observedGeneration": generation, "covers": cut(s.describe(), 1000), "hidden": hidden[s.key],
-                "findings": covering, "problems": [cut(p, 300) for p in s.problems[:SAMPLE]], "conditions": [ready]}
+        covering = sum(
+            1
+            for st in detector.states.values()
+            if st.suppression is not None
+            and (st.suppression["namespace"], st.suppression["name"]) == (s.namespace, s.name)
+        )
+        return {
+            "observedGeneration": generation,
+            "covers": cut(s.describe(), 1000),
+            "hidden": hidden[s.key],
+            "findings": covering,
+            "problems": [cut(p, 300) for p in s.problems[:SAMPLE]],
+            "conditions": [ready],
+        }
 
-    return Kind("Suppression", "suppressions", True, lambda b: suppression_from_object(b, operator_namespace),
-                install, status)
+    return Kind(
+        "Suppression",
+        "suppressions",
+        True,
+        lambda b: suppression_from_object(b, operator_namespace),
+        install,
+        status,
+    )

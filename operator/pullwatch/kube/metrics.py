@@ -26,30 +26,77 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-PULLS = Counter("pullwatch_pulls_detected_total", "Pulls counted into Findings.", ["rule", "severity"],
-                registry=REGISTRY)
-SUPPRESSED_PULLS = Counter("pullwatch_pulls_suppressed_total", "Pulls counted into Findings that a Suppression covers.",
-                           ["rule", "severity"], registry=REGISTRY)
-FINDINGS = Gauge("pullwatch_findings", "Findings with at least one pull, suppressed ones left out.",
-                 ["rule", "severity"], registry=REGISTRY)
-SUPPRESSED_FINDINGS = Gauge("pullwatch_findings_suppressed", "Findings a Suppression covers.", ["rule", "severity"],
-                            registry=REGISTRY)
-FOLDED = Counter("pullwatch_findings_folded_total", "Pulls counted into overflow Findings, past a cap.",
-                 ["rule", "namespace"], registry=REGISTRY)
-EXAMINED = Counter("pullwatch_events_examined_total", "Candidate Events decoded.", registry=REGISTRY)
-SKIPPED = Counter("pullwatch_events_skipped_total", "Malformed image Events skipped, by reason.", ["reason"],
-                  registry=REGISTRY)
-LATENCY = Histogram("pullwatch_event_to_finding_seconds", "Seconds from an Event's arrival to the write of its Finding.",
-                    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=REGISTRY)
-WRITES = Counter("pullwatch_api_writes_total", "Writes of Findings, by verb and outcome.", ["verb", "outcome"],
-                 registry=REGISTRY)
-ALLOWLIST_OBJECTS = Gauge("pullwatch_allowlist_objects", "AllowedImages objects in force.", registry=REGISTRY)
-REFUSED_PATTERNS = Gauge("pullwatch_allowlist_refused_patterns", "Allowlist patterns refused (they allow nothing).",
-                         registry=REGISTRY)
-ACTIVE = Gauge("pullwatch_active", "1 on the replica that processes Events, 0 on a standby.", registry=REGISTRY)
-RELISTS = Counter("pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY)
-SILENCES = Counter("pullwatch_stream_silences_total", "Watches dropped as silent (half-open connections).",
-                   ["stream"], registry=REGISTRY)
+PULLS = Counter(
+    "pullwatch_pulls_detected_total",
+    "Pulls counted into Findings.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+SUPPRESSED_PULLS = Counter(
+    "pullwatch_pulls_suppressed_total",
+    "Pulls counted into Findings that a Suppression covers.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+FINDINGS = Gauge(
+    "pullwatch_findings",
+    "Findings with at least one pull, suppressed ones left out.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+SUPPRESSED_FINDINGS = Gauge(
+    "pullwatch_findings_suppressed",
+    "Findings a Suppression covers.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+FOLDED = Counter(
+    "pullwatch_findings_folded_total",
+    "Pulls counted into overflow Findings, past a cap.",
+    ["rule", "namespace"],
+    registry=REGISTRY,
+)
+EXAMINED = Counter(
+    "pullwatch_events_examined_total", "Candidate Events decoded.", registry=REGISTRY
+)
+SKIPPED = Counter(
+    "pullwatch_events_skipped_total",
+    "Malformed image Events skipped, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "pullwatch_event_to_finding_seconds",
+    "Seconds from an Event's arrival to the write of its Finding.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+WRITES = Counter(
+    "pullwatch_api_writes_total",
+    "Writes of Findings, by verb and outcome.",
+    ["verb", "outcome"],
+    registry=REGISTRY,
+)
+ALLOWLIST_OBJECTS = Gauge(
+    "pullwatch_allowlist_objects", "AllowedImages objects in force.", registry=REGISTRY
+)
+REFUSED_PATTERNS = Gauge(
+    "pullwatch_allowlist_refused_patterns",
+    "Allowlist patterns refused (they allow nothing).",
+    registry=REGISTRY,
+)
+ACTIVE = Gauge(
+    "pullwatch_active", "1 on the replica that processes Events, 0 on a standby.", registry=REGISTRY
+)
+RELISTS = Counter(
+    "pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY
+)
+SILENCES = Counter(
+    "pullwatch_stream_silences_total",
+    "Watches dropped as silent (half-open connections).",
+    ["stream"],
+    registry=REGISTRY,
+)
 
 
 def serve(address: str) -> None:

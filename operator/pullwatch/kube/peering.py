@@ -32,7 +32,7 @@ def active_by_rule(status: Any, priority: int, now: datetime.datetime) -> bool:
         try:
             seen = datetime.datetime.fromisoformat(str(info["lastseen"]))
             if seen.tzinfo is None:
-                seen = seen.replace(tzinfo=datetime.timezone.utc)
+                seen = seen.replace(tzinfo=datetime.UTC)
             alive = seen + datetime.timedelta(seconds=int(info.get("lifetime", 60))) > now
             peer_priority = int(info.get("priority", 0))
         except (KeyError, ValueError, TypeError):
@@ -51,17 +51,27 @@ class Peering:
 
     async def check(self) -> bool:
         try:
-            obj = await self.api.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{self.name}", timeout=5)
+            obj = await self.api.request(
+                "GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}/{self.name}", timeout=5
+            )
         except ApiError as exc:
             reason = f"forbidden: {exc.what}" if exc.status == 403 else str(exc)
             if self.active is None:
-                self.quiet.warning("peering unreadable", "cannot tell whether another replica is active (%s); "
-                                   "standing by until the peering object can be read", reason)
+                self.quiet.warning(
+                    "peering unreadable",
+                    "cannot tell whether another replica is active (%s); "
+                    "standing by until the peering object can be read",
+                    reason,
+                )
             else:
-                self.quiet.warning("peering unreadable", "cannot read the peering object (%s); staying %s", reason,
-                                   "active" if self.active else "on standby")
+                self.quiet.warning(
+                    "peering unreadable",
+                    "cannot read the peering object (%s); staying %s",
+                    reason,
+                    "active" if self.active else "on standby",
+                )
             return bool(self.active)
         self.quiet.recovered("peering unreadable", "reading the peering object works again")
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.active = active_by_rule(obj.get("status"), self.priority, now)
         return self.active

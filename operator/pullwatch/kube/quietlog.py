@@ -19,11 +19,16 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class Quiet:
-    def __init__(self, logger: logging.Logger, interval: float = 300.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.logger, self.interval, self.clock = logger, interval, clock
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
@@ -68,7 +73,9 @@ class Quiet:
         self.logger.info(msg, *args)
 
 
-_ATTEMPT = re.compile(r"^Request attempt #\d+(?:/\d+)? failed; (?:will retry|escalating): (\S+) (\S+?)(?:\?\S*)? -> (\w+)")
+_ATTEMPT = re.compile(
+    r"^Request attempt #\d+(?:/\d+)? failed; (?:will retry|escalating): (\S+) (\S+?)(?:\?\S*)? -> (\w+)"
+)
 
 
 class KopfRetryFilter(logging.Filter):
@@ -82,7 +89,7 @@ class KopfRetryFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             m = _ATTEMPT.match(record.getMessage())
-        except Exception:  # noqa: BLE001 - a log record we cannot format is not ours to drop
+        except Exception:
             return True
         if m is None:
             return True

@@ -30,12 +30,19 @@ def _path(namespace: str | None = None, name: str | None = None) -> str:
 
 
 class ReportWriter:
-    def __init__(self, api: Api, detector: Detector, *, interval: float = 5.0, max_results: int = 100,
-                 quiet: Quiet | None = None):
+    def __init__(
+        self,
+        api: Api,
+        detector: Detector,
+        *,
+        interval: float = 5.0,
+        max_results: int = 100,
+        quiet: Quiet | None = None,
+    ):
         self.api, self.detector = api, detector
         self.interval, self.max_results = interval, max_results
         self.quiet = quiet or Quiet(log)
-        self.versions: dict[str, str] = {}   # namespace -> resourceVersion of its Report
+        self.versions: dict[str, str] = {}  # namespace -> resourceVersion of its Report
         self.dirty: set[str] = set()
         self.writes = 0
         self._wake = asyncio.Event()
@@ -50,7 +57,7 @@ class ReportWriter:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             await asyncio.sleep(self.interval)  # coalesce what comes in the meantime
@@ -71,7 +78,9 @@ class ReportWriter:
         """The Reports pullwatch wrote before: know their versions; remove those with no Findings."""
         while True:
             try:
-                async for page in self.api.pages(_path(), params={"labelSelector": f"{LABEL_MANAGED_BY}={SOURCE}"}):
+                async for page in self.api.pages(
+                    _path(), params={"labelSelector": f"{LABEL_MANAGED_BY}={SOURCE}"}
+                ):
                     for item in page.get("items") or []:
                         meta = item.get("metadata") or {}
                         if meta.get("name") == NAME:
@@ -106,7 +115,9 @@ class ReportWriter:
                     wanted["metadata"]["resourceVersion"] = rv
                     stored = await self.api.request("PUT", _path(namespace, NAME), body=wanted)
             except ApiError as exc:
-                if exc.status == 409:  # it exists (create), or it moved on (update): read its version
+                if (
+                    exc.status == 409
+                ):  # it exists (create), or it moved on (update): read its version
                     rv = await self._version(namespace)
                     continue
                 if exc.status == 404 and rv is not None:
@@ -116,7 +127,9 @@ class ReportWriter:
             self.writes += 1
             self.versions[namespace] = stored["metadata"]["resourceVersion"]
             return
-        raise ApiError(409, "Conflict", "gave up after 3 conflicting attempts", "PUT", _path(namespace, NAME))
+        raise ApiError(
+            409, "Conflict", "gave up after 3 conflicting attempts", "PUT", _path(namespace, NAME)
+        )
 
     async def _version(self, namespace: str) -> str | None:
         try:
@@ -129,9 +142,17 @@ class ReportWriter:
 
     def _complain(self, exc: ApiError) -> None:
         if exc.status == 404 and "reports" in exc.path and exc.reason in ("NotFound", ""):
-            self.quiet.warning("reports crd", "OpenReports Reports are not installed in this cluster (%s): install "
-                               "their CRD (manifests/components/openreports); retrying", exc)
+            self.quiet.warning(
+                "reports crd",
+                "OpenReports Reports are not installed in this cluster (%s): install "
+                "their CRD (manifests/components/openreports); retrying",
+                exc,
+            )
         elif exc.status == 403:
-            self.quiet.warning(f"reports forbidden {exc.what}", "forbidden: %s (OpenReports); retrying", exc.what)
+            self.quiet.warning(
+                f"reports forbidden {exc.what}", "forbidden: %s (OpenReports); retrying", exc.what
+            )
         else:
-            self.quiet.warning(f"reports {exc.status}", "writing an OpenReports Report failed (%s); retrying", exc)
+            self.quiet.warning(
+                f"reports {exc.status}", "writing an OpenReports Report failed (%s); retrying", exc
+            )

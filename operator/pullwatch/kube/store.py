@@ -20,13 +20,12 @@ import logging
 import time
 from typing import Any
 
-from .. import GROUP, VERSION
 from ..core.detector import Detector
 from ..core.findings import LABEL_KEEP, build_spec, minute_of
 from ..core.state import FindingState
 from .api import FIELD_MANAGER, Api, ApiError
 from .quietlog import Quiet
-from .writer import PLURAL, FindingWriter, path_of
+from .writer import FindingWriter, path_of
 
 log = logging.getLogger("pullwatch.store")
 
@@ -41,24 +40,40 @@ def editors(obj: dict[str, Any], part: str | None = None) -> list[str]:
     no older than pullwatch's own latest (times have one-second resolution); with ``part``
     (``spec``, ``status``), only those whose fields are in it."""
     entries = [e for e in _meta(obj).get("managedFields") or [] if isinstance(e, dict)]
-    ours = max((str(e.get("time") or "") for e in entries if e.get("manager") == FIELD_MANAGER), default="")
-    return sorted({str(e.get("manager") or "unknown") for e in entries
-                   if e.get("manager") != FIELD_MANAGER and str(e.get("time") or "") >= ours
-                   and (part is None or f"f:{part}" in (e.get("fieldsV1") or {}))})
+    ours = max(
+        (str(e.get("time") or "") for e in entries if e.get("manager") == FIELD_MANAGER), default=""
+    )
+    return sorted(
+        {
+            str(e.get("manager") or "unknown")
+            for e in entries
+            if e.get("manager") != FIELD_MANAGER
+            and str(e.get("time") or "") >= ours
+            and (part is None or f"f:{part}" in (e.get("fieldsV1") or {}))
+        }
+    )
 
 
 class Custody:
-    def __init__(self, api: Api, detector: Detector, writer: FindingWriter, *, retention_seconds: float,
-                 quiet: Quiet | None = None):
+    def __init__(
+        self,
+        api: Api,
+        detector: Detector,
+        writer: FindingWriter,
+        *,
+        retention_seconds: float,
+        quiet: Quiet | None = None,
+    ):
         self.api, self.detector, self.writer = api, detector, writer
         self.retention = retention_seconds
         self.quiet = quiet or Quiet(log)
         self.keep: set[str] = set()
         self.deleting: set[str] = set()
         self.restored = 0  # edits undone (for the metrics and tests)
-        self.deleted = 0   # Findings removed by retention
+        self.deleted = 0  # Findings removed by retention
 
-    # -- adoption ------------------------------------------------------------------------------------
+    # -- adoption
+    # ------------------------------------------------------------------------------------
     def _take(self, obj: dict[str, Any], at_start: bool) -> FindingState | None:
         """Adopt one stored Finding; put back what was changed behind pullwatch's back."""
         meta = _meta(obj)
@@ -66,8 +81,13 @@ class Custody:
         try:
             state = self.detector.adopt(obj)
         except ValueError as exc:
-            self.quiet.warning(f"foreign {name}", "Finding %s/%s is not one pullwatch wrote (%s); left alone",
-                               meta.get("namespace"), name, exc)
+            self.quiet.warning(
+                f"foreign {name}",
+                "Finding %s/%s is not one pullwatch wrote (%s); left alone",
+                meta.get("namespace"),
+                name,
+                exc,
+            )
             return None
         self.writer.versions[name] = str(meta.get("resourceVersion"))
         self._note_labels(name, meta)
@@ -87,18 +107,30 @@ class Custody:
         if stored.get("spec") != build_spec(state.identity, state.origin):
             who = ", ".join(editors(stored, "spec")) or "someone"
             self.restored += 1
-            log.warning("Finding %s/%s: its spec was changed by %s%s; putting pullwatch's back", state.namespace,
-                        state.name, who, " while pullwatch was not running" if at_start else "")
+            log.warning(
+                "Finding %s/%s: its spec was changed by %s%s; putting pullwatch's back",
+                state.namespace,
+                state.name,
+                who,
+                " while pullwatch was not running" if at_start else "",
+            )
             self.writer.mark(state.name, restore_spec=True)
         count = (stored.get("status") or {}).get("count")
         if count != state.count and (at_start or editors(stored)):
             who = ", ".join(editors(stored, "status")) or "someone"
             self.restored += 1
-            log.warning("Finding %s/%s: its count was changed to %s by %s; putting back %d", state.namespace,
-                        state.name, count, who, state.count)
+            log.warning(
+                "Finding %s/%s: its count was changed to %s by %s; putting back %d",
+                state.namespace,
+                state.name,
+                count,
+                who,
+                state.count,
+            )
             self.writer.mark(state.name)
 
-    # -- while running: the Findings watch ---------------------------------------------------------------
+    # -- while running: the Findings watch
+    # ---------------------------------------------------------------
     def on_event(self, kind: str, obj: dict[str, Any], at_start: bool = False) -> None:
         """One Finding from the watch; ``at_start``: from its first list (the adoption)."""
         meta = _meta(obj)
@@ -109,22 +141,31 @@ class Custody:
             if name in self.deleting:
                 self.deleting.discard(name)
             elif name in self.detector.states:
-                log.warning("Finding %s/%s was deleted (not by pullwatch's retention); it is written again, with "
-                            "every pull pullwatch knows of, at its next pull", meta.get("namespace"), name)
+                log.warning(
+                    "Finding %s/%s was deleted (not by pullwatch's retention); it is written again, with "
+                    "every pull pullwatch knows of, at its next pull",
+                    meta.get("namespace"),
+                    name,
+                )
             return
         self._note_labels(name, meta)
         state = self.detector.states.get(name)
         if state is None:
-            self._take(obj, at_start)  # adoption; or one not known yet: another replica's, or missed
+            self._take(
+                obj, at_start
+            )  # adoption; or one not known yet: another replica's, or missed
             return
         if str(meta.get("resourceVersion")) == self.writer.versions.get(name):
             return  # the echo of pullwatch's own latest write
         count = (obj.get("status") or {}).get("count")
         if isinstance(count, int) and count > state.count:
-            self.detector.adopt(obj)  # counted more elsewhere (another pullwatch): merge, never double
+            self.detector.adopt(
+                obj
+            )  # counted more elsewhere (another pullwatch): merge, never double
         self._check(state, obj, at_start)
 
-    # -- retention ---------------------------------------------------------------------------------------
+    # -- retention
+    # ---------------------------------------------------------------------------------------
     async def sweep(self, now: float | None = None) -> int:
         """Delete the Findings not seen for ``retention`` (unless kept); how many were deleted."""
         cutoff = int((now if now is not None else time.time()) - self.retention) // 60
@@ -148,13 +189,23 @@ class Custody:
                     continue  # changed since pullwatch saw it: next sweep
                 if exc.status != 404:
                     self.deleting.discard(name)
-                    self.quiet.warning(f"forbidden {exc.what}" if exc.status == 403 else "retention failing",
-                                       "retention: cannot delete Finding %s/%s (%s)", state.namespace, name, exc)
+                    self.quiet.warning(
+                        f"forbidden {exc.what}" if exc.status == 403 else "retention failing",
+                        "retention: cannot delete Finding %s/%s (%s)",
+                        state.namespace,
+                        name,
+                        exc,
+                    )
                     continue
             self.detector.forget(name)
             self.writer.versions.pop(name, None)
             self.writer.changed(state.namespace)
             self.deleted += 1
             deleted += 1
-            log.info("retention: deleted Finding %s/%s, last seen %s", state.namespace, name, state.last_seen)
+            log.info(
+                "retention: deleted Finding %s/%s, last seen %s",
+                state.namespace,
+                name,
+                state.last_seen,
+            )
         return deleted

@@ -19,7 +19,7 @@ import heapq
 import itertools
 import logging
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.workload import Workload, controller_of, from_owners, infer, infer_above
 from .api import METADATA_ONLY, Api, ApiError
@@ -27,24 +27,39 @@ from .quietlog import Quiet
 
 log = logging.getLogger("pullwatch.workloads")
 # The top controller of a pod's direct owner: only these kinds have one that matters here.
-_PARENTS = {"ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-            "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}"}
+_PARENTS = {
+    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+}
 
 
 class WorkloadResolver:
-    def __init__(self, api: Api | None, *, cache: int = 20_000, concurrency: int = 4, queue_limit: int = 500,
-                 timeout: float = 5.0, quiet: Quiet | None = None):
+    def __init__(
+        self,
+        api: Api | None,
+        *,
+        cache: int = 20_000,
+        concurrency: int = 4,
+        queue_limit: int = 500,
+        timeout: float = 5.0,
+        quiet: Quiet | None = None,
+    ):
         self.api = api
-        self.cache: OrderedDict[tuple[str, str], Workload] = OrderedDict()   # (ns, pod) -> workload
+        self.cache: OrderedDict[tuple[str, str], Workload] = OrderedDict()  # (ns, pod) -> workload
         self.parents: OrderedDict[tuple[str, str, str], tuple[str, str] | None] = OrderedDict()
-        self.cache_size, self.concurrency, self.queue_limit, self.timeout = cache, concurrency, queue_limit, timeout
+        self.cache_size, self.concurrency, self.queue_limit, self.timeout = (
+            cache,
+            concurrency,
+            queue_limit,
+            timeout,
+        )
         self.quiet = quiet or Quiet(log)
         self._queue: list[tuple[int, int, tuple[str, str]]] = []
         self._waiting: dict[tuple[str, str], list[Callable[[Workload], None]]] = {}
         self._order = itertools.count()
         self._wake = asyncio.Event()
-        self.reads = 0      # API reads made
-        self.inferred = 0   # lookups answered by inference instead (gone, refused, slow, flood)
+        self.reads = 0  # API reads made
+        self.inferred = 0  # lookups answered by inference instead (gone, refused, slow, flood)
 
     def cached(self, namespace: str, pod: str) -> Workload | None:
         hit = self.cache.get((namespace, pod))
@@ -52,7 +67,9 @@ class WorkloadResolver:
             self.cache.move_to_end((namespace, pod))
         return hit
 
-    def request(self, namespace: str, pod: str, priority: int, done: Callable[[Workload], None]) -> None:
+    def request(
+        self, namespace: str, pod: str, priority: int, done: Callable[[Workload], None]
+    ) -> None:
         """``done(workload)`` once the pod's workload is known (on the event loop, soon)."""
         key = (namespace, pod)
         hit = self.cached(namespace, pod)
@@ -88,9 +105,14 @@ class WorkloadResolver:
             _, _, key = heapq.heappop(self._queue)
             try:
                 workload = await self.resolve(*key)
-            except Exception as exc:  # noqa: BLE001 - a lookup must never stop detection
-                self.quiet.warning("lookup failed", "reading the workload of %s/%s failed (%s); inferring it",
-                                   key[0], key[1], exc)
+            except Exception as exc:
+                self.quiet.warning(
+                    "lookup failed",
+                    "reading the workload of %s/%s failed (%s); inferring it",
+                    key[0],
+                    key[1],
+                    exc,
+                )
                 workload = infer(key[1])
             self._remember(key, workload)
             for done in self._waiting.pop(key, []):
@@ -109,7 +131,9 @@ class WorkloadResolver:
             if parent_key in self.parents:
                 chain.append(self.parents[parent_key])
             else:
-                parent_meta = await self._metadata(_PARENTS[owner[0]].format(ns=namespace, name=owner[1]))
+                parent_meta = await self._metadata(
+                    _PARENTS[owner[0]].format(ns=namespace, name=owner[1])
+                )
                 if parent_meta is None:
                     return self._unread_parent(pod, owner, meta)
                 parent = controller_of(parent_meta)
@@ -126,7 +150,11 @@ class WorkloadResolver:
         naming rules decide, as in ``scan``."""
         labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
         hash_label = labels.get("pod-template-hash")
-        if owner[0] == "ReplicaSet" and isinstance(hash_label, str) and owner[1].endswith("-" + hash_label):
+        if (
+            owner[0] == "ReplicaSet"
+            and isinstance(hash_label, str)
+            and owner[1].endswith("-" + hash_label)
+        ):
             return Workload("Deployment", owner[1][: -len(hash_label) - 1], "inferred")
         return infer_above(*owner)
 
@@ -137,10 +165,15 @@ class WorkloadResolver:
             obj = await self.api.request("GET", path, accept=METADATA_ONLY, timeout=self.timeout)  # type: ignore[union-attr]
         except ApiError as exc:
             if exc.status == 403:
-                self.quiet.warning(f"forbidden {exc.what}", "forbidden: %s (workloads are inferred from pod "
-                                   "names until it is allowed)", exc.what)
+                self.quiet.warning(
+                    f"forbidden {exc.what}",
+                    "forbidden: %s (workloads are inferred from pod names until it is allowed)",
+                    exc.what,
+                )
             elif exc.status != 404:
-                self.quiet.warning("lookup failing", "reading workloads failed (%s); inferring them", exc)
+                self.quiet.warning(
+                    "lookup failing", "reading workloads failed (%s); inferring them", exc
+                )
             return None
         self.quiet.recovered("lookup failing", "reading workloads works again")
         meta = obj.get("metadata") if isinstance(obj, dict) else None
@@ -150,4 +183,3 @@ class WorkloadResolver:
         self.cache[key] = workload
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-

@@ -23,8 +23,9 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .. import GROUP, VERSION
 from ..core.detector import Detector
@@ -49,22 +50,31 @@ def path_of(namespace: str, name: str | None = None, status: bool = False) -> st
 
 @dataclass
 class _Dirty:
-    since: float           # first change not yet written (coalescing starts here)
-    generation: int = 1    # bumped by every change: a write covers the generation it started with
-    attempts: int = 0      # failures in a row
+    since: float  # first change not yet written (coalescing starts here)
+    generation: int = 1  # bumped by every change: a write covers the generation it started with
+    attempts: int = 0  # failures in a row
     not_before: float = 0.0
     restore_spec: bool = False  # someone changed the spec: put pullwatch's back
 
 
 class FindingWriter:
-    def __init__(self, api: Api, detector: Detector, health: Health, *, flush_interval: float = 0.25,
-                 status_interval: float = 2.0, concurrency: int = 4, quiet: Quiet | None = None):
+    def __init__(
+        self,
+        api: Api,
+        detector: Detector,
+        health: Health,
+        *,
+        flush_interval: float = 0.25,
+        status_interval: float = 2.0,
+        concurrency: int = 4,
+        quiet: Quiet | None = None,
+    ):
         self.api, self.detector, self.health = api, detector, health
         self.flush_interval = flush_interval
         self.status_interval = max(flush_interval, status_interval)
         self.concurrency = concurrency
         self.quiet = quiet or Quiet(log)
-        self.versions: dict[str, str] = {}   # Findings known to exist -> last resourceVersion seen
+        self.versions: dict[str, str] = {}  # Findings known to exist -> last resourceVersion seen
         self.dirty: dict[str, _Dirty] = {}
         self.in_flight: set[str] = set()
         self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
@@ -79,7 +89,8 @@ class FindingWriter:
         self._draining = False
         self._tasks: set[asyncio.Task] = set()
 
-    # -- what to write ------------------------------------------------------------------------------
+    # -- what to write
+    # ------------------------------------------------------------------------------
     def changed(self, namespace: str) -> None:
         """A Finding of ``namespace`` changed (or was removed): tell the listeners (OpenReports)."""
         for listener in self.listeners:
@@ -109,13 +120,18 @@ class FindingWriter:
                 del self.dirty[name]  # forgotten, or nothing counted yet (a back-off alone)
                 continue
             new = name not in self.versions
-            if self._draining or d.restore_spec or now - d.since >= (self.flush_interval if new else self.status_interval):
+            if (
+                self._draining
+                or d.restore_spec
+                or now - d.since >= (self.flush_interval if new else self.status_interval)
+            ):
                 severity = RULES_BY_SHORT[state.identity.rule].severity
                 due.append((_RANK.get(severity, 9), not new, d.since, name))
         due.sort()
         return [name for *_, name in due]
 
-    # -- the loop -----------------------------------------------------------------------------------
+    # -- the loop
+    # -----------------------------------------------------------------------------------
     async def run(self) -> None:
         """Write due Findings forever, ``concurrency`` at a time (cancelled at shutdown; then
         ``drain`` writes what is left)."""
@@ -123,12 +139,12 @@ class FindingWriter:
         while True:
             self.health.beat("writer")
             free = self.concurrency - len(self.in_flight)
-            for name in self._due(loop.time())[:max(0, free)]:
+            for name in self._due(loop.time())[: max(0, free)]:
                 self._start(name)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _start(self, name: str) -> None:
@@ -146,12 +162,15 @@ class FindingWriter:
             for d in self.dirty.values():
                 d.not_before = min(d.not_before, loop.time())  # no backoff at the end
             free = self.concurrency - len(self.in_flight)
-            for name in self._due(loop.time())[:max(0, free)]:
+            for name in self._due(loop.time())[: max(0, free)]:
                 self._start(name)
             if not self._tasks:
                 break
-            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                set(self._tasks),
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         return len(self.dirty)
 
     async def _write_one(self, name: str) -> None:
@@ -165,8 +184,10 @@ class FindingWriter:
             await self._write(name, d.restore_spec)
         except ApiError as exc:
             self._failed(name, d, exc, loop.time())
-        except Exception as exc:  # noqa: BLE001 - never lose the loop to one Finding
-            self._failed(name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time())
+        except Exception as exc:
+            self._failed(
+                name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time()
+            )
         else:
             self._succeeded(name, loop.time())
             metrics.LATENCY.observe(loop.time() - d.since)
@@ -190,7 +211,13 @@ class FindingWriter:
         key = f"forbidden {exc.what}" if exc.status == 403 else f"write {exc.status} {exc.reason}"
         self.troubled.setdefault(key, set()).add(name)
         if exc.status == 403:
-            self.quiet.warning(key, "forbidden: %s (Finding %s; %s); will retry", exc.what, where, exc.message[:200])
+            self.quiet.warning(
+                key,
+                "forbidden: %s (Finding %s; %s); will retry",
+                exc.what,
+                where,
+                exc.message[:200],
+            )
         else:
             self.quiet.warning(key, "writing Finding %s failed: %s; will retry", where, exc)
 
@@ -220,7 +247,8 @@ class FindingWriter:
         self.writes[(verb, outcome)] += 1
         metrics.WRITES.labels(verb, outcome).inc()
 
-    # -- one Finding ----------------------------------------------------------------------------------
+    # -- one Finding
+    # ----------------------------------------------------------------------------------
     async def _write(self, name: str, restore_spec: bool) -> None:
         for _ in range(MAX_CONFLICTS):
             state = self.detector.states.get(name)
@@ -241,7 +269,9 @@ class FindingWriter:
                 rv, restore_spec = restored, False
             body["metadata"]["resourceVersion"] = rv
             try:
-                result = await self.api.request("PUT", path_of(state.namespace, name, status=True), body=body)
+                result = await self.api.request(
+                    "PUT", path_of(state.namespace, name, status=True), body=body
+                )
             except ApiError as exc:
                 self._wrote("update", str(exc.status))
                 if exc.status == 409:
@@ -255,12 +285,17 @@ class FindingWriter:
             self._wrote("update", "ok")
             self.versions[name] = result["metadata"]["resourceVersion"]
             return
-        raise ApiError(409, "Conflict", f"gave up after {MAX_CONFLICTS} conflicting attempts", "PUT", name)
+        raise ApiError(
+            409, "Conflict", f"gave up after {MAX_CONFLICTS} conflicting attempts", "PUT", name
+        )
 
     async def _create(self, state: FindingState, body: dict[str, Any]) -> str | None:
         try:
-            created = await self.api.request("POST", path_of(state.namespace),
-                                             body={k: v for k, v in body.items() if k != "status"})
+            created = await self.api.request(
+                "POST",
+                path_of(state.namespace),
+                body={k: v for k, v in body.items() if k != "status"},
+            )
         except ApiError as exc:
             self._wrote("create", str(exc.status))
             if exc.status != 409:
@@ -275,14 +310,20 @@ class FindingWriter:
         """Put pullwatch's spec back (someone edited it), only over the version that was read;
         labels and annotations people use for triage are left alone. The new resourceVersion, or
         None when the object moved on or is gone (re-read: the caller tries again)."""
-        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                 {"op": "replace", "path": "/spec", "value": spec}]
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "replace", "path": "/spec", "value": spec},
+        ]
         try:
-            result = await self.api.request("PATCH", path_of(state.namespace, state.name), body=patch,
-                                            content_type=JSON_PATCH)
+            result = await self.api.request(
+                "PATCH", path_of(state.namespace, state.name), body=patch, content_type=JSON_PATCH
+            )
         except ApiError as exc:
             self._wrote("patch", str(exc.status))
-            if exc.status in (409, 422):  # resourceVersion moved on (the test op failed): read again
+            if exc.status in (
+                409,
+                422,
+            ):  # resourceVersion moved on (the test op failed): read again
                 await self._reread(state)
                 return None
             if exc.status == 404:
@@ -306,8 +347,12 @@ class FindingWriter:
         try:
             self.detector.adopt(stored)
         except ValueError as exc:
-            log.warning("Finding %s/%s as stored is not one pullwatch can read (%s); writing over it",
-                        state.namespace, state.name, exc)
+            log.warning(
+                "Finding %s/%s as stored is not one pullwatch can read (%s); writing over it",
+                state.namespace,
+                state.name,
+                exc,
+            )
         rv = stored["metadata"]["resourceVersion"]
         self.versions[state.name] = rv
         return rv

@@ -33,7 +33,8 @@ one: a record cut short is then lost alone, not together with its neighbours. A 
 from __future__ import annotations
 
 import re
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -67,20 +68,20 @@ class _Reader:
     def __init__(self, stream: BinaryIO, stats, head: bytes):
         self.stream, self.stats = stream, stats
         self.buf, self.eof = head, False
-        self.stack: list[int] = []   # open brackets
-        self.mode = ""               # "object": the top-level object is a record; "array"/"list":
+        self.stack: list[int] = []  # open brackets
+        self.mode = ""  # "object": the top-level object is a record; "array"/"list":
         #                              its elements (a List's items) are the records
-        self.rec_start = -1          # where the current record starts in buf; -1: none
-        self.rec_depth = 0           # bracket depth just outside the current record
+        self.rec_start = -1  # where the current record starts in buf; -1: none
+        self.rec_depth = 0  # bracket depth just outside the current record
         self.rec_indent: bytes | None = None  # indentation of the record's first line
-        self.oversize = False        # current record too long: its bytes are dropped, its end sought
-        self.key = b""               # last key seen at depth 1 of a top-level object
+        self.oversize = False  # current record too long: its bytes are dropped, its end sought
+        self.key = b""  # last key seen at depth 1 of a top-level object
         self.envelope: dict[str, Any] = {}
-        self.gap_start = 0           # where the text between top-level values starts
-        self.gap_dirty = False       # that text held something that is not JSON
-        self.skip_to = 0             # tokens before this were resynchronized past
-        self.resyncing = False       # after damage: leftovers of the damaged structure are noise
-        self.seen = 0                # records found in this input
+        self.gap_start = 0  # where the text between top-level values starts
+        self.gap_dirty = False  # that text held something that is not JSON
+        self.skip_to = 0  # tokens before this were resynchronized past
+        self.resyncing = False  # after damage: leftovers of the damaged structure are noise
+        self.seen = 0  # records found in this input
 
     # -- driving --------------------------------------------------------------------------
     def run(self) -> Iterator[dict[str, Any]]:
@@ -144,7 +145,9 @@ class _Reader:
                             pos = skipped
                             continue
                     self.stack.append(c)
-                elif c == 0x22 and end - start == 1 and buf.find(b"\n", start) == -1 and not self.eof:
+                elif (
+                    c == 0x22 and end - start == 1 and buf.find(b"\n", start) == -1 and not self.eof
+                ):
                     raise _Need(start)  # could be a string that continues in the next chunk
                 continue  # strings or stray closers between values: part of the gap
             if c == 0x22:
@@ -157,7 +160,7 @@ class _Reader:
                 if self.rec_start >= 0 and c == 0x7B and self._same_indent(start):
                     # A record cut short: the next one starts at the record's own indentation.
                     self._damage("JSON record cut short (the next one starts inside it)")
-                    del self.stack[self.rec_depth:]
+                    del self.stack[self.rec_depth :]
                     self._begin(start, self.rec_depth)
                 elif self.rec_start < 0 and not self.oversize and self._opens_record():
                     if c == 0x7B:
@@ -166,7 +169,12 @@ class _Reader:
                             pos = skipped
                             continue
                     self._begin(start, len(self.stack))
-                elif self.mode == "object" and len(self.stack) == 1 and c == 0x5B and self.key == b'"items"':
+                elif (
+                    self.mode == "object"
+                    and len(self.stack) == 1
+                    and c == 0x5B
+                    and self.key == b'"items"'
+                ):
                     self.mode, self.rec_start, self.oversize = "list", -1, False  # a List's items
                 self.stack.append(c)
                 continue
@@ -177,7 +185,7 @@ class _Reader:
             self.stack.pop()
             if len(self.stack) == self.rec_depth and (self.rec_start >= 0 or self.oversize):
                 if self.rec_start >= 0:
-                    record, self.rec_start = buf[self.rec_start:end], -1
+                    record, self.rec_start = buf[self.rec_start : end], -1
                     yield from self._record(record)
                 self.oversize = False
             if not self.stack:
@@ -195,7 +203,7 @@ class _Reader:
         buf = self.buf
         line = buf.rfind(b"\n", 0, start) + 1
         indent = buf[line:start]
-        if indent.strip(b" \t") or buf[start + 1:start + 2] != b"\n":
+        if indent.strip(b" \t") or buf[start + 1 : start + 2] != b"\n":
             return 0
         close = buf.find(b"\n" + indent + b"}", start)
         if close == -1:
@@ -203,9 +211,11 @@ class _Reader:
                 raise _Need(line if top else start)  # its end is in a later chunk: read on
             return 0
         after = close + 2 + len(indent)
-        if buf[after:after + 1] not in (b"\n", b",", b"\r", b"") or \
-                buf.find(b"\n" + indent + b"{", start, close) != -1 or \
-                buf.count(b"{", start, after) != buf.count(b"}", start, after):
+        if (
+            buf[after : after + 1] not in (b"\n", b",", b"\r", b"")
+            or buf.find(b"\n" + indent + b"{", start, close) != -1
+            or buf.count(b"{", start, after) != buf.count(b"}", start, after)
+        ):
             return 0
         record = buf[start:after]
         if top and b'"items"' in record:
@@ -241,7 +251,7 @@ class _Reader:
             self._begin(start, 0)
 
     def _note_gap(self, upto: int) -> None:
-        gap = self.buf[self.gap_start:upto]
+        gap = self.buf[self.gap_start : upto]
         if gap.strip(_WS + b",") and not self.resyncing:
             self.gap_dirty = True
         self.gap_start = upto
@@ -315,7 +325,11 @@ class _Reader:
             stats.unrecognized += 1
             stats.skipped["not an object"] += 1
             return
-        if self.mode == "list" and isinstance(self.envelope.get("apiVersion"), str) and "apiVersion" not in obj:
+        if (
+            self.mode == "list"
+            and isinstance(self.envelope.get("apiVersion"), str)
+            and "apiVersion" not in obj
+        ):
             # Raw API Lists (kubectl get --raw) carry the apiVersion once, on the List.
             obj["apiVersion"] = self.envelope["apiVersion"]
         if self.resyncing:

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from .records import ReadStats, json_lines
 from .pipeline import Scanner
+from .records import ReadStats, json_lines
 
 MIN_BYTES = 64 << 20  # below this, forking costs more than it saves
 RANGES_PER_WORKER = 4
@@ -65,7 +65,11 @@ def _scan_range(bounds: tuple[int, int]) -> tuple[ReadStats, int, list[tuple[str
 
 def usable(path: str) -> bool:
     """A regular, uncompressed, big enough file whose first line is a JSON object."""
-    if path == "-" or "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
+    if (
+        path == "-"
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or (os.cpu_count() or 1) < 2
+    ):
         return False
     try:
         if not os.path.isfile(path) or os.path.getsize(path) < MIN_BYTES:

@@ -7,17 +7,18 @@ read on its own: one that cannot be opened, or is damaged part-way, is reported 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
-from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
-from ..core.suppressions import KIND as SUPPRESSION
-from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from ..core.audit import AuditDeduper, decode_audit_entry
 from ..core.detector import Detector
 from ..core.pulls import DecodeError, decode_event, event_head
+from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
+from ..core.suppressions import KIND as SUPPRESSION
+from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from .records import ReadStats, iter_objects
 from .sources import InputError, open_path
 from .yamltext import load_all
@@ -96,7 +97,9 @@ class Scanner:
                 self.result.input_errors.append(f"{source.name}: {problem}")
             damaged = sum(self.result.stats.damaged.values()) - before
             if damaged and not source.damage:
-                self.result.input_errors.append(f"{source.name}: {damaged} damaged record(s) could not be read")
+                self.result.input_errors.append(
+                    f"{source.name}: {damaged} damaged record(s) could not be read"
+                )
         finally:
             source.close()
 
@@ -150,15 +153,22 @@ def read_documents(path: str) -> list[Any]:
     if source.damage:
         raise InputError(f"{path}: {source.damage[0]}")
     if len(text) > MAX_CONFIG_BYTES:
-        raise InputError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file")
+        raise InputError(
+            f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration file"
+        )
     try:
         return list(load_all(text))
     except ValueError as exc:
         raise InputError(f"{path}: not valid YAML or JSON: {exc}") from None
 
 
-def scan_paths(paths: Iterable[str], allowlist: Allowlist, scanners: Iterable[str] | None = None,
-               parallel: bool = True, suppressions: Iterable[Suppression] = ()) -> ScanResult:
+def scan_paths(
+    paths: Iterable[str],
+    allowlist: Allowlist,
+    scanners: Iterable[str] | None = None,
+    parallel: bool = True,
+    suppressions: Iterable[Suppression] = (),
+) -> ScanResult:
     from . import parallel as par  # here: parallel builds on this module
 
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)

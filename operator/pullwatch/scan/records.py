@@ -25,8 +25,9 @@ short - which may have lost them - is reported as damage, not missed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -41,14 +42,14 @@ _WATCH_TYPES = {"ADDED", "MODIFIED", "DELETED"}
 
 @dataclass
 class ReadStats:
-    records: int = 0     # lines (JSON lines), records or documents found
-    examined: int = 0    # parsed because they could hold a pull (or to tell what the input is)
-    recognized: int = 0    # parsed and found to be Events, watch events or audit entries
+    records: int = 0  # lines (JSON lines), records or documents found
+    examined: int = 0  # parsed because they could hold a pull (or to tell what the input is)
+    recognized: int = 0  # parsed and found to be Events, watch events or audit entries
     unrecognized: int = 0  # parsed and found to be something else (a Pod, a number…)
     skipped: Counter = field(default_factory=Counter)  # read, of no use: reason -> count
     damaged: Counter = field(default_factory=Counter)  # could not be read: reason -> count
 
-    def add(self, other: "ReadStats") -> None:
+    def add(self, other: ReadStats) -> None:
         self.records += other.records
         self.examined += other.examined
         self.recognized += other.recognized
@@ -60,14 +61,14 @@ class ReadStats:
 def sniff(head: bytes, complete: bool) -> str:
     """``lines``, ``json``, ``yaml``, ``binary`` or ``empty``, from the first bytes of an input.
 
-        >>> sniff(b'{"type": "ADDED", "object": {}}\\n{"type"', False)
-        'lines'
-        >>> sniff(b'{\\n    "apiVersion": "v1",\\n', False)
-        'json'
-        >>> sniff(b'garbage\\n{"kind": "Event"}\\n', True)
-        'lines'
-        >>> sniff(b'apiVersion: v1\\nitems:\\n', True)
-        'yaml'
+    >>> sniff(b'{"type": "ADDED", "object": {}}\\n{"type"', False)
+    'lines'
+    >>> sniff(b'{\\n    "apiVersion": "v1",\\n', False)
+    'json'
+    >>> sniff(b'garbage\\n{"kind": "Event"}\\n', True)
+    'lines'
+    >>> sniff(b'apiVersion: v1\\nitems:\\n', True)
+    'yaml'
     """
     text = head.lstrip(b" \t\r\n")
     if not text:
@@ -137,7 +138,7 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tup
     is copied."""
     _sample(head, stats)
     chunk = head
-    leftover = b""      # the start of a line whose end is in a later chunk
+    leftover = b""  # the start of a line whose end is in a later chunk
     discarding = False  # inside a line longer than MAX_LINE: drop bytes up to its end
     while chunk:
         first_nl = chunk.find(b"\n")
@@ -160,7 +161,7 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tup
             stats.records += chunk.count(b"\n", first_nl + 1)
             _check_lines(chunk, first_nl + 1, last_nl + 1, stats)
             yield from _scan_range(chunk, first_nl + 1, last_nl + 1, stats)
-            leftover = chunk[last_nl + 1:]
+            leftover = chunk[last_nl + 1 :]
         chunk = stream.read(CHUNK)
     if leftover and not discarding and leftover.strip():
         stats.records += 1  # a last line without its newline
@@ -225,7 +226,9 @@ def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[
         pos = buf.find(CANDIDATE, line_end, end)
 
 
-def _classify(obj: Any, stats: ReadStats, api_version: str | None = None) -> Iterator[tuple[str, Any]]:
+def _classify(
+    obj: Any, stats: ReadStats, api_version: str | None = None
+) -> Iterator[tuple[str, Any]]:
     if isinstance(obj, list) and obj:
         # An array on one line (jq -c -s): its elements are records.
         stats.records += len(obj) - 1

@@ -11,22 +11,39 @@ control characters by themselves.
 from __future__ import annotations
 
 import re
-from typing import Any, BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 import orjson
 import yaml
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # The same unit and columns as `kubectl get findings -A` (plus the rule, which kubectl shows with -o wide).
-COLUMNS = ("NAMESPACE", "NAME", "RULE", "SEVERITY", "RISK", "KIND", "WORKLOAD", "IMAGE", "PODS", "COUNT", "RAN",
-           "LAST SEEN")
+COLUMNS = (
+    "NAMESPACE",
+    "NAME",
+    "RULE",
+    "SEVERITY",
+    "RISK",
+    "KIND",
+    "WORKLOAD",
+    "IMAGE",
+    "PODS",
+    "COUNT",
+    "RAN",
+    "LAST SEEN",
+)
 MAX_CELL = 80
 
 
 def safe(text: Any) -> str:
     """Printable text: control and bidi-override characters shown as escapes, never executed."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                        else f"\\u{ord(m.group()):04x}", str(text))
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        str(text),
+    )
 
 
 def _cell(value: Any) -> str:
@@ -40,11 +57,25 @@ def _rows(findings: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
         spec, status, meta = f["spec"], f.get("status") or {}, f["metadata"]
         workload = spec.get("workload") or {}
         ran = (status.get("outcomes") or {}).get("ran")  # yes | no | unknown
-        rows.append(tuple(_cell(v) for v in (
-            meta["namespace"], meta["name"], spec["rule"], spec["severity"], spec["riskScore"],
-            workload.get("kind", "(overflow)"), workload.get("name"), spec.get("image"), status.get("podCount"),
-            status.get("count"), ran, status.get("lastSeen"),
-        )))
+        rows.append(
+            tuple(
+                _cell(v)
+                for v in (
+                    meta["namespace"],
+                    meta["name"],
+                    spec["rule"],
+                    spec["severity"],
+                    spec["riskScore"],
+                    workload.get("kind", "(overflow)"),
+                    workload.get("name"),
+                    spec.get("image"),
+                    status.get("podCount"),
+                    status.get("count"),
+                    ran,
+                    status.get("lastSeen"),
+                )
+            )
+        )
     return rows
 
 
@@ -52,8 +83,11 @@ def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: boo
     rows = _rows(findings)
     if len(rows) == 1:
         # A scan that could not read its input must not look like a clean one.
-        out.write(b"No findings.\n" if complete else
-                  b"No findings in what could be read: the input was not read in full (see stderr).\n")
+        out.write(
+            b"No findings.\n"
+            if complete
+            else b"No findings in what could be read: the input was not read in full (see stderr).\n"
+        )
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     for r in rows:
@@ -89,11 +123,20 @@ def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool
 FORMATS = {"table": write_table, "json": write_json, "yaml": write_yaml, "jsonl": write_jsonl}
 
 
-def summary(records: int, examined: int, pulls: int, findings: int, skipped: dict[str, int],
-            damaged: dict[str, int] | None = None) -> str:
+def summary(
+    records: int,
+    examined: int,
+    pulls: int,
+    findings: int,
+    skipped: dict[str, int],
+    damaged: dict[str, int] | None = None,
+) -> str:
     damaged = damaged or {}
-    lines = [f"records read: {records}  examined: {examined}  pulls: {pulls}  findings: {findings}  "
-             f"skipped: {sum(skipped.values())}" + (f"  damaged: {sum(damaged.values())}" if damaged else "")]
+    lines = [
+        f"records read: {records}  examined: {examined}  pulls: {pulls}  findings: {findings}  "
+        f"skipped: {sum(skipped.values())}"
+        + (f"  damaged: {sum(damaged.values())}" if damaged else "")
+    ]
     for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  skipped {n}: {safe(reason)}")
     for reason, n in sorted(damaged.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -38,12 +38,18 @@ REFEED_STEP = 512
 
 _GZIP, _BZ2, _XZ = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"
 _REFUSED = (
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it first (zstd -dc FILE | pullwatch scan -)"),
+    (
+        b"\x28\xb5\x2f\xfd",
+        "zstd-compressed: decompress it first (zstd -dc FILE | pullwatch scan -)",
+    ),
     (b"PK\x03\x04", "a zip archive: unpack it and scan the files inside"),
 )
 _BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 
 
@@ -51,13 +57,13 @@ class InputError(Exception):
     """An input that cannot be opened at all (missing file, permission, a directory)."""
 
 
-def open_path(path: str) -> "Source":
+def open_path(path: str) -> Source:
     """The Source for a path (``-``: standard input). Raises :class:`InputError` only when the
     input cannot be opened; everything that goes wrong later is recorded as damage."""
     if path == "-":
         return Source("<stdin>", sys.stdin.buffer, close=False)
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by Source.close()
+        raw = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
     return Source(path, raw)
@@ -70,12 +76,14 @@ class Source:
         self.name = name
         self.damage: list[str] = []
         self._raw, self._close = raw, close
-        self._pending = b""      # raw bytes read ahead while sniffing
-        self._out = bytearray()  # decoded bytes not yet handed out (appended in place: no quadratic copies)
+        self._pending = b""  # raw bytes read ahead while sniffing
+        self._out = (
+            bytearray()
+        )  # decoded bytes not yet handed out (appended in place: no quadratic copies)
         self._eof = False
-        self.raw_offset = 0      # bytes of the stored input consumed so far
+        self.raw_offset = 0  # bytes of the stored input consumed so far
         self._decompress = None  # callable(bytes) -> bytes, raising on damage
-        self._decoder = None     # incremental text decoder, or None for UTF-8 as is
+        self._decoder = None  # incremental text decoder, or None for UTF-8 as is
         self._first = True
         self._head = b""
         self._sniff()
@@ -154,8 +162,10 @@ class Source:
             try:
                 data = self._decompress(raw)
             except _Damaged as exc:
-                self.damage.append(f"{exc} (at byte {self.raw_offset} of the stored input); "
-                                   "what came before it was read")
+                self.damage.append(
+                    f"{exc} (at byte {self.raw_offset} of the stored input); "
+                    "what came before it was read"
+                )
                 data, self._eof = exc.salvaged, True
         else:
             data = raw
@@ -190,13 +200,17 @@ class Source:
             if data.startswith(bom):
                 if encoding != "utf-8":
                     self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-                return data[len(bom):]
+                return data[len(bom) :]
         # No BOM: JSON text starts with an ASCII character, so NULs among the first four bytes
         # give UTF-16/32 away (RFC 4627, section 3).
         head = data[:4]
         if len(head) == 4 and b"\x00" in head:
-            encoding = {(1, 1, 1, 0): "utf-32-be", (0, 1, 1, 1): "utf-32-le",
-                        (1, 0, 1, 0): "utf-16-be", (0, 1, 0, 1): "utf-16-le"}.get(tuple(int(b == 0) for b in head))
+            encoding = {
+                (1, 1, 1, 0): "utf-32-be",
+                (0, 1, 1, 1): "utf-32-le",
+                (1, 0, 1, 0): "utf-16-be",
+                (0, 1, 0, 1): "utf-16-le",
+            }.get(tuple(int(b == 0) for b in head))
             if encoding:
                 self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         return data
@@ -223,14 +237,20 @@ class _ZlibStream:
         out: list[bytes] = []
         if not data:  # end of the stored input
             if self.in_member:
-                raise _Damaged(f"{self.label} data is truncated (it ends inside member {self.members + 1})", b"")
+                raise _Damaged(
+                    f"{self.label} data is truncated (it ends inside member {self.members + 1})",
+                    b"",
+                )
             return b""
         while data:
             if self.members and not self.in_member:
                 if not data.strip(b"\x00"):
                     break  # zero padding after the last member, as some tools write
-                if not data.startswith(_GZIP[:len(data)]):
-                    raise _Damaged(f"data that is not {self.label} follows member {self.members}", b"".join(out))
+                if not data.startswith(_GZIP[: len(data)]):
+                    raise _Damaged(
+                        f"data that is not {self.label} follows member {self.members}",
+                        b"".join(out),
+                    )
             saved = self.d.copy()
             try:
                 out.append(self.d.decompress(data))
@@ -252,13 +272,13 @@ def _salvage(state, data: bytes) -> bytes:
     for i in range(0, len(data), REFEED_STEP):
         before = state.copy()
         try:
-            got.append(state.decompress(data[i:i + REFEED_STEP]))
+            got.append(state.decompress(data[i : i + REFEED_STEP]))
             continue
         except zlib.error:
             pass
         for b in range(i, min(i + REFEED_STEP, len(data))):
             try:
-                got.append(before.decompress(data[b:b + 1]))
+                got.append(before.decompress(data[b : b + 1]))
             except zlib.error:
                 break
         break

@@ -28,7 +28,8 @@ make ``datetime`` objects of unquoted ones, and reject impossible dates with an 
 from __future__ import annotations
 
 import re
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -53,7 +54,7 @@ Loader.yaml_implicit_resolvers = {
 def load(text: bytes | str) -> Any:
     """One YAML document; raises ``ValueError`` with a short reason for anything that fails."""
     try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader is a SafeLoader
+        return yaml.load(text, Loader=Loader)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise ValueError(str(exc).split("\n", 1)[0][:200] or type(exc).__name__) from None
 
@@ -61,7 +62,7 @@ def load(text: bytes | str) -> Any:
 def load_all(text: bytes) -> Iterator[Any]:
     """Every document of a stream, for small trusted-size inputs (allowlists); ``ValueError``."""
     try:
-        yield from yaml.load_all(text, Loader=Loader)  # noqa: S506
+        yield from yaml.load_all(text, Loader=Loader)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise ValueError(str(exc).split("\n", 1)[0][:200] or type(exc).__name__) from None
 
@@ -91,7 +92,7 @@ def _lines(stream: BinaryIO, head: bytes, stats) -> Iterator[bytes]:
             if dropping:
                 dropping = False
             else:
-                yield buf[start:nl + 1]
+                yield buf[start : nl + 1]
             start = nl + 1
         buf = buf[start:]
         if len(buf) > MAX_RECORD:
@@ -109,7 +110,7 @@ def _lines(stream: BinaryIO, head: bytes, stats) -> Iterator[bytes]:
 class _Reader:
     def __init__(self, stats):
         self.stats = stats
-        self.doc: list[bytes] = []   # the current document's lines outside any List item
+        self.doc: list[bytes] = []  # the current document's lines outside any List item
         self.doc_size = 0
         self.item: list[bytes] = []  # the current List item's lines
         self.item_size = 0
@@ -188,7 +189,9 @@ class _Reader:
     def end_document(self) -> Iterator[Any]:
         yield from self.end_item()
         text = b"".join(self.doc)
-        in_list = self.items_indent is not None or self.after_items_key or self.api_version is not None
+        in_list = (
+            self.items_indent is not None or self.after_items_key or self.api_version is not None
+        )
         self.doc, self.doc_size, self.items_indent, self.after_items_key = [], 0, None, False
         self.api_version, oversize, self.oversize = None, self.oversize, False
         if oversize or in_list or not _content(text):
