@@ -1,8 +1,12 @@
 """What the active replica runs: the detection pipeline from Events to written Findings.
 
 Started when this replica becomes the active one, stopped (after writing what it counted) when it
-is not or at shutdown. In order: the Findings in the cluster are listed and adopted (so that no
-pull is counted twice), the AllowedImages are listed and compiled (so that no pull is judged
+is not, at shutdown, or when one of its tasks fails: they run in one ``asyncio.TaskGroup``, so a
+task that crashes stops the others with it, and the supervisor (app.py) drains and ends this
+engine before it starts another - never an old writer or stream beside a new engine.
+
+In order: the Findings in the cluster are listed and adopted (so that no pull is counted twice),
+the AllowedImages are listed and compiled (so that no pull is judged
 against a half-loaded allowlist), then the Event stream starts. Each candidate Event is decoded;
 if a rule fires, its pod's workload is read (or inferred), the pull is counted into its Finding,
 and the Finding is marked for the writer.
@@ -22,18 +26,19 @@ from ..core.allowlist import Allowlist
 from ..core.detector import Caps, Detector
 from ..core.findings import RULES_BY_SHORT
 from ..core.ledger import MAX_SERIES
+from ..core.names import segment
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
 from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
 from ..core.workload import Workload
 from . import metrics
 from .api import Api
 from .config import Configs
-from .events import ListWatch
+from .custody import Custody
 from .health import Health
 from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
 from .reports import ReportWriter
-from .store import Custody
+from .stream import ListWatch
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -121,7 +126,7 @@ class Engine:
         self.findings_watches = [
             ListWatch(
                 api,
-                f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
+                f"/apis/{GROUP}/{VERSION}/namespaces/{segment(ns)}/{PLURAL}"
                 if ns
                 else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
                 self._finding_event,
@@ -138,7 +143,7 @@ class Engine:
         self.event_streams = [
             ListWatch(
                 api,
-                f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events",
+                f"/api/v1/namespaces/{segment(ns)}/events" if ns else "/api/v1/events",
                 self.handle_event,
                 name=f"Event stream ({ns or 'all namespaces'})",
                 health=health,
@@ -162,52 +167,71 @@ class Engine:
     # -- lifecycle
     # ------------------------------------------------------------------------------------
     async def run(self) -> None:
-        def start(coro: Any, name: str) -> None:
-            self._tasks.append(asyncio.create_task(coro, name=name))
+        """Run every task of the engine until it is stopped; raises (an ExceptionGroup) when one
+        of them fails, the others stopped with it."""
+        async with asyncio.TaskGroup() as group:
 
-        self.health.watch("writer", allowed=60)
-        start(self.writer.run(), "writer")
-        start(self.resolver.run(), "workloads")
-        for watch in self.findings_watches:
-            start(watch.run(), watch.name)
-            self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
-        for watch in self.findings_watches:
-            await watch.synced.wait()  # every Finding adopted (its first list)
-        log.info("adopted %d existing Findings", len(self.detector.states))
-        # every AllowedImages, ScannerImages and Suppression compiled before any pull is judged
-        await asyncio.gather(*(c.load() for c in self.configs.values()))
-        for name, c in self.configs.items():
-            start(c.run(), name)
-        for stream in self.event_streams:
-            self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
-            start(stream.run(), stream.name)
-        start(self._maintain(), "maintenance")
-        start(self._census(), "census")
-        if self.reports is not None:
-            start(self.reports.run(), "openreports")
-        log.info("processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces")
-        self.started.set()
-        await asyncio.gather(*self._tasks)
+            def start(coro: Any, name: str) -> None:
+                self._tasks.append(group.create_task(coro, name=name))
+
+            self.health.watch("writer", allowed=60)
+            start(self.writer.run(), "writer")
+            start(self.resolver.run(), "workloads")
+            for watch in self.findings_watches:
+                start(watch.run(), watch.name)
+                self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
+            for watch in self.findings_watches:
+                await watch.synced.wait()  # every Finding adopted (its first list)
+            log.info("adopted %d existing Findings", len(self.detector.states))
+            # every AllowedImages, ScannerImages and Suppression compiled before a pull is judged
+            await asyncio.gather(*(c.load() for c in self.configs.values()))
+            for name, c in self.configs.items():
+                start(c.run(), name)
+            for stream in self.event_streams:
+                self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
+                start(stream.run(), stream.name)
+            start(self._maintain(), "maintenance")
+            start(self._census(), "census")
+            if self.reports is not None:
+                start(self.reports.run(), "openreports")
+            log.info(
+                "processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces"
+            )
+            self.started.set()
 
     async def stop(self, grace: float | None = None) -> int:
-        """Stop counting, then write what was counted within ``grace`` seconds; how many Findings
-        were left unwritten (0 but for an API server that does not answer)."""
+        """Stop reading, count what was received, then write what was counted within ``grace``
+        seconds; how many Findings were left unwritten (0 but for an API server that does not
+        answer). In order: the streams (nothing new comes in), the workload reads (every pull
+        still waiting for one is counted now, with the workload its pod's name gives), the other
+        tasks, and last the writer, which writes everything that is left."""
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
-        first = [t for t in self._tasks if t.get_name() != "writer"]
-        for t in first:
-            t.cancel()
-        await asyncio.gather(*first, return_exceptions=True)
+        streams = {s.name for s in self.event_streams + self.findings_watches}
+        for names in (streams, {"workloads"}, None):
+            batch = [
+                t
+                for t in self._tasks
+                if (names is None or t.get_name() in names) and t.get_name() != "writer"
+            ]
+            for t in batch:
+                t.cancel()
+            await asyncio.gather(*batch, return_exceptions=True)
+            if names == {"workloads"}:
+                flushed = self.resolver.flush()
+                if flushed:
+                    log.info("counted %d pulls whose workload read was cut short", flushed)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in [s.name for s in self.event_streams + self.findings_watches] + ["writer"]:
+        for name in [*streams, "writer"]:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)
         if left:
             log.error(
-                "shutting down with %d Findings not written (the API server did not take them in time)",
+                "shutting down with %d Findings not written (the API server did not take them "
+                "in time)",
                 left,
             )
         return left
@@ -215,8 +239,9 @@ class Engine:
     # -- the pipeline
     # ---------------------------------------------------------------------------------
     def handle_event(self, kind: str, obj: dict[str, Any]) -> None:
-        """One candidate Event from the stream: decode, judge, and count it once its workload is known."""
-        if kind == "DELETED" or self._stopping:
+        """One candidate Event from the stream: decode, judge, and count it once its workload is
+        known. (Everything the stream hands over is counted, during a stop too.)"""
+        if kind == "DELETED":
             return
         metrics.EXAMINED.inc()
         try:
@@ -244,8 +269,6 @@ class Engine:
         )
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
-        if self._stopping:
-            return
         self.pulls += 1
         for det in self.detector.observe(pull, workload, minute=int(time.time()) // 60):
             if det.delta or det.created:
@@ -265,8 +288,8 @@ class Engine:
             ):
                 self.capped.add((det.folded.rule, det.folded.namespace))
                 log.warning(
-                    "cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
-                    "further detections are counted in Finding %s/%s",
+                    "cap reached for rule %s in namespace %s (at most %d Findings there, %d in "
+                    "all): further detections are counted in Finding %s/%s",
                     det.folded.rule,
                     det.folded.namespace,
                     self.options.max_findings_per_namespace,

@@ -71,8 +71,9 @@ def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozense
     def status(lst: ScannerList, body: dict[str, Any]) -> dict[str, Any]:
         generation = body["metadata"].get("generation")
         problems = list(lst.problems)
+        how = "replacing the built-in list" if lst.replace_defaults else "added"
         message = (
-            f"{len(lst.names)} name(s) {'replacing the built-in list' if lst.replace_defaults else 'added'}; "
+            f"{len(lst.names)} name(s) {how}; "
             f"{len(detector.scanners)} scanner name(s) in force in all"
         )
         ready = condition(
