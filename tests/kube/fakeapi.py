@@ -54,7 +54,8 @@ class FakeApi:
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.bodies: list[tuple[str, str, Any]] = []  # (method, path, decoded body)
         self.faults: list[Fault] = []
-        self.watches: deque[list[Any]] = deque()
+        self.delays: list[tuple[str, re.Pattern[str], float]] = []  # (method, path, seconds)
+        self.watches: list[tuple[str, list[Any]]] = []  # (path it is for, steps)
         self.lists: deque[Any] = deque()  # scripted list answers (a body, or an int status)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -63,10 +64,15 @@ class FakeApi:
     def fail(self, method: str, pattern: str, status: int, times: int = 1) -> None:
         self.faults.append(Fault(method, re.compile(pattern), status, times))
 
-    def script_watch(self, *steps: Any) -> None:
-        """The next watch plays ``steps``: bytes (sent as one chunk), a float (a pause), an int
-        (answer with that HTTP status), HANG; after the last step the watch ends cleanly."""
-        self.watches.append(list(steps))
+    def delay(self, method: str, pattern: str, seconds: float) -> None:
+        """Answer matching requests ``seconds`` late (a slow API server)."""
+        self.delays.append((method, re.compile(pattern), seconds))
+
+    def script_watch(self, *steps: Any, path: str = "") -> None:
+        """The next watch (of a path that contains ``path``) plays ``steps``: bytes (sent as one
+        chunk), a float (a pause), an int (answer with that HTTP status), HANG; after the last
+        step the watch ends cleanly. A watch with no script left hangs."""
+        self.watches.append((path, list(steps)))
 
     def put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Store ``body`` at ``path`` as if someone wrote it (a new resourceVersion)."""
@@ -95,6 +101,9 @@ class FakeApi:
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
         self.bodies.append((method, request.path_qs, body))
+        for m, pattern, seconds in self.delays:
+            if m == method and pattern.search(path):
+                await asyncio.sleep(seconds)
         for fault in self.faults:
             if fault.times > 0 and fault.method == method and fault.pattern.search(path):
                 fault.times -= 1
@@ -195,7 +204,10 @@ class FakeApi:
         return _json({"kind": "Status", "status": "Success"})
 
     async def _watch(self, request: web.Request) -> web.StreamResponse:
-        steps = self.watches.popleft() if self.watches else [HANG]
+        mine = next((w for w in self.watches if w[0] in request.path), None)
+        if mine is not None:
+            self.watches.remove(mine)
+        steps = mine[1] if mine is not None else [HANG]
         if steps and isinstance(steps[0], int):
             return _status(steps[0], "scripted")
         rsp = web.StreamResponse(headers={"Content-Type": "application/json"})

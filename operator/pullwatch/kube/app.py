@@ -39,6 +39,7 @@ from .quietlog import KopfRetryFilter, Quiet
 log = logging.getLogger("pullwatch")
 PEERING_LIFETIME = 15
 PEERING_CHECK = 2.0  # seconds between checks of who the active replica is
+CRASH_PAUSE = 2.0  # before an engine whose task failed is started again (doubling, to 60 s)
 
 
 class ForeverBackoff:
@@ -94,7 +95,7 @@ class Runtime:
                     _failure(self.task),
                 )
                 await self.stop_engine(grace=5.0)
-                await asyncio.sleep(min(60.0, 2.0**crashes))
+                await asyncio.sleep(min(60.0, CRASH_PAUSE * 2 ** (crashes - 1)))
                 continue
             if active and self.engine is None:
                 self.engine = Engine(self.api, self.options, self.health, self.quiet)

@@ -142,7 +142,7 @@ def resource_version_of(data: bytes, path: tuple[bytes, ...] = WATCHED_VERSION) 
             if expect_key:
                 keys[-1] = m.group()[1:-1]
             elif len(keys) == len(path) and tuple(keys) == path:
-                return m.group()[1:-1].decode("ascii", "replace")
+                return m.group()[1:-1].decode("utf-8", "replace")
         else:
             m = _SCALAR.match(data, pos - 1)
             if m is None:
