@@ -64,7 +64,7 @@ async def test_names_that_are_not_names_never_reach_a_url():
 async def test_a_flush_answers_every_waiting_lookup_with_the_inferred_workload():
     async with serving() as (fake, api):
         fake.delay("GET", "/pods/", 30)
-        resolver = WorkloadResolver(api, concurrency=2)
+        resolver = WorkloadResolver(api, concurrency=3)  # one of them for urgent lookups
         answers: dict[str, str] = {}
         for i in range(6):
             pod_name = f"job{i}-x7k2p"

@@ -255,10 +255,15 @@ class Engine:
         if not fired:
             self.pulls += 1
             return
-        if pull.involved.kind != "Pod" or self.detector.routed(pull):
-            self._count(
-                pull, None
-            )  # no pod, or its series already has its Finding: nothing to read
+        if (
+            pull.involved.kind != "Pod"
+            or self.detector.routed(pull)
+            or self._at_cap(fired, pull.involved.namespace)
+        ):
+            # No pod; or its series already has its Finding; or it goes to the overflow of a
+            # namespace at its cap whatever its workload (a flood: its reads would only slow
+            # everything else down): nothing to read.
+            self._count(pull, None)
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(
@@ -266,6 +271,18 @@ class Engine:
             pull.involved.name,
             priority,
             lambda workload: self._count(pull, workload),
+            lambda: (
+                not (self.detector.routed(pull) or self._at_cap(fired, pull.involved.namespace))
+            ),
+        )
+
+    def _at_cap(self, fired: list[Any], namespace: str) -> bool:
+        """Every rule that fires is at its cap in ``namespace`` (or cluster-wide)."""
+        caps = self.detector.caps
+        return caps is not None and all(
+            self.detector.per_rule[rule.short] >= caps.total
+            or self.detector.per_namespace[(rule.short, namespace)] >= caps.per_namespace
+            for rule, _, _ in fired
         )
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:

@@ -8,8 +8,10 @@ read is refused (RBAC without ``get pods``), or the API server is slow, the work
 from the pod's name exactly as ``pullwatch scan`` does - and the Finding says which it was.
 
 Lookups wait in a queue ordered by severity (a scanner pull first), a few at a time, each with a
-deadline; when the queue is long (a flood), new pulls are not queued but inferred at once, so a
-flood costs no more API reads than the queue holds and never delays a scanner pull.
+deadline; one of the readers serves urgent lookups (priority 0: a scanner pull) only, so that a
+scanner pull never waits behind the flood's reads in flight. When the queue is long (a flood),
+new pulls are not queued but inferred at once, so a flood costs no more API reads than the queue
+holds.
 
 Names come from Events and ownerReferences, which their authors wrote: a pod or owner name that
 is not a DNS-1123 subdomain (or a namespace that is not a label) is never put in a URL - the
@@ -63,6 +65,7 @@ class WorkloadResolver:
         self.quiet = quiet or Quiet(log)
         self._queue: list[tuple[int, int, tuple[str, str]]] = []
         self._waiting: dict[tuple[str, str], list[Callable[[Workload], None]]] = {}
+        self._needed: dict[tuple[str, str], Callable[[], bool]] = {}
         self._order = itertools.count()
         self._wake = asyncio.Event()
         self.reads = 0  # API reads made
@@ -75,9 +78,16 @@ class WorkloadResolver:
         return hit
 
     def request(
-        self, namespace: str, pod: str, priority: int, done: Callable[[Workload], None]
+        self,
+        namespace: str,
+        pod: str,
+        priority: int,
+        done: Callable[[Workload], None],
+        needed: Callable[[], bool] | None = None,
     ) -> None:
-        """``done(workload)`` once the pod's workload is known (on the event loop, soon)."""
+        """``done(workload)`` once the pod's workload is known (on the event loop, soon).
+        ``needed``: asked again when the lookup's turn comes; False answers it by inference
+        (what was queued during a flood and has no use for a read by then)."""
         key = (namespace, pod)
         hit = self.cached(namespace, pod)
         if hit is not None:
@@ -92,19 +102,21 @@ class WorkloadResolver:
             done(infer(pod))  # a flood: no API read for it, and no waiting behind the others
             return
         self._waiting[key] = [done]
+        if needed is not None:
+            self._needed[key] = needed
         heapq.heappush(self._queue, (priority, next(self._order), key))
         self._wake.set()
 
     async def run(self) -> None:
         """Serve the queue forever, ``concurrency`` lookups at a time."""
         async with asyncio.TaskGroup() as group:
-            for _ in range(self.concurrency):
-                group.create_task(self._worker())
+            for i in range(max(2, self.concurrency)):
+                group.create_task(self._worker(urgent_only=i == 0))
 
     def flush(self) -> int:
         """Answer every lookup still waiting (queued or being read) with the workload inferred
         from the pod's name, now; how many. Called at shutdown, once the workers have stopped."""
-        waiting, self._waiting, self._queue = self._waiting, {}, []
+        waiting, self._waiting, self._queue, self._needed = self._waiting, {}, [], {}
         for (_, pod), callbacks in waiting.items():
             workload = infer(pod)
             self.inferred += 1
@@ -112,12 +124,18 @@ class WorkloadResolver:
                 done(workload)
         return len(waiting)
 
-    async def _worker(self) -> None:
+    async def _worker(self, urgent_only: bool = False) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or (urgent_only and self._queue[0][0] > 0):
                 self._wake.clear()
                 await self._wake.wait()
             _, _, key = heapq.heappop(self._queue)
+            needed = self._needed.pop(key, None)
+            if needed is not None and not needed():
+                self.inferred += 1
+                for done in self._waiting.pop(key, []):
+                    done(infer(key[1]))
+                continue
             try:
                 workload = await self.resolve(*key)
             except Exception as exc:

@@ -3,7 +3,9 @@
 * A Finding touched by a pull is marked dirty. It is written when due: a new one within
   ``flush_interval`` (0.25 s: detection latency), count updates of one that exists at most every
   ``status_interval`` (2 s: a burst of repeats costs one write). Due Findings are written in order
-  of severity, new ones first: a flood of medium Findings never delays a scanner Finding.
+  of severity, new ones first, and one of the ``concurrency`` slots is kept for high and critical
+  Findings: a flood of medium Findings never delays a scanner Finding, not even by the writes it
+  has in flight.
 * Each write (findingapi.py) is conflict-safe: a 409 is re-read and max-merged, a 404 re-created.
 * A Finding leaves the dirty set only once it is written, and a change made while its write was
   in flight keeps it dirty: SIGTERM in the middle of a flush loses nothing (``drain``).
@@ -152,12 +154,28 @@ class FindingWriter:
                 pass
 
     def pump(self) -> list[str]:
-        """Start the writes that are due, as many as there are free slots; their names."""
+        """Start the writes that are due, as many as there are free slots (one kept for urgent
+        Findings); their names."""
         free = self.concurrency - len(self.in_flight)
-        started = self._due(self.clock())[: max(0, free)]
-        for name in started:
+        routine = max(1, self.concurrency - 1) - sum(not self._urgent(n) for n in self.in_flight)
+        started = []
+        for name in self._due(self.clock()):
+            if len(started) >= free:
+                break
+            if not self._urgent(name):
+                if routine <= 0:
+                    continue
+                routine -= 1
+            started.append(name)
             self._start(name)
         return started
+
+    def _urgent(self, name: str) -> bool:
+        state = self.detector.states.get(name)
+        return (
+            state is not None
+            and _RANK.get(RULES_BY_SHORT[state.identity.rule].severity, 9) <= _RANK["high"]
+        )
 
     async def settle(self) -> None:
         """Wait for the writes in flight (tests, and the drain)."""
