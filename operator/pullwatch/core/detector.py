@@ -174,7 +174,7 @@ class Detector:
         timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time.
         ``now``: the time Suppressions' expiry is judged at (the operator's clock; ``scan``: the
         pull's own time - was it covered when it happened?)."""
-        fired = self.rules_for(pull.involved.namespace, pull.image)
+        fired = self.rules_for(pull.namespace, pull.image)
         if not fired:
             return []
         workload = workload or workload_of(pull)
@@ -187,7 +187,7 @@ class Detector:
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)
-            identity = Identity(rule.short, pull.involved.namespace, workload.name, repository)
+            identity = Identity(rule.short, pull.namespace, workload.name, repository)
             state, created, folded = self._route(
                 rule.short, series_key, identity, pull, workload, not_allowed
             )
@@ -216,7 +216,7 @@ class Detector:
         """Whether the series of ``pull`` is already counted in a Finding for every rule that fires:
         then its workload cannot change where it is counted (``_route``), and the operator need not
         read the pod's owners (a relist after a restart re-reads no pod it has counted)."""
-        fired = self.rules_for(pull.involved.namespace, pull.image)
+        fired = self.rules_for(pull.namespace, pull.image)
         key = short_hash(series_of(pull), 48)
         return bool(fired) and all(
             self.owners.get(route(rule.short, key)) in self.states for rule, _, _ in fired

@@ -226,7 +226,7 @@ class Engine:
             return
         if pull is None:
             return
-        fired = self.detector.rules_for(pull.involved.namespace, pull.image)
+        fired = self.detector.rules_for(pull.namespace, pull.image)
         if not fired:
             self.pulls += 1
             return
@@ -237,7 +237,7 @@ class Engine:
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(
-            pull.involved.namespace,
+            pull.namespace,
             pull.involved.name,
             priority,
             lambda workload: self._count(pull, workload),

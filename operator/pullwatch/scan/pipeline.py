@@ -7,6 +7,7 @@ read on its own: one that cannot be opened, or is damaged part-way, is reported 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,7 +131,9 @@ def load_config(paths: Iterable[str], operator_namespace: str = "pullwatch-syste
             if kind == SCANNER_IMAGES_KIND:
                 config.scanner_lists.append(scanner_list_from_object(obj))
             elif kind == SUPPRESSION:
-                config.suppressions.append(suppression_from_object(obj, operator_namespace))
+                config.suppressions.append(
+                    suppression_from_object(obj, operator_namespace, now=time.time())
+                )
             elif kind == ALLOWED_IMAGES or not isinstance(kind, str):
                 config.policies.append(policy_from_object(obj))
             else:
