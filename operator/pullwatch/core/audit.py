@@ -106,9 +106,7 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
     created = _created_event(entry)
     if created is None:
         return None
-    pull = decode_event(
-        created[0], source="audit", actor=actor_of(entry), default_namespace=created[1]
-    )
+    pull = decode_event(created[0], source="audit", actor=actor_of(entry), namespace=created[1])
     if pull is None:
         return None
     audit_id = entry.get("auditID")

@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.body import labels_of
 from ..core.detector import Detector
-from ..core.findings import LABEL_KEEP, build_spec, finding_body, minute_of
+from ..core.findings import LABEL_KEEP, build_spec, minute_of
 from ..core.names import is_label, is_subdomain
 from ..core.state import FindingState
 from .api import FIELD_MANAGER, Api, ApiError
@@ -151,8 +152,8 @@ class Custody:
             self.keep.discard(name)
 
     def _check(self, state: FindingState, stored: dict[str, Any], at_start: bool) -> None:
-        spec = build_spec(state.identity, state.origin)
-        labels = finding_body(state.identity, spec, {})["metadata"]["labels"]
+        spec = build_spec(state.identity, state.evidence().origin)
+        labels = labels_of(state.identity)
         stored_labels = owned_labels(_meta(stored).get("labels"))
         if stored.get("spec") != spec or stored_labels != labels:
             part = "spec" if stored.get("spec") != spec else "metadata"
@@ -223,7 +224,7 @@ class Custody:
             self.deleting.discard(name)  # pullwatch's own retention
             return
         state = self.detector.states.get(name)
-        if state is None or state.count == 0:
+        if state is None or not state.has_evidence:
             return
         self.recreated += 1
         log.warning(
@@ -247,7 +248,12 @@ class Custody:
         for name, state in list(self.detector.states.items()):
             if name in self.keep or name in self.writer.dirty or name in self.writer.in_flight:
                 continue
-            last = minute_of(state.last_seen)
+            # The operator's own clock: an Event's time is evidence, never trusted for deletion
+            # (a far-future one would pin a Finding, a far-past one erase it). A Finding from
+            # before lastObserved existed falls back to its lastSeen.
+            last = int(state.last_observed) // 60 if state.last_observed else None
+            if last is None:
+                last = minute_of(state.last_seen)
             if last is None or last >= cutoff:
                 continue
             if await self._delete(state):

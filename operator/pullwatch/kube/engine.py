@@ -25,7 +25,7 @@ from .. import GROUP, VERSION
 from ..core.allowlist import Allowlist
 from ..core.detector import Caps, Detector
 from ..core.findings import RULES_BY_SHORT
-from ..core.ledger import MAX_SERIES
+from ..core.ledger import MAX_LIVE
 from ..core.names import segment
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
 from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
@@ -76,8 +76,9 @@ class Engine:
             Allowlist(),
             options.scanner_defaults | options.scanner_extra,
             caps=Caps(options.max_findings, options.max_findings_per_namespace),
-            live_series=MAX_SERIES,
+            live_series=MAX_LIVE,
         )
+        self.detector.event_ttl = options.event_ttl_seconds
         self.writer = FindingWriter(
             api,
             self.detector,
@@ -251,14 +252,14 @@ class Engine:
             return
         if pull is None:
             return
-        fired = self.detector.rules_for(pull.involved.namespace, pull.image)
+        fired = self.detector.rules_for(pull.namespace, pull.image)
         if not fired:
             self.pulls += 1
             return
         if (
             pull.involved.kind != "Pod"
             or self.detector.routed(pull)
-            or self._at_cap(fired, pull.involved.namespace)
+            or self._at_cap(fired, pull.namespace)
         ):
             # No pod; or its series already has its Finding; or it goes to the overflow of a
             # namespace at its cap whatever its workload (a flood: its reads would only slow
@@ -267,28 +268,22 @@ class Engine:
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(
-            pull.involved.namespace,
+            pull.namespace,
             pull.involved.name,
             priority,
             lambda workload: self._count(pull, workload),
-            lambda: (
-                not (self.detector.routed(pull) or self._at_cap(fired, pull.involved.namespace))
-            ),
+            lambda: not (self.detector.routed(pull) or self._at_cap(fired, pull.namespace)),
         )
 
     def _at_cap(self, fired: list[Any], namespace: str) -> bool:
         """Every rule that fires is at its cap in ``namespace`` (or cluster-wide)."""
-        caps = self.detector.caps
-        return caps is not None and all(
-            self.detector.per_rule[rule.short] >= caps.total
-            or self.detector.per_namespace[(rule.short, namespace)] >= caps.per_namespace
-            for rule, _, _ in fired
-        )
+        return all(self.detector.capped(rule.short, namespace) for rule, _, _ in fired)
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
         self.pulls += 1
-        for det in self.detector.observe(pull, workload, minute=int(time.time()) // 60):
-            if det.delta or det.created:
+        now = time.time()
+        for det in self.detector.observe(pull, workload, minute=int(now) // 60, clock=now):
+            if det.delta or det.created or det.changed:
                 self.writer.mark(det.state.name)
             rule = RULES_BY_SHORT[det.state.identity.rule]
             if det.delta:
@@ -374,7 +369,7 @@ class Engine:
         }
         suppressed = dict(active)
         for state in self.detector.states.values():
-            if state.count:
+            if state.has_evidence:
                 rule = RULES_BY_SHORT[state.identity.rule]
                 (suppressed if state.suppression is not None else active)[
                     (rule.name, rule.severity)

@@ -93,12 +93,12 @@ class ReportWriter:
             except ApiError as exc:
                 self._complain(exc)
                 await asyncio.sleep(30)
-        for state in self.detector.states.values():
-            self.dirty.add(state.namespace)
+        for namespace in list(self.detector.by_namespace):
+            self.mark(namespace)
         self._wake.set()
 
     async def _write(self, namespace: str) -> None:
-        wanted = report_for(namespace, self.detector.states.values(), self.max_results)
+        wanted = report_for(namespace, self.detector.in_namespace(namespace), self.max_results)
         rv = self.versions.get(namespace)
         if wanted is None:
             if rv is not None:
