@@ -50,6 +50,7 @@ class Kind:
     compile: Callable[[dict[str, Any]], Any]  # body -> compiled (pure core; in a thread)
     install: Callable[[list[Any]], None]  # compiled objects in force -> the detector
     status: Callable[[Any, dict[str, Any]], dict[str, Any]]  # compiled, body -> status (bounded)
+    prepare: Callable[[], None] | None = None  # before each pass over the statuses
 
     def path(self, meta: dict[str, Any] | None = None, status: bool = False) -> str:
         if meta is None:
@@ -202,6 +203,8 @@ class Configs:
     async def _write_statuses(self, delay: float) -> float:
         """Write the statuses that differ from what is wanted; the delay before a retry."""
         failed = False
+        if self._statuses and self.kind.prepare is not None:
+            self.kind.prepare()
         for uid, body in list(self._statuses.items()):
             compiled = self.compiled.get((uid, _generation(body)))
             if compiled is None:

@@ -37,6 +37,7 @@ from .custody import Custody
 from .health import Health
 from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
+from .rechecks import recheck
 from .reports import ReportWriter
 from .stream import ListWatch
 from .workloads import WorkloadResolver
@@ -158,6 +159,10 @@ class Engine:
             for ns in (options.namespaces or [None])
         ]
         self._hidden_written: Counter[str] = Counter()
+        # namespaces to check again (None: all - at the start, the adopted Findings' covers)
+        self._recheck: set[str] | None = None
+        self._recheck_wanted = asyncio.Event()
+        self._recheck_wanted.set()
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
@@ -192,6 +197,7 @@ class Engine:
                 self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
                 start(stream.run(), stream.name)
             start(self._maintain(), "maintenance")
+            start(self._rechecks(), "suppression rechecks")
             start(self._census(), "census")
             if self.reports is not None:
                 start(self.reports.run(), "openreports")
@@ -356,10 +362,24 @@ class Engine:
                 self.detector.prune_routes()
                 await self.custody.sweep()
 
-    def _recover(self) -> None:
-        """Suppressions changed or expired: mark the Findings whose cover changed."""
-        for state in self.detector.recheck_suppressions(time.time()):
-            self.writer.mark(state.name)
+    def _recover(self, namespaces: set[str] | None = None) -> None:
+        """Suppressions changed or expired: the Findings of ``namespaces`` (None: all) are
+        checked again, in the background (``_rechecks``)."""
+        if namespaces is None or self._recheck is None:
+            self._recheck = None if namespaces is None else set(namespaces)
+        else:
+            self._recheck |= namespaces
+        self._recheck_wanted.set()
+
+    async def _rechecks(self) -> None:
+        """Check Findings against the Suppressions in force again, a bounded batch at a time with
+        the event loop free in between (all of them at once, 10,000 Findings against 200
+        Suppressions held it for seconds); mark those whose cover changed."""
+        while True:
+            await self._recheck_wanted.wait()
+            self._recheck_wanted.clear()
+            wanted, self._recheck = self._recheck, set()
+            await recheck(self.detector, wanted, self.writer.mark)
 
     def census(self) -> None:
         """The Findings gauges (by rule and severity, suppressed ones apart); and the Suppressions'
