@@ -58,12 +58,12 @@ def test_manifests_apply_and_rbac_is_least_privilege(cluster):
         and can("get", "replicasets.apps")
         and can("get", "jobs.batch")
     )
+    assert can("list", "pods", "-A") and can("watch", "pods", "-A")  # the Pod witness
+    assert can("patch", "witnesses.pullwatch.dev", "--subresource=status")
     for denied in (
         ("get", "secrets", "-A"),
         ("list", "secrets"),
         ("create", "events"),
-        ("list", "pods"),
-        ("watch", "pods"),
         ("create", "pods"),
         ("update", "pods"),
         ("list", "replicasets.apps"),
@@ -347,6 +347,7 @@ def test_kustomize_output_is_plain_readable_yaml():
         "kopfpeerings.kopf.dev",
         "scannerimages.pullwatch.dev",
         "suppressions.pullwatch.dev",
+        "witnesses.pullwatch.dev",
     ]
     assert "Deployment" in kinds
     dep = next(d for d in docs if d["kind"] == "Deployment")
