@@ -114,11 +114,16 @@ def decode_audit_entry(entry: Mapping[str, Any], deduper: AuditDeduper) -> Pull 
         raise DecodeError("audit entry without auditID")
     if not deduper.first_time(audit_id):
         return None
+    # The series is the Event's namespace/name, as the Event watch names it (so that the two
+    # witnesses count it once, and every stage of the request is the same series); only an
+    # Event created by generateName is named by its response.
+    series = pull.series if pull.series and "/" in pull.series else None
     response = entry.get("responseObject")
-    series = pull.series
-    if isinstance(response, Mapping) and isinstance(response.get("metadata"), Mapping):
-        uid = response["metadata"].get("uid")
-        series = uid if isinstance(uid, str) and uid else series
+    if series is None and isinstance(response, Mapping):
+        meta = response.get("metadata")
+        name = meta.get("name") if isinstance(meta, Mapping) else None
+        if isinstance(name, str) and name:
+            series = f"{pull.namespace}/{name}"
     if series is None:
         # A create whose Event names no object: each request is its own series.
         series = f"audit:{audit_id}"

@@ -243,7 +243,9 @@ class FindingState:
         changed = ev.ledger.set_verdict(series, verdict)
         if verdict == FORGED and author:
             ev.forged_by = cut(author, 253)
-        if ev.origin.series == series and ev.origin.verified is None and verdict != UNKNOWN:
+        # The first verdict learned stands for the origin (the first pull's author is almost
+        # always the first to be learned: its audit entry comes first).
+        if ev.origin.verified is None and verdict != UNKNOWN:
             ev.origin = ev.origin._replace(verified=verdict != FORGED, author=cut(author, 253))
             changed = True
         return changed

@@ -293,11 +293,12 @@ class Engine:
                 self.writer.mark(det.state.name)
             rule = RULES_BY_SHORT[det.state.identity.rule]
             if det.delta:
+                # Every detected pull counts; the covered ones are counted apart as well, so that
+                # alerts page on the difference.
+                metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
                 if det.suppressed is not None:
                     metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
                     self.hidden[det.suppressed.key] += det.delta
-                else:
-                    metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
                 if det.folded is not None:
                     metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
             if (
