@@ -130,7 +130,8 @@ def suppressions(
         elif s.expired(time.time()):
             ready = condition(False, "Expired", "expired: covers nothing any more", generation)
         else:
-            ready = condition(True, "Active", s.describe(), generation)
+            # how it was read narrower than written ("every rule but the scanner rule") is said
+            ready = condition(True, "Active", "; ".join((s.describe(), *s.notes)), generation)
         return {
             "observedGeneration": generation,
             "covers": cut(s.describe(), 1000),
