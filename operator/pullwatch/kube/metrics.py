@@ -88,6 +88,25 @@ REFUSED_PATTERNS = Gauge(
 ACTIVE = Gauge(
     "pullwatch_active", "1 on the replica that processes Events, 0 on a standby.", registry=REGISTRY
 )
+CONTAINERS_RUNNING = Counter(
+    "pullwatch_containers_running_total",
+    "Containers first seen running an image a rule fired on (the Pod witness).",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+RAN_WITHOUT_PULL_EVENT = Counter(
+    "pullwatch_ran_without_pull_event_total",
+    "Containers that ran an image a rule fired on with no pull Event for them.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+FORGED_PULLS = Counter(
+    "pullwatch_forged_pulls_total",
+    "Pull Events not written by the kubelet of their node (author) or naming another "
+    "namespace than their own (namespace).",
+    ["reason"],
+    registry=REGISTRY,
+)
 RELISTS = Counter(
     "pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY
 )
