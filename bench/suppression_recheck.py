@@ -9,7 +9,7 @@ In process, with the operator's own code: 10,000 Findings in 100 namespaces (100
 Suppressions (190 in those namespaces, 10 cluster-wide in the operator's namespace). Two ways:
 * in one pass, as the engine did: every Finding rechecked at once, each Suppression's status
   counting over every Finding, each namespace's Report built from every Finding;
-* as it does now: rechecks a batch of namespaces at a time (kube/rechecks.py) with the loop
+* as it does now: rechecks a batch of namespaces at a time (kube/upkeep.py) with the loop
   free in between, statuses from one counting pass, Reports from the namespace's own Findings.
 A task that sleeps 1 ms measures the longest stall of the loop meanwhile.
 """
@@ -33,7 +33,7 @@ from pullwatch.core.pulls import decode_event  # noqa: E402
 from pullwatch.core.reports import report_for  # noqa: E402
 from pullwatch.core.suppressions import Suppressions, suppression_from_object  # noqa: E402
 from pullwatch.kube.kinds import suppressions as suppression_kind  # noqa: E402
-from pullwatch.kube.rechecks import recheck  # noqa: E402
+from pullwatch.kube.upkeep import recheck  # noqa: E402
 
 OPERATOR_NS = "pullwatch-system"
 

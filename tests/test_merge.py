@@ -51,8 +51,9 @@ def records(name: str) -> list:
 
 
 def scan(*paths: Path, fmt: str = "json") -> dict:
-    r = subprocess.run([PULLWATCH, "scan", *map(str, paths), "-a", ALLOW, "-o", fmt],
-                       capture_output=True)
+    r = subprocess.run(
+        [PULLWATCH, "scan", *map(str, paths), "-a", ALLOW, "-o", fmt], capture_output=True
+    )
     assert r.returncode in (0, 3), r.stderr
     return json.loads(r.stdout)
 
@@ -97,8 +98,11 @@ def test_merge_refuses_what_it_cannot_merge_exactly(tmp_path):
     damaged["metadata"]["annotations"]["pullwatch.dev/merge-state"] = "v1:AAAA v1:AAAA"
     future = json.loads(json.dumps(finding))
     future["metadata"]["annotations"]["pullwatch.dev/merge-state"] = "v9:AAAA v9:AAAA"
-    for doc, why in ((operator_like, "no merge state"), (damaged, "damaged merge state"),
-                     (future, "another pullwatch version")):
+    for doc, why in (
+        (operator_like, "no merge state"),
+        (damaged, "damaged merge state"),
+        (future, "another pullwatch version"),
+    ):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [doc]}))
         r = subprocess.run([PULLWATCH, "merge", str(path)], capture_output=True)
@@ -121,22 +125,48 @@ def observations(draw):
     for i in range(draw(st.integers(1, 14))):
         pod, image = draw(st.sampled_from(PODS)), draw(st.sampled_from(IMAGES))
         kind = draw(st.sampled_from(["Pulling", "Pulled", "Present"]))
-        ev = image_event(kind, "ns", pod, image, node=draw(st.sampled_from(NODES)),
-                         count=draw(st.integers(1, 4)), seq=draw(st.integers(0, 5)),
-                         t=draw(st.integers(0, 600)))
+        ev = image_event(
+            kind,
+            "ns",
+            pod,
+            image,
+            node=draw(st.sampled_from(NODES)),
+            count=draw(st.integers(1, 4)),
+            seq=draw(st.integers(0, 5)),
+            t=draw(st.integers(0, 600)),
+        )
         if draw(st.booleans()):
             out.append(decode_event(ev))
         else:
             entry = audit_entries(ev, f"a{i}", node=draw(st.sampled_from(NODES)))[1]
             out.append(decode_audit_entry(entry, AuditDeduper()))
         if draw(st.integers(0, 3)) == 0:
-            out.append(Running("ns", pod, f"u-{pod}", pod.split("-")[0], MAIN, image,
-                               "sha256:" + "a1" * 32, "node-1", "2026-11-18T11:00:00Z",
-                               Workload("Pod", pod, "read")))
+            out.append(
+                Running(
+                    "ns",
+                    pod,
+                    f"u-{pod}",
+                    pod.split("-")[0],
+                    MAIN,
+                    image,
+                    "sha256:" + "a1" * 32,
+                    "node-1",
+                    "2026-11-18T11:00:00Z",
+                    Workload("Pod", pod, "read"),
+                )
+            )
         if draw(st.integers(0, 4)) == 0:
             who = Actor(draw(st.sampled_from(["alice", "bob"])), (), ("10.0.0.9",), "kubectl")
-            out.append(ActorChange("ns", "web", "Deployment", who, "patch deployments",
-                                   f"2026-11-18T11:0{draw(st.integers(0, 9))}:00Z"))
+            out.append(
+                ActorChange(
+                    "ns",
+                    "web",
+                    "Deployment",
+                    who,
+                    "patch deployments",
+                    f"2026-11-18T11:0{draw(st.integers(0, 9))}:00Z",
+                )
+            )
     return out
 
 
@@ -158,8 +188,11 @@ def docs(collector: Collector) -> list:
 
 
 @settings(max_examples=100)
-@given(observations(), st.lists(st.integers(0, 2), min_size=14 * 3, max_size=14 * 3),
-       st.randoms(use_true_random=False))
+@given(
+    observations(),
+    st.lists(st.integers(0, 2), min_size=14 * 3, max_size=14 * 3),
+    st.randoms(use_true_random=False),
+)
 def test_merge_of_shards_is_the_scan_of_all(obs, where, rng):
     shards = [[], [], []]
     for o, i in zip(obs, where):

@@ -14,6 +14,7 @@ from pullwatch.kube import app
 from pullwatch.kube.engine import Engine, Options
 from pullwatch.kube.health import Health
 from pullwatch.kube.quietlog import Quiet
+from pullwatch.kube.upkeep import Upkeep
 
 FINDINGS = "/apis/pullwatch.dev/v1alpha1/namespaces/ns1/findings/"
 
@@ -64,11 +65,11 @@ async def test_a_crashed_task_stops_the_engine_drained_before_a_new_one_starts(m
     crashed = []
 
     def census(self) -> None:
-        if not crashed and self.pulls >= 3:
-            crashed.append(self)
+        if not crashed and rt.engine is not None and rt.engine.pulls >= 3:
+            crashed.append(rt.engine)
             raise RuntimeError("census broke")
 
-    monkeypatch.setattr(Engine, "census", census)
+    monkeypatch.setattr(Upkeep, "census", census)
     async with serving() as (fake, api):
         fake.script_watch(pulls(3), path="/api/v1/events")
         rt = app.Runtime(options(census_interval=0.05), True, "p", 1)

@@ -132,7 +132,7 @@ def render_status(
     if ev.intent_hashes:
         ledger["intents"] = hashes_text(ev.intent_hashes)
     if ev.folded_hashes:
-        ledger["folded"] = hashes_text(ev.folded_hashes)
+        ledger["foldedIdentities"] = hashes_text(ev.folded_hashes)
     status["ledger"] = ledger
     return status
 

@@ -143,12 +143,16 @@ class FindingState:
         """Count one observation of a pull Event; return the pulls it adds (0 for a repeat).
         ``now_stamp``: the observer's clock as RFC 3339 - a later Event time is clamped to it."""
         ev = self.evidence()
-        self._touch(minute, now)
+        new = not ev.ledger.knows(series)
         self.witnesses |= AUDIT if pull.source == "audit" else EVENTS
         pod, container = pull.involved.name, pull.involved.container or ""
         delta = ev.ledger.observe(
             series, (pod, container), pull.kind, pull.count, minute, verdict, pull.uid
         )
+        # Only what is new is a new observation: an Event delivered again (a relist, a
+        # restart) neither refreshes retention nor keeps the Finding from cooling.
+        if new or delta:
+            self._touch(minute, now)
         when = pull.last_seen or pull.first_seen
         first = pull.first_seen
         if now_stamp is not None:  # a time from the future is clamped; a missing one stays so

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +36,9 @@ from .custody import Custody
 from .health import Health
 from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
-from .rechecks import recheck
 from .reports import ReportWriter
 from .stream import ListWatch
+from .upkeep import Upkeep
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -68,6 +67,7 @@ class Options:
     openreports_max_results: int = 100
     maintenance_interval: float = 60.0
     census_interval: float = 15.0
+    pull_event_grace: float = 60.0
 
 
 class Engine:
@@ -80,6 +80,7 @@ class Engine:
             live_series=MAX_LIVE,
         )
         self.detector.event_ttl = options.event_ttl_seconds
+        self.detector.pull_event_grace = options.pull_event_grace
         self.writer = FindingWriter(
             api,
             self.detector,
@@ -109,7 +110,8 @@ class Engine:
         )
         if self.reports is not None:
             self.writer.listeners.append(self.reports.mark)
-        self.hidden: Counter[str] = Counter()  # pulls hidden per Suppression
+        self.upkeep = Upkeep(self.detector, self.writer, self.custody, options)
+        self.hidden = self.upkeep.hidden  # pulls hidden per Suppression
         self.configs = {
             "AllowedImages": Configs(api, allowed_images(self.detector), quiet),
             "ScannerImages": Configs(
@@ -119,7 +121,9 @@ class Engine:
             ),
             "Suppression": Configs(
                 api,
-                suppressions(self.detector, options.operator_namespace, self._recover, self.hidden),
+                suppressions(
+                    self.detector, options.operator_namespace, self.upkeep.recover, self.hidden
+                ),
                 quiet,
             ),
         }
@@ -158,11 +162,7 @@ class Engine:
             )
             for ns in (options.namespaces or [None])
         ]
-        self._hidden_written: Counter[str] = Counter()
-        # namespaces to check again (None: all - at the start, the adopted Findings' covers)
-        self._recheck: set[str] | None = None
-        self._recheck_wanted = asyncio.Event()
-        self._recheck_wanted.set()
+        self.upkeep.suppressions = self.configs["Suppression"]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
@@ -196,9 +196,10 @@ class Engine:
             for stream in self.event_streams:
                 self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
                 start(stream.run(), stream.name)
-            start(self._maintain(), "maintenance")
-            start(self._rechecks(), "suppression rechecks")
-            start(self._census(), "census")
+            start(self.upkeep.maintain(), "maintenance")
+            start(self.upkeep.rechecks(), "suppression rechecks")
+            start(self._settle(), "pull-event-grace")
+            start(self.upkeep.census_loop(), "census")
             if self.reports is not None:
                 start(self.reports.run(), "openreports")
             log.info(
@@ -287,32 +288,65 @@ class Engine:
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
         self.pulls += 1
+        self.observe(pull, workload)
+
+    def observe(self, obs: Any, workload: Workload | None = None) -> None:
+        """One observation from any witness: into its Findings, and onto the metrics. The one
+        interface every witness hands the core its observations through. (What was received
+        is counted during a stop too: the streams stop first.)"""
         now = time.time()
-        for det in self.detector.observe(pull, workload, minute=int(now) // 60, clock=now):
-            if det.delta or det.created or det.changed:
+        for det in self.detector.observe(obs, workload, minute=int(now) // 60, clock=now):
+            self._account(det)
+
+    def _account(self, det: Any) -> None:
+        if det.delta or det.created or det.changed:
+            self.writer.mark(det.state.name)
+        rule = RULES_BY_SHORT[det.state.identity.rule]
+        if det.delta:
+            # Every detected pull counts; the covered ones are counted apart as well, so that
+            # alerts page on the difference.
+            metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
+            if det.suppressed is not None:
+                metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
+                self.hidden[det.suppressed.key] += det.delta
+            if det.folded is not None:
+                metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
+        if det.running:
+            metrics.CONTAINERS_RUNNING.labels(rule.name, rule.severity).inc()
+        if det.forged:
+            metrics.FORGED_PULLS.labels(det.forged).inc()
+            self.quiet.warning(
+                f"forged {det.state.namespace}",
+                "a pull Event not written by the kubelet of its node, in namespace %s "
+                "(Finding %s): counted there and marked as forged",
+                det.state.namespace,
+                det.state.name,
+            )
+        if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
+            self.capped.add((det.folded.rule, det.folded.namespace))
+            log.warning(
+                "cap reached for rule %s in namespace %s (at most %d Findings there, %d in "
+                "all): further detections are counted in Finding %s/%s",
+                det.folded.rule,
+                det.folded.namespace,
+                self.options.max_findings_per_namespace,
+                self.options.max_findings,
+                det.state.namespace,
+                det.state.name,
+            )
+
+    async def _settle(self) -> None:
+        """Containers seen running whose pull Event grace is over: seen, or ran without one."""
+        while True:
+            await asyncio.sleep(min(5.0, self.options.pull_event_grace / 4))
+            for det in self.detector.settle(time.time()):
                 self.writer.mark(det.state.name)
-            rule = RULES_BY_SHORT[det.state.identity.rule]
-            if det.delta:
-                # Every detected pull counts; the covered ones are counted apart as well, so that
-                # alerts page on the difference.
-                metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
-                if det.suppressed is not None:
-                    metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
-                    self.hidden[det.suppressed.key] += det.delta
-                if det.folded is not None:
-                    metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
-            if (
-                det.folded is not None
-                and (det.folded.rule, det.folded.namespace) not in self.capped
-            ):
-                self.capped.add((det.folded.rule, det.folded.namespace))
+                rule = RULES_BY_SHORT[det.state.identity.rule]
+                metrics.RAN_WITHOUT_PULL_EVENT.labels(rule.name, rule.severity).inc()
                 log.warning(
-                    "cap reached for rule %s in namespace %s (at most %d Findings there, %d in "
-                    "all): further detections are counted in Finding %s/%s",
-                    det.folded.rule,
-                    det.folded.namespace,
-                    self.options.max_findings_per_namespace,
-                    self.options.max_findings,
+                    "a container ran %s with no pull Event (Finding %s/%s): the kubelet's Events "
+                    "were dropped or suppressed",
+                    det.state.evidence().origin.image,
                     det.state.namespace,
                     det.state.name,
                 )
@@ -336,73 +370,6 @@ class Engine:
                 meta.get("name"),
                 reason,
             )
-
-    async def _census(self) -> None:
-        while True:
-            self.census()
-            await asyncio.sleep(self.options.census_interval)
-
-    async def _maintain(self) -> None:
-        """Every ``maintenance_interval`` (a minute): close ledger slots whose Events have expired
-        (exact, and it keeps Findings small), and pack the Findings not pulled for ``COOL_AFTER``
-        minutes (memory); every tenth time from the first: forget the routes of closed slots,
-        and apply the retention."""
-        rounds = 0
-        while True:
-            await asyncio.sleep(self.options.maintenance_interval)
-            rounds += 1
-            cutoff = int(time.time() - self.options.event_ttl_seconds) // 60 - 5
-            for state in list(self.detector.states.values()):
-                if state.close_before(cutoff):
-                    self.writer.mark(state.name)
-            busy = self.writer.dirty.keys() | self.writer.in_flight
-            self.detector.cool(int(time.time()) // 60 - COOL_AFTER, busy)
-            self._recover()  # Suppressions that expired since
-            self.configs["Suppression"].recheck_statuses()
-            if rounds % 10 == 1:
-                self.detector.prune_routes()
-                await self.custody.sweep()
-
-    def _recover(self, namespaces: set[str] | None = None) -> None:
-        """Suppressions changed or expired: the Findings of ``namespaces`` (None: all) are
-        checked again, in the background (``_rechecks``)."""
-        if namespaces is None or self._recheck is None:
-            self._recheck = None if namespaces is None else set(namespaces)
-        else:
-            self._recheck |= namespaces
-        self._recheck_wanted.set()
-
-    async def _rechecks(self) -> None:
-        """Check Findings against the Suppressions in force again, a bounded batch at a time with
-        the event loop free in between (all of them at once, 10,000 Findings against 200
-        Suppressions held it for seconds); mark those whose cover changed."""
-        while True:
-            await self._recheck_wanted.wait()
-            self._recheck_wanted.clear()
-            wanted, self._recheck = self._recheck, set()
-            await recheck(self.detector, wanted, self.writer.mark)
-
-    def census(self) -> None:
-        """The Findings gauges (by rule and severity, suppressed ones apart); and the Suppressions'
-        statuses, whose counts move with what happens."""
-        active: dict[tuple[str, str], int] = {
-            (r.name, r.severity): 0 for r in RULES_BY_SHORT.values()
-        }
-        suppressed = dict(active)
-        for state in self.detector.states.values():
-            if state.has_evidence:
-                rule = RULES_BY_SHORT[state.identity.rule]
-                (suppressed if state.suppression is not None else active)[
-                    (rule.name, rule.severity)
-                ] += 1
-        for (rule_name, severity), n in active.items():
-            metrics.FINDINGS.labels(rule_name, severity).set(n)
-            metrics.SUPPRESSED_FINDINGS.labels(rule_name, severity).set(
-                suppressed[(rule_name, severity)]
-            )
-        if self.hidden != self._hidden_written:
-            self._hidden_written = Counter(self.hidden)
-            self.configs["Suppression"].recheck_statuses()
 
 
 def _image_reason(item: dict[str, Any]) -> bool:

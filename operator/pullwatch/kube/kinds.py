@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from ..core.detector import Detector
 from ..core.findings import cut
 from ..core.rules import ScannerList, scanner_list_from_object, scanner_names
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
+from . import metrics
 from .config import SAMPLE, Kind, allowlist_gauges, condition
+
+log = logging.getLogger("pullwatch.config")
 
 
 def _spec_list(body: dict[str, Any], key: str) -> list[Any]:
@@ -65,8 +69,23 @@ def allowed_images(detector: Detector) -> Kind:
 
 
 def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozenset[str]) -> Kind:
+    said: set[str] = set()
+
     def install(lists: list[ScannerList]) -> None:
         detector.scanners = scanner_names(lists, extra, defaults)
+        # Replacing the built-in names can turn scanner detection off for the whole cluster:
+        # whoever may edit ScannerImages is trusted with that, and everyone else hears of it.
+        replacing = {s.name for s in lists if s.replace_defaults}
+        metrics.SCANNER_DEFAULTS_REPLACED.set(1 if replacing else 0)
+        for name in sorted(replacing - said):
+            log.warning(
+                "ScannerImages %s replaces the built-in scanner names: %d scanner name(s) in "
+                "force in all",
+                name,
+                len(detector.scanners),
+            )
+        said.clear()
+        said.update(replacing)
 
     def status(lst: ScannerList, body: dict[str, Any]) -> dict[str, Any]:
         generation = body["metadata"].get("generation")
@@ -104,11 +123,33 @@ def suppressions(
     ``changed(namespaces)``: the namespaces whose Findings' cover may have changed (None: all)."""
     covering: Counter[tuple[str, str]] = Counter()  # per Suppression: Findings it covers now
 
+    known: set[str] | None = None  # None until the first list is in force
+
     def install(items: list[Suppression]) -> None:
+        nonlocal known
         before = set(detector.suppressions.items)
         detector.suppressions = Suppressions(items)
         moved = before ^ set(detector.suppressions.items)
         changed(None if any(s.cluster_wide for s in moved) else {s.namespace for s in moved})
+        now = time.time()
+        states: Counter[tuple[str, str]] = Counter()
+        for s in items:
+            scope = "cluster" if s.namespace == operator_namespace else "namespace"
+            state = "invalid" if s.problems else "expired" if s.expired(now) else "active"
+            states[(scope, state)] += 1
+            if known is not None and s.key not in known:
+                metrics.SUPPRESSIONS_CREATED.labels(scope).inc()
+                log.warning(
+                    "Suppression %s created (%s): %s; reason: %s",
+                    s.key,
+                    state,
+                    s.describe(),
+                    s.reason or "none given",
+                )
+        for scope in ("cluster", "namespace"):
+            for state in ("active", "expired", "invalid"):
+                metrics.SUPPRESSIONS.labels(scope, state).set(states[(scope, state)])
+        known = {s.key for s in items}
 
     def prepare() -> None:
         """One pass over the Findings for every status of the pass (not one per Suppression:
@@ -138,6 +179,7 @@ def suppressions(
             "hidden": hidden[s.key],
             "findings": covering[(s.namespace, s.name)],
             "problems": [cut(p, 300) for p in s.problems[:SAMPLE]],
+            "notes": [cut(n, 300) for n in s.notes[:SAMPLE]],
             "conditions": [ready],
         }
 
