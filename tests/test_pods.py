@@ -331,3 +331,61 @@ def test_candidate_bytes_are_in_every_started_pod_and_not_in_unstarted_ones():
 
 def test_at_startup_is_carried():
     assert all(r.at_startup for r in decode_pod(kuard(), at_startup=True))
+
+
+# -- the readers hand Pods to the pipeline ---------------------------------------------------
+
+
+def read(data: bytes):
+    import io
+
+    from pullwatch.scan.records import ReadStats, iter_objects
+
+    stats = ReadStats()
+    return list(iter_objects(io.BufferedReader(io.BytesIO(data)), stats)), stats
+
+
+def many_pods(n=20):
+    out = []
+    for i in range(n):
+        p = kuard()
+        p["metadata"]["name"] = f"queue-{i:05d}"
+        p["metadata"]["uid"] = f"uid-{i}"
+        if i % 2:  # not started yet: nothing ran, no need to parse it
+            p["status"]["containerStatuses"][0] = {
+                "name": "queue",
+                "imageID": "",
+                "state": {"waiting": {}},
+            }
+        out.append(p)
+    return out
+
+
+def test_pod_lists_reach_the_pipeline_in_every_format_kubectl_prints():
+    pods = many_pods()
+    started = {p["metadata"]["name"] for p in pods[::2]}
+    as_list = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+        "items": pods,
+    }
+    for data in (
+        json.dumps(as_list, indent=4).encode(),  # kubectl get pods -A -o json
+        yaml.safe_dump(as_list).encode(),  # kubectl get pods -A -o yaml
+        "".join(json.dumps(p) + "\n" for p in pods).encode(),  # … | jq -c '.items[]'
+        "".join(json.dumps({"type": "ADDED", "object": p}) + "\n" for p in pods).encode(),
+        "".join(json.dumps(p, indent=2) + "\n" for p in pods).encode(),  # kubectl get -w -o json
+    ):
+        objs, stats = read(data)
+        yielded = {o["metadata"]["name"] for kind, o in objs if kind == "pod"}
+        assert started <= yielded, data[:40]  # every pod that ran something
+        assert all(kind == "pod" for kind, _ in objs)
+        # counted as before the pipeline judges them: not Events
+        assert stats.recognized == 0 and stats.unrecognized >= len(yielded)
+        assert decode_pod(next(o for k, o in objs if o["metadata"]["name"] == "queue-00000"))
+
+
+def test_the_published_pod_list_reaches_the_pipeline():
+    objs, _ = read((PODS / "kuard-docker.json").read_bytes())
+    assert [(kind, o["metadata"]["name"]) for kind, o in objs] == [("pod", "queue-l4dv8")]

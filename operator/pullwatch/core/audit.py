@@ -47,6 +47,8 @@ A controller's change names no actor, and a refused request proves nothing:
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -72,46 +74,67 @@ WORKLOADS = {
 }
 
 # -- which lines a reader must parse --------------------------------------------------------
-# Readers parse only the records holding these bytes (counting the others unparsed):
+# Readers parse only the records that can be of use (counting the others unparsed):
 # * a pull: its message quotes the image, `image \"` in JSON; inside a JSON string (an AKS
 #   properties.log, a CloudWatch message) the entry is escaped once more: `image \\\"`;
-# * any other observation is a write (a verb) of one of these resources. Bare words, so that
-#   they match however the entry is wrapped ("verb":"create", \"verb\":\"create\", a GKE
-#   methodName io.k8s.core.v1.pods.create) - false positives only cost a parse.
+# * any other observation is a write of one of RESOURCES: the record holds a verb (WRITE_BYTES,
+#   bare words that match however it is wrapped: "verb":"create", \"verb\":\"create\", a GKE
+#   methodName io.k8s.core.v1.pods.create) and, if it names a resource (RESOURCE_VALUE, quoted
+#   any way), one of RESOURCES - any occurrence: an entry's requestURI comes before its
+#   objectRef and its query string is the client's to write, so no "first resource named" can
+#   be trusted; a false positive only costs a parse. A record naming no resource that way (a
+#   GKE LogEntry) needs one of RESOURCE_BYTES anywhere.
 PULL_BYTES = (CANDIDATE, b'image \\\\\\"')
 WRITE_BYTES = (b"create", b"patch", b"update")
-RESOURCE_BYTES = (
-    b"events",
-    b"pods",
-    b"deployments",
-    b"replicasets",
-    b"statefulsets",
-    b"daemonsets",
-    b"jobs",  # and cronjobs
+RESOURCES = frozenset(
+    {
+        b"events",
+        b"pods",
+        b"deployments",
+        b"replicasets",
+        b"statefulsets",
+        b"daemonsets",
+        b"jobs",
+        b"cronjobs",
+    }
 )
-_PULL_TEXT = tuple(b.decode() for b in PULL_BYTES)
-_WRITE_TEXT = tuple(b.decode() for b in WRITE_BYTES)
-_RESOURCE_TEXT = tuple(b.decode() for b in RESOURCE_BYTES)
+RESOURCE_BYTES = tuple(sorted(RESOURCES - {b"cronjobs"}))  # "jobs" is in "cronjobs"
+RESOURCE_VALUE = re.compile(rb'"resource\\*"\s*:\s*\\*"([a-z0-9.-]{1,63})\\*"')
 
 
-def wanted(data: bytes) -> bool:
-    """Could this record (an audit entry, however wrapped) be an observation?
+def wanted(data: bytes, start: int = 0, end: int = sys.maxsize) -> bool:
+    """Could ``data[start:end]`` (an audit entry, however wrapped) be an observation?
 
     >>> wanted(b'{"verb":"get","objectRef":{"resource":"pods"}}')
     False
     >>> wanted(b'{"verb":"patch","objectRef":{"resource":"deployments","subresource":"scale"}}')
     True
+    >>> wanted(b'{"verb":"update","objectRef":{"resource":"leases","name":"pods"}}')
+    False
     """
-    if any(b in data for b in PULL_BYTES):
-        return True
-    return any(b in data for b in WRITE_BYTES) and any(b in data for b in RESOURCE_BYTES)
+    find = data.find
+    for b in PULL_BYTES:
+        if find(b, start, end) != -1:
+            return True
+    for b in WRITE_BYTES:
+        if find(b, start, end) != -1:
+            return names_resource(data, start, end)
+    return False
+
+
+def names_resource(data: bytes, start: int = 0, end: int = sys.maxsize) -> bool:
+    """The second half of ``wanted``: does ``data[start:end]`` name one of RESOURCES?"""
+    named = False
+    for m in RESOURCE_VALUE.finditer(data, start, end):
+        if m.group(1) in RESOURCES:
+            return True
+        named = True
+    return not named and any(data.find(b, start, end) != -1 for b in RESOURCE_BYTES)
 
 
 def wanted_text(text: str) -> bool:
     """``wanted`` for an entry already decoded from its wrapper (a ``str``)."""
-    if any(t in text for t in _PULL_TEXT):
-        return True
-    return any(t in text for t in _WRITE_TEXT) and any(t in text for t in _RESOURCE_TEXT)
+    return wanted(text.encode("utf-8", "surrogatepass"))
 
 
 def is_audit_entry(obj: Mapping[str, Any]) -> bool:
@@ -188,10 +211,12 @@ def _request(entry: Any) -> tuple | None:
         return None
     verb = entry.get("verb")
     ref = entry.get("objectRef")
-    if verb not in WRITE_VERBS or not isinstance(ref, Mapping):
+    if not isinstance(verb, str) or verb not in WRITE_VERBS or not isinstance(ref, Mapping):
         return None
     group, resource = ref.get("apiGroup") or "", ref.get("resource")
     subresource = ref.get("subresource") or ""
+    if not (isinstance(group, str) and isinstance(resource, str) and isinstance(subresource, str)):
+        return None  # not what the API server writes: no resource of ours
     return verb, group, resource, subresource, ref
 
 

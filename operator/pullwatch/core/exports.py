@@ -52,6 +52,7 @@ import orjson
 from .audit import is_audit_entry
 
 AKS_AUDIT_CATEGORIES = ("kube-audit", "kube-audit-admin")
+AUDIT_KINDS = frozenset({"audit", "export"})  # record_kind()s that hold audit entries
 GKE_SERVICE = "k8s.io"
 MAX_ENTRY = 16 << 20
 # gRPC status codes (google.rpc.Code) as the HTTP codes the API server answered
@@ -105,14 +106,14 @@ def export_kind(obj: Any) -> str | None:
 
 
 def record_kind(obj: Any) -> str | None:
-    """``audit`` (an audit entry or an export of them), ``pod`` or ``None``: what the first
-    records of an input hold, for the readers to choose their byte pre-filters (a watch event
-    and a List are looked into).
+    """``audit`` (an audit entry), ``export`` (a cloud's export of them), ``pod`` or ``None``:
+    what the first records of an input hold, for the readers to choose their byte pre-filters
+    (a watch event and a List are looked into).
 
     >>> record_kind({"type": "ADDED", "object": {"kind": "Pod"}})
     'pod'
     >>> record_kind({"records": []}), record_kind({"kind": "Event", "reason": "Pulled"})
-    ('audit', None)
+    ('export', None)
     """
     if not isinstance(obj, Mapping):
         if isinstance(obj, list):
@@ -128,8 +129,10 @@ def record_kind(obj: Any) -> str | None:
     kind = obj.get("kind")
     if kind == "Pod":
         return "pod"
-    if is_audit_entry(obj) or export_kind(obj) is not None:
+    if is_audit_entry(obj):
         return "audit"
+    if export_kind(obj) is not None:
+        return "export"
     if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
         return "pod" if kind == "PodList" else record_kind(obj["items"])
     return None

@@ -207,8 +207,9 @@ def pod_fingerprint(obj: Any) -> tuple[int, int]:
     key = (
         hash(uid)
         if isinstance(uid, str) and uid
-        else hash((metadata.get("namespace"), metadata.get("name")))
+        else hash((_text(metadata.get("namespace")), _text(metadata.get("name"))))
     )
+
     status = obj.get("status")
     runs = []
     if isinstance(status, Mapping):
@@ -220,8 +221,14 @@ def pod_fingerprint(obj: Any) -> tuple[int, int]:
                 if isinstance(cs, Mapping):
                     started = _latest_start(cs)
                     if started is not None:
-                        runs.append((cs.get("name"), cs.get("imageID"), started))
+                        runs.append(
+                            (_text(cs.get("name")), _text(cs.get("imageID")), _text(started))
+                        )
     return key, hash(tuple(runs))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _latest_start(cs: Mapping[str, Any]) -> Any:
@@ -272,7 +279,7 @@ def _containers(spec: Mapping[str, Any], status: Mapping[str, Any]) -> Iterator[
         for cs in statuses:
             if not isinstance(cs, Mapping):
                 raise DecodeError("pod with a container status that is not an object")
-            known = images.get(cs.get("name"))
+            known = images.get(_text(cs.get("name")))
             if known is None or known[0] != container_type:
                 raise DecodeError("container status without its container in the spec")
             if known[1] is None:
