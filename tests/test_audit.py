@@ -204,21 +204,37 @@ def test_other_resources_verbs_and_failures_never_fire():
     assert observe(crd) == []
 
 
-def test_finding_names_the_actor_in_its_message():
-    e = audit_entries(
-        image_event("Pulling", "team-a", "m", "randomuser/xmrig"),
+def test_the_author_of_a_pull_event_is_its_reporter_and_is_verified():
+    """The audit entry of an Event's create names who wrote it: the kubelet of the node the
+    Event names is verified; anyone else forged. Neither is the workload's actor (a person)."""
+    d = Detector(Allowlist())
+    kubelets = audit_entries(
+        image_event("Pulling", "team-a", "m", "randomuser/xmrig", node="worker-5"),
         "id-9",
         ip="10.0.9.9",
         node="worker-5",
     )[1]
-    d = Detector(Allowlist())
-    (det,) = d.observe(decode_audit_entry(e, AuditDeduper()))
+    (det,) = d.observe(decode_audit_entry(kubelets, AuditDeduper()))
     spec = det.state.body()["spec"]
+    assert spec["reportedBy"] == {
+        "component": "kubelet",
+        "user": "system:node:worker-5",
+        "kubelet": True,
+        "verified": True,
+    }
+    assert "actor" not in spec and spec["source"] == "audit"
     assert spec["message"] == (
-        "Suspicious image randomuser/xmrig pulled in Kubernetes from ip 10.0.9.9 "
-        "by user system:node:worker-5"
+        "Suspicious image randomuser/xmrig pulled in Kubernetes on node worker-5 by Pod/m "
+        "(actor unknown)"
     )
-    assert spec["actor"]["user"] == "system:node:worker-5" and spec["source"] == "audit"
+    forged = audit_entries(
+        image_event("Pulling", "team-a", "n", "randomuser/xmrig", node="worker-5"),
+        "id-10",
+        node="worker-6",  # another node's kubelet wrote it: not the one it names
+    )[1]
+    (det,) = d.observe(decode_audit_entry(forged, AuditDeduper()))
+    assert det.forged and det.state.body()["spec"]["reportedBy"]["verified"] is False
+    assert det.state.body()["status"]["forgedBy"] == "system:node:worker-6"
 
 
 # -- pods: intent ------------------------------------------------------------------------------

@@ -8,9 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, __version__
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
 SCAN_EXIT_CODES = """exit codes:
   0  every input was read in full (findings or not, unless --fail-on-findings)
   1  --fail-on-findings was given and there is at least one Finding
@@ -43,14 +42,15 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         dest="allowed_images",
-        help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no image is "
-        "allowed), ScannerImages and Suppressions - as the operator reads them from the cluster",
+        help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no "
+        "image is allowed), ScannerImages and Suppressions - as the operator reads them",
     )
     p.add_argument(
         "--operator-namespace",
         default="pullwatch-system",
         metavar="NS",
-        help="Suppressions in this namespace may name namespaces (act cluster-wide), as in the operator",
+        help="Suppressions in this namespace may cover the scanner rule and name namespaces "
+        "(act cluster-wide), as in the operator",
     )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="table")
     p.add_argument(
@@ -148,8 +148,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--operator-namespace",
         default=os.environ.get("POD_NAMESPACE", "pullwatch-system"),
         metavar="NS",
-        help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
-        "(default: $POD_NAMESPACE, else pullwatch-system)",
+        help="the operator's own namespace: Suppressions there may cover the scanner rule and "
+        "act cluster-wide (default: $POD_NAMESPACE, else pullwatch-system)",
     )
     p.add_argument(
         "--watch-timeout",
@@ -164,7 +164,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="a watch that delivers nothing for this long is dropped and resumed (half-open connections)",
+        help="a watch that delivers nothing for this long is dropped and resumed (half-open "
+        "connections)",
     )
     p.add_argument(
         "--flush-interval",
@@ -207,13 +208,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=duration,
         default=duration("1h"),
         metavar="DURATION",
-        help="the API server's --event-ttl: how long an Event can be delivered again after its last update",
+        help="the API server's --event-ttl: how long an Event can be delivered again after its "
+        "last update",
     )
     p.add_argument(
         "--openreports",
         action="store_true",
-        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for Policy "
-        "Reporter; needs the Report CRD: manifests/components/openreports)",
+        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for "
+        "Policy Reporter; needs the Report CRD: manifests/components/openreports)",
     )
     p.add_argument(
         "--openreports-interval",
@@ -247,8 +249,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="how often expired ledger entries are closed and Suppressions' expiry is applied; retention "
-        "runs every tenth time",
+        help="how often expired ledger entries are closed and Suppressions' expiry is applied; "
+        "retention runs every tenth time",
     )
     p.add_argument(
         "--census-interval",
@@ -317,7 +319,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         )
     finally:
         gc.enable()
-    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete)
+    extra = [result.context] if result.context is not None else []
+    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete, extra=extra)
     sys.stdout.flush()
     s = result.stats
     if not args.quiet:
@@ -328,8 +331,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
         print(
-            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, watch event "
-            "or audit entry: is this the right input?",
+            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, "
+            "watch event or audit entry: is this the right input?",
             file=sys.stderr,
         )
     if not result.complete:
@@ -373,11 +376,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_operator(args, options)
 
 
+def _merge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join the Findings of several `pullwatch scan` runs into those of one scan over all",
+        description="Join the Findings that `pullwatch scan -o json|jsonl|yaml` wrote (each "
+        "carries its merge state) into exactly the Findings of one scan over all the inputs: "
+        "scan January and February apart, merge, and get the quarter. Nothing is judged again: "
+        "merge scans made with the same configuration. Findings of the operator (no merge "
+        "state), damaged ones and those of another pullwatch version are refused.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="scan outputs ('-' reads stdin)")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pullwatch", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"pullwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _scan_parser(sub)
+    _merge_parser(sub)
     _run_parser(sub)
     return parser
 
@@ -388,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scan":
             return cmd_scan(args)
+        if args.command == "merge":
+            from .scan.merge import run
+
+            return run(args.files, args.output)
         return cmd_run(args)
     except BrokenPipeError:
         return EXIT_OK  # `pullwatch scan … | head`: the reader left; not an error
@@ -406,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         print(
-            f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} (please report this)",
+            f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} "
+            "(please report this)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL

@@ -11,8 +11,8 @@ meant, never wider). Empty means empty: ``namespaces: []`` applies to no namespa
 (``namespaces: null`` is the field left out: the API server drops a null field before it stores
 the object, so the operator could not tell the two apart, and ``scan`` reads files the same way.)
 
-    >>> policy = policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-    ...     "metadata": {"name": "team-a"},
+    >>> policy = policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1",
+    ...     "kind": "AllowedImages", "metadata": {"name": "team-a"},
     ...     "spec": {"namespaces": ["team-a-*"], "images": ["quay.io/prometheus/**"]}})
     >>> allow = Allowlist([policy])
     >>> allow.check("team-a-web", "quay.io/prometheus/node-exporter:v1.8.0").allowed

@@ -85,9 +85,7 @@ _WORDINGS = (
 ERROR_CLASSES = (
     (
         "not found",
-        re.compile(
-            r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I
-        ),
+        re.compile(r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I),
     ),
     # Before "unauthorized": a certificate the node does not trust is a TLS failure, not a
     # refused credential ("x509: certificate signed by unknown authority", "… is not valid for").

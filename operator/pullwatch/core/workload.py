@@ -178,7 +178,8 @@ def from_owners(pod: str, chain: Iterable[tuple[str, str] | None]) -> Workload:
     """The workload from the owner chain as read: the pod's controller, then that controller's
     (for a ReplicaSet or a Job) - ``None`` where an object has no controller.
 
-        >>> from_owners("web-7d9f8b6c5d-x7k2p", [("ReplicaSet", "web-7d9f8b6c5d"), ("Deployment", "web")])
+        >>> from_owners("web-7d9f8b6c5d-x7k2p",
+        ...             [("ReplicaSet", "web-7d9f8b6c5d"), ("Deployment", "web")])
         Workload(kind='Deployment', name='web', source='read')
         >>> from_owners("ds-x7k2p", [("DaemonSet", "ds")])
         Workload(kind='DaemonSet', name='ds', source='read')

@@ -21,7 +21,7 @@ from .. import GROUP, VERSION
 from ..core.allowlist import Allowlist
 from ..core.detector import Caps, Detector
 from ..core.findings import RULES_BY_SHORT
-from ..core.ledger import MAX_SERIES
+from ..core.ledger import MAX_LIVE
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
 from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
 from ..core.workload import Workload
@@ -71,8 +71,9 @@ class Engine:
             Allowlist(),
             options.scanner_defaults | options.scanner_extra,
             caps=Caps(options.max_findings, options.max_findings_per_namespace),
-            live_series=MAX_SERIES,
+            live_series=MAX_LIVE,
         )
+        self.detector.event_ttl = options.event_ttl_seconds
         self.writer = FindingWriter(
             api,
             self.detector,
@@ -247,8 +248,9 @@ class Engine:
         if self._stopping:
             return
         self.pulls += 1
-        for det in self.detector.observe(pull, workload, minute=int(time.time()) // 60):
-            if det.delta or det.created:
+        now = time.time()
+        for det in self.detector.observe(pull, workload, minute=int(now) // 60, clock=now):
+            if det.delta or det.created or det.changed:
                 self.writer.mark(det.state.name)
             rule = RULES_BY_SHORT[det.state.identity.rule]
             if det.delta:
@@ -334,7 +336,7 @@ class Engine:
         }
         suppressed = dict(active)
         for state in self.detector.states.values():
-            if state.count:
+            if state.has_evidence:
                 rule = RULES_BY_SHORT[state.identity.rule]
                 (suppressed if state.suppression is not None else active)[
                     (rule.name, rule.severity)

@@ -104,7 +104,7 @@ class Custody:
             self.keep.discard(name)
 
     def _check(self, state: FindingState, stored: dict[str, Any], at_start: bool) -> None:
-        if stored.get("spec") != build_spec(state.identity, state.origin):
+        if stored.get("spec") != build_spec(state.identity, state.evidence().origin):
             who = ", ".join(editors(stored, "spec")) or "someone"
             self.restored += 1
             log.warning(
@@ -173,7 +173,12 @@ class Custody:
         for name, state in list(self.detector.states.items()):
             if name in self.keep or name in self.writer.dirty or name in self.writer.in_flight:
                 continue
-            last = minute_of(state.last_seen)
+            # The operator's own clock: an Event's time is evidence, never trusted for deletion
+            # (a far-future one would pin a Finding, a far-past one erase it). A Finding from
+            # before lastObserved existed falls back to its lastSeen.
+            last = int(state.last_observed) // 60 if state.last_observed else None
+            if last is None:
+                last = minute_of(state.last_seen)
             if last is None or last >= cutoff:
                 continue
             rv = self.writer.versions.get(name)

@@ -116,7 +116,7 @@ class FindingWriter:
             if name in self.in_flight or d.not_before > now:
                 continue
             state = self.detector.states.get(name)
-            if state is None or state.count == 0:
+            if state is None or not state.has_evidence:
                 del self.dirty[name]  # forgotten, or nothing counted yet (a back-off alone)
                 continue
             new = name not in self.versions
