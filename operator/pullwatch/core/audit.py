@@ -87,16 +87,7 @@ WORKLOADS = {
 PULL_BYTES = (CANDIDATE, b'image \\\\\\"')
 WRITE_BYTES = (b"create", b"patch", b"update")
 RESOURCES = frozenset(
-    {
-        b"events",
-        b"pods",
-        b"deployments",
-        b"replicasets",
-        b"statefulsets",
-        b"daemonsets",
-        b"jobs",
-        b"cronjobs",
-    }
+    b"events pods deployments replicasets statefulsets daemonsets jobs cronjobs".split()
 )
 RESOURCE_BYTES = tuple(sorted(RESOURCES - {b"cronjobs"}))  # "jobs" is in "cronjobs"
 RESOURCE_VALUE = re.compile(rb'"resource\\*"\s*:\s*\\*"([a-z0-9.-]{1,63})\\*"')
@@ -198,12 +189,8 @@ def _request(entry: Any) -> tuple | None:
     """(verb, group, resource, subresource, ref) of a write that succeeded, else None."""
     if not isinstance(entry, Mapping):
         raise DecodeError("audit entry is not an object")
-    stage = entry.get("stage")
-    if stage == "Panic":
-        return None
-    if stage == "RequestReceived" and not (
-        entry.get("requestObject") or entry.get("responseObject")
-    ):
+    stage, logged = entry.get("stage"), entry.get("requestObject") or entry.get("responseObject")
+    if stage == "Panic" or (stage == "RequestReceived" and not logged):
         return None
     status = entry.get("responseStatus")
     code = status.get("code") if isinstance(status, Mapping) else None
