@@ -249,7 +249,10 @@ def test_merge_takes_the_higher_high_water_mark_per_series():
     observe(there, with_count(ev_a, 2))  # the stored copy saw a at 2, and b
     observe(there, ev_b)
     state = here.adopt(only(there))
-    assert state.count == 3 and sorted(v[2] for v in state.evidence().ledger.series.values()) == [1, 3]
+    assert state.count == 3 and sorted(v[2] for v in state.evidence().ledger.series.values()) == [
+        1,
+        3,
+    ]
     here.adopt(only(there))  # merging again changes nothing
     assert state.count == 3
 

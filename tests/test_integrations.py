@@ -262,6 +262,9 @@ def test_metric_names_and_bounded_labels():
                 "outcome",
                 "stream",
                 "le",
+                "scope",  # of Suppressions: cluster | namespace
+                "state",  # of Suppressions: active | expired | invalid
+                "kind",  # of audit entries
             }, (family.name, sample.labels)
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name

@@ -259,6 +259,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="how often the Findings gauges and the Suppressions' counts are brought up to date",
     )
+    p.add_argument(
+        "--pull-event-grace",
+        type=duration,
+        default=60.0,
+        metavar="DURATION",
+        help="how long a container seen running may wait for its pull Event before it is said to "
+        "have run with none (the evasion signal)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -372,6 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         openreports_interval=args.openreports_interval,
         openreports_max_results=args.openreports_max_results,
         census_interval=args.census_interval,
+        pull_event_grace=args.pull_event_grace,
     )
     return run_operator(args, options)
 

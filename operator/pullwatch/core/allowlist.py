@@ -176,8 +176,13 @@ class Allowlist:
             applicable = self._by_namespace[namespace] = [
                 p for p in self._usable if p.applies_to(namespace)
             ]
+        # With a tag and a digest (what a pod ran), a pin of the digest allows it whatever the
+        # tag: the digest is what ran, the tag only what it was called.
+        pinned = f"{ref.repository}@{ref.digest}" if ref.digest and ref.tag else None
         for policy in applicable:
             hit = policy.matcher.match(normalized)  # type: ignore[union-attr]
+            if hit is None and pinned is not None:
+                hit = policy.matcher.match(pinned)  # type: ignore[union-attr]
             if hit is not None:
                 return Verdict(
                     True,

@@ -132,7 +132,7 @@ def render_status(
     if ev.intent_hashes:
         ledger["intents"] = hashes_text(ev.intent_hashes)
     if ev.folded_hashes:
-        ledger["folded"] = hashes_text(ev.folded_hashes)
+        ledger["foldedIdentities"] = hashes_text(ev.folded_hashes)
     status["ledger"] = ledger
     return status
 
@@ -191,7 +191,6 @@ def state_from_body(body: Any) -> FindingState:
         ledger = Ledger.decode(status.get("ledger") or {"v": 2})
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})") from None
-    ledger.folded = [0, 0, 0, 0, 0]  # ours now: nothing it folded is held live here
     state = FindingState(identity, origin, ledger)
     state._ev = Evidence.from_status(status, origin, ledger)
     state.first_seen, state.last_seen = _str(status.get("firstSeen")), _str(status.get("lastSeen"))

@@ -146,7 +146,7 @@ class Collector:
             )
 
     def _authors_of(self, record: FindingRecord) -> dict[str, list[str]]:
-        return {s: sorted(self.authors[s]) for s in record.pulls if s in self.authors}
+        return {s: sorted(self.authors[s]) for s in sorted(record.pulls) if s in self.authors}
 
     def context(self) -> dict[str, Any] | None:
         """Who changed the workloads that have no Finding here (a Finding of another shard may

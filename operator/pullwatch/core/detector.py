@@ -79,7 +79,7 @@ class Detection:
     folded: Identity | None = None
     suppressed: Suppression | None = None
     running: bool = False
-    forged: bool = False
+    forged: str = ""  # why a pull Event is newly known to be forged: "namespace" or "author"
     changed: bool = False
 
 
@@ -111,6 +111,9 @@ class Detector(Judge, FindingSet):
         self.authors: dict[str, Any] = {}  # series -> Actor
         self.unverified: dict[int, str | None] = {}  # series hash -> the node its Event named
         self.event_ttl = 3600.0  # the API server's --event-ttl (the operator sets it)
+        # How long a container seen running may wait for its pull Event before it is said to
+        # have run with none: the two witnesses are separate watches, seconds apart.
+        self.pull_event_grace = 60.0
 
     # -- observing ---------------------------------------------------------------------------
     def observe(
@@ -182,7 +185,9 @@ class Detector(Judge, FindingSet):
             covered = self._cover_latest(state, rule, identity, image, now)
             if covered is not None:
                 state.suppressed_pulls += delta
-            forged = new_series and verdict == FORGED
+            forged = ""
+            if new_series and verdict == FORGED:
+                forged = "namespace" if pull.claimed_namespace is not None else "author"
             out.append(
                 Detection(state, delta, created, folded, covered, forged=forged, changed=new_series)
             )
@@ -196,7 +201,7 @@ class Detector(Judge, FindingSet):
         if not fired:
             return []
         when = minute if minute is not None else (minute_of(run.started_at) or 0)
-        due = clock if clock is not None else 0.0
+        due = (clock if clock is not None else 0.0) + self.pull_event_grace
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(run.image)
@@ -250,7 +255,9 @@ class Detector(Judge, FindingSet):
             name = self.routes.get(route(rule, key))
             state = self.states.get(name) if name else None
             if state is not None and state.learn_author(series, verdict, authored.actor.user):
-                out.append(Detection(state, forged=verdict == FORGED, changed=True))
+                out.append(
+                    Detection(state, forged="author" if verdict == FORGED else "", changed=True)
+                )
         return out
 
     def _actor(self, change: ActorChange) -> list[Detection]:

@@ -193,7 +193,7 @@ class Evidence:
                 "nodes": hashes_text(self.node_hashes),
                 "running": hashes_text(self.running_hashes),
                 "intents": hashes_text(self.intent_hashes),
-                "folded": hashes_text(self.folded_hashes),
+                "foldedIdentities": hashes_text(self.folded_hashes),
             },
         }
         if self.last_error is not None:
@@ -234,7 +234,7 @@ class Evidence:
         ev.node_hashes = parse_hashes(hashes.get("nodes"))
         ev.running_hashes = parse_hashes(hashes.get("running"))
         ev.intent_hashes = parse_hashes(hashes.get("intents"))
-        ev.folded_hashes = parse_hashes(hashes.get("folded"))
+        ev.folded_hashes = parse_hashes(hashes.get("foldedIdentities"))
         ev.pod_count = max(_int(status.get("podCount")), len(ev.pod_hashes))
         ev.node_count = max(_int(status.get("nodeCount")), len(ev.node_hashes))
         for item in _dicts(status.get("images"), "image")[:MAX_IMAGES]:

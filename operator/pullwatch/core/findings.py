@@ -166,7 +166,6 @@ class Origin(NamedTuple):
     author: str | None = None  # who wrote the first pull's Event (audit)
     verified: bool | None = None  # that author is the kubelet of its node; None: not known
     claimed_namespace: str | None = None  # the namespace the Event named, when not its own
-    series: str | None = None  # the first pull's series (to learn its author later)
     not_allowed: str | None = None  # suspicious rule: why the image is not allowed
     actor: ActorRecord | None = None  # the first person known to have changed the workload
 
@@ -184,7 +183,6 @@ class Origin(NamedTuple):
             cut(author, 253),
             verdict_of(pull),
             cut(claimed, 63),
-            cut(pull.series),
             cut(not_allowed),
         )
 
@@ -220,7 +218,6 @@ class Origin(NamedTuple):
             ("author", self.author),
             ("verified", self.verified),
             ("claimedNamespace", self.claimed_namespace),
-            ("series", self.series),
             ("notAllowedReason", self.not_allowed),
         ):
             if value is not None:
@@ -250,7 +247,6 @@ class Origin(NamedTuple):
             _text(d.get("author"), 253) or _text(d.get("user"), 253),
             verified if isinstance(verified, bool) else None,
             _text(d.get("claimedNamespace"), 63),
-            _text(d.get("series")),
             _text(d.get("notAllowedReason")),
             ActorRecord.from_dict(d.get("actor")),
         )

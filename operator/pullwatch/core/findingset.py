@@ -67,6 +67,8 @@ class FindingSet:
         stored = FindingState.from_body(body)
         mine = self.states.get(stored.name)
         if mine is None:
+            # Ours now: what its writer folded is not held live here, so it is simply closed.
+            stored.evidence().ledger.folded = [0, 0, 0, 0, 0]
             return self.add(stored)
         mine.merge(stored)
         self._route_series(mine)

@@ -76,7 +76,18 @@ def pull_rank(pull: Pull) -> tuple[Any, ...]:
         pull.node or "",
         pull.error or "",
         pull.component or "",
+        # Two requests can say the same of one series (a create and a patch of the same count,
+        # a forged repeat): who wrote each breaks the tie.
+        pull.source,
+        repr(pull.actor),
     )
+
+
+def _rank(obs: Running | Intent, not_allowed: str | None) -> tuple[str, str, str]:
+    """A total order on observations of one key: which one is kept never depends on the order
+    they came in (the latest, then any order at all, so that no two that differ tie)."""
+    when = obs.started_at if isinstance(obs, Running) else obs.time
+    return when or "", repr(obs), not_allowed or ""
 
 
 class FindingRecord:
@@ -113,11 +124,15 @@ class FindingRecord:
     def add_running(self, run: Running, not_allowed: str | None) -> None:
         key = (run.pod, run.container, run.digest or "")
         held = self.runnings.get(key)
-        if held is None or (run.started_at or "") > (held[0].started_at or ""):
-            self.runnings[key] = (run._replace(at_startup=False), not_allowed)
+        run = run._replace(at_startup=False)  # the scan's clock knows no start-up
+        if held is None or _rank(run, not_allowed) > _rank(*held):
+            self.runnings[key] = (run, not_allowed)
 
     def add_intent(self, intent: Intent, not_allowed: str | None) -> None:
-        self.intents.setdefault((intent.audit_id, intent.container), (intent, not_allowed))
+        key = (intent.audit_id, intent.container)
+        held = self.intents.get(key)
+        if held is None or _rank(intent, not_allowed) > _rank(*held):
+            self.intents[key] = (intent, not_allowed)
 
     def merge(self, other: FindingRecord) -> None:
         for series, (pull, workload, not_allowed, cover, bits) in other.pulls.items():

@@ -143,12 +143,16 @@ class FindingState:
         """Count one observation of a pull Event; return the pulls it adds (0 for a repeat).
         ``now_stamp``: the observer's clock as RFC 3339 - a later Event time is clamped to it."""
         ev = self.evidence()
-        self._touch(minute, now)
+        new = not ev.ledger.knows(series)
         self.witnesses |= AUDIT if pull.source == "audit" else EVENTS
         pod, container = pull.involved.name, pull.involved.container or ""
         delta = ev.ledger.observe(
             series, (pod, container), pull.kind, pull.count, minute, verdict, pull.uid
         )
+        # Only what is new is a new observation: an Event delivered again (a relist, a
+        # restart) neither refreshes retention nor keeps the Finding from cooling.
+        if new or delta:
+            self._touch(minute, now)
         when = pull.last_seen or pull.first_seen
         first = pull.first_seen
         if now_stamp is not None:  # a time from the future is clamped; a missing one stays so
@@ -243,7 +247,9 @@ class FindingState:
         changed = ev.ledger.set_verdict(series, verdict)
         if verdict == FORGED and author:
             ev.forged_by = cut(author, 253)
-        if ev.origin.series == series and ev.origin.verified is None and verdict != UNKNOWN:
+        # The first verdict learned stands for the origin (the first pull's author is almost
+        # always the first to be learned: its audit entry comes first).
+        if ev.origin.verified is None and verdict != UNKNOWN:
             ev.origin = ev.origin._replace(verified=verdict != FORGED, author=cut(author, 253))
             changed = True
         return changed

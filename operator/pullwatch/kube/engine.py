@@ -62,6 +62,7 @@ class Options:
     openreports_max_results: int = 100
     maintenance_interval: float = 60.0
     census_interval: float = 15.0
+    pull_event_grace: float = 60.0
 
 
 class Engine:
@@ -74,6 +75,7 @@ class Engine:
             live_series=MAX_LIVE,
         )
         self.detector.event_ttl = options.event_ttl_seconds
+        self.detector.pull_event_grace = options.pull_event_grace
         self.writer = FindingWriter(
             api,
             self.detector,
@@ -183,6 +185,7 @@ class Engine:
             self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
             start(stream.run(), stream.name)
         start(self._maintain(), "maintenance")
+        start(self._settle(), "pull-event-grace")
         start(self._census(), "census")
         if self.reports is not None:
             start(self.reports.run(), "openreports")
@@ -245,34 +248,67 @@ class Engine:
         )
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
+        self.pulls += 1
+        self.observe(pull, workload)
+
+    def observe(self, obs: Any, workload: Workload | None = None) -> None:
+        """One observation from any witness: into its Findings, and onto the metrics. The one
+        interface every witness hands the core its observations through."""
         if self._stopping:
             return
-        self.pulls += 1
         now = time.time()
-        for det in self.detector.observe(pull, workload, minute=int(now) // 60, clock=now):
-            if det.delta or det.created or det.changed:
+        for det in self.detector.observe(obs, workload, minute=int(now) // 60, clock=now):
+            self._account(det)
+
+    def _account(self, det: Any) -> None:
+        if det.delta or det.created or det.changed:
+            self.writer.mark(det.state.name)
+        rule = RULES_BY_SHORT[det.state.identity.rule]
+        if det.delta:
+            # Every detected pull counts; the covered ones are counted apart as well, so that
+            # alerts page on the difference.
+            metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
+            if det.suppressed is not None:
+                metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
+                self.hidden[det.suppressed.key] += det.delta
+            if det.folded is not None:
+                metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
+        if det.running:
+            metrics.CONTAINERS_RUNNING.labels(rule.name, rule.severity).inc()
+        if det.forged:
+            metrics.FORGED_PULLS.labels(det.forged).inc()
+            self.quiet.warning(
+                f"forged {det.state.namespace}",
+                "a pull Event not written by the kubelet of its node, in namespace %s "
+                "(Finding %s): counted there and marked as forged",
+                det.state.namespace,
+                det.state.name,
+            )
+        if det.folded is not None and (det.folded.rule, det.folded.namespace) not in self.capped:
+            self.capped.add((det.folded.rule, det.folded.namespace))
+            log.warning(
+                "cap reached for rule %s in namespace %s (at most %d Findings there, %d in "
+                "all): further detections are counted in Finding %s/%s",
+                det.folded.rule,
+                det.folded.namespace,
+                self.options.max_findings_per_namespace,
+                self.options.max_findings,
+                det.state.namespace,
+                det.state.name,
+            )
+
+    async def _settle(self) -> None:
+        """Containers seen running whose pull Event grace is over: seen, or ran without one."""
+        while True:
+            await asyncio.sleep(min(5.0, self.options.pull_event_grace / 4))
+            for det in self.detector.settle(time.time()):
                 self.writer.mark(det.state.name)
-            rule = RULES_BY_SHORT[det.state.identity.rule]
-            if det.delta:
-                if det.suppressed is not None:
-                    metrics.SUPPRESSED_PULLS.labels(rule.name, rule.severity).inc(det.delta)
-                    self.hidden[det.suppressed.key] += det.delta
-                else:
-                    metrics.PULLS.labels(rule.name, rule.severity).inc(det.delta)
-                if det.folded is not None:
-                    metrics.FOLDED.labels(rule.name, det.state.namespace).inc(det.delta)
-            if (
-                det.folded is not None
-                and (det.folded.rule, det.folded.namespace) not in self.capped
-            ):
-                self.capped.add((det.folded.rule, det.folded.namespace))
+                rule = RULES_BY_SHORT[det.state.identity.rule]
+                metrics.RAN_WITHOUT_PULL_EVENT.labels(rule.name, rule.severity).inc()
                 log.warning(
-                    "cap reached for rule %s in namespace %s (at most %d Findings there, %d in all): "
-                    "further detections are counted in Finding %s/%s",
-                    det.folded.rule,
-                    det.folded.namespace,
-                    self.options.max_findings_per_namespace,
-                    self.options.max_findings,
+                    "a container ran %s with no pull Event (Finding %s/%s): the kubelet's Events "
+                    "were dropped or suppressed",
+                    det.state.evidence().origin.image,
                     det.state.namespace,
                     det.state.name,
                 )

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from ..core.detector import Detector
 from ..core.findings import cut
 from ..core.rules import ScannerList, scanner_list_from_object, scanner_names
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
+from . import metrics
 from .config import SAMPLE, Kind, allowlist_gauges, condition
+
+log = logging.getLogger("pullwatch.config")
 
 
 def _spec_list(body: dict[str, Any], key: str) -> list[Any]:
@@ -65,14 +69,30 @@ def allowed_images(detector: Detector) -> Kind:
 
 
 def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozenset[str]) -> Kind:
+    said: set[str] = set()
+
     def install(lists: list[ScannerList]) -> None:
         detector.scanners = scanner_names(lists, extra, defaults)
+        # Replacing the built-in names can turn scanner detection off for the whole cluster:
+        # whoever may edit ScannerImages is trusted with that, and everyone else hears of it.
+        replacing = {s.name for s in lists if s.replace_defaults}
+        metrics.SCANNER_DEFAULTS_REPLACED.set(1 if replacing else 0)
+        for name in sorted(replacing - said):
+            log.warning(
+                "ScannerImages %s replaces the built-in scanner names: %d scanner name(s) in "
+                "force in all",
+                name,
+                len(detector.scanners),
+            )
+        said.clear()
+        said.update(replacing)
 
     def status(lst: ScannerList, body: dict[str, Any]) -> dict[str, Any]:
         generation = body["metadata"].get("generation")
         problems = list(lst.problems)
         message = (
-            f"{len(lst.names)} name(s) {'replacing the built-in list' if lst.replace_defaults else 'added'}; "
+            f"{len(lst.names)} name(s) "
+            f"{'replacing the built-in list' if lst.replace_defaults else 'added'}; "
             f"{len(detector.scanners)} scanner name(s) in force in all"
         )
         ready = condition(
@@ -98,9 +118,31 @@ def suppressions(
 ) -> Kind:
     """``hidden``: pulls hidden per Suppression (``namespace/name``), counted by the engine."""
 
+    known: set[str] | None = None  # None until the first list is in force
+
     def install(items: list[Suppression]) -> None:
+        nonlocal known
         detector.suppressions = Suppressions(items)
         changed()  # which Findings each covers may have changed
+        now = time.time()
+        states: Counter[tuple[str, str]] = Counter()
+        for s in items:
+            scope = "cluster" if s.namespace == operator_namespace else "namespace"
+            state = "invalid" if s.problems else "expired" if s.expired(now) else "active"
+            states[(scope, state)] += 1
+            if known is not None and s.key not in known:
+                metrics.SUPPRESSIONS_CREATED.labels(scope).inc()
+                log.warning(
+                    "Suppression %s created (%s): %s; reason: %s",
+                    s.key,
+                    state,
+                    s.describe(),
+                    s.reason or "none given",
+                )
+        for scope in ("cluster", "namespace"):
+            for state in ("active", "expired", "invalid"):
+                metrics.SUPPRESSIONS.labels(scope, state).set(states[(scope, state)])
+        known = {s.key for s in items}
 
     def status(s: Suppression, body: dict[str, Any]) -> dict[str, Any]:
         generation = body["metadata"].get("generation")
@@ -129,6 +171,7 @@ def suppressions(
             "hidden": hidden[s.key],
             "findings": covering,
             "problems": [cut(p, 300) for p in s.problems[:SAMPLE]],
+            "notes": [cut(n, 300) for n in s.notes[:SAMPLE]],
             "conditions": [ready],
         }
 

@@ -88,6 +88,42 @@ REFUSED_PATTERNS = Gauge(
 ACTIVE = Gauge(
     "pullwatch_active", "1 on the replica that processes Events, 0 on a standby.", registry=REGISTRY
 )
+CONTAINERS_RUNNING = Counter(
+    "pullwatch_containers_running_total",
+    "Containers first seen running an image a rule fired on (the Pod witness).",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+RAN_WITHOUT_PULL_EVENT = Counter(
+    "pullwatch_ran_without_pull_event_total",
+    "Containers that ran an image a rule fired on with no pull Event for them.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+FORGED_PULLS = Counter(
+    "pullwatch_forged_pulls_total",
+    "Pull Events not written by the kubelet of their node (author) or naming another "
+    "namespace than their own (namespace).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SUPPRESSIONS_CREATED = Counter(
+    "pullwatch_suppressions_created_total",
+    "Suppression objects created since the operator started (cluster: in its own namespace).",
+    ["scope"],
+    registry=REGISTRY,
+)
+SUPPRESSIONS = Gauge(
+    "pullwatch_suppressions",
+    "Suppression objects, by scope and state.",
+    ["scope", "state"],
+    registry=REGISTRY,
+)
+SCANNER_DEFAULTS_REPLACED = Gauge(
+    "pullwatch_scanner_defaults_replaced",
+    "1 while a ScannerImages object replaces the built-in scanner names.",
+    registry=REGISTRY,
+)
 RELISTS = Counter(
     "pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY
 )
@@ -97,6 +133,24 @@ SILENCES = Counter(
     ["stream"],
     registry=REGISTRY,
 )
+
+
+def _zero_series() -> None:
+    """Every labelled counter an alert reads exists at 0 from the start: Prometheus'
+    ``increase()`` sees a series only from its second sample, so one born at the first pull
+    would never page for that pull."""
+    from ..core.rules import RULES
+
+    for rule in RULES:
+        for counter in (PULLS, SUPPRESSED_PULLS, CONTAINERS_RUNNING, RAN_WITHOUT_PULL_EVENT):
+            counter.labels(rule.name, rule.severity)
+    for reason in ("namespace", "author"):
+        FORGED_PULLS.labels(reason)
+    for scope in ("cluster", "namespace"):
+        SUPPRESSIONS_CREATED.labels(scope)
+
+
+_zero_series()
 
 
 def serve(address: str) -> None:

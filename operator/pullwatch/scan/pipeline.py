@@ -162,11 +162,6 @@ def load_config(paths: Iterable[str], operator_namespace: str = "pullwatch-syste
     return config
 
 
-def load_policies(paths: Iterable[str]) -> list[Policy]:
-    """The AllowedImages of configuration files (see ``load_config``)."""
-    return load_config(paths).policies
-
-
 def read_documents(path: str) -> list[Any]:
     """Every YAML/JSON document of a configuration file, or InputError saying why not."""
     source = open_path(path)
