@@ -76,6 +76,10 @@ def pull_rank(pull: Pull) -> tuple[Any, ...]:
         pull.node or "",
         pull.error or "",
         pull.component or "",
+        # Two requests can say the same of one series (a create and a patch of the same count,
+        # a forged repeat): who wrote each breaks the tie.
+        pull.source,
+        repr(pull.actor),
     )
 
 
