@@ -188,7 +188,8 @@ def test_input_whose_records_were_all_skipped_is_not_a_clean_no_findings(tmp_pat
         "apiVersion": "v1",
         "kind": "List",
         "items": [
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"}} for i in range(5)
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"p{i}"}}
+            for i in range(5)
         ],
     }
     r = scan(str(_write(tmp_path / "pods.json", json.dumps(pods, indent=4))))

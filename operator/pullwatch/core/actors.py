@@ -144,7 +144,10 @@ RECENT = 5
 _INTERN_LIMIT = 4096  # distinct actors shared; more (a flood of user agents) are just not shared
 
 
-class ActorRecord(NamedTuple):
+class Change(NamedTuple):
+    """One change of a workload by a person, as the map holds it (compact: the actor shared, the
+    time in seconds)."""
+
     actor: Actor
     action: str  # e.g. "patch deployments/scale"
     time: int | None  # seconds since the epoch, from the audit entry (None: unknown)
@@ -161,8 +164,8 @@ class ActorRecord(NamedTuple):
 
 
 class WorkloadActors(NamedTuple):
-    first: ActorRecord  # the first person known to have changed the workload
-    recent: tuple[ActorRecord, ...]  # the last distinct people (by user), newest first
+    first: Change  # the first person known to have changed the workload
+    recent: tuple[Change, ...]  # the last distinct people (by user), newest first
 
 
 class ActorMap:
@@ -218,7 +221,7 @@ class ActorMap:
     ) -> None:
         now = self.clock() if now is None else now
         key = (self._string(namespace), workload)
-        rec = ActorRecord(self._intern(actor), self._string(action), self._time(when))
+        rec = Change(self._intern(actor), self._string(action), self._time(when))
         held = self._map.pop(key, None)
         if held is None or held[0] <= now:
             self._map[key] = (now + self.ttl, rec, rec)

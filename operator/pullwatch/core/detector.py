@@ -55,6 +55,7 @@ from .findings import (
     repository_of,
     verdict_of,
 )
+from .actors import ActorMap
 from .findingset import Caps, FindingSet, FindingsView, route
 from .judge import Judge, covered_expiry, series_of, workload_of
 from .ledger import FORGED, MAX_LIVE, UNKNOWN, VERIFIED, short_hash
@@ -104,7 +105,7 @@ class Detector(Judge, FindingSet):
         Judge.__init__(self, allowlist, scanners, scanner_digests)
         FindingSet.__init__(self, caps)
         self.live_series = live_series
-        self.actors: dict[tuple[str, str], ActorRecord] = {}  # the latest person per workload
+        self.actors = ActorMap()  # who changed each workload (bounded, expiring)
         self.pending: dict[tuple[str, str, str], float] = {}  # (name, pod, container) -> due
         # Who wrote which Event (audit), and the node each pull not yet verified named: the two
         # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
@@ -179,7 +180,8 @@ class Detector(Judge, FindingSet):
                 state.fold(folded, pull.image, delta)
             if self.live_series is not None:
                 state.evidence().ledger.bound(self.live_series)
-            self._note_actor_of(state)
+            if created:
+                self._note_actor_of(state)
             image = ref.normalized if ref else pull.image
             # the Finding's own workload (it may have been read, where this pull's is inferred)
             covered = self._cover_latest(state, rule, identity, image, now)
@@ -213,7 +215,8 @@ class Detector(Judge, FindingSet):
                 continue
             pull_event = EXPIRED if run.at_startup and self._expired(run, clock) else PENDING
             new = state.observe_running(run, when, pull_event, clock)
-            self._note_actor_of(state)
+            if created:
+                self._note_actor_of(state)
             if new and pull_event == PENDING:
                 self.pending[(state.name, run.pod, run.container)] = due
             out.append(Detection(state, created=created, running=new, changed=new or created))
@@ -261,10 +264,8 @@ class Detector(Judge, FindingSet):
         return out
 
     def _actor(self, change: ActorChange) -> list[Detection]:
+        self.actors.observe(change)
         record = ActorRecord.of(change.actor, change.action, change.time)
-        self.actors[(change.namespace, change.workload)] = record
-        if len(self.actors) > 100_000:
-            del self.actors[next(iter(self.actors))]
         out = []
         for name in self.by_workload.get((change.namespace, change.workload), ()):
             state = self.states.get(name)
@@ -273,9 +274,14 @@ class Detector(Judge, FindingSet):
         return out
 
     def _note_actor_of(self, state: FindingState) -> None:
-        record = self.actors.get((state.namespace, state.identity.workload))
-        if record is not None:
-            state.note_actor(record)
+        """A new Finding learns who changed its workload: the first person known, then the
+        latest ones (later changes reach it through ``_actor``)."""
+        known = self.actors.get(state.namespace, state.identity.workload)
+        if known is not None:
+            for change in (known.first, *reversed(known.recent)):
+                record = ActorRecord.from_dict(change.as_dict())
+                if record is not None:
+                    state.note_actor(record)
 
     def _expired(self, run: Running, clock: float | None) -> bool:
         """A container found at start-up that started before its Events could still be there."""

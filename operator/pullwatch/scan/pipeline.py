@@ -14,10 +14,11 @@ from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
-from ..core.audit import AuditDeduper, decode_audit_entry
+from ..core.audit import AuditDeduper, audit_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
-from ..core.pulls import DecodeError, decode_event, event_head
+from ..core.pods import decode_pod
+from ..core.pulls import DecodeError, Pull, decode_event, event_head
 from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
 from ..core.suppressions import KIND as SUPPRESSION
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
@@ -58,7 +59,7 @@ class Scanner:
         Audit entries are always admitted: a request logged at several stages must be
         de-duplicated (in :meth:`process`) before it is counted.
         """
-        if kind == "audit":
+        if kind in ("audit", "pod"):
             return True
         try:
             head = event_head(obj)
@@ -73,15 +74,24 @@ class Scanner:
         return False
 
     def process(self, kind: str, obj: Any) -> None:
-        """Full decode and exact counting of an admitted record."""
+        """Full decode of an admitted record, into the Findings it belongs to: an Event's pull,
+        every observation of an audit entry (pulls, who wrote Events, pods created, people
+        changing workloads), the containers a pod ran."""
         try:
-            pull = decode_event(obj) if kind == "event" else decode_audit_entry(obj, self._audit)
+            if kind == "event":
+                pull = decode_event(obj)
+                observations = [pull] if pull is not None else []
+            elif kind == "audit":
+                observations = audit_observations(obj, self._audit)
+            else:
+                observations = decode_pod(obj)
         except DecodeError as exc:
             self.result.stats.skipped[str(exc)] += 1
             return
-        if pull is not None:
-            self.result.pulls += 1
-            self.collector.add(pull)
+        for obs in observations:
+            if obs.__class__ is Pull:
+                self.result.pulls += 1
+            self.collector.add(obs)
 
     def feed(self, records: Iterable[tuple[str, Any]]) -> None:
         for kind, obj in records:

@@ -339,13 +339,12 @@ def _classify(
             yield from _classify(item, stats, api if isinstance(api, str) else None)
     elif kind is None and exports.export_kind(obj) is not None:
         yield from _exported(obj, stats)
+    elif kind == "Pod":
+        stats.recognized += 1  # what ran (core/pods.py): an inventory of a cluster
+        yield "pod", obj
     else:
         stats.unrecognized += 1
         stats.skipped["not an Event"] += 1
-        if kind == "Pod":
-            # Pods reach the pipeline too (what ran: core/pods.py); still counted as
-            # not-an-Event until the pipeline judges them.
-            yield "pod", obj
 
 
 def _exported(obj: dict[str, Any], stats: ReadStats) -> Iterator[tuple[str, Any]]:
