@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemas
 import yaml
 
+import schemas
 from kubelet import audit_entries, image_event
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.core.audit import AuditDeduper, decode_audit_entry
