@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import yaml
 from harness import PULLWATCH, ROOT, SA, SCANNER, SUSPICIOUS, wait_for
@@ -172,7 +171,7 @@ def test_series_count_follows_exactly(cluster, operator):
     )  # completes a pull: not another
     cluster.create_event(image_event("Pulling", ns, "marker", "marker/image:1", seq=3))
     wait_for(lambda: any("marker" in n for n in cluster.findings(ns)), what="the marker Finding")
-    time.sleep(1)
+    wait_for(operator.settled, 30, what="everything counted written")
     assert count() == 4
 
 
@@ -216,8 +215,13 @@ def test_allowlist_add_edit_delete_take_effect_on_the_next_pull(cluster, operato
     wait_for(lambda: ready(cluster, "e2e-allow"), what="Ready after edit")
     assert pull("a4", "corp/app:3")  # edited away: suspicious again
     assert not pull("a5", "corp/other:2")
+    in_force = operator.metric("pullwatch_allowlist_objects")
     cluster.kubectl("delete", "allowedimages", "e2e-allow")
-    time.sleep(0.5)
+    wait_for(
+        lambda: operator.metric("pullwatch_allowlist_objects") == in_force - 1,
+        30,
+        what="the deletion in force",
+    )
     assert pull("a6", "corp/other:3")  # deleted: nothing allows it
 
 
@@ -265,7 +269,7 @@ def test_scan_of_the_same_events_gives_the_same_findings(cluster, operator, tmp_
     wait_for(
         lambda: sorted(cluster.counts(ns).values()) == [1, 1, 1, 5, 5], what="operator Findings"
     )
-    time.sleep(3)  # and let the last coalesced status writes land
+    wait_for(operator.settled, 30, what="the last coalesced status writes")
     operator_findings = cluster.findings(ns)
 
     (tmp_path / "events.json").write_text(

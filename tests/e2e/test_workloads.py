@@ -1,4 +1,5 @@
-"""Findings at cluster scale (issue 10): the workload as the unit, caps with exact overflow, retention.
+"""Findings at cluster scale (issue 10): the workload as the unit, caps with exact overflow,
+retention.
 
 Each test starts its own operator (never two at once: a second writer would blur what is tested).
 
@@ -180,47 +181,50 @@ def test_caps_hold_and_the_overflow_is_counted_exactly(cluster, start_operator):
 
 
 def test_retention_deletes_a_stale_finding_and_keeps_a_labelled_one(cluster, start_operator):
+    """Three Findings, two not seen for two days: the one a person labelled keep stays, the other
+    goes at the first sweep; once the label is taken off, a later sweep deletes it too, and leaves
+    the fresh one alone."""
     ns = cluster.namespace("retention")
     kubelet = Truth(cluster, ns)
     now = int(time.time()) - EPOCH  # the tests' Event stamps count from EPOCH
     for pod in ("stale", "kept"):
         kubelet.pull(pod, f"evil/{pod}:1", t=now - 2 * 86400)  # last seen two days ago
     kubelet.pull("fresh", "evil/fresh:1", t=now)
-    op = start_operator("--standalone", "--retention", "1d", "--maintenance-interval", "3")
-    wait_for(
-        lambda: len(cluster.findings(ns)) == 3 or "retention" in op.logs(), 30, what="the Findings"
-    )
+
+    def workloads() -> set[str]:
+        return {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()}
+
+    writer = start_operator("--standalone", "-n", ns)  # no retention yet: all three written
+    wait_for(lambda: workloads() == {"stale", "kept", "fresh"}, 30, what="the three Findings")
+    writer.stop()
     kept = next(
-        (n for n, f in cluster.findings(ns).items() if f["spec"]["workload"]["name"] == "kept"),
-        None,
+        n for n, f in cluster.findings(ns).items() if f["spec"]["workload"]["name"] == "kept"
     )
-    if kept is not None:
-        cluster.kubectl("label", "finding", kept, "-n", ns, "pullwatch.dev/keep=true")
+    cluster.kubectl("label", "finding", kept, "-n", ns, "pullwatch.dev/keep=true")
+    op = start_operator(
+        "--standalone", "-n", ns, "--retention", "1d", "--maintenance-interval", "1"
+    )
     wait_for(
-        lambda: (
-            {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()}
-            == {"kept", "fresh"}
-        ),
+        lambda: workloads() == {"kept", "fresh"},
         60,
         what="the stale Finding deleted, the kept and the fresh ones left",
     )
     assert f"retention: deleted Finding {ns}/" in op.logs()
-    time.sleep(8)  # later sweeps leave them alone too
-    assert {f["spec"]["workload"]["name"] for f in cluster.findings(ns).values()} == {
-        "kept",
-        "fresh",
-    }
+    cluster.kubectl("label", "finding", kept, "-n", ns, "pullwatch.dev/keep-")
+    wait_for(lambda: workloads() == {"fresh"}, 60, what="a later sweep to delete the unkept one")
 
 
 def test_the_scanner_finding_is_written_first_in_a_flood(cluster, start_operator):
     """A write queue ordered by severity: a flood of new medium Findings never delays a scanner's.
     The flood is in the cluster before the operator starts, so that all of it is due at once."""
     ns = cluster.namespace("flood")
-    kubelet = Truth(cluster, ns)
-    for i in range(1500):
-        kubelet.pull(f"w{i}", f"evil/flood{i}:1")
-    kubelet.pull("hunter", "aquasec/kube-hunter:0.6.8")  # the last Event of the flood
-    start_operator("--standalone", "--max-findings-per-namespace", "2000")
+    flood = [image_event("Pulling", ns, f"w{i}", f"evil/flood{i}:1", seq=i) for i in range(1500)]
+    cluster.create_events(flood)
+    # the last Event of the flood
+    cluster.create_event(
+        image_event("Pulling", ns, "hunter", "aquasec/kube-hunter:0.6.8", seq=9999)
+    )
+    start_operator("--standalone", "-n", ns, "--max-findings-per-namespace", "2000")
     wait_for(lambda: (SCANNER, "hunter") in cluster.by_workload(ns), 60, what="the scanner Finding")
     creates = [
         json.loads(line)
@@ -241,4 +245,6 @@ def test_the_scanner_finding_is_written_first_in_a_flood(cluster, start_operator
     ]
     rank = next(i for i, name in enumerate(order) if name.startswith("scanner-hunter-"))
     assert rank < 4, f"the scanner Finding was create number {rank + 1} of the flood"
-    wait_for(lambda: len(cluster.findings(ns)) == 1502, 120, what="the whole flood written")
+    wait_for(
+        lambda: cluster.finding_count(ns) == 1502, 180, interval=1, what="the whole flood written"
+    )
