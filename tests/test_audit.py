@@ -9,7 +9,7 @@ EV = image_event("Pulling", "default", "hunter", "aquasec/kube-hunter:0.6.8", no
 
 
 def test_create_of_an_event_is_a_pull_with_its_actor():
-    (received, complete) = audit_entries(EV, "id-1", node="worker-2", ip="10.0.3.7")
+    (_received, complete) = audit_entries(EV, "id-1", node="worker-2", ip="10.0.3.7")
     pull = decode_audit_entry(complete, AuditDeduper())
     assert pull.source == "audit" and pull.image == "aquasec/kube-hunter:0.6.8"
     assert pull.actor.user == "system:node:worker-2"
