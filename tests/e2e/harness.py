@@ -228,7 +228,9 @@ class Operator:
 
     def settled(self) -> bool:
         """Everything it counted is written: its liveness probe says no Finding is dirty (a
-        Finding leaves the writer's dirty set only once its write is done)."""
+        Finding leaves the writer's dirty set only once its write is done). For an operator that
+        watches only the test's namespaces (``-n``): one that watches them all also waits for
+        other tests' Findings (one a namespace refuses stays dirty for good)."""
         status, body = self.probe()
         progress = body.get("progress") if isinstance(body, dict) else None
         return status == 200 and isinstance(progress, dict) and progress.get("dirty") == 0

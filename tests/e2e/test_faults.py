@@ -115,7 +115,7 @@ def test_operator_killed_mid_stream_counts_stay_exact(cluster, start_operator):
             op.kill()  # SIGKILL in the middle of the stream: no goodbye, no final flush
     # new pulls while it is down
     kubelet.pull_all([f"scan-p{i}" if i % 3 == 0 else f"app-p{i}" for i in range(30, 40)], 2)
-    second = start_operator("--standalone")
+    second = start_operator("--standalone", "-n", kubelet.ns)
     kubelet.wait_exact()
     # and it stays exact: once the new operator has written everything it counted, nothing was
     # counted twice (a re-count would be a write after the exact counts were seen)
@@ -215,13 +215,13 @@ def expire_lease(cluster, priority: int) -> None:
 
 def test_two_replicas_one_stands_by_and_takes_over(cluster, start_operator):
     kubelet = Kubelet(cluster, cluster.namespace("replicas"))
-    active = start_operator("--priority", "200")
+    active = start_operator("--priority", "200", "-n", kubelet.ns)
     wait_for(
         lambda: "Resuming operations" in active.logs(),
         30,
         what="the first replica to become active",
     )
-    standby = start_operator("--priority", "100")
+    standby = start_operator("--priority", "100", "-n", kubelet.ns)
     # kopf starts every replica paused until peering says it may run; a standby never resumes.
     kubelet.pull_all([f"scan-p{i}" if i % 2 else f"app-p{i}" for i in range(12)])
     kubelet.bump_all({pod: 2 for pod in list(kubelet.counts)[:6]})

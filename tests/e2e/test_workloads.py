@@ -130,7 +130,9 @@ def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each(cluster, st
     by = wait_for(
         lambda: (
             lambda b: (
-                b if len(b) == 3 and all(f["status"].get("count") for f in b.values()) else None
+                b
+                if len(b) == 3 and all((f.get("status") or {}).get("count") for f in b.values())
+                else None
             )
         )(cluster.by_workload(ns)),
         30,
