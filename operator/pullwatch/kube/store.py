@@ -163,6 +163,10 @@ class Custody:
                 obj
             )  # counted more elsewhere (another pullwatch): merge, never double
         self._check(state, obj, at_start)
+        if name not in self.writer.dirty and name not in self.writer.in_flight:
+            # the version pullwatch last saw: retention's conditional delete must not 409 for
+            # ever because a person labelled it (a status PUT ignores labels: nothing is lost)
+            self.writer.versions[name] = str(meta.get("resourceVersion"))
 
     # -- retention
     # ---------------------------------------------------------------------------------------
