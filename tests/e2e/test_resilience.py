@@ -36,7 +36,9 @@ def test_a_frozen_connection_never_freezes_the_writer_and_a_silent_watch_is_noti
     calls end at their deadline, the silent watch is dropped after --read-timeout, and counting
     goes on over new connections, with liveness green."""
     kubelet = Kubelet(cluster, cluster.namespace("freeze"))
-    op = start_operator("--standalone", "--read-timeout", "5", kubeconfig=proxy.kubeconfig())
+    op = start_operator(
+        "--standalone", "-n", kubelet.ns, "--read-timeout", "5", kubeconfig=proxy.kubeconfig()
+    )
     kubelet.pull_all([f"scan-p{i}" if i % 2 else f"app-p{i}" for i in range(6)])
     kubelet.wait_exact()
     frozen_at = time.monotonic()
@@ -45,7 +47,7 @@ def test_a_frozen_connection_never_freezes_the_writer_and_a_silent_watch_is_noti
     kubelet.pull("scan-frozen", count=3)
     took = kubelet.wait_exact(timeout=60)  # on new connections, within the deadlines
     assert op.probe()[0] == 200
-    assert op.said("Event stream (all namespaces): nothing received for 5s")
+    assert op.said(f"Event stream ({kubelet.ns}): nothing received for 5s")
     proxy.thaw()
     kubelet.bump("scan-frozen", 1)
     kubelet.wait_exact(timeout=30)
@@ -61,7 +63,9 @@ def test_a_whole_frozen_path_to_the_api_server_recovers_when_it_thaws(
     """SIGSTOP the proxy: no connection, old or new, gets an answer. The operator must not wedge:
     when it thaws, writes resume and counts are exact; the probe answers throughout."""
     kubelet = Kubelet(cluster, cluster.namespace("sigstop"))
-    op = start_operator("--standalone", "--read-timeout", "5", kubeconfig=proxy.kubeconfig())
+    op = start_operator(
+        "--standalone", "-n", kubelet.ns, "--read-timeout", "5", kubeconfig=proxy.kubeconfig()
+    )
     kubelet.pull_all([f"scan-p{i}" if i % 2 else f"app-p{i}" for i in range(4)])
     kubelet.wait_exact()
     proxy.sigstop()
@@ -89,9 +93,11 @@ def test_a_500_at_start_up_is_retried_within_seconds(cluster, proxy, start_opera
     """Right after an API server restart the list of Findings can fail with a 500. kopf retried its
     failed start-up handler only after 60 s; the adoption is now retried within seconds."""
     kubelet = Kubelet(cluster, cluster.namespace("start500"))
-    proxy.fail("GET", r"/apis/pullwatch\.dev/v1alpha1/findings\?", 500, times=3)
+    proxy.fail(
+        "GET", rf"/apis/pullwatch\.dev/v1alpha1/namespaces/{kubelet.ns}/findings\?", 500, times=3
+    )
     started = time.monotonic()
-    op = start_operator("--standalone", kubeconfig=proxy.kubeconfig(), wait=False)
+    op = start_operator("--standalone", "-n", kubelet.ns, kubeconfig=proxy.kubeconfig(), wait=False)
     # adopted and counting well before kopf's retry of a failed start-up handler (60 s) would be
     wait_for(lambda: op.said("processing Events"), 45, what="the adoption to be retried")
     kubelet.pull("scan-first")
@@ -132,7 +138,7 @@ def test_rbac_revoked_then_restored(cluster, start_operator):
         "spec": {"namespaces": [kubelet.ns], "images": ["corp/ok:*"]},
     }
     cluster.apply(allowed)
-    op = start_operator()  # with peering, alone: the peering object must be read to know it
+    op = start_operator("-n", kubelet.ns)  # with peering, alone: the peering object must be read
     kubelet.pull_all([f"scan-p{i}" if i % 2 else f"app-p{i}" for i in range(4)])
     kubelet.wait_exact()
     binding = cluster.kubectl("get", "clusterrolebinding", "pullwatch", "-o", "json").stdout
@@ -186,7 +192,13 @@ def test_sigterm_in_the_middle_of_a_flush_writes_everything_counted(cluster, sta
     with 189 Findings never written (their names had left the dirty set before being written)."""
     kubelet = Kubelet(cluster, cluster.namespace("sigterm"))
     op = start_operator(
-        "--standalone", "--max-findings-per-namespace", "1000", "--flush-interval", "2"
+        "--standalone",
+        "-n",
+        kubelet.ns,
+        "--max-findings-per-namespace",
+        "1000",
+        "--flush-interval",
+        "2",
     )
     for n in (1, 2, 3):
         kubelet.pull_all([f"app-p{i}" for i in range(400) if 1 + i % 3 == n], count=n)
@@ -239,7 +251,7 @@ def test_liveness_answers_while_a_big_allowlist_is_compiled(cluster, start_opera
     answers = cluster.local.requests([("POST", path, o) for o in objects])
     try:
         assert all(status == 201 for status, _ in answers), answers[:3]
-        op = start_operator("--standalone")
+        op = start_operator("--standalone", "-n", cluster.namespace("liveness"))
         probes: list[int] = []
 
         def all_written() -> bool:
@@ -270,7 +282,7 @@ def test_an_unwritable_finding_backs_off_and_is_said_once(cluster, start_operato
     denied.pull("app-denied")
     cluster.kubectl("delete", "namespace", denied.ns, "--wait=false")
     assert "Terminating" in cluster.kubectl("get", "namespace", denied.ns).stdout
-    op = start_operator("--standalone")
+    op = start_operator("--standalone", "-n", denied.ns, "-n", fine.ns)
     fine.pull("app-fine")
     fine.wait_exact()  # the other namespace is not held up
 
@@ -309,7 +321,7 @@ def test_a_huge_allowedimages_gets_a_bounded_status(cluster, start_operator):
         "spec": {"images": images},
     }
     assert len(json.dumps(obj)) > 1_000_000
-    start_operator("--standalone")
+    start_operator("--standalone", "-n", cluster.namespace("huge"))
     cluster.kubectl(
         "create", "-f", "-", input=json.dumps(obj), timeout=120
     )  # apply refuses > 256 KiB
@@ -336,7 +348,7 @@ def test_a_huge_allowedimages_gets_a_bounded_status(cluster, start_operator):
 
 def test_edits_to_a_finding_are_put_back_and_their_author_named(cluster, start_operator):
     kubelet = Kubelet(cluster, cluster.namespace("tamper"))
-    op = start_operator("--standalone")
+    op = start_operator("--standalone", "-n", kubelet.ns)
     kubelet.pull("scan-t1", count=3)
     kubelet.wait_exact()
     name = next(n for n, f in cluster.findings(kubelet.ns).items() if f["spec"]["rule"] == SCANNER)
@@ -398,7 +410,7 @@ def test_edits_to_a_finding_are_put_back_and_their_author_named(cluster, start_o
         "-p",
         '{"status": {"count": 1}}',
     )
-    op2 = start_operator("--standalone")
+    op2 = start_operator("--standalone", "-n", kubelet.ns)
     wait_for(lambda: spec() == original and kubelet.exact(), 30, what="both put back at start-up")
     assert "while pullwatch was not running" in op2.logs()
     assert cluster.findings(kubelet.ns)[name]["metadata"]["labels"]["triage"] == "done"

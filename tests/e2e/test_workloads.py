@@ -42,7 +42,7 @@ def test_a_deployments_replicas_and_its_rollout_are_one_finding_per_rule_and_rep
     cluster, start_operator
 ):
     ns = cluster.namespace("deploy")
-    start_operator("--standalone")
+    start_operator("--standalone", "-n", ns)
     objs, kubelet = Workloads(cluster, ns), Truth(cluster, ns)
     dep = objs.deployment("web", "evil/web:1")
     rs1 = objs.replicaset(dep, "web-7d9f8b6c5d", "7d9f8b6c5d", "evil/web:1")
@@ -107,7 +107,7 @@ def test_a_deployments_replicas_and_its_rollout_are_one_finding_per_rule_and_rep
 
 def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each(cluster, start_operator):
     ns = cluster.namespace("cron")
-    start_operator("--standalone")
+    start_operator("--standalone", "-n", ns)
     objs, kubelet = Workloads(cluster, ns), Truth(cluster, ns)
     for minutes in (29_375_040, 29_375_100, 29_375_160):  # three runs: three Jobs, each with a pod
         job = objs.job("backup", f"backup-{minutes}", "evil/backup:1")
@@ -153,7 +153,7 @@ def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each(cluster, st
 def test_caps_hold_and_the_overflow_is_counted_exactly(cluster, start_operator):
     ns = cluster.namespace("caps")
     kubelet = Truth(cluster, ns)
-    op = start_operator("--standalone", "--max-findings-per-namespace", "3")
+    op = start_operator("--standalone", "-n", ns, "--max-findings-per-namespace", "3")
     for i in range(10):
         kubelet.pull(f"job{i}", f"evil/img{i}:1", count=2)
     kubelet.pull("hunter", "aquasec/kube-hunter:0.6.8")
