@@ -163,7 +163,7 @@ def test_rbac_revoked_then_restored(cluster, start_operator):
         # the Event stream's list retried with its backoff, the peering read every 2 s: each
         # refused time after time
         wait_for(
-            lambda: (lambda n: n["events"] >= 4 and n["clusterkopfpeerings"] >= 8)(
+            lambda: (lambda n: n["events"] >= 3 and n["clusterkopfpeerings"] >= 6)(
                 refused(audit, revoked_at)
             ),
             120,
