@@ -128,7 +128,7 @@ class Node:
     def finding(self, rule: str, workload: str) -> dict | None:
         return self.cluster.by_workload(self.ns).get((rule, workload))
 
-    def settled(self, rule: str, pod: str, timeout: float = 90) -> tuple[dict, dict[str, int]]:
+    def settled(self, rule: str, pod: str, timeout: float = 45) -> tuple[dict, dict[str, int]]:
         """(Finding, what the kubelet reported) once the Finding's count is the kubelet's number of
         attempts (its Pulling and already-present Events) and its outcomes are what the kubelet
         reported - both read again on every try: an outcome Event can be written a status
