@@ -397,8 +397,10 @@ def test_a_damaged_first_line_does_not_read_the_whole_file_into_memory(tmp_path)
             f.write(line)
         f.write(json.dumps(hunter()).encode() + b"\n")
     code = (
-        f"import resource, subprocess; r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'],"
-        " capture_output=True); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        f"import resource, subprocess; "
+        f"r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'], "
+        "capture_output=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
