@@ -26,10 +26,12 @@ from kubelet import audit_entries, image_event
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.core.audit import AuditDeduper, decode_audit_entry
 from pullwatch.core.detector import Caps, Detector
-from pullwatch.core.pulls import decode_event
+from pullwatch.core.observations import MAIN, ActorChange, Authored, Intent, Running
+from pullwatch.core.pulls import Actor, decode_event
 from pullwatch.core.reports import report_for
 from pullwatch.core.rules import DEFAULT_SCANNER_IMAGES, scanner_list_from_object
 from pullwatch.core.suppressions import Suppressions, suppression_from_object
+from pullwatch.core.workload import Workload
 from pullwatch.kube.kinds import allowed_images, scanner_images, suppressions
 
 ROOT = schemas.ROOT
@@ -174,7 +176,98 @@ def filled_detector() -> Detector:
             decode_event(image_event("Pulling", "crowded", f"w{i}", f"evil/w{i}:1", seq=10 + i)),
             minute=29_000_000,
         )
+    _witnesses(detector)
     return detector
+
+
+def _witnesses(detector: Detector) -> None:
+    """What the Pod and audit witnesses add: containers seen running (one with no pull Event,
+    one found at start-up), a pod created with an image, the people who changed a workload, a
+    forged pull (by namespace), one verified by its author, a clock (lastObserved, clamping)."""
+    clock = 1_795_003_200.0
+    alice = Actor("alice", ("devs",), ("10.1.2.3",), "kubectl/v1.32")
+    detector.observe(
+        ActorChange("ns", "hunter", "Pod", alice, "create pods", "2026-11-18T09:00:00Z")
+    )
+    detector.observe(
+        Running(
+            "ns",
+            "hunter",
+            "u1",
+            "hunter",
+            MAIN,
+            "aquasec/kube-hunter:0.6.8",
+            "sha256:" + "ab" * 32,
+            "worker-1",
+            "2026-11-18T10:00:00Z",
+            Workload("Pod", "hunter", "read"),
+        ),
+        clock=clock,
+    )
+    detector.observe(
+        Running(
+            "ran",
+            "sneaky",
+            "u2",
+            "c",
+            MAIN,
+            "evil/sneaky:1",
+            None,
+            "worker-1",
+            "2026-11-18T00:00:00Z",
+            Workload("Pod", "sneaky", "read"),
+            at_startup=True,
+        ),
+        clock=clock,
+    )
+    detector.observe(
+        Running(
+            "ran",
+            "quiet",
+            "u3",
+            "c",
+            MAIN,
+            "evil/quiet:1",
+            None,
+            "worker-1",
+            "2026-11-18T11:59:00Z",
+            Workload("Pod", "quiet", "read"),
+        ),
+        clock=clock,
+    )
+    detector.settle(clock + 3600)  # 'quiet' ran with no pull Event
+    detector.observe(
+        Intent(
+            "intent",
+            "debug",
+            "dbg",
+            MAIN,
+            "bishopfox/peirates:1",
+            Workload("Pod", "debug", "read"),
+            alice,
+            "2026-11-18T10:00:00Z",
+            "a-9",
+        )
+    )
+    forged = image_event("Pulling", "attacker", "payments-api-7d9f8b6c5d-x7k2p", "evil/f:1")
+    forged["involvedObject"]["namespace"] = "prod"
+    detector.observe(decode_event(forged), clock=clock)
+    verified = image_event("Pulling", "verified", "web", "evil/v:1", node="worker-1", seq=30)
+    detector.observe(decode_event(verified), clock=clock, minute=29_916_720)
+    kubelet = Actor("system:node:worker-1", ("system:nodes",), ("10.0.0.1",), "kubelet")
+    detector.observe(Authored("verified", verified["metadata"]["name"], kubelet, "create", None))
+    tenant = Actor("system:serviceaccount:verified:bot", (), ("10.0.9.9",), "curl")
+    lie = image_event("Pulling", "verified", "web", "evil/v:1", node="worker-1", seq=31)
+    detector.observe(Authored("verified", lie["metadata"]["name"], tenant, "create", None))
+    detector.observe(decode_event(lie), clock=clock)
+    for i in range(210):  # more live series than a stored ledger holds: it folds the oldest
+        many = image_event("Pulling", "busy", f"web-7d9f8b6c5d-{_suffix(i)}", "evil/b:1", seq=i)
+        detector.observe(decode_event(many), clock=clock, minute=29_916_000 + i)
+
+
+def _suffix(i: int) -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(alphabet[(i // len(alphabet) ** k) % len(alphabet)] for k in range(5))
 
 
 def filled_bodies() -> list[dict[str, Any]]:
@@ -302,10 +395,27 @@ def test_scannerimages_statuses_are_valid(spec):
 @pytest.mark.parametrize(
     "namespace, spec",
     [
-        ("team", {"reason": "build cache", "workloads": ["cache"], "images": ["evil/*:*"]}),
+        (
+            "team",
+            {
+                "reason": "build cache",
+                "workloads": ["cache"],
+                "images": ["evil/*:*"],
+                "expires": "2026-12-31T00:00:00Z",
+            },
+        ),
         ("team", {"reason": "until the fix", "expires": "2020-01-01T00:00:00Z"}),
-        ("team", {"reason": "overreach", "namespaces": ["*"]}),
-        (OPERATOR_NAMESPACE, {"reason": "CI", "rules": ["suspicious"], "namespaces": ["ci-*"]}),
+        ("team", {"reason": "overreach", "namespaces": ["*"], "expires": "2026-12-31T00:00:00Z"}),
+        ("team", {"reason": "no scanner here", "rules": ["*"], "expires": "2026-12-31T00:00:00Z"}),
+        (
+            OPERATOR_NAMESPACE,
+            {
+                "reason": "CI",
+                "rules": ["suspicious"],
+                "namespaces": ["ci-*"],
+                "expires": "2026-12-31T00:00:00Z",
+            },
+        ),
     ],
 )
 def test_suppression_statuses_are_valid(namespace, spec):

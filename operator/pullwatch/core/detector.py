@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .actors import ActorMap
 from .allowlist import Allowlist
 from .body import stamp
 from .evidence import EXPIRED, PENDING
@@ -55,7 +56,6 @@ from .findings import (
     repository_of,
     verdict_of,
 )
-from .actors import ActorMap
 from .findingset import Caps, FindingSet, FindingsView, route
 from .judge import Judge, covered_expiry, series_of, workload_of
 from .ledger import FORGED, MAX_LIVE, UNKNOWN, VERIFIED, short_hash
@@ -173,8 +173,14 @@ class Detector(Judge, FindingSet):
             state, created, folded = self._route(
                 rule.short, series_key, identity, pull, workload, not_allowed
             )
-            new_series = not state.evidence().ledger.knows(series)
+            ledger = state.evidence().ledger
+            before = ledger.series.get(series_key)
+            new_series = before is None
             delta = state.observe_pull(pull, series, when, verdict, clock, now_stamp)
+            # What the Finding shows changed whenever the series rose, even with no pull added
+            # (a Successfully-pulled that completes a counted Pulling changes its outcomes).
+            after = ledger.series.get(series_key)
+            grew = new_series or (after is not None and after[2] > before[2])
             if state.identity.is_overflow:
                 folded = folded or identity
                 state.fold(folded, pull.image, delta)
@@ -191,7 +197,7 @@ class Detector(Judge, FindingSet):
             if new_series and verdict == FORGED:
                 forged = "namespace" if pull.claimed_namespace is not None else "author"
             out.append(
-                Detection(state, delta, created, folded, covered, forged=forged, changed=new_series)
+                Detection(state, delta, created, folded, covered, forged=forged, changed=grew)
             )
         if verdict == UNKNOWN:
             _remember(self.unverified, series_key, pull.node)
@@ -347,47 +353,6 @@ class Detector(Judge, FindingSet):
                 if _cover(state, covered):
                     changed.append(state)
         return changed
-
-    # -- the set of Findings -------------------------------------------------------------------
-    def _route(
-        self,
-        rule: str,
-        series_key: int,
-        identity: Identity,
-        pull: Pull,
-        workload: Workload,
-        not_allowed: str | None,
-    ) -> tuple[FindingState, bool, Identity | None]:
-        owner = self.routes.get(route(rule, series_key))
-        state = self.states.get(owner) if owner else None
-        if state is not None:
-            return state, False, None
-        folded = None
-        state = self.states.get(identity.name)
-        created = state is None
-        if state is None:
-            if self.caps is not None and not self._admits(rule, identity.namespace):
-                folded, identity = identity, Identity.overflow(rule, identity.namespace)
-                state = self.states.get(identity.name)
-                created = state is None
-            if state is None:
-                state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
-        self.routes[route(rule, series_key)] = state.name
-        return state, created, folded
-
-    def _state_for(self, identity: Identity, origin: Origin) -> tuple[FindingState, bool]:
-        """The Finding of ``identity`` (a Running or an Intent), made if need be; past a cap,
-        its overflow Finding (which records no containers: the caller skips it)."""
-        state = self.states.get(identity.name)
-        if state is not None:
-            return state, False
-        if self.caps is not None and not self._admits(identity.rule, identity.namespace):
-            overflow = Identity.overflow(identity.rule, identity.namespace)
-            state = self.states.get(overflow.name)
-            if state is None:
-                state = self.add(FindingState(overflow, origin))
-            return state, False
-        return self.add(FindingState(identity, origin)), True
 
 
 MAX_REMEMBERED = 50_000

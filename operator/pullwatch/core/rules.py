@@ -65,7 +65,6 @@ class Rule:
     def risk_score(self) -> int:
         return self.impact * self.confidence // 100
 
-
     def render(self, **values: str) -> str:
         """Fill the message template; a missing value renders as ``unknown``."""
         return _TEMPLATE_FIELD.sub(lambda m: str(values.get(m.group(1)) or "unknown"), self.message)
