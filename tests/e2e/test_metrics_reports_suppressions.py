@@ -254,7 +254,7 @@ def test_suppressions_cover_the_right_things_are_counted_and_expire(cluster, sta
 
     def cover(ns, rule, workload):
         f = cluster.by_workload(ns).get((rule, workload))
-        return f and (f["status"].get("suppression") or {}).get("name")
+        return f and ((f.get("status") or {}).get("suppression") or {}).get("name")
 
     wait_for(
         lambda: (

@@ -126,24 +126,28 @@ def test_findings_scores_counts_and_columns(cluster, operator):
     assert by[(SUSPICIOUS, "miner")]["spec"]["riskScore"] == 49
     assert "ownerReferences" not in hunter["metadata"]  # evidence outlives the Pod
     table = cluster.kubectl("get", "findings", "-n", ns).stdout.splitlines()
+    # how bad it is first: what a person triaging sorts by
     assert table[0].split() == [
         "NAME",
+        "SEVERITY",
+        "RISK",
         "KIND",
         "WORKLOAD",
         "IMAGE",
-        "PODS",
         "COUNT",
         "RAN",
+        "SEEN",
+        "BY",
         "LAST",
         "SEEN",
         "AGE",
     ]
     row = next(line.split() for line in table if line.startswith("scanner-hunter-kube-hunter"))
-    assert row[1:7] == ["StatefulSet", "hunter", HUNTER, "1", "2", "unknown"]
+    assert row[1:9] == ["high", "81", "StatefulSet", "hunter", HUNTER, "2", "unknown", "events"]
     wide = cluster.kubectl("get", "findings", "-n", ns, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[9:15] == ["RULE", "SEVERITY", "RISK", "NODES", "FAILED", "ERROR"]
+    assert wide[0].split()[12:15] == ["RULE", "PODS", "NODES"]
     row = next(line.split() for line in wide if line.startswith("scanner-hunter-kube-hunter"))
-    assert row[8:13] == [SCANNER, "high", "81", "1", "0"]
+    assert row[10:13] == [SCANNER, "1", "1"]
     assert ns in cluster.kubectl("get", "pullwatch", "-A").stdout  # the category
     assert "Finding" in cluster.kubectl("explain", "finding.spec").stdout
 
