@@ -22,6 +22,18 @@ SCAN_EXIT_CODES = """exit codes:
   4  internal error (a bug in pullwatch: please report the one-line message)"""
 
 
+SCAN_OBJECT_STORAGE = """object storage (pip install 'pullwatch[cloud]'):
+  s3://BUCKET/KEY, gs://BUCKET/KEY, az://CONTAINER/BLOB   one object, read like a file
+  s3://BUCKET/PREFIX/  (trailing /)   every object under the prefix, in key order
+  s3://BUCKET/2026-01-*/audit.log*    every object matching the glob (* ? [...])
+  A prefix given without its trailing / is refused, not guessed. Credentials come from each
+  library's usual sources (AWS_* variables and profiles; GOOGLE_APPLICATION_CREDENTIALS;
+  AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME with a key). S3-compatible
+  servers: AWS_ENDPOINT_URL=http://host:port, or fsspec's configuration (FSSPEC_S3_ENDPOINT_URL,
+  ~/.config/fsspec/). An object of JSON lines of 64 MiB or more is read by every core, each
+  with its own ranged GETs."""
+
+
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "scan",
@@ -30,10 +42,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
         "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
         "'-' reads stdin. Findings go to stdout, a summary to stderr.",
-        epilog=SCAN_EXIT_CODES,
+        epilog=SCAN_OBJECT_STORAGE + "\n\n" + SCAN_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE|URL")
     p.add_argument(
         "-a",
         "--allowed-images",
