@@ -47,14 +47,22 @@ _HINTS = {
     "adlfs": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with a key, SAS "
     "token or an Azure AD login",
 }
-# Deadlines for every S3 call: botocore's defaults (60 s to connect, legacy retries) leave a scan
-# of an unreachable endpoint hanging for minutes. fsspec configuration overrides them.
+# Deadlines for every call: botocore's defaults (60 s to connect, legacy retries) leave a scan
+# of an unreachable endpoint hanging for minutes, and gcsfs sets none of its own (aiohttp's
+# 5 minutes apply). The Azure SDK's (20 s to connect, 60 s to read) are kept. fsspec
+# configuration overrides these.
 _S3_DEFAULTS = {
     "config_kwargs": {
         "connect_timeout": 10,
         "read_timeout": 60,
         "retries": {"max_attempts": 4, "mode": "standard"},
     }
+}
+_DEFAULTS = {
+    "s3": _S3_DEFAULTS,
+    "s3a": _S3_DEFAULTS,
+    "gs": {"requests_timeout": 60},
+    "gcs": {"requests_timeout": 60},
 }
 _GLOB = frozenset("*?[")
 
@@ -83,9 +91,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         import fsspec.config
         from fsspec.core import url_to_fs
 
-        defaults = {} if proto not in ("s3", "s3a") else _S3_DEFAULTS
         configured = fsspec.config.conf.get(proto, {})
-        options = {k: v for k, v in defaults.items() if k not in configured}
+        options = {k: v for k, v in _DEFAULTS.get(proto, {}).items() if k not in configured}
         # url_to_fs, not fsspec.filesystem: it takes what the URL itself says (an Azure
         # account in abfs://container@account.dfs.core.windows.net/...).
         return url_to_fs(url, **options)
