@@ -56,7 +56,7 @@ def measure(cmd: list[str]) -> tuple[float, float, int]:
 
 def allowlist_figures() -> None:
     from pullwatch.core.allowlist import Allowlist
-    from pullwatch.scan.pipeline import load_policies
+    from pullwatch.scan.pipeline import load_config
 
     images = []
     for i in range(50_000):
@@ -81,7 +81,7 @@ def allowlist_figures() -> None:
         )
     )
     start = time.monotonic()
-    policies = load_policies([str(path)])
+    policies = load_config([str(path)]).policies
     allowlist = Allowlist(policies)
     loaded = time.monotonic() - start
     assert len(policies[0].patterns) == 50_000 and not policies[0].problems

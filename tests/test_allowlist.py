@@ -2,7 +2,7 @@
 
 from paths import DATA
 from pullwatch.core.allowlist import Allowlist, objects_from_documents, policy_from_object
-from pullwatch.scan.pipeline import load_policies
+from pullwatch.scan.pipeline import load_config
 
 
 def obj(name="p", **spec):
@@ -101,6 +101,6 @@ def test_documents_and_lists_are_flattened():
 
 
 def test_load_from_yaml_file_with_documents_and_list():
-    policies = load_policies([str(DATA / "allowed-images.yaml")])
+    policies = load_config([str(DATA / "allowed-images.yaml")]).policies
     assert [p.name for p in policies] == ["team-a", "security-tools", "platform"]
     assert all(p.usable and not p.problems for p in policies)

@@ -73,18 +73,18 @@ def test_every_event_shape_gives_the_same_findings():
         assert findings(name) == reference, name
 
 
-def test_audit_gives_the_same_detections_with_actors():
+def test_audit_gives_the_same_detections_with_their_authors():
     ref = {f["metadata"]["name"]: f["status"]["count"] for f in findings("events-list.json")}
     audit = findings("audit.jsonl")
     assert {f["metadata"]["name"]: f["status"]["count"] for f in audit} == ref
     assert all(
-        f["spec"]["source"] == "audit" and f["spec"]["actor"]["user"].startswith("system:node:")
+        f["spec"]["source"] == "audit"
+        and f["spec"]["reportedBy"]["user"].startswith("system:node:")
         for f in audit
     )
     miner = next(f for f in audit if "xmrig" in f["metadata"]["name"])
-    assert miner["spec"]["message"] == (
-        "Suspicious image docker.io/randomuser/xmrig:latest pulled in "
-        "Kubernetes from ip 10.0.3.25 by user system:node:worker-3"
+    assert miner["spec"]["message"].startswith(
+        "Suspicious image docker.io/randomuser/xmrig:latest pulled in Kubernetes on node "
     )
 
 
@@ -151,7 +151,7 @@ def test_table_escapes_terminal_control_characters():
     r = scan(str(DATA / "malformed.jsonl"), "-a", ALLOW)
     out = r.stdout.decode()
     assert "\x1b" not in out and "\x07" not in out
-    assert "Evil/\\x1b[31mImage" in out and "p\\x1b]0;pwned\\x07" in out
+    assert "Evil/\\x1b[31mImage" in out  # a pod name cannot carry them: it is not a valid name
 
 
 def test_malformed_input_is_skipped_counted_and_later_records_still_count():
@@ -162,6 +162,7 @@ def test_malformed_input_is_skipped_counted_and_later_records_still_count():
     err = r.stderr.decode()
     assert "damaged 2: not JSON" in err and "skipped 2: image event without involvedObject\n" in err
     assert "skipped 1: image event without a message" in err
+    assert "skipped 1: image event whose involvedObject.name is not a valid name" in err
 
 
 def test_exit_codes(tmp_path):

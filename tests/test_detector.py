@@ -10,7 +10,8 @@ from pullwatch.core.detector import Caps, Detector
 from pullwatch.core.ledger import MAX_SERIES
 from pullwatch.core.pulls import decode_event
 from pullwatch.core.rules import SCANNER_RULE, SUSPICIOUS_RULE
-from pullwatch.core.state import BUDGET, FindingState
+from pullwatch.core.body import BUDGET
+from pullwatch.core.state import FindingState
 from pullwatch.core.workload import Workload
 
 
@@ -248,7 +249,10 @@ def test_merge_takes_the_higher_high_water_mark_per_series():
     observe(there, with_count(ev_a, 2))  # the stored copy saw a at 2, and b
     observe(there, ev_b)
     state = here.adopt(only(there))
-    assert state.count == 3 and sorted(v[2] for v in state.ledger.series.values()) == [1, 3]
+    assert state.count == 3 and sorted(v[2] for v in state.evidence().ledger.series.values()) == [
+        1,
+        3,
+    ]
     here.adopt(only(there))  # merging again changes nothing
     assert state.count == 3
 
@@ -367,7 +371,7 @@ def test_live_ledgers_are_bounded_and_the_count_stays_exact():
     for i in range(500):
         observe(d, image_event("Pulled", "ns", pod("web-7d9f8b6c5d", i), "nginx", seq=i))
     (state,) = d.states.values()
-    assert len(state.ledger.series) <= MAX_SERIES and state.count == 500
+    assert len(state.evidence().ledger.series) <= MAX_SERIES and state.count == 500
 
 
 @pytest.mark.parametrize("size", [1, 300, 1000])
@@ -400,10 +404,10 @@ def test_live_slots_close_by_when_pullwatch_saw_them_not_by_the_events_own_times
     ev = image_event("Pulling", "ns", "p", "evil/x:1", count=1)  # stamped 2026-11-18
     observe(d, ev, minute=now)
     (state,) = d.states.values()
-    assert state.ledger.close_before(now - 65) == 0
+    assert state.evidence().ledger.close_before(now - 65) == 0
     assert [x.delta for x in observe(d, with_count(ev, 2), minute=now + 1)] == [1]
     assert (
-        state.ledger.close_before(now + 200) == 1 and state.count == 2
+        state.evidence().ledger.close_before(now + 200) == 1 and state.count == 2
     )  # closed: exact all the same
 
 

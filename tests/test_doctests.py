@@ -31,13 +31,22 @@ DOCTESTED = [
     "core.detector",
     "core.ledger",
     "core.workload",
+    "core.pods",
+    "core.audit",
+    "core.actors",
+    "core.exports",
     "scan.render",
     "scan.sources",
     "scan.records",
     "scan.jsontext",
     "scan.yamltext",
     "scan.cloud",
+    "scan.linecheck",
     "kube.api",
+    "kube.lines",
+    "kube.findingapi",
+    "kube.quietlog",
+    "kube.health",
 ]
 # What each layer may import from outside the standard library (top-level names).
 ALLOWED_THIRD_PARTY = {

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,20 @@ PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 SCANNER, SUSPICIOUS = "kubernetes-scanner-image-pulling", "kubernetes-suspicious-image-pulling"
 
 
-def supp(spec, name="s", namespace="team-a"):
+CREATED, EXPIRES = "2026-11-01T00:00:00Z", "2026-12-31T00:00:00Z"  # within the 90 days
+
+
+def supp(spec, name="s", namespace="team-a", created=CREATED):
+    spec = {"expires": EXPIRES, **spec}
+    meta = {"name": name, "namespace": namespace}
+    if created:
+        meta["creationTimestamp"] = created
     return suppression_from_object(
         {
             "apiVersion": "pullwatch.dev/v1alpha1",
             "kind": "Suppression",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
+            "metadata": meta,
+            "spec": {k: v for k, v in spec.items() if v is not None},
         },
         "pullwatch-system",
     )
@@ -40,12 +48,37 @@ def supp(spec, name="s", namespace="team-a"):
         ({"reason": "x", "images": []}, "non-empty list"),
         ({"reason": "x", "namespaces": ["*"]}, "allowed only on Suppressions in pullwatch-system"),
         ({"reason": "x", "expires": "next tuesday"}, "RFC 3339"),
+        ({"reason": "x", "expires": None}, "spec.expires is required"),
+        ({"reason": "x", "expires": "2027-03-01T00:00:00Z"}, "more than 90 days after"),
+        ({"reason": "x", "rules": ["scanner"]}, "only by a Suppression in pullwatch-system"),
     ],
 )
 def test_a_malformed_suppression_covers_nothing_and_says_why(spec, problem):
     s = supp(spec)
     assert not s.usable and any(problem in p for p in s.problems), s.problems
     assert not s.covers(SCANNER, "team-a", "w", "docker.io/aquasec/kube-hunter:1", 0)
+
+
+def test_only_the_operator_namespace_may_silence_the_scanner_rule():
+    for rules in (["*"], None):
+        tenant = supp({"reason": "x", "rules": rules})
+        assert tenant.usable and "every rule but" in tenant.notes[0]
+        assert not tenant.covers(SCANNER, "team-a", "w", "docker.io/aquasec/kube-hunter:1", 0)
+        assert tenant.covers(SUSPICIOUS, "team-a", "w", "docker.io/aquasec/kube-hunter:1", 0)
+    admin = supp({"reason": "x", "rules": ["*"]}, namespace="pullwatch-system")
+    assert admin.covers(SCANNER, "pullwatch-system", "w", "docker.io/aquasec/kube-hunter:1", 0)
+
+
+def test_the_longest_expiry_counts_from_creation():
+    assert supp({"reason": "x", "expires": "2027-01-29T00:00:00Z"}).usable  # day 89
+    # No creationTimestamp (a file): judged from when it is read.
+    body = {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "Suppression",
+        "metadata": {"name": "s", "namespace": "team-a"},
+        "spec": {"reason": "x", "expires": "2099-01-01T00:00:00Z"},
+    }
+    assert not suppression_from_object(body, "pullwatch-system", now=time.time()).usable
 
 
 def test_what_a_suppression_covers():
@@ -55,8 +88,9 @@ def test_what_a_suppression_covers():
             "rules": ["scanner"],
             "images": ["aquasec/kube-bench:*"],
             "workloads": ["cis-*"],
-            "expires": "2030-01-01T00:00:00Z",
-        }
+            "namespaces": ["team-a"],
+        },
+        namespace="pullwatch-system",
     )
     assert s.covers(SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 0)
     assert not s.covers(
@@ -70,7 +104,7 @@ def test_what_a_suppression_covers():
         SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-hunter:v1", 0
     )  # image
     assert not s.covers(
-        SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 1.9e9
+        SCANNER, "team-a", "cis-weekly", "docker.io/aquasec/kube-bench:v1", 1.8e9
     )  # expired
     cluster_wide = supp({"reason": "x", "namespaces": ["ci-*"]}, namespace="pullwatch-system")
     assert cluster_wide.usable and cluster_wide.covers(
@@ -81,11 +115,9 @@ def test_what_a_suppression_covers():
 
 def test_a_covered_pull_is_still_counted_and_the_finding_names_its_suppression():
     d = Detector(Allowlist())
-    d.suppressions = Suppressions(
-        [supp({"reason": "accepted", "images": ["evil/x:*"], "expires": "2030-01-01T00:00:00Z"})]
-    )
+    d.suppressions = Suppressions([supp({"reason": "accepted", "images": ["evil/x:*"]})])
     ev = image_event("Pulling", "team-a", "web", "evil/x:1", count=3)
-    (det,) = d.observe(decode_event(ev), now=1.8e9)
+    (det,) = d.observe(decode_event(ev), now=1.79e9)
     assert det.delta == 3 and det.suppressed is not None
     status = det.state.body()["status"]
     assert status["count"] == 3 and status["suppressedPulls"] == 3
@@ -93,9 +125,9 @@ def test_a_covered_pull_is_still_counted_and_the_finding_names_its_suppression()
         "namespace": "team-a",
         "name": "s",
         "reason": "accepted",
-        "expires": "2030-01-01T00:00:00Z",
+        "expires": EXPIRES,
     }
-    assert d.recheck_suppressions(now=1.95e9) == [det.state]  # expired: the Finding is active again
+    assert d.recheck_suppressions(now=1.8e9) == [det.state]  # expired: the Finding is active again
     assert "suppression" not in det.state.body()["status"]
 
 
@@ -137,11 +169,15 @@ def test_scan_reads_suppressions_and_scanner_images_from_config_files(tmp_path):
                     {
                         "apiVersion": "pullwatch.dev/v1alpha1",
                         "kind": "Suppression",
-                        "metadata": {"name": "ok", "namespace": "ci"},
+                        "metadata": {"name": "ok", "namespace": "pullwatch-system"},
                         "spec": {
                             "reason": "our own CI scanner",
                             "rules": ["*"],
                             "workloads": ["audit"],
+                            "namespaces": ["ci"],
+                            "expires": time.strftime(
+                                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30 * 86400)
+                            ),
                         },
                     },
                 ],
@@ -171,6 +207,7 @@ def test_an_openreports_report_mirrors_the_findings():
     d = Detector(Allowlist())
     d.suppressions = Suppressions(
         [supp({"reason": "accepted", "workloads": ["ok-*"]}, namespace="ns")]
+        # a tenant's: it covers the suspicious ok-app Finding, never the scanner one
     )
     d.observe(
         decode_event(image_event("Pulling", "ns", "hunter", "aquasec/kube-hunter:1", count=2)),
@@ -225,6 +262,9 @@ def test_metric_names_and_bounded_labels():
                 "outcome",
                 "stream",
                 "le",
+                "scope",  # of Suppressions: cluster | namespace
+                "state",  # of Suppressions: active | expired | invalid
+                "kind",  # of audit entries
             }, (family.name, sample.labels)
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name

@@ -92,7 +92,13 @@ def test_core_v1_fields():
         "uid": ev["involvedObject"]["uid"],
         "container": "nginx",
     }
-    assert (pull.node, pull.count, pull.series) == ("worker-9", 4, ev["metadata"]["uid"])
+    series = f"team-a/{ev['metadata']['name']}"  # by name: the audit witness names it the same
+    assert (pull.node, pull.count, pull.series) == ("worker-9", 4, series)
+    assert (pull.namespace, pull.claimed_namespace, pull.uid) == (
+        "team-a",
+        None,
+        ev["metadata"]["uid"],
+    )
     assert (pull.first_seen, pull.last_seen) == (ev["firstTimestamp"], ev["lastTimestamp"])
 
 

@@ -14,3 +14,6 @@ __version__ = "0.1.0"
 GROUP = "pullwatch.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+# Exit codes of the command line (documented in `pullwatch scan --help`).
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4

@@ -8,9 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, __version__
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
 SCAN_EXIT_CODES = """exit codes:
   0  every input was read in full (findings or not, unless --fail-on-findings)
   1  --fail-on-findings was given and there is at least one Finding
@@ -22,19 +21,8 @@ SCAN_EXIT_CODES = """exit codes:
   4  internal error (a bug in pullwatch: please report the one-line message)"""
 
 
-SCAN_OBJECT_STORAGE = """object storage (pip install 'pullwatch[cloud]'):
-  s3://BUCKET/KEY, gs://BUCKET/KEY, az://CONTAINER/BLOB   one object, read like a file
-  s3://BUCKET/PREFIX/  (trailing /)   every object under the prefix, in key order
-  s3://BUCKET/2026-01-*/audit.log*    every object matching the glob (* ? [...])
-  A prefix given without its trailing / is refused, not guessed. Credentials come from each
-  library's usual sources (AWS_* variables and profiles; GOOGLE_APPLICATION_CREDENTIALS;
-  AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME with a key). S3-compatible
-  servers: AWS_ENDPOINT_URL=http://host:port, or fsspec's configuration (FSSPEC_S3_ENDPOINT_URL,
-  ~/.config/fsspec/). An object of JSON lines of 64 MiB or more is read by every core, each
-  with its own ranged GETs."""
-
-
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
+    from .scan.cloud import HELP as OBJECT_STORAGE_HELP
     p = sub.add_parser(
         "scan",
         help="detect scanner and unapproved image pulls in event dumps and audit logs",
@@ -42,7 +30,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
         "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
         "'-' reads stdin. Findings go to stdout, a summary to stderr.",
-        epilog=SCAN_OBJECT_STORAGE + "\n\n" + SCAN_EXIT_CODES,
+        epilog=OBJECT_STORAGE_HELP + "\n\n" + SCAN_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE|URL")
@@ -55,14 +43,15 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         dest="allowed_images",
-        help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no image is "
-        "allowed), ScannerImages and Suppressions - as the operator reads them from the cluster",
+        help="pullwatch configuration, YAML/JSON (repeatable): AllowedImages (without any, no "
+        "image is allowed), ScannerImages and Suppressions - as the operator reads them",
     )
     p.add_argument(
         "--operator-namespace",
         default="pullwatch-system",
         metavar="NS",
-        help="Suppressions in this namespace may name namespaces (act cluster-wide), as in the operator",
+        help="Suppressions in this namespace may cover the scanner rule and name namespaces "
+        "(act cluster-wide), as in the operator",
     )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="table")
     p.add_argument(
@@ -160,8 +149,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--operator-namespace",
         default=os.environ.get("POD_NAMESPACE", "pullwatch-system"),
         metavar="NS",
-        help="the operator's own namespace: Suppressions there may name namespaces and act cluster-wide "
-        "(default: $POD_NAMESPACE, else pullwatch-system)",
+        help="the operator's own namespace: Suppressions there may cover the scanner rule and "
+        "act cluster-wide (default: $POD_NAMESPACE, else pullwatch-system)",
     )
     p.add_argument(
         "--watch-timeout",
@@ -176,7 +165,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="a watch that delivers nothing for this long is dropped and resumed (half-open connections)",
+        help="a watch that delivers nothing for this long is dropped and resumed (half-open "
+        "connections)",
     )
     p.add_argument(
         "--flush-interval",
@@ -219,13 +209,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=duration,
         default=duration("1h"),
         metavar="DURATION",
-        help="the API server's --event-ttl: how long an Event can be delivered again after its last update",
+        help="the API server's --event-ttl: how long an Event can be delivered again after its "
+        "last update",
     )
     p.add_argument(
         "--openreports",
         action="store_true",
-        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for Policy "
-        "Reporter; needs the Report CRD: manifests/components/openreports)",
+        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for "
+        "Policy Reporter; needs the Report CRD: manifests/components/openreports)",
     )
     p.add_argument(
         "--openreports-interval",
@@ -259,8 +250,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="how often expired ledger entries are closed and Suppressions' expiry is applied; retention "
-        "runs every tenth time",
+        help="how often expired ledger entries are closed and Suppressions' expiry is applied; "
+        "retention runs every tenth time",
     )
     p.add_argument(
         "--census-interval",
@@ -268,6 +259,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         default=15.0,
         metavar="SECONDS",
         help="how often the Findings gauges and the Suppressions' counts are brought up to date",
+    )
+    p.add_argument(
+        "--pull-event-grace",
+        type=duration,
+        default=60.0,
+        metavar="DURATION",
+        help="how long a container seen running may wait for its pull Event before it is said to "
+        "have run with none (the evasion signal)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -329,7 +328,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         )
     finally:
         gc.enable()
-    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete)
+    extra = [result.context] if result.context is not None else []
+    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete, extra=extra)
     sys.stdout.flush()
     s = result.stats
     if not args.quiet:
@@ -340,8 +340,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
         print(
-            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, watch event "
-            "or audit entry: is this the right input?",
+            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, "
+            "watch event or audit entry: is this the right input?",
             file=sys.stderr,
         )
     if not result.complete:
@@ -381,8 +381,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         openreports_interval=args.openreports_interval,
         openreports_max_results=args.openreports_max_results,
         census_interval=args.census_interval,
+        pull_event_grace=args.pull_event_grace,
     )
     return run_operator(args, options)
+
+
+def _merge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join the Findings of several `pullwatch scan` runs into those of one scan over all",
+        description="Join the Findings that `pullwatch scan -o json|jsonl|yaml` wrote (each "
+        "carries its merge state) into exactly the Findings of one scan over all the inputs: "
+        "scan January and February apart, merge, and get the quarter. Nothing is judged again: "
+        "merge scans made with the same configuration. Findings of the operator (no merge "
+        "state), damaged ones and those of another pullwatch version are refused.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="scan outputs ('-' reads stdin)")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml", "jsonl"), default="json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pullwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _scan_parser(sub)
+    _merge_parser(sub)
     _run_parser(sub)
     return parser
 
@@ -400,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scan":
             return cmd_scan(args)
+        if args.command == "merge":
+            from .scan.merge import run
+
+            return run(args.files, args.output)
         return cmd_run(args)
     except BrokenPipeError:
         return EXIT_OK  # `pullwatch scan … | head`: the reader left; not an error
@@ -418,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         print(
-            f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} (please report this)",
+            f"pullwatch: internal error: {type(exc).__name__}: {str(exc)[:300]}{at} "
+            "(please report this)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL

@@ -276,6 +276,15 @@ def main() -> None:
                 "reason": "Pulling",
                 "message": 'Pulling image "Evil/\u001b[31mImage"',
                 "metadata": {"uid": "bad-ref"},
+                "involvedObject": {"name": "evil-image", "namespace": "default"},
+            }
+        ),
+        json.dumps(
+            {
+                "kind": "Event",
+                "reason": "Pulling",
+                "message": 'Pulling image "nginx"',
+                "metadata": {"uid": "bad-pod-name"},
                 "involvedObject": {"name": "p\u001b]0;pwned\u0007", "namespace": "default"},
             }
         ),

@@ -11,8 +11,8 @@ meant, never wider). Empty means empty: ``namespaces: []`` applies to no namespa
 (``namespaces: null`` is the field left out: the API server drops a null field before it stores
 the object, so the operator could not tell the two apart, and ``scan`` reads files the same way.)
 
-    >>> policy = policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "AllowedImages",
-    ...     "metadata": {"name": "team-a"},
+    >>> policy = policy_from_object({"apiVersion": "pullwatch.dev/v1alpha1",
+    ...     "kind": "AllowedImages", "metadata": {"name": "team-a"},
     ...     "spec": {"namespaces": ["team-a-*"], "images": ["quay.io/prometheus/**"]}})
     >>> allow = Allowlist([policy])
     >>> allow.check("team-a-web", "quay.io/prometheus/node-exporter:v1.8.0").allowed
@@ -176,8 +176,13 @@ class Allowlist:
             applicable = self._by_namespace[namespace] = [
                 p for p in self._usable if p.applies_to(namespace)
             ]
+        # With a tag and a digest (what a pod ran), a pin of the digest allows it whatever the
+        # tag: the digest is what ran, the tag only what it was called.
+        pinned = f"{ref.repository}@{ref.digest}" if ref.digest and ref.tag else None
         for policy in applicable:
             hit = policy.matcher.match(normalized)  # type: ignore[union-attr]
+            if hit is None and pinned is not None:
+                hit = policy.matcher.match(pinned)  # type: ignore[union-attr]
             if hit is not None:
                 return Verdict(
                     True,

@@ -1,8 +1,11 @@
-"""Applying the rules to pulls and counting them into Findings. Shared by scan and the operator.
+"""Applying the rules to observations and keeping them in Findings. Shared by scan and the operator.
 
-For each pull the rules fire on, the Finding is (rule, namespace, workload, image repository):
-the workload comes from the caller (the operator reads it from the pod's owners) or is inferred
-from the pod's name (``scan``; see workload.py). Counting is exact (see ledger.py).
+Every witness hands its observations to ``Detector.observe``: pulls (Events, audit), containers
+seen running (Pods), pods created with an image, who wrote an Event, who changed a workload
+(audit). For each one a rule fires on, the Finding is (rule, namespace, workload, image
+repository): the workload comes from the caller (the operator reads it from the pod's owners;
+the Pod witness has them) or is inferred from the pod's name (``scan``; see workload.py).
+Counting is exact (see ledger.py) and only pulls count.
 
 Routing is stable: a series (an Event object) already counted in some Finding keeps going to that
 Finding, even if the workload would now be resolved differently (the pod is gone and its name
@@ -16,12 +19,14 @@ Bounds (the operator's; ``scan`` has none): ``Caps`` limits the Findings of each
 wide and per namespace. A detection past a cap is never dropped: it is counted in the overflow
 Finding of its (rule, namespace), which records what was folded into it. Each rule has its own
 caps, so a flood of suspicious pulls can never push a scanner pull into an overflow Finding.
+Every namespace a Finding is in is one the API server vouched for (an observation's namespace is
+its object's own), so per-namespace state grows only with real namespaces.
 
     >>> from .allowlist import Allowlist
     >>> from .pulls import decode_event
     >>> d = Detector(Allowlist())
     >>> ev = {"reason": "Pulling", "message": 'Pulling image "nginx"', "count": 2,
-    ...       "metadata": {"uid": "e1", "namespace": "web"},
+    ...       "metadata": {"name": "e1", "namespace": "web"},
     ...       "involvedObject": {"kind": "Pod", "name": "web-7d9f8b6c5d-x7k2p", "namespace": "web"}}
     >>> [(x.state.name, x.delta) for x in d.observe(decode_event(ev))]
     [('suspicious-web-nginx-ae9e4af5e3', 2)]
@@ -33,71 +38,60 @@ caps, so a flood of suspicious pulls can never push a scanner pull into an overf
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .allowlist import Allowlist
-from .findings import RULES_BY_SHORT, Identity, Origin, instant, minute_of, repository_of
-from .imageref import ImageRef, InvalidImageReference, parse_image
-from .ledger import MAX_SERIES, short_hash
+from .body import stamp
+from .evidence import EXPIRED, PENDING
+from .findings import (
+    RULES_BY_SHORT,
+    ActorRecord,
+    Identity,
+    Origin,
+    instant,
+    minute_of,
+    repository_of,
+    verdict_of,
+)
+from .findingset import Caps, FindingSet, FindingsView, route
+from .judge import Judge, covered_expiry, series_of, workload_of
+from .ledger import FORGED, MAX_LIVE, UNKNOWN, VERIFIED, short_hash
+from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
-from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
+from .rules import DEFAULT_SCANNER_IMAGES, Rule
 from .state import FindingState
-from .suppressions import Suppression, Suppressions
-from .workload import Workload, infer
+from .suppressions import Suppression
+from .workload import Workload
 
 
-@dataclass(frozen=True)
-class Caps:
-    """How many Findings each rule may have, cluster-wide and per namespace (overflow Findings
-    aside: there is at most one per rule and namespace)."""
-
-    total: int
-    per_namespace: int
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Detection:
-    """What one observation did to one Finding. ``delta`` 0: a repeat, nothing new.
-    ``folded``: the identity the pull would have had, had no cap been reached."""
+    """What one observation did to one Finding. ``delta``: pulls it added (0: a repeat);
+    ``folded``: the identity the pull would have had, had no cap been reached; ``running``: a
+    container newly seen running it; ``forged``: a pull Event newly known to be forged;
+    ``changed``: anything else that is worth writing."""
 
     state: FindingState
-    delta: int
-    created: bool
+    delta: int = 0
+    created: bool = False
     folded: Identity | None = None
     suppressed: Suppression | None = None
+    running: bool = False
+    forged: str = ""  # why a pull Event is newly known to be forged: "namespace" or "author"
+    changed: bool = False
 
 
-def series_of(pull: Pull) -> str:
-    """The series an observation belongs to: its Event object; an Event that names no object (a
-    hand-made file) is identified by its content, so a duplicate record still counts once."""
-    if pull.series is not None:
-        return pull.series
-    inv = pull.involved
-    return f"anon:{pull.kind}:{inv.namespace}/{inv.name}/{inv.container}:{pull.image}:{pull.first_seen}:{pull.last_seen}"
+class Detector(Judge, FindingSet):
+    """The rules' configuration, the allowlist in force and every Finding's state.
 
-
-def workload_of(pull: Pull) -> Workload:
-    """The workload, inferred: from the pod's name, or the involved object itself if not a pod."""
-    inv = pull.involved
-    if inv.kind != "Pod":
-        return Workload(inv.kind, inv.name, "inferred")
-    return infer(inv.name)
-
-
-class Detector:
-    """The rules' configuration, the allowlist in force and every Finding's counting state.
-
-    ``allowlist`` may be replaced at any time (the operator does on every AllowedImages change);
-    the next pull is judged by the new one. ``live_series`` bounds each ledger as it counts (the
-    operator); ``None`` keeps every series until the body is written (``scan``, which must stay
-    exact over a whole file and writes each Finding once).
+    ``allowlist``, ``scanners`` and ``suppressions`` may be replaced at any time (the operator
+    does on every change of the configuration kinds); the next observation is judged by the new
+    ones. ``live_series`` bounds each ledger as it counts (the operator); ``None`` keeps every
+    series (``scan``, which must stay exact over a whole file). ``clock``: the observer's time
+    (epoch seconds) - what a future Event time is clamped to; ``None``: no clamp.
     """
-
-    RULES_CACHE = 16384
 
     def __init__(
         self,
@@ -105,154 +99,250 @@ class Detector:
         scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
         caps: Caps | None = None,
         live_series: int | None = None,
+        scanner_digests: Iterable[str] = (),
     ):
-        self._scanners = frozenset(scanners)
-        self.caps = caps
+        Judge.__init__(self, allowlist, scanners, scanner_digests)
+        FindingSet.__init__(self, caps)
         self.live_series = live_series
-        self.states: dict[str, FindingState] = {}
-        self.owners: dict[int, str] = {}  # route(rule, series hash) -> Finding name
-        self.per_rule: Counter[str] = Counter()
-        self.per_namespace: Counter[tuple[str, str]] = Counter()
-        self._rules_cache: dict[
-            tuple[str, str], list[tuple[Rule, ImageRef | None, str | None]]
-        ] = {}
-        self.allowlist = allowlist
-        self.suppressions = Suppressions()
+        self.actors: dict[tuple[str, str], ActorRecord] = {}  # the latest person per workload
+        self.pending: dict[tuple[str, str, str], float] = {}  # (name, pod, container) -> due
+        # Who wrote which Event (audit), and the node each pull not yet verified named: the two
+        # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
+        self.authors: dict[str, Any] = {}  # series -> Actor
+        self.unverified: dict[int, str | None] = {}  # series hash -> the node its Event named
+        self.event_ttl = 3600.0  # the API server's --event-ttl (the operator sets it)
+        # How long a container seen running may wait for its pull Event before it is said to
+        # have run with none: the two witnesses are separate watches, seconds apart.
+        self.pull_event_grace = 60.0
 
-    @property
-    def scanners(self) -> frozenset[str]:
-        return self._scanners
-
-    @scanners.setter
-    def scanners(self, value: Iterable[str]) -> None:
-        self._scanners = frozenset(value)
-        self._rules_cache = {}  # verdicts made with the old names must not outlive them
-
-    @property
-    def allowlist(self) -> Allowlist:
-        return self._allowlist
-
-    @allowlist.setter
-    def allowlist(self, value: Allowlist) -> None:
-        self._allowlist = value
-        self._rules_cache = {}  # verdicts of the old allowlist must not outlive it
-
-    def rules_for(
-        self, namespace: str, image: str
-    ) -> list[tuple[Rule, ImageRef | None, str | None]]:
-        """Which rules fire for ``image`` pulled in ``namespace``: (rule, parsed image, why not
-        allowed). Cached: the same few hundred (namespace, image) pairs repeat all day."""
-        key = (namespace, image)
-        fired = self._rules_cache.get(key)
-        if fired is not None:
-            return fired
-        try:
-            ref: ImageRef | None = parse_image(image)
-        except InvalidImageReference:
-            ref = None
-        fired = []
-        # A scanner fires whether or not it is allowlisted: an allowlisted scanner still ran.
-        if ref is not None and ref.last_component in self.scanners:
-            fired.append((SCANNER_RULE, ref, None))
-        verdict = self._allowlist.check(namespace, image)
-        if not verdict.allowed:
-            fired.append((SUSPICIOUS_RULE, ref, verdict.reason))
-        if len(self._rules_cache) >= self.RULES_CACHE:
-            self._rules_cache.clear()  # crude but bounded; refilling is cheap
-        self._rules_cache[key] = fired
-        return fired
-
+    # -- observing ---------------------------------------------------------------------------
     def observe(
         self,
-        pull: Pull,
+        obs: Any,
         workload: Workload | None = None,
         minute: int | None = None,
         now: float | None = None,
+        clock: float | None = None,
     ) -> list[Detection]:
-        """Count ``pull``. ``minute``: when it was observed (minutes since the epoch; the operator's
-        clock); a series is closed a TTL after it was last *observed*, never by the Event's own
-        timestamps, which can be skewed or forged. ``scan`` passes none: it closes nothing by time.
-        ``now``: the time Suppressions' expiry is judged at (the operator's clock; ``scan``: the
-        pull's own time - was it covered when it happened?)."""
-        fired = self.rules_for(pull.involved.namespace, pull.image)
+        """Take one observation. ``minute``: when it was observed (minutes since the epoch, the
+        operator's clock): a series is closed a TTL after it was last *observed*, never by the
+        Event's own timestamps, which can be skewed or forged; ``scan`` passes none and closes
+        nothing by time. ``now``: the time Suppressions' expiry is judged at (the operator's
+        clock; ``scan``: the pull's own time - was it covered when it happened?). ``clock``: the
+        observer's time, which no Event time may be later than (and what retention uses)."""
+        kind = obs.__class__
+        if kind is Pull:
+            return self._pull(obs, workload, minute, now, clock)
+        if kind is Running:
+            return self._running(obs, minute, clock)
+        if kind is Intent:
+            return self._intent(obs, clock)
+        if kind is Authored:
+            return self._authored(obs)
+        if kind is ActorChange:
+            return self._actor(obs)
+        raise TypeError(f"not an observation: {kind.__name__}")
+
+    def _pull(
+        self,
+        pull: Pull,
+        workload: Workload | None,
+        minute: int | None,
+        now: float | None,
+        clock: float | None,
+    ) -> list[Detection]:
+        fired = self.rules_for(pull.namespace, pull.image)
         if not fired:
             return []
         workload = workload or workload_of(pull)
         series = series_of(pull)
         series_key = short_hash(series, 48)
+        if pull.actor is None and series in self.authors:
+            pull = pull._replace(actor=self.authors[series])
         when = minute if minute is not None else (minute_of(pull.last_seen or pull.first_seen) or 0)
         if now is None:
             moment = instant(pull.last_seen or pull.first_seen or "")
             now = moment.timestamp() if moment is not None else 0.0
+        now_stamp = stamp(clock) if clock is not None else None
+        verdict = {None: UNKNOWN, True: VERIFIED, False: FORGED}[verdict_of(pull)]
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)
-            identity = Identity(rule.short, pull.involved.namespace, workload.name, repository)
+            identity = Identity(rule.short, pull.namespace, workload.name, repository)
             state, created, folded = self._route(
                 rule.short, series_key, identity, pull, workload, not_allowed
             )
-            delta = state.observe(pull, series, when)
+            new_series = not state.evidence().ledger.knows(series)
+            delta = state.observe_pull(pull, series, when, verdict, clock, now_stamp)
             if state.identity.is_overflow:
                 folded = folded or identity
                 state.fold(folded, pull.image, delta)
-            if self.live_series is not None and len(state.ledger.series) > self.live_series:
-                state.ledger.bound(self.live_series)
+            if self.live_series is not None:
+                state.evidence().ledger.bound(self.live_series)
+            self._note_actor_of(state)
             image = ref.normalized if ref else pull.image
             # the Finding's own workload (it may have been read, where this pull's is inferred)
-            workload_name = (
-                identity.workload if state.identity.is_overflow else state.identity.workload
-            )
-            covered = self.suppressions.covering(
-                rule.name, identity.namespace, workload_name, image, now
-            )
-            state.last_image = image
-            self._cover(state, covered)
+            covered = self._cover_latest(state, rule, identity, image, now)
             if covered is not None:
                 state.suppressed_pulls += delta
-            out.append(Detection(state, delta, created, folded, covered))
+            forged = ""
+            if new_series and verdict == FORGED:
+                forged = "namespace" if pull.claimed_namespace is not None else "author"
+            out.append(
+                Detection(state, delta, created, folded, covered, forged=forged, changed=new_series)
+            )
+        if verdict == UNKNOWN:
+            _remember(self.unverified, series_key, pull.node)
+        return out
+
+    def _running(self, run: Running, minute: int | None, clock: float | None) -> list[Detection]:
+        image = run.image if run.digest is None or "@" in run.image else f"{run.image}@{run.digest}"
+        fired = self.rules_for(run.namespace, image)
+        if not fired:
+            return []
+        when = minute if minute is not None else (minute_of(run.started_at) or 0)
+        due = (clock if clock is not None else 0.0) + self.pull_event_grace
+        out = []
+        for rule, ref, not_allowed in fired:
+            repository = ref.repository if ref else repository_of(run.image)
+            identity = Identity(rule.short, run.namespace, run.workload.name, repository)
+            state, created = self._state_for(
+                identity, Origin.of_running(run.image, run.node, run.workload, not_allowed)
+            )
+            if state.identity.is_overflow:
+                continue
+            pull_event = EXPIRED if run.at_startup and self._expired(run, clock) else PENDING
+            new = state.observe_running(run, when, pull_event, clock)
+            self._note_actor_of(state)
+            if new and pull_event == PENDING:
+                self.pending[(state.name, run.pod, run.container)] = due
+            out.append(Detection(state, created=created, running=new, changed=new or created))
+        return out
+
+    def _intent(self, intent: Intent, clock: float | None) -> list[Detection]:
+        fired = self.rules_for(intent.namespace, intent.image)
+        out = []
+        for rule, ref, not_allowed in fired:
+            repository = ref.repository if ref else repository_of(intent.image)
+            identity = Identity(rule.short, intent.namespace, intent.workload.name, repository)
+            state, created = self._state_for(
+                identity,
+                Origin.of_running(intent.image, None, intent.workload, not_allowed, source="audit"),
+            )
+            if state.identity.is_overflow:
+                continue
+            changed = state.observe_intent(intent, clock)
+            if intent.actor is not None and intent.actor.user:
+                changed |= state.note_actor(
+                    ActorRecord.of(intent.actor, "create pods", intent.time)
+                )
+            out.append(Detection(state, created=created, changed=changed or created))
+        return out
+
+    def _authored(self, authored: Authored) -> list[Detection]:
+        """Who wrote an Event: the verdict of the pull series it is, in each Finding it counts
+        in (or, when the Event has not been seen yet, remembered for when it is)."""
+        series = f"{authored.namespace}/{authored.name}"
+        _remember(self.authors, series, authored.actor)
+        key = short_hash(series, 48)
+        if key not in self.unverified:
+            return []
+        node = self.unverified.pop(key)
+        verified = node is not None and authored.actor.user == f"system:node:{node}"
+        verdict = VERIFIED if verified else FORGED
+        out = []
+        for rule in RULES_BY_SHORT:
+            name = self.routes.get(route(rule, key))
+            state = self.states.get(name) if name else None
+            if state is not None and state.learn_author(series, verdict, authored.actor.user):
+                out.append(
+                    Detection(state, forged="author" if verdict == FORGED else "", changed=True)
+                )
+        return out
+
+    def _actor(self, change: ActorChange) -> list[Detection]:
+        record = ActorRecord.of(change.actor, change.action, change.time)
+        self.actors[(change.namespace, change.workload)] = record
+        if len(self.actors) > 100_000:
+            del self.actors[next(iter(self.actors))]
+        out = []
+        for name in self.by_workload.get((change.namespace, change.workload), ()):
+            state = self.states.get(name)
+            if state is not None and state.note_actor(record):
+                out.append(Detection(state, changed=True))
+        return out
+
+    def _note_actor_of(self, state: FindingState) -> None:
+        record = self.actors.get((state.namespace, state.identity.workload))
+        if record is not None:
+            state.note_actor(record)
+
+    def _expired(self, run: Running, clock: float | None) -> bool:
+        """A container found at start-up that started before its Events could still be there."""
+        started = instant(run.started_at or "")
+        return (
+            clock is not None
+            and started is not None
+            and clock - started.timestamp() > self.event_ttl
+        )
+
+    def settle(self, now: float) -> list[Detection]:
+        """Containers whose pull Event grace is over (due at or before ``now``): seen, or ran
+        with no pull Event. ``scan`` settles everything at the end (now = inf)."""
+        out = []
+        for key, due in list(self.pending.items()):
+            if due > now:
+                continue
+            del self.pending[key]
+            state = self.states.get(key[0])
+            if state is not None and state.settle_pull_event(key[1], key[2]) is not None:
+                out.append(Detection(state, changed=True))
         return out
 
     def routed(self, pull: Pull) -> bool:
         """Whether the series of ``pull`` is already counted in a Finding for every rule that fires:
         then its workload cannot change where it is counted (``_route``), and the operator need not
         read the pod's owners (a relist after a restart re-reads no pod it has counted)."""
-        fired = self.rules_for(pull.involved.namespace, pull.image)
+        fired = self.rules_for(pull.namespace, pull.image)
         key = short_hash(series_of(pull), 48)
         return bool(fired) and all(
-            self.owners.get(route(rule.short, key)) in self.states for rule, _, _ in fired
+            self.routes.get(route(rule.short, key)) in self.states for rule, _, _ in fired
         )
 
-    @staticmethod
-    def _cover(state: FindingState, covered: Suppression | None) -> bool:
-        """Record which Suppression covers the Finding's latest pull; whether that changed."""
-        wanted = (
-            None
-            if covered is None
-            else {
-                "namespace": covered.namespace,
-                "name": covered.name,
-                "reason": covered.reason,
-                **({"expires": covered_expiry(covered)} if covered.expires is not None else {}),
-            }
-        )
-        changed = wanted != state.suppression
-        state.suppression = wanted
-        return changed
+    def capped(self, rule: str, namespace: str) -> bool:
+        """Whether a new Finding of ``rule`` in ``namespace`` would go to the overflow Finding."""
+        return self.caps is not None and not self._admits(rule, namespace)
 
-    def recheck_suppressions(self, now: float) -> list[FindingState]:
-        """After Suppressions changed (or one expired): the Findings whose cover changed."""
+    # -- suppressions --------------------------------------------------------------------------
+    def _cover_latest(
+        self, state: FindingState, rule: Rule, identity: Identity, image: str, now: float
+    ) -> Suppression | None:
+        workload = identity.workload if state.identity.is_overflow else state.identity.workload
+        covered = self.suppressions.covering(rule.name, identity.namespace, workload, image, now)
+        state.last_image = image
+        _cover(state, covered)
+        return covered
+
+    def recheck_suppressions(
+        self, now: float, namespaces: Iterable[str] | None = None
+    ) -> list[FindingState]:
+        """After Suppressions changed (or one expired): the Findings whose cover changed. Only
+        the namespaces a Suppression can reach are looked at (``namespaces``: only those)."""
         changed = []
-        for state in self.states.values():
-            if state.last_image is None or state.identity.is_overflow:
-                continue
-            rule = RULES_BY_SHORT[state.identity.rule]
-            covered = self.suppressions.covering(
-                rule.name, state.namespace, state.identity.workload, state.last_image, now
-            )
-            if self._cover(state, covered):
-                changed.append(state)
+        for namespace in list(namespaces if namespaces is not None else self.by_namespace):
+            for name in self.by_namespace.get(namespace, ()):
+                state = self.states.get(name)
+                if state is None or state.last_image is None or state.identity.is_overflow:
+                    continue
+                rule = RULES_BY_SHORT[state.identity.rule]
+                covered = self.suppressions.covering(
+                    rule.name, state.namespace, state.identity.workload, state.last_image, now
+                )
+                if _cover(state, covered):
+                    changed.append(state)
         return changed
 
+    # -- the set of Findings -------------------------------------------------------------------
     def _route(
         self,
         rule: str,
@@ -262,7 +352,7 @@ class Detector:
         workload: Workload,
         not_allowed: str | None,
     ) -> tuple[FindingState, bool, Identity | None]:
-        owner = self.owners.get(route(rule, series_key))
+        owner = self.routes.get(route(rule, series_key))
         state = self.states.get(owner) if owner else None
         if state is not None:
             return state, False, None
@@ -276,114 +366,55 @@ class Detector:
                 created = state is None
             if state is None:
                 state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
-        self.owners[route(rule, series_key)] = state.name
+        self.routes[route(rule, series_key)] = state.name
         return state, created, folded
 
-    def _admits(self, rule: str, namespace: str) -> bool:
-        return (
-            self.per_rule[rule] < self.caps.total
-            and self.per_namespace[(rule, namespace)] < self.caps.per_namespace
-        )
-
-    # -- the set of Findings ---------------------------------------------------------------------
-    def add(self, state: FindingState) -> FindingState:
-        """Take a Finding in (new, or adopted from the API server) and route its series to it."""
-        self.states[state.name] = state
-        if not state.identity.is_overflow:
-            self.per_rule[state.identity.rule] += 1
-            self.per_namespace[(state.identity.rule, state.namespace)] += 1
-        self._route_series(state)
-        return state
-
-    def adopt(self, body: Any) -> FindingState:
-        """A Finding as stored in the API server, merged into what is known of it (start-up,
-        409 Conflict, a relist). Raises ValueError for an object pullwatch did not write."""
-        stored = FindingState.from_body(body)
-        mine = self.states.get(stored.name)
-        if mine is None:
-            return self.add(stored)
-        mine.merge(stored)
-        self._route_series(mine)
-        return mine
-
-    def _route_series(self, state: FindingState) -> None:
-        name, rule = state.name, state.identity.rule
-        for key in state.series_keys():
-            self.owners[route(rule, key)] = name
-
-    def forget(self, name: str) -> FindingState | None:
-        """Drop a Finding (deleted by retention, or by a user): its next pull starts it again."""
-        state = self.states.pop(name, None)
-        if state is not None and not state.identity.is_overflow:
-            self.per_rule[state.identity.rule] -= 1
-            self.per_namespace[(state.identity.rule, state.namespace)] -= 1
-        return state
-
-    def prune_routes(self) -> None:
-        """Forget the routes of series no ledger holds any more (closed slots): bounded memory."""
-        self.owners = {
-            route(s.identity.rule, key): s.name
-            for s in self.states.values()
-            for key in s.series_keys()
-        }
-
-    def cool(self, idle_before: int, busy: Any = ()) -> int:
-        """Pack the Findings not observed since minute ``idle_before`` (and not in ``busy``: being
-        written); how many. See FindingState.cool."""
-        n = 0
-        for name, state in self.states.items():
-            if not state.cold and state.touched < idle_before and name not in busy:
-                state.cool()
-                n += state.cold
-        return n
-
-    def findings(self) -> FindingsView:
-        """Every Finding with at least one pull, sorted by namespace and name. A lazy sequence:
-        each body is built when it is read, so writing 20,000 Findings out does not hold 20,000
-        bodies in memory at once."""
-        return FindingsView(
-            sorted(
-                (s for s in self.states.values() if s.count > 0),
-                key=lambda s: (s.namespace, s.name),
-            )
-        )
+    def _state_for(self, identity: Identity, origin: Origin) -> tuple[FindingState, bool]:
+        """The Finding of ``identity`` (a Running or an Intent), made if need be; past a cap,
+        its overflow Finding (which records no containers: the caller skips it)."""
+        state = self.states.get(identity.name)
+        if state is not None:
+            return state, False
+        if self.caps is not None and not self._admits(identity.rule, identity.namespace):
+            overflow = Identity.overflow(identity.rule, identity.namespace)
+            state = self.states.get(overflow.name)
+            if state is None:
+                state = self.add(FindingState(overflow, origin))
+            return state, False
+        return self.add(FindingState(identity, origin)), True
 
 
-class FindingsView:
-    def __init__(self, states: list[FindingState]):
-        self._states = states
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (s.body() for s in self._states)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._states[index].body()
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == list(other)  # type: ignore[call-overload]
+MAX_REMEMBERED = 50_000
 
 
-_RULE_BITS = {"scanner": 0, "suspicious": 1}
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
+    """A bounded table: the oldest entry goes first (dicts keep insertion order)."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > MAX_REMEMBERED:
+        del table[next(iter(table))]
 
 
-def route(rule: str, series_key: int) -> int:
-    """One int per (rule, 48-bit series hash): a route costs a dict entry, not a tuple too."""
-    return series_key | (_RULE_BITS.get(rule, 2) << 48)
-
-
-def covered_expiry(s: Suppression) -> str:
-    return datetime.fromtimestamp(s.expires or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _cover(state: FindingState, covered: Suppression | None) -> bool:
+    """Record which Suppression covers the Finding's latest pull; whether that changed."""
+    wanted = None
+    if covered is not None:
+        wanted = {"namespace": covered.namespace, "name": covered.name, "reason": covered.reason}
+        if covered.expires is not None:
+            wanted["expires"] = covered_expiry(covered)
+    changed = wanted != state.suppression
+    state.suppression = wanted
+    return changed
 
 
 __all__ = [
-    "MAX_SERIES",
+    "MAX_LIVE",
     "Caps",
     "Detection",
     "Detector",
     "FindingsView",
+    "covered_expiry",
+    "route",
     "series_of",
     "workload_of",
 ]

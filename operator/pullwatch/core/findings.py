@@ -24,9 +24,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from .. import API_VERSION
 from .imageref import InvalidImageReference, parse_image
-from .pulls import Pull
+from .pulls import Actor, Pull
 from .rules import RULES, Rule
 from .workload import Workload
 
@@ -94,24 +93,86 @@ def finding_name(rule: str, namespace: str, workload: str, repository: str) -> s
     return f"{rule}-{_slug(workload, 40)}-{_slug(image, 30)}-{digest}"
 
 
+class ActorRecord(NamedTuple):
+    """Who did it: a person (not a controller) who created or changed the workload (audit)."""
+
+    user: str | None
+    groups: tuple[str, ...]
+    source_ips: tuple[str, ...]
+    user_agent: str | None
+    action: str | None  # e.g. "create deployments"
+    time: str | None
+
+    @classmethod
+    def of(cls, actor: Actor, action: str | None, time: str | None) -> ActorRecord:
+        return cls(
+            cut(actor.user, 253),
+            tuple(cut(g, 253) for g in actor.groups[:16]),
+            tuple(cut(ip, 64) for ip in actor.source_ips[:8]),
+            cut(actor.user_agent, 256),
+            cut(action, 128),
+            time if isinstance(time, str) and len(time) <= 40 else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "groups": list(self.groups),
+            "sourceIPs": list(self.source_ips),
+            "userAgent": self.user_agent,
+            "action": self.action,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ActorRecord | None:
+        """What ``as_dict`` wrote, or None for anything else (shown, never trusted)."""
+        if not isinstance(d, dict) or not isinstance(d.get("user"), str):
+            return None
+        return cls(
+            cut(d["user"], 253),
+            _texts(d.get("groups"), 16, 253),
+            _texts(d.get("sourceIPs"), 8, 64),
+            _text(d.get("userAgent"), 256),
+            _text(d.get("action"), 128),
+            _text(d.get("time"), 40),
+        )
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    return cut(value, limit) if isinstance(value, str) else None
+
+
+def _texts(value: Any, items: int, limit: int) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(cut(x, limit) for x in value[:items] if isinstance(x, str))
+
+
+SOURCES = ("events", "audit", "pods")
+
+
 class Origin(NamedTuple):
-    """The first pull of a Finding, as evidence (``status.origin``)."""
+    """The first observation of a Finding, as evidence (``status.origin``): the spec is a
+    presentation of it. Facts learned later about that same first pull (who really wrote its
+    Event, who changed the workload) fill in what was not known, never overwrite it."""
 
     image: str
     node: str | None
     workload_kind: str
     workload_source: str
-    component: str | None
-    source: str  # events | audit
-    user: str | None = None  # audit: who created the kubelet's Event
-    groups: tuple[str, ...] = ()
-    source_ips: tuple[str, ...] = ()
-    user_agent: str | None = None
+    component: str | None  # the Event's claimed reporter (its source.component)
+    source: str  # events | audit | pods: which witness saw it first
+    author: str | None = None  # who wrote the first pull's Event (audit)
+    verified: bool | None = None  # that author is the kubelet of its node; None: not known
+    claimed_namespace: str | None = None  # the namespace the Event named, when not its own
     not_allowed: str | None = None  # suspicious rule: why the image is not allowed
+    actor: ActorRecord | None = None  # the first person known to have changed the workload
 
     @classmethod
     def of(cls, pull: Pull, workload: Workload, not_allowed: str | None) -> Origin:
-        actor = pull.actor
+        author = pull.actor.user if pull.actor is not None else None
+        claimed = pull.claimed_namespace
         return cls(
             cut(pull.image),
             cut(pull.node),
@@ -119,11 +180,29 @@ class Origin(NamedTuple):
             workload.source,
             cut(pull.component),
             pull.source,
-            cut(actor.user) if actor else None,
-            tuple(cut(g, 253) for g in actor.groups[:16]) if actor else (),
-            tuple(cut(ip, 64) for ip in actor.source_ips[:8]) if actor else (),
-            cut(actor.user_agent, 256) if actor else None,
+            cut(author, 253),
+            verdict_of(pull),
+            cut(claimed, 63),
             cut(not_allowed),
+        )
+
+    @classmethod
+    def of_running(
+        cls,
+        image: str,
+        node: str | None,
+        workload: Workload,
+        not_allowed: str | None,
+        source: str = "pods",
+    ) -> Origin:
+        return cls(
+            cut(image),
+            cut(node),
+            workload.kind,
+            workload.source,
+            None,
+            source,
+            not_allowed=cut(not_allowed),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -135,63 +214,58 @@ class Origin(NamedTuple):
             "component": self.component,
             "source": self.source,
         }
-        if self.source == "audit":
-            out.update(
-                user=self.user,
-                groups=list(self.groups),
-                sourceIPs=list(self.source_ips),
-                userAgent=self.user_agent,
-            )
-        if self.not_allowed is not None:
-            out["notAllowedReason"] = self.not_allowed
+        for key, value in (
+            ("author", self.author),
+            ("verified", self.verified),
+            ("claimedNamespace", self.claimed_namespace),
+            ("notAllowedReason", self.not_allowed),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.actor is not None:
+            out["actor"] = self.actor.as_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: Any) -> Origin:
-        """Raises ValueError for anything but what ``as_dict`` writes."""
+        """Raises ValueError for anything but what ``as_dict`` writes (or pullwatch 0.1 wrote:
+        its ``user`` was the Event's author)."""
         if (
             not isinstance(d, dict)
             or not isinstance(d.get("image"), str)
-            or d.get("source") not in ("events", "audit")
+            or d.get("source") not in SOURCES
         ):
             raise ValueError("not a Finding origin")
-
-        def text(key: str, limit: int = MAX_TEXT) -> str | None:
-            v = d.get(key)
-            return cut(v, limit) if isinstance(v, str) else None
-
-        def texts(key: str) -> tuple[str, ...]:
-            v = d.get(key)
-            return (
-                tuple(cut(x, 253) for x in v[:16] if isinstance(x, str))
-                if isinstance(v, list)
-                else ()
-            )
-
+        verified = d.get("verified")
         return cls(
             cut(d["image"]),
-            text("node"),
-            text("workloadKind", 64) or "Pod",
-            text("workloadSource", 16) or "inferred",
-            text("component"),
+            _text(d.get("node")),
+            _text(d.get("workloadKind"), 64) or "Pod",
+            _text(d.get("workloadSource"), 16) or "inferred",
+            _text(d.get("component")),
             d["source"],
-            text("user"),
-            texts("groups"),
-            texts("sourceIPs"),
-            text("userAgent", 256),
-            text("notAllowedReason"),
+            _text(d.get("author"), 253) or _text(d.get("user"), 253),
+            verified if isinstance(verified, bool) else None,
+            _text(d.get("claimedNamespace"), 63),
+            _text(d.get("notAllowedReason")),
+            ActorRecord.from_dict(d.get("actor")),
         )
+
+
+def verdict_of(pull: Pull) -> bool | None:
+    """Was this pull's Event written by the kubelet of the node it names? ``False`` when it names
+    another namespace than its own or its author (audit) is anyone else; ``None`` when the author
+    is not known (no audit entry for it)."""
+    if pull.claimed_namespace is not None:
+        return False
+    if pull.actor is None or pull.actor.user is None:
+        return None
+    return pull.node is not None and pull.actor.user == f"system:node:{pull.node}"
 
 
 def build_spec(identity: Identity, origin: Origin) -> dict[str, Any]:
     """The spec: the rule's identity and scoring, and the origin's facts. Deterministic."""
     rule = RULES_BY_SHORT[identity.rule]
-    message = rule.render(
-        host=origin.node or "unknown",
-        image=origin.image,
-        src_ip=",".join(origin.source_ips) or None,
-        user=origin.user,
-    )
     spec: dict[str, Any] = {
         "rule": rule.name,
         "ruleId": rule.id,
@@ -201,13 +275,9 @@ def build_spec(identity: Identity, origin: Origin) -> dict[str, Any]:
         "impact": rule.impact,
         "confidence": rule.confidence,
         "mitre": rule.mitre.as_dict(),
-        "message": message,
+        "message": message_of(rule, identity, origin),
     }
     if identity.is_overflow:
-        spec["message"] = (
-            f"{rule.title}: detections past pullwatch's cap on Findings in namespace "
-            f"{identity.namespace}, counted here together (see status.folded)"
-        )
         spec["overflow"] = True
         return spec
     spec.update(
@@ -221,54 +291,58 @@ def build_spec(identity: Identity, origin: Origin) -> dict[str, Any]:
             },
             "node": origin.node,
             "source": origin.source,
-            "reportedBy": reported_by(origin),
         }
     )
-    if origin.source == "audit":
-        spec["actor"] = {
-            "user": origin.user,
-            "groups": list(origin.groups),
-            "sourceIPs": list(origin.source_ips),
-            "userAgent": origin.user_agent,
-        }
+    if origin.source != "pods":
+        spec["reportedBy"] = reported_by(origin)
+    if origin.actor is not None:
+        spec["actor"] = origin.actor.as_dict()
     if origin.not_allowed is not None:
         spec["notAllowedReason"] = origin.not_allowed
     return spec
 
 
+def message_of(rule: Rule, identity: Identity, origin: Origin) -> str:
+    """The seed detection's message with real values. Where it would say "unknown" (no audit
+    witness: nobody known), it says what is known instead: the node and the workload."""
+    if identity.is_overflow:
+        return (
+            f"{rule.title}: detections past pullwatch's cap on Findings in namespace "
+            f"{identity.namespace}, counted here together (see status.folded)"
+        )
+    actor = origin.actor
+    if rule.short == "suspicious" and (actor is None or actor.user is None):
+        return (
+            f"Suspicious image {origin.image} pulled in Kubernetes on node "
+            f"{origin.node or 'unknown'} by {origin.workload_kind}/{identity.workload} "
+            "(actor unknown)"
+        )
+    return rule.render(
+        host=origin.node or "unknown",
+        image=origin.image,
+        src_ip=",".join(actor.source_ips) if actor else None,
+        user=actor.user if actor else None,
+    )
+
+
 def reported_by(origin: Origin) -> dict[str, Any]:
     """Who says the pull happened. Anyone allowed to create Events can write one that reads like
-    a kubelet's; what is recorded here makes such a forgery visible: the component it claims and
-    (audit logs) the authenticated user, which for a kubelet is ``system:node:<node>``."""
+    a kubelet's; what is recorded here makes such a forgery visible: the component it claims, the
+    authenticated user who really wrote it (audit; a kubelet is ``system:node:<node>``), and the
+    verdict - false as well when the Event named another namespace than its own."""
     out: dict[str, Any] = {"component": origin.component}
-    if origin.source == "audit":
-        out["user"] = origin.user
-    user = out.get("user")
-    out["kubelet"] = origin.component == "kubelet" and (
-        user is None or user.startswith("system:node:")
+    if origin.author is not None:
+        out["user"] = origin.author
+    out["kubelet"] = (
+        origin.component == "kubelet"
+        and origin.verified is not False
+        and (origin.author is None or origin.author.startswith("system:node:"))
     )
+    if origin.verified is not None:
+        out["verified"] = origin.verified
+    if origin.claimed_namespace is not None:
+        out["claimedNamespace"] = origin.claimed_namespace
     return out
-
-
-def rule_of_name(name: str) -> Rule | None:
-    """The rule a Finding's name says it is for (names are immutable: a rule cannot be forged)."""
-    return RULES_BY_SHORT.get(name.split("-", 1)[0])
-
-
-def finding_body(
-    identity: Identity, spec: dict[str, Any], status: dict[str, Any]
-) -> dict[str, Any]:
-    rule = RULES_BY_SHORT[identity.rule]
-    labels = {LABEL_RULE: rule.name, LABEL_SEVERITY: rule.severity}
-    if identity.is_overflow:
-        labels[LABEL_OVERFLOW] = "true"
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": identity.name, "namespace": identity.namespace, "labels": labels},
-        "spec": spec,
-        "status": status,
-    }
 
 
 # -- time ----------------------------------------------------------------------------------------

@@ -25,8 +25,16 @@ cannot be used raises :class:`DecodeError` with a short, countable reason.
     ...     "involvedObject": {"kind": "Pod", "name": "hunter", "namespace": "default",
     ...                        "fieldPath": "spec.containers{hunter}"},
     ...     "source": {"host": "node-1"}})
-    >>> pull.image, pull.kind, pull.count, pull.involved.container, pull.node
-    ('aquasec/kube-hunter:0.6.8', 'pulling', 2, 'hunter', 'node-1')
+    >>> pull.image, pull.kind, pull.count, pull.involved.container, pull.node, pull.series
+    ('aquasec/kube-hunter:0.6.8', 'pulling', 2, 'hunter', 'node-1', 'default/hunter.1')
+
+An Event counts in its own namespace, whatever namespace it names:
+
+    >>> forged = decode_event({"reason": "Pulling", "message": 'Pulling image "kube-hunter"',
+    ...     "metadata": {"name": "x", "namespace": "attacker"},
+    ...     "involvedObject": {"kind": "Pod", "name": "payments-api-1", "namespace": "prod"}})
+    >>> forged.namespace, forged.claimed_namespace
+    ('attacker', 'prod')
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from __future__ import annotations
 import functools
 import re
 from typing import Any, NamedTuple
+
+from .names import MAX_LABEL, is_label, is_subdomain
 
 PULLING, PULLED, PRESENT, FAILED, BACKOFF = "pulling", "pulled", "present", "failed", "backoff"
 # Reasons are the kubelet's constants (events.PullingImage, PulledImage, FailedToPullImage's
@@ -77,11 +87,14 @@ ERROR_CLASSES = (
         "not found",
         re.compile(r"not found|manifest unknown|does not exist|NotFound|no such manifest", re.I),
     ),
+    # Before "unauthorized": a certificate the node does not trust is a TLS failure, not a
+    # refused credential ("x509: certificate signed by unknown authority", "… is not valid for").
+    ("tls", re.compile(r"x509:|certificate|tls: |handshake failure", re.I)),
     (
         "unauthorized",
         re.compile(
             r"unauthorized|authentication required|access denied|denied|forbidden|"
-            r"\b40[13]\b|insufficient_scope|x509",
+            r"\b40[13]\b|insufficient_scope",
             re.I,
         ),
     ),
@@ -98,12 +111,14 @@ ERROR_CLASSES = (
 
 
 def error_class(message: str) -> str:
-    """``not found``, ``unauthorized``, ``unreachable`` or ``other``.
+    """``not found``, ``tls``, ``unauthorized``, ``unreachable`` or ``other``.
 
     >>> error_class('rpc error: code = NotFound desc = failed to resolve reference "x": not found')
     'not found'
-    >>> error_class('failed to do request: Head "http://127.0.0.1:5999/v2/x": dial tcp: connect: connection refused')
+    >>> error_class('Head "http://127.0.0.1:5999/v2/x": dial tcp: connect: connection refused')
     'unreachable'
+    >>> error_class('Get "https://r.example/v2/": x509: certificate is not valid for any names')
+    'tls'
     """
     head = message[:2000]
     for name, regex in ERROR_CLASSES:
@@ -164,19 +179,32 @@ class Pull(NamedTuple):
     kind: str  # PULLING, PULLED or PRESENT
     image: str  # exactly as the kubelet wrote it
     reason: str  # the Event's reason, as written
-    involved: InvolvedObject
+    involved: InvolvedObject  # as the Event *claims* it, its namespace included
     node: str | None
-    series: str | None  # identity of the Event object (uid, else namespace/name)
+    series: str | None  # the Event object: "<namespace>/<name>" (its uid when it has no name)
     count: int
     first_seen: str | None
     last_seen: str | None
     source: str = "events"
+    # Who wrote the Event (audit entries only): a kubelet's pulls are written by
+    # system:node:<node>; anyone else's are forged.
     actor: Actor | None = None
-    # Who says this pull happened: the Event's source.component / reportingController (the
-    # kubelet, unless forged). (Not the managedFields manager: kubectl hides managedFields in
-    # its dumps, so scan and the operator would disagree, and it is only the user agent.)
+    # Who the Event says reported it: its source.component / reportingController (the kubelet,
+    # unless forged). Not the managedFields manager: kubectl hides managedFields in its dumps, so
+    # scan and the operator would disagree, and it is only the user agent.
     component: str | None = None
     error: str | None = None  # a failed pull: the error, as the kubelet wrote it (cut)
+    # Where the pull counts: the Event's own metadata.namespace, which RBAC guarantees (the
+    # involvedObject's namespace is only a claim: core/v1 checks it only for old-style Events).
+    namespace: str = ""
+    uid: str | None = None  # the Event's uid (ledgers of pullwatch 0.1 keyed series by it)
+
+    @property
+    def claimed_namespace(self) -> str | None:
+        """The namespace the Event names when it is not its own: a forgery (or a broken
+        client), never where the pull counts."""
+        claim = self.involved.namespace
+        return claim if claim != self.namespace else None
 
 
 def _str(value: Any) -> str | None:
@@ -251,10 +279,8 @@ def _head(obj: Any, default_namespace: str):
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
         metadata = {}
-    namespace = (
-        _str(involved.get("namespace")) or _str(metadata.get("namespace")) or default_namespace
-    )
-    return new_api, parsed[0], parsed[1], involved, namespace, metadata
+    namespace = _str(metadata.get("namespace")) or _str(involved.get("namespace"))
+    return new_api, parsed[0], parsed[1], involved, namespace or default_namespace, metadata
 
 
 def decode_event(
@@ -263,17 +289,30 @@ def decode_event(
     source: str = "events",
     actor: Actor | None = None,
     default_namespace: str = "default",
+    namespace: str | None = None,
 ) -> Pull | None:
-    """Decode one core/v1 or events.k8s.io/v1 Event. ``None``: not an image pull event."""
+    """Decode one core/v1 or events.k8s.io/v1 Event. ``None``: not an image pull event.
+
+    ``namespace``: where the Event is, when the caller knows it better than the object (an
+    audit entry's ``objectRef.namespace``, which is the request's URL); else the Event's own
+    ``metadata.namespace``, and only for a hand-made file without one, what it names."""
     head = _head(obj, default_namespace)
     if head is None:
         return None
-    new_api, kind, image, involved, namespace, metadata = head
+    new_api, kind, image, involved, found, metadata = head
+    namespace = namespace or found
+    if not is_label(namespace):
+        raise DecodeError("image event in an invalid namespace")
     inv_name = _str(involved.get("name"))
-    if inv_name is None or len(inv_name) > MAX_NAME:
+    if inv_name is None:
         raise DecodeError("image event without involvedObject.name")
+    if not is_subdomain(inv_name):
+        raise DecodeError("image event whose involvedObject.name is not a valid name")
+    claimed = _str(involved.get("namespace")) or namespace
     field_path = _str(involved.get("fieldPath"))
     container = container_of(field_path) if field_path else None
+    if container is not None and not is_label(container):
+        container = None  # not a container the kubelet could have written: no slot of its own
 
     if new_api:
         src = obj.get("deprecatedSource")
@@ -288,6 +327,8 @@ def decode_event(
     node = (_str(src.get("host")) if isinstance(src, dict) else None) or _str(
         obj.get("reportingInstance")
     )
+    if node is not None and not is_subdomain(node):
+        node = None  # shown as unknown rather than as whatever the writer put there
     component = (
         (_str(src.get("component")) if isinstance(src, dict) else None)
         or _str(obj.get("reportingController"))
@@ -302,8 +343,9 @@ def decode_event(
 
     uid = _str(metadata.get("uid"))
     ev_name = _str(metadata.get("name"))
-    ev_ns = _str(metadata.get("namespace")) or namespace
-    series = uid or (f"{ev_ns}/{ev_name}" if ev_name else None)
+    # By name, not uid: an audit entry of the create names the Event but (below RequestResponse
+    # level) carries no uid, and the two witnesses must count the same series once.
+    series = f"{namespace}/{ev_name}" if ev_name else uid
 
     error = None
     if kind == FAILED:
@@ -316,7 +358,7 @@ def decode_event(
         InvolvedObject(
             _str(involved.get("kind")) or "Pod",
             inv_name,
-            namespace,
+            claimed[:MAX_LABEL],
             _str(involved.get("uid")),
             container,
         ),
@@ -329,6 +371,8 @@ def decode_event(
         actor,
         _short(component),
         error,
+        namespace,
+        uid,
     )
 
 

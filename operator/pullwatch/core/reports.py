@@ -18,9 +18,10 @@ the upstream types (openreports/reports-api, ``apis/openreports.io/v1alpha1/repo
     >>> from .findings import Identity, Origin
     >>> from .state import FindingState
     >>> state = FindingState(Identity("scanner", "ci", "hunter", "docker.io/aquasec/kube-hunter"),
-    ...                      Origin("aquasec/kube-hunter:0.6.8", "node-1", "Job", "read", "kubelet", "events"))
+    ...     Origin("aquasec/kube-hunter:0.6.8", "node-1", "Job", "read", "kubelet", "events"))
     >>> state.last_seen = "2026-11-18T10:00:00Z"
-    >>> state.ledger.observe("event-1", ("hunter-x7k2p", "hunter"), "pulling", 1, minute=0)  # one pull
+    >>> ledger = state.evidence().ledger
+    >>> ledger.observe("ci/hunter.1", ("hunter-x7k2p", "hunter"), "pulling", 1, minute=0)
     1
     >>> result = report_for("ci", [state])["results"][0]
     >>> result["result"], result["severity"], result["timestamp"], result["resources"][0]["kind"]
@@ -33,7 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .findings import RULES_BY_SHORT, build_spec, cut, instant
-from .state import FindingState, ran
+from .state import FindingState, ran, seen_by
 
 API_VERSION = "openreports.io/v1alpha1"
 KIND = "Report"
@@ -64,7 +65,8 @@ def workload_reference(state: FindingState) -> list[dict[str, str]]:
     """The ObjectReference a result points at: the workload."""
     if state.identity.is_overflow:
         return []
-    kind = state.origin.workload_kind
+    ev = state.evidence()
+    kind = ev.origin.workload_kind
     if kind in _GROUP_OF:
         return [
             {
@@ -74,7 +76,7 @@ def workload_reference(state: FindingState) -> list[dict[str, str]]:
                 "namespace": state.namespace,
             }
         ]
-    pod = next(reversed(state.pods), None)  # a kind that the pod's name could not tell: its pod
+    pod = next(reversed(ev.pods), None)  # a kind that the pod's name could not tell: its pod
     return (
         [{"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": state.namespace}]
         if pod
@@ -84,13 +86,17 @@ def workload_reference(state: FindingState) -> list[dict[str, str]]:
 
 def result_of(state: FindingState) -> dict[str, Any]:
     rule = RULES_BY_SHORT[state.identity.rule]
-    spec = build_spec(state.identity, state.origin)
-    workload = f"{state.origin.workload_kind}/{state.identity.workload}"
+    ev = state.evidence()
+    spec = build_spec(state.identity, ev.origin)
+    workload = f"{ev.origin.workload_kind}/{state.identity.workload}"
     if state.identity.is_overflow:
-        message = f"{rule.title}: detections past pullwatch's cap on Findings in namespace {state.namespace}"
+        message = (
+            f"{rule.title}: detections past pullwatch's cap on Findings in namespace "
+            f"{state.namespace}"
+        )
     else:
         message = f"{rule.title}: {workload} pulled {state.identity.repository}"
-    outcomes = state.ledger.outcomes()
+    outcomes = ev.ledger.outcomes()
     properties = {
         "resultID": state.name,
         "finding": state.name,
@@ -98,17 +104,27 @@ def result_of(state: FindingState) -> dict[str, Any]:
         "count": str(state.count),
         "mitreTechnique": rule.mitre.technique_id,
         "mitreTactic": rule.mitre.tactic,
-        "ran": ran(outcomes),
-        "pods": str(state.pod_count),
-        "nodes": str(state.node_count),
+        "ran": ran(outcomes, ev.running_count),
+        "pods": str(ev.pod_count),
+        "nodes": str(ev.node_count),
+        "witnesses": ",".join(seen_by(state.witnesses)),
     }
     if not state.identity.is_overflow:
         properties.update(
             image=cut(spec["image"], 512),
             repository=cut(state.identity.repository, 512),
             workload=cut(workload, 300),
-            workloadSource=state.origin.workload_source,
+            workloadSource=ev.origin.workload_source,
         )
+    actor = ev.actors[-1] if ev.actors else ev.origin.actor
+    if actor is not None and actor.user:
+        properties["actor"] = cut(actor.user, 253)
+        if actor.source_ips:
+            properties["sourceIPs"] = cut(",".join(actor.source_ips), 300)
+    if ev.origin.verified is False or ev.forged_by is not None:
+        properties["forgedBy"] = cut(ev.forged_by or ev.origin.author or "unknown", 253)
+    if ev.without_pull_event:
+        properties["ranWithoutPullEvent"] = str(ev.without_pull_event)
     if state.suppression is not None:
         properties["suppressedBy"] = f"{state.suppression['namespace']}/{state.suppression['name']}"
         properties["suppressionReason"] = cut(state.suppression["reason"], 300)
@@ -132,7 +148,7 @@ def report_for(
     namespace: str, states: Iterable[FindingState], max_results: int = MAX_RESULTS
 ) -> dict[str, Any] | None:
     """The namespace's Report, or None when it has no Finding with pulls (the Report goes)."""
-    results = [result_of(s) for s in states if s.count > 0 and s.namespace == namespace]
+    results = [result_of(s) for s in states if s.has_evidence and s.namespace == namespace]
     if not results:
         return None
     results.sort(

@@ -65,9 +65,6 @@ class Rule:
     def risk_score(self) -> int:
         return self.impact * self.confidence // 100
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(_TEMPLATE_FIELD.findall(self.message))
 
     def render(self, **values: str) -> str:
         """Fill the message template; a missing value renders as ``unknown``."""

@@ -1,24 +1,39 @@
 """Suppressions: detections a team has accepted - still counted, no longer paging anyone.
 
-A ``Suppression`` (namespaced) names the rules (``*`` for all), image patterns (the AllowedImages
-grammar; absent: any image), workload name globs (absent: any), a required ``reason`` and an
-optional ``expires``. It covers detections in its own namespace; one in the operator's own
-namespace may also name ``namespaces`` globs and act cluster-wide (RBAC decides who may create
-objects there). Anywhere else a ``namespaces`` field is refused, because it would read as if it
-widened what the object covers.
+A ``Suppression`` (namespaced) names the rules, image patterns (the AllowedImages grammar;
+absent: any image), workload name globs (absent: any), and must say why (``reason``) and until
+when (``expires``). It covers detections in its own namespace.
+
+Who may silence what is decided by RBAC on namespaces, so the rules follow the namespace:
+
+* A Suppression in the operator's own namespace is a cluster administrator's. It may cover the
+  scanner rule, and may name ``namespaces`` globs to act cluster-wide.
+* Anywhere else it is a tenant's: it can never cover the scanner rule (a team that runs
+  kube-hunter in its own namespace must not be the one to decide that nobody hears of it), and
+  ``namespaces`` is refused (it would read as if it widened what the object covers). There
+  ``rules: ["*"]`` (or no ``rules``) means every rule but the scanner rule, and the status says so;
+  naming the scanner rule makes the object cover nothing.
+* ``expires`` is at most ``MAX_DAYS`` days after the object was created (its
+  ``metadata.creationTimestamp``, which the API server sets): an exception is reviewed at least
+  every quarter, and no Suppression silences anything for ever.
 
 A covered pull is still counted in its Finding - evidence is never discarded - and the Finding
 says which Suppression covers it; it is left out of the active metrics, of OpenReports ``fail``
 results and so of alerts. A malformed or expired Suppression covers nothing and says why.
 
-    >>> s = suppression_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "Suppression",
-    ...     "metadata": {"name": "ci-scanner", "namespace": "ci"},
-    ...     "spec": {"rules": ["kubernetes-scanner-image-pulling"], "images": ["aquasec/kube-bench:*"],
-    ...              "workloads": ["cis-*"], "reason": "weekly CIS benchmark"}}, "pullwatch-system")
-    >>> s.covers("kubernetes-scanner-image-pulling", "ci", "cis-weekly", "docker.io/aquasec/kube-bench:v0.7.0", 0)
+    >>> body = {"apiVersion": "pullwatch.dev/v1alpha1", "kind": "Suppression",
+    ...     "metadata": {"name": "ci", "namespace": "ci",
+    ...                  "creationTimestamp": "2026-11-01T00:00:00Z"},
+    ...     "spec": {"rules": ["*"], "images": ["aquasec/kube-bench:*"], "workloads": ["cis-*"],
+    ...              "reason": "weekly CIS benchmark", "expires": "2026-12-31T00:00:00Z"}}
+    >>> s = suppression_from_object(body, "pullwatch-system")
+    >>> image = "docker.io/aquasec/kube-bench:v0.7.0"
+    >>> s.covers("kubernetes-suspicious-image-pulling", "ci", "cis-weekly", image, 0)
     True
-    >>> s.covers("kubernetes-scanner-image-pulling", "prod", "cis-weekly", "docker.io/aquasec/kube-bench:v0.7.0", 0)
+    >>> s.covers("kubernetes-scanner-image-pulling", "ci", "cis-weekly", image, 0)  # a tenant's
     False
+    >>> s.notes[0][:60]
+    "rules: ['*'] means every rule but kubernetes-scanner-image-p"
 """
 
 from __future__ import annotations
@@ -32,11 +47,13 @@ from typing import Any
 
 from .. import API_VERSION
 from .patterns import PatternSet, compile_patterns
-from .rules import RULES
+from .rules import RULES, SCANNER_RULE
 
 KIND = "Suppression"
+MAX_DAYS = 90
 RULE_NAMES = {r.name for r in RULES} | {r.short for r in RULES}
 _BY_SHORT = {r.short: r.name for r in RULES}
+_ALL_RULES = frozenset(r.name for r in RULES)
 
 
 @dataclass(frozen=True)
@@ -44,12 +61,13 @@ class Suppression:
     namespace: str
     name: str
     reason: str
-    rules: frozenset[str] | None  # full rule names; None: every rule
-    expires: float | None  # epoch seconds
+    rules: frozenset[str]  # full rule names
+    expires: float | None  # epoch seconds; None only for an object refused for lacking it
     problems: tuple[str, ...] = ()
     namespaces: tuple[str, ...] | None = None  # cluster-wide ones only
     images: tuple[str, ...] = ()
     workloads: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # how it was read narrower than written (not problems)
     _patterns: PatternSet | None = field(default=None, compare=False, repr=False)
     _workloads: Any = field(default=None, compare=False, repr=False)
     _namespaces: Any = field(default=None, compare=False, repr=False)
@@ -62,15 +80,17 @@ class Suppression:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def cluster_wide(self) -> bool:
+        return self._namespaces is not None
+
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
 
     def covers(self, rule: str, namespace: str, workload: str, image: str, now: float) -> bool:
         """Does it cover a pull of ``image`` (normalized) by ``workload`` in ``namespace`` that
         ``rule`` fired on, at ``now`` (epoch seconds)?"""
-        if not self.usable or self.expired(now):
-            return False
-        if self.rules is not None and rule not in self.rules:
+        if not self.usable or self.expired(now) or rule not in self.rules:
             return False
         if self._namespaces is not None:
             if not self._namespaces.match(namespace):
@@ -83,7 +103,7 @@ class Suppression:
 
     def describe(self) -> str:
         """What it covers, in one line (for its status and `kubectl get suppressions`)."""
-        rules = "all rules" if self.rules is None else ", ".join(sorted(self.rules))
+        rules = "all rules" if self.rules == _ALL_RULES else ", ".join(sorted(self.rules))
         where = (
             f"namespaces {', '.join(self.namespaces)}"
             if self.namespaces
@@ -117,7 +137,7 @@ def _strings(
     return value
 
 
-def parse_time(value: Any) -> float | None:
+def parse_time(value: Any) -> float:
     """Epoch seconds of an RFC 3339 time; raises ValueError."""
     if not isinstance(value, str):
         raise ValueError("not a string")
@@ -125,8 +145,64 @@ def parse_time(value: Any) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
-    """Validate one Suppression. Never raises: what is wrong is listed, and then it covers nothing."""
+def _rules(
+    spec: Mapping[str, Any], admin: bool, operator_namespace: str, problems: list[str]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The rules it covers, and how they were read narrower than written."""
+    raw = _strings(spec, "rules", problems, max_items=16)
+    if raw is not None and "*" not in raw:
+        unknown = [r for r in raw if r not in RULE_NAMES]
+        if unknown:
+            problems.append(f"spec.rules names no known rule: {', '.join(unknown)}")
+        rules = frozenset(_BY_SHORT.get(r, r) for r in raw)
+        if SCANNER_RULE.name in rules and not admin:
+            problems.append(
+                f"{SCANNER_RULE.name} can be suppressed only by a Suppression in "
+                f"{operator_namespace} (cluster administrators); this one covers nothing"
+            )
+        return rules, ()
+    if admin:
+        return _ALL_RULES, ()
+    written = "rules: ['*']" if raw is not None else "no spec.rules"
+    note = (
+        f"{written} means every rule but {SCANNER_RULE.name} here: only Suppressions in "
+        f"{operator_namespace} can cover it"
+    )
+    return _ALL_RULES - {SCANNER_RULE.name}, (note,)
+
+
+def _expiry(
+    spec: Mapping[str, Any], meta: Mapping[str, Any], now: float | None, problems: list[str]
+) -> float | None:
+    if spec.get("expires") is None:
+        problems.append(
+            f"spec.expires is required (at most {MAX_DAYS} days after the object's creation): "
+            "an accepted detection is reviewed, not forgotten"
+        )
+        return None
+    try:
+        expires = parse_time(spec["expires"])
+    except (ValueError, TypeError):
+        problems.append("spec.expires must be an RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
+        return None
+    try:
+        created = parse_time(meta.get("creationTimestamp"))
+    except (ValueError, TypeError):
+        created = now  # a file of objects never stored: judged from the moment it is read
+    if created is not None and expires > created + MAX_DAYS * 86400:
+        problems.append(
+            f"spec.expires is more than {MAX_DAYS} days after the object was created: "
+            "renew the Suppression when it expires instead"
+        )
+    return expires
+
+
+def suppression_from_object(
+    obj: Any, operator_namespace: str, now: float | None = None
+) -> Suppression:
+    """Validate one Suppression. Never raises: what is wrong is listed, and then it covers
+    nothing. ``now`` (epoch seconds) stands in for the creation time of an object that has none
+    (a file); an object with neither is not held to the longest expiry."""
     meta = (
         obj.get("metadata")
         if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping)
@@ -144,19 +220,19 @@ def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
         problems.append(f"not a {API_VERSION} {KIND}")
     if not isinstance(spec, Mapping):
         return Suppression(
-            namespace, name, "", None, None, tuple(problems or ["spec must be a mapping"])
+            namespace,
+            name,
+            "",
+            frozenset(),
+            None,
+            tuple(problems or ["spec must be a mapping"]),
         )
+    admin = namespace == operator_namespace
     reason = spec.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         problems.append("spec.reason is required: say why these detections are accepted")
         reason = ""
-    rules = None
-    raw_rules = _strings(spec, "rules", problems, max_items=16)
-    if raw_rules is not None and "*" not in raw_rules:
-        unknown = [r for r in raw_rules if r not in RULE_NAMES]
-        if unknown:
-            problems.append(f"spec.rules names no known rule: {', '.join(unknown)}")
-        rules = frozenset(_BY_SHORT.get(r, r) for r in raw_rules)
+    rules, notes = _rules(spec, admin, operator_namespace, problems)
     images = _strings(spec, "images", problems, max_items=1000) or []
     patterns = None
     if images:
@@ -165,17 +241,12 @@ def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
         patterns = PatternSet(compiled)
     workloads = _strings(spec, "workloads", problems) or []
     namespaces = _strings(spec, "namespaces", problems)
-    if namespaces is not None and namespace != operator_namespace:
+    if namespaces is not None and not admin:
         problems.append(
             f"spec.namespaces is allowed only on Suppressions in {operator_namespace} (those act "
             f"cluster-wide); this one can only cover namespace {namespace}"
         )
-    expires = None
-    if spec.get("expires") is not None:
-        try:
-            expires = parse_time(spec["expires"])
-        except (ValueError, TypeError):
-            problems.append("spec.expires must be an RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
+    expires = _expiry(spec, meta, now, problems)
     return Suppression(
         namespace,
         name,
@@ -186,25 +257,41 @@ def suppression_from_object(obj: Any, operator_namespace: str) -> Suppression:
         tuple(namespaces) if namespaces else None,
         tuple(images),
         tuple(workloads),
+        notes,
         patterns,
         _globs(workloads) if workloads else None,
-        _globs(namespaces) if namespaces else None,
+        _globs(namespaces) if namespaces and admin else None,
     )
 
 
 class Suppressions:
-    """The Suppressions in force. ``covering`` answers with the first (by namespace and name)."""
+    """The Suppressions in force, indexed by the namespace they cover: a lookup costs the
+    Suppressions of one namespace and the cluster-wide ones, never all of them. ``covering``
+    answers with the first that covers (by namespace and name)."""
 
     def __init__(self, items: Iterable[Suppression] = ()):
         self.items = tuple(sorted(items, key=lambda s: (s.namespace, s.name)))
+        self._cluster = tuple(s for s in self.items if s.usable and s.cluster_wide)
+        self._by_namespace: dict[str, tuple[Suppression, ...]] = {}
+        for s in self.items:
+            if s.usable and not s.cluster_wide:
+                self._by_namespace[s.namespace] = (*self._by_namespace.get(s.namespace, ()), s)
 
     def covering(
         self, rule: str, namespace: str, workload: str, image: str, now: float
     ) -> Suppression | None:
-        for s in self.items:
-            if s.covers(rule, namespace, workload, image, now):
-                return s
-        return None
+        found = None
+        for s in (*self._by_namespace.get(namespace, ()), *self._cluster):
+            if s.covers(rule, namespace, workload, image, now) and (
+                found is None or (s.namespace, s.name) < (found.namespace, found.name)
+            ):
+                found = s
+        return found
+
+    def could_cover(self, namespace: str) -> bool:
+        """Whether any Suppression could cover a detection in ``namespace`` (a cheap first
+        look before rechecking a namespace's Findings)."""
+        return namespace in self._by_namespace or bool(self._cluster)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -25,10 +25,12 @@ the same way. The kind is description (with ``source``: read or inferred).
     >>> infer("web-7d9f8b6c5d-x7k2p")
     Workload(kind='Deployment', name='web', source='inferred')
     >>> infer("node-exporter-z9qbx")
-    Workload(kind='DaemonSet/Job/ReplicaSet', name='node-exporter', source='inferred')
+    Workload(kind='Controller', name='node-exporter', source='inferred')
     >>> infer("db-2")
     Workload(kind='StatefulSet', name='db', source='inferred')
     >>> infer("backup-29375040-4kgr7")
+    Workload(kind='CronJob', name='backup', source='inferred')
+    >>> infer("backup-1762387200-4kgr7")  # the CronJob controller before v2: Unix seconds
     Workload(kind='CronJob', name='backup', source='inferred')
     >>> infer("hunter")
     Workload(kind='Pod', name='hunter', source='inferred')
@@ -44,11 +46,16 @@ from typing import Any, NamedTuple
 RANDOM = "bcdfghjklmnpqrstvwxz2456789"
 MAX_NAME = 63
 MAX_BASE = 58  # names.MaxGeneratedNameLength
-CONTROLLER_KINDS = "DaemonSet/Job/ReplicaSet"  # the pods of all three are named base + random
+# A DaemonSet's, a Job's and a bare ReplicaSet's pods are all named base + random: the name
+# cannot tell which controller it was, only that one was.
+CONTROLLER_KINDS = "Controller"
 # Scheduled minutes since the epoch a CronJob's Job can carry: mid-2017 to 2046. (A date written
 # as YYYYMMDD, 2026xxxx, is 20 million and some: below the range, so a Job named after a date is
 # not taken for a CronJob's.)
 MINUTES = range(25_000_000, 40_000_000)
+# The CronJob controller before v2 (Kubernetes < 1.21 by default) named Jobs after the scheduled
+# time in Unix *seconds*: the same years, and always a whole minute.
+SECONDS = range(1_500_000_000, 2_400_000_000)
 
 _RAND5 = re.compile(rf"[{RANDOM}]{{5}}")
 _HASH = re.compile(r"[4-9bcdf]{6,10}")
@@ -58,7 +65,8 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 class Workload(NamedTuple):
-    kind: str  # Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, Pod, … (or CONTROLLER_KINDS)
+    # Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, Pod, … (or CONTROLLER_KINDS)
+    kind: str
     name: str
     source: str  # "read" (the owner chain, by the operator) or "inferred" (from the pod's name)
 
@@ -101,8 +109,9 @@ def _cronjob(base: str, truncated: bool = False) -> str | None:
     # <cronjob>-<minutes>, or an Indexed Job's <cronjob>-<minutes>-<index>
     for cut in (1, 2):
         if len(parts) > cut and all(_DIGITS.fullmatch(p) for p in parts[-cut:]):
-            minutes = parts[-cut]
-            if int(minutes) in MINUTES and "-".join(parts[:-cut]):
+            when = int(parts[-cut])
+            scheduled = when in MINUTES or (when in SECONDS and when % 60 == 0)
+            if scheduled and "-".join(parts[:-cut]):
                 return "-".join(parts[:-cut])
     if (
         truncated
@@ -169,7 +178,8 @@ def from_owners(pod: str, chain: Iterable[tuple[str, str] | None]) -> Workload:
     """The workload from the owner chain as read: the pod's controller, then that controller's
     (for a ReplicaSet or a Job) - ``None`` where an object has no controller.
 
-        >>> from_owners("web-7d9f8b6c5d-x7k2p", [("ReplicaSet", "web-7d9f8b6c5d"), ("Deployment", "web")])
+        >>> from_owners("web-7d9f8b6c5d-x7k2p",
+        ...             [("ReplicaSet", "web-7d9f8b6c5d"), ("Deployment", "web")])
         Workload(kind='Deployment', name='web', source='read')
         >>> from_owners("ds-x7k2p", [("DaemonSet", "ds")])
         Workload(kind='DaemonSet', name='ds', source='read')

@@ -66,6 +66,17 @@ _DEFAULTS = {
 }
 _GLOB = frozenset("*?[")
 
+HELP = """object storage (pip install 'pullwatch[cloud]'):
+  s3://BUCKET/KEY, gs://BUCKET/KEY, az://CONTAINER/BLOB   one object, read like a file
+  s3://BUCKET/PREFIX/  (trailing /)   every object under the prefix, in key order
+  s3://BUCKET/2026-01-*/audit.log*    every object matching the glob (* ? [...])
+  A prefix given without its trailing / is refused, not guessed. Credentials come from each
+  library's usual sources (AWS_* variables and profiles; GOOGLE_APPLICATION_CREDENTIALS;
+  AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME with a key). S3-compatible
+  servers: AWS_ENDPOINT_URL=http://host:port, or fsspec's configuration (FSSPEC_S3_ENDPOINT_URL,
+  ~/.config/fsspec/). An object of JSON lines of 64 MiB or more is read by every core, each
+  with its own ranged GETs."""
+
 
 def scheme(path: str) -> str | None:
     """The object-storage scheme of ``path``, or None for a local path.

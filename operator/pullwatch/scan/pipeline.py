@@ -7,13 +7,15 @@ read on its own: one that cannot be opened, or is damaged part-way, is reported 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
 from ..core.audit import AuditDeduper, decode_audit_entry
+from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pulls import DecodeError, decode_event, event_head
 from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
@@ -30,7 +32,8 @@ MAX_CONFIG_BYTES = 64 << 20  # an allowlist file larger than this is not an allo
 class ScanResult:
     stats: ReadStats = field(default_factory=ReadStats)
     pulls: int = 0
-    findings: list[dict[str, Any]] = field(default_factory=list)
+    findings: Any = field(default_factory=list)  # a sequence of Finding bodies
+    context: dict[str, Any] | None = None  # the ScanContext document, if there is one
     # "<input>: <what went wrong>" for every input that could not be read in full
     input_errors: list[str] = field(default_factory=list)
 
@@ -42,8 +45,9 @@ class ScanResult:
 
 
 class Scanner:
-    def __init__(self, detector: Detector):
+    def __init__(self, detector: Detector, clock: float | None = None):
         self.detector = detector
+        self.collector = Collector(detector, clock if clock is not None else time.time())
         self.result = ScanResult()
         self._audit = AuditDeduper()
 
@@ -77,7 +81,7 @@ class Scanner:
             return
         if pull is not None:
             self.result.pulls += 1
-            self.detector.observe(pull)
+            self.collector.add(pull)
 
     def feed(self, records: Iterable[tuple[str, Any]]) -> None:
         for kind, obj in records:
@@ -104,8 +108,26 @@ class Scanner:
             source.close()
 
     def finish(self) -> ScanResult:
-        self.result.findings = self.detector.findings()
+        self.result.findings = Built(self.collector)
+        self.result.context = self.collector.context()
         return self.result
+
+
+class Built:
+    """The scan's Findings: a lazy sequence, each body built when it is read (20,000 Findings are
+    never held as bodies at once)."""
+
+    def __init__(self, collector: Collector):
+        self.collector = collector
+
+    def __len__(self) -> int:
+        return len(self.collector.records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.collector.bodies()
+
+    def __bool__(self) -> bool:
+        return bool(self.collector.records)
 
 
 @dataclass
@@ -130,17 +152,14 @@ def load_config(paths: Iterable[str], operator_namespace: str = "pullwatch-syste
             if kind == SCANNER_IMAGES_KIND:
                 config.scanner_lists.append(scanner_list_from_object(obj))
             elif kind == SUPPRESSION:
-                config.suppressions.append(suppression_from_object(obj, operator_namespace))
+                config.suppressions.append(
+                    suppression_from_object(obj, operator_namespace, now=time.time())
+                )
             elif kind == ALLOWED_IMAGES or not isinstance(kind, str):
                 config.policies.append(policy_from_object(obj))
             else:
                 config.unknown.append(f"{path}: {str(kind)[:60]}")
     return config
-
-
-def load_policies(paths: Iterable[str]) -> list[Policy]:
-    """The AllowedImages of configuration files (see ``load_config``)."""
-    return load_config(paths).policies
 
 
 def read_documents(path: str) -> list[Any]:

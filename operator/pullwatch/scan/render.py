@@ -10,6 +10,7 @@ control characters by themselves.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from typing import Any, BinaryIO
@@ -18,7 +19,8 @@ import orjson
 import yaml
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# The same unit and columns as `kubectl get findings -A` (plus the rule, which kubectl shows with -o wide).
+# The same unit and columns as `kubectl get findings -A` (plus the rule, which kubectl shows with
+# -o wide).
 COLUMNS = (
     "NAMESPACE",
     "NAME",
@@ -79,14 +81,21 @@ def _rows(findings: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
+def write_table(
+    findings: Iterable[dict[str, Any]],
+    out: BinaryIO,
+    complete: bool = True,
+    extra: Iterable[dict[str, Any]] = (),
+) -> None:
+    """Findings only: ``extra`` (a ScanContext) is for machines."""
     rows = _rows(findings)
     if len(rows) == 1:
         # A scan that could not read its input must not look like a clean one.
         out.write(
             b"No findings.\n"
             if complete
-            else b"No findings in what could be read: the input was not read in full (see stderr).\n"
+            else b"No findings in what could be read: the input was not read in full "
+            b"(see stderr).\n"
         )
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
@@ -98,25 +107,40 @@ def write_table(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: boo
 _LIST_HEAD = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}}
 
 
-def write_json(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
+def write_json(
+    findings: Iterable[dict[str, Any]],
+    out: BinaryIO,
+    complete: bool = True,
+    extra: Iterable[dict[str, Any]] = (),
+) -> None:
     out.write(orjson.dumps(_LIST_HEAD)[:-1] + b',"items":[')
     sep = b"\n"
-    for f in findings:
+    for f in itertools.chain(findings, extra):
         out.write(sep + orjson.dumps(f, option=orjson.OPT_INDENT_2))
         sep = b",\n"
     out.write(b"\n]}\n")
 
 
-def write_jsonl(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
-    for f in findings:
+def write_jsonl(
+    findings: Iterable[dict[str, Any]],
+    out: BinaryIO,
+    complete: bool = True,
+    extra: Iterable[dict[str, Any]] = (),
+) -> None:
+    for f in itertools.chain(findings, extra):
         out.write(orjson.dumps(f, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def write_yaml(findings: Iterable[dict[str, Any]], out: BinaryIO, complete: bool = True) -> None:
+def write_yaml(
+    findings: Iterable[dict[str, Any]],
+    out: BinaryIO,
+    complete: bool = True,
+    extra: Iterable[dict[str, Any]] = (),
+) -> None:
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     out.write(yaml.dump(_LIST_HEAD, Dumper=dumper, sort_keys=False).encode())
     out.write(b"items:\n")
-    for f in findings:
+    for f in itertools.chain(findings, extra):
         out.write(yaml.dump([f], Dumper=dumper, sort_keys=False, allow_unicode=False).encode())
 
 

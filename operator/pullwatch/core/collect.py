@@ -1,0 +1,253 @@
+"""Scan's side of the detector: observations judged into what each Finding keeps, then built.
+
+``Collector.add`` judges each observation (the same rules, allowlist, scanner names and
+Suppressions as the operator, through ``Detector.judge``) and keeps it in the record of every
+Finding it belongs to (see replay.py); ``Collector.findings`` builds them. ``merge`` does the same
+from the records that scans wrote: the Findings of several scans, joined, are exactly those of
+one scan over all their inputs.
+
+What is bounded here, and why: a scan is exact over whatever it reads, so what each Finding
+keeps is not bounded (one entry per Event series, container or pod creation it holds); what is
+kept for Findings that may never exist is - who wrote an Event not yet seen (``MAX_PENDING``
+authors) and who changed which workload (``MAX_WORKLOADS`` workloads, each its first and latest
+``MAX_PEOPLE`` people).
+
+    >>> from .allowlist import Allowlist
+    >>> from .pulls import decode_event
+    >>> c = Collector(Detector(Allowlist()))
+    >>> ev = {"reason": "Pulling", "message": 'Pulling image "evil/x:1"',
+    ...       "metadata": {"name": "w.1", "namespace": "web"},
+    ...       "involvedObject": {"kind": "Pod", "name": "web-7d9f8b6c5d-x7k2p", "namespace": "web"}}
+    >>> c.add(decode_event(ev))
+    >>> [(b["metadata"]["name"], b["status"]["count"]) for b in c.bodies()]
+    [('suspicious-web-x-caa14265e4', 1)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .. import API_VERSION
+from .detector import Detector, covered_expiry, series_of, workload_of
+from .findings import ActorRecord, Identity, instant
+from .observations import ActorChange, Authored, Intent, Running
+from .pulls import Pull
+from .replay import MERGE_STATE, Cover, FindingRecord, build, pack, unpack
+from .state import FindingState
+
+CONTEXT_KIND = "ScanContext"
+MAX_PENDING = 100_000
+MAX_WORKLOADS = 200_000
+MAX_PEOPLE = 5
+
+
+class Collector:
+    """``detector``: what judges new observations (None for a merge, which judges nothing:
+    every record it joins was judged by the scan that wrote it)."""
+
+    def __init__(self, detector: Detector | None, clock: float | None = None):
+        self.detector = detector
+        self.clock = clock  # the scan's own time: no Event time shown may be later
+        self.records: dict[str, FindingRecord] = {}
+        self.authors: dict[str, set[str]] = {}  # series -> who wrote its Event (audit)
+        self.people: dict[tuple[str, str], list[ActorRecord]] = {}  # workload -> its people
+        self.pulls = 0  # pull observations judged, whether a rule fired or not
+
+    # -- judging ------------------------------------------------------------------------------
+    def add(self, obs: Any) -> None:
+        kind = obs.__class__
+        if kind is Pull:
+            self._pull(obs)
+        elif kind is Running:
+            self._running(obs)
+        elif kind is Intent:
+            self._intent(obs)
+        elif kind is Authored:
+            self._note_author(f"{obs.namespace}/{obs.name}", obs.actor.user)
+        elif kind is ActorChange:
+            self._note_person(
+                (obs.namespace, obs.workload), ActorRecord.of(obs.actor, obs.action, obs.time)
+            )
+
+    def _record(self, identity: Identity) -> FindingRecord:
+        record = self.records.get(identity.name)
+        if record is None:
+            record = self.records[identity.name] = FindingRecord(identity)
+        return record
+
+    def _pull(self, pull: Pull) -> None:
+        self.pulls += 1
+        assert self.detector is not None
+        workload = workload_of(pull)
+        series = series_of(pull)
+        judged = self.detector.judge(pull.namespace, pull.image, workload)
+        if not judged:
+            return
+        moment = instant(pull.last_seen or pull.first_seen or "")
+        when = moment.timestamp() if moment is not None else 0.0
+        for identity, rule, not_allowed, image in judged:
+            cover = self.detector.covering(rule, pull.namespace, workload.name, image, when)
+            self._record(identity).add_pull(pull, workload, not_allowed, _cover_of(cover), series)
+        if pull.actor is not None and pull.actor.user:
+            self._note_author(series, pull.actor.user)
+
+    def _running(self, run: Running) -> None:
+        assert self.detector is not None
+        image = run.image if run.digest is None or "@" in run.image else f"{run.image}@{run.digest}"
+        for identity, _, not_allowed, _ in self.detector.judge(run.namespace, image, run.workload):
+            self._record(identity).add_running(run, not_allowed)
+
+    def _intent(self, intent: Intent) -> None:
+        assert self.detector is not None
+        for identity, _, not_allowed, _ in self.detector.judge(
+            intent.namespace, intent.image, intent.workload
+        ):
+            self._record(identity).add_intent(intent, not_allowed)
+
+    def _note_author(self, series: str, user: str | None) -> None:
+        if not user:
+            return
+        users = self.authors.get(series)
+        if users is None:
+            if len(self.authors) >= MAX_PENDING:
+                del self.authors[next(iter(self.authors))]
+            users = self.authors[series] = set()
+        if len(users) < 8:
+            users.add(user)
+
+    def _note_person(self, key: tuple[str, str], record: ActorRecord) -> None:
+        people = self.people.get(key)
+        if people is None:
+            if len(self.people) >= MAX_WORKLOADS:
+                del self.people[next(iter(self.people))]
+            people = self.people[key] = []
+        keep_people(people, [record])
+
+    # -- building -----------------------------------------------------------------------------
+    def findings(self) -> list[tuple[FindingRecord, FindingState]]:
+        """Every Finding, built, sorted by namespace and name."""
+        out = []
+        for name in sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n)):
+            record = self.records[name]
+            out.append((record, build(record, self.authors, self.people, self.clock)))
+        return out
+
+    def bodies(self) -> Iterator[dict[str, Any]]:
+        """The Findings' bodies, each with its merge state; built one at a time."""
+        for name in sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n)):
+            record = self.records[name]
+            state = build(record, self.authors, self.people, self.clock)
+            yield with_state(
+                state.body(),
+                record,
+                self._authors_of(record),
+                self.people.get(_workload_key(record.identity), []),
+            )
+
+    def _authors_of(self, record: FindingRecord) -> dict[str, list[str]]:
+        return {s: sorted(self.authors[s]) for s in sorted(record.pulls) if s in self.authors}
+
+    def context(self) -> dict[str, Any] | None:
+        """Who changed the workloads that have no Finding here (a Finding of another shard may
+        need them): a ``ScanContext`` document, or None when there is nothing to carry."""
+        kept = {_workload_key(r.identity) for r in self.records.values()}
+        people = {k: v for k, v in self.people.items() if k not in kept}
+        if not people:
+            return None
+        rows = [[ns, wl, [_person_row(p) for p in ps]] for (ns, wl), ps in sorted(people.items())]
+        return {
+            "apiVersion": API_VERSION,
+            "kind": CONTEXT_KIND,
+            "metadata": {"name": "scan-context"},
+            "state": pack({"v": 1, "people": rows}),
+        }
+
+
+def keep_people(people: list[ActorRecord], more: Iterable[ActorRecord]) -> None:
+    """A workload's people: the earliest and the latest ``MAX_PEOPLE``, in time order (a join:
+    the same whatever order they come in)."""
+    merged = sorted(
+        set(people) | set(more), key=lambda a: (a.time or "", a.user or "", a.action or "")
+    )
+    people[:] = merged[:1] + merged[1:][-MAX_PEOPLE:] if len(merged) > 1 else merged
+
+
+def with_state(
+    body: dict[str, Any],
+    record: FindingRecord,
+    authors: dict[str, list[str]],
+    people: list[ActorRecord],
+) -> dict[str, Any]:
+    """The body with what it kept, as the annotation that ``merge`` reads."""
+    state = record.encode()
+    extra = pack({"v": 1, "authors": authors, "people": [_person_row(p) for p in people]})
+    body["metadata"]["annotations"] = {MERGE_STATE: f"{state} {extra}"}
+    return body
+
+
+def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> Collector:
+    """The Findings of several scans, joined: exactly those of one scan over all their inputs.
+    Raises ValueError (naming the document) for a Finding without a merge state - the
+    operator's Findings have none - or with a damaged one, or from another version."""
+    from .body import identity_of
+
+    collector = Collector(None, clock)
+    for where, doc in documents:
+        if not isinstance(doc, dict):
+            raise ValueError(f"{where}: not a Finding or {CONTEXT_KIND} document")
+        if doc.get("kind") == CONTEXT_KIND and doc.get("apiVersion") == API_VERSION:
+            _merge_context(collector, doc, where)
+            continue
+        try:
+            identity = identity_of(doc)
+            text = ((doc.get("metadata") or {}).get("annotations") or {}).get(MERGE_STATE)
+            if text is None:
+                raise ValueError(
+                    "it has no merge state: only Findings written by `pullwatch scan` merge "
+                    "(the operator's Findings are already one cluster's, exactly)"
+                )
+            state, _, extra = str(text).partition(" ")
+            record = FindingRecord.decode(identity, state)
+            context = unpack(extra)
+            for series, users in context.get("authors", {}).items():
+                for user in users:
+                    collector._note_author(series, user)
+            keep_people(
+                collector.people.setdefault(_workload_key(identity), []),
+                [_person_of(r) for r in context.get("people", [])],
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        held = collector.records.get(identity.name)
+        if held is None:
+            collector.records[identity.name] = record
+        else:
+            held.merge(record)
+    return collector
+
+
+def _merge_context(collector: Collector, doc: dict[str, Any], where: str) -> None:
+    try:
+        for ns, wl, rows in unpack(doc.get("state"))["people"]:
+            keep_people(collector.people.setdefault((ns, wl), []), [_person_of(r) for r in rows])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{where}: damaged {CONTEXT_KIND} ({exc})") from None
+
+
+def _workload_key(identity: Identity) -> tuple[str, str]:
+    return identity.namespace, identity.workload
+
+
+def _person_row(p: ActorRecord) -> list[Any]:
+    return [p.user, list(p.groups), list(p.source_ips), p.user_agent, p.action, p.time]
+
+
+def _person_of(row: list[Any]) -> ActorRecord:
+    return ActorRecord(row[0], tuple(row[1]), tuple(row[2]), row[3], row[4], row[5])
+
+
+def _cover_of(s: Any) -> Cover | None:
+    if s is None:
+        return None
+    return Cover(s.namespace, s.name, s.reason, covered_expiry(s) if s.expires else None)

@@ -1,0 +1,147 @@
+"""What fires, and where it goes: the configuration in force and the verdicts it gives.
+
+A ``Judge`` holds the scanner names and digests, the allowlist and the Suppressions in force,
+and answers two questions about an image seen in a namespace: which rules fire on it
+(``rules_for``, cached: the same few hundred pairs repeat all day), and which Findings an
+observation of it belongs to (``judge``: a pure function of the observation and the
+configuration). Any part of the configuration may be replaced at any time; the next observation
+is judged by the new one, and no verdict of the old one outlives it.
+
+    >>> from .allowlist import Allowlist
+    >>> from .workload import infer
+    >>> j = Judge(Allowlist())
+    >>> found = j.judge("ci", "aquasec/kube-hunter:0.6.8", infer("hunter"))
+    >>> [(identity.name, rule.short) for identity, rule, _, _ in found][0]
+    ('scanner-hunter-kube-hunter-bcf4ccfe7e', 'scanner')
+    >>> [rule.short for _, rule, _, _ in found]  # not allowlisted either
+    ['scanner', 'suspicious']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from .allowlist import Allowlist
+from .findings import Identity, repository_of
+from .imageref import ImageRef, InvalidImageReference, parse_image
+from .pulls import Pull
+from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
+from .suppressions import Suppression, Suppressions
+from .workload import Workload, infer
+
+Fired = list[tuple[Rule, ImageRef | None, str | None]]
+
+
+def series_of(pull: Pull) -> str:
+    """The series an observation belongs to: its Event object; an Event that names no object (a
+    hand-made file) is identified by its content, so a duplicate record still counts once."""
+    if pull.series is not None:
+        return pull.series
+    inv = pull.involved
+    return (
+        f"anon:{pull.kind}:{pull.namespace}/{inv.name}/{inv.container}:{pull.image}:"
+        f"{pull.first_seen}:{pull.last_seen}"
+    )
+
+
+def workload_of(pull: Pull) -> Workload:
+    """The workload, inferred: from the pod's name, or the involved object itself if not a pod."""
+    inv = pull.involved
+    if inv.kind != "Pod":
+        return Workload(inv.kind, inv.name, "inferred")
+    return infer(inv.name)
+
+
+class Judge:
+    RULES_CACHE = 16384
+
+    def __init__(
+        self,
+        allowlist: Allowlist,
+        scanners: Iterable[str] = DEFAULT_SCANNER_IMAGES,
+        scanner_digests: Iterable[str] = (),
+    ):
+        self._scanners = frozenset(scanners)
+        self._digests = frozenset(scanner_digests)
+        self._rules_cache: dict[tuple[str, str], Fired] = {}
+        self.allowlist = allowlist
+        self.suppressions = Suppressions()
+
+    # -- configuration ---------------------------------------------------------------------
+    @property
+    def scanners(self) -> frozenset[str]:
+        return self._scanners
+
+    @scanners.setter
+    def scanners(self, value: Iterable[str]) -> None:
+        self._scanners = frozenset(value)
+        self._rules_cache = {}  # verdicts made with the old names must not outlive them
+
+    @property
+    def scanner_digests(self) -> frozenset[str]:
+        return self._digests
+
+    @scanner_digests.setter
+    def scanner_digests(self, value: Iterable[str]) -> None:
+        self._digests = frozenset(value)
+        self._rules_cache = {}
+
+    @property
+    def allowlist(self) -> Allowlist:
+        return self._allowlist
+
+    @allowlist.setter
+    def allowlist(self, value: Allowlist) -> None:
+        self._allowlist = value
+        self._rules_cache = {}  # verdicts of the old allowlist must not outlive it
+
+    def rules_for(self, namespace: str, image: str) -> Fired:
+        """Which rules fire for ``image`` in ``namespace``: (rule, parsed image, why not allowed).
+        Cached: the same few hundred (namespace, image) pairs repeat all day. ``image`` may carry
+        the digest that ran (``repo:tag@sha256:…``): a scanner by digest is a scanner whatever
+        its name, and an AllowedImages pin of that digest allows it whatever its tag."""
+        key = (namespace, image)
+        fired = self._rules_cache.get(key)
+        if fired is not None:
+            return fired
+        try:
+            ref: ImageRef | None = parse_image(image)
+        except InvalidImageReference:
+            ref = None
+        fired = []
+        # A scanner fires whether or not it is allowlisted: an allowlisted scanner still ran.
+        if ref is not None and (
+            ref.last_component in self._scanners
+            or (ref.digest is not None and ref.digest in self._digests)
+        ):
+            fired.append((SCANNER_RULE, ref, None))
+        verdict = self._allowlist.check(namespace, image)
+        if not verdict.allowed:
+            fired.append((SUSPICIOUS_RULE, ref, verdict.reason))
+        if len(self._rules_cache) >= self.RULES_CACHE:
+            self._rules_cache.clear()  # crude but bounded; refilling is cheap
+        self._rules_cache[key] = fired
+        return fired
+
+    def judge(
+        self, namespace: str, image: str, workload: Workload
+    ) -> list[tuple[Identity, Rule, str | None, str]]:
+        """The Findings an observation of ``image`` by ``workload`` in ``namespace`` belongs to:
+        (identity, rule, why not allowed, the image normalized). A pure function of the
+        observation and the configuration in force."""
+        out = []
+        for rule, ref, not_allowed in self.rules_for(namespace, image):
+            repository = ref.repository if ref else repository_of(image)
+            identity = Identity(rule.short, namespace, workload.name, repository)
+            out.append((identity, rule, not_allowed, ref.normalized if ref else image))
+        return out
+
+    def covering(
+        self, rule: Rule, namespace: str, workload: str, image: str, when: float
+    ) -> Suppression | None:
+        return self.suppressions.covering(rule.name, namespace, workload, image, when)
+
+
+def covered_expiry(s: Suppression) -> str:
+    return datetime.fromtimestamp(s.expires or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,423 @@
+"""A Finding as a function of its observations: what makes ``scan`` order-free and mergeable.
+
+``pullwatch scan`` does not build Findings as it reads. It judges each observation (which
+Findings it belongs to - a pure function of the observation and the configuration) and keeps,
+per Finding, the highest observation of each Event series (a series' counts only grow, so that
+one says everything its lower ones said), each container seen running and each pod created with
+the image. At the end every Finding is *built* from what it kept, in a canonical order. So:
+
+* the output does not depend on the order of the inputs or of the records in them;
+* what a Finding kept is a join (per key, the highest wins; a union), so two scans' Findings
+  can be merged exactly: ``merge(scan(A), scan(B)) == scan(A + B)``. Each Finding that scan
+  writes carries what it kept in the annotation ``MERGE_STATE``; what belongs to no Finding of
+  a shard (who changed a workload, who wrote an Event, for a Finding of another shard) goes into
+  one ``ScanContext`` document.
+
+The operator counts incrementally instead (``Detector.observe``), through the same
+``FindingState`` methods.
+
+    >>> from .pulls import decode_event
+    >>> from .workload import infer
+    >>> ev = {"reason": "Pulling", "message": 'Pulling image "kube-hunter"', "count": 2,
+    ...       "metadata": {"name": "h.1", "namespace": "ci"},
+    ...       "involvedObject": {"kind": "Pod", "name": "hunter", "namespace": "ci"}}
+    >>> record = FindingRecord(Identity("scanner", "ci", "hunter", "docker.io/library/kube-hunter"))
+    >>> record.add_pull(decode_event(dict(ev, count=3)), infer("hunter"), None, None)
+    >>> record.add_pull(decode_event(ev), infer("hunter"), None, None)  # lower: adds nothing
+    >>> again = FindingRecord.decode(record.identity, record.encode())
+    >>> build(again, {}, {}).count
+    3
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from typing import Any, NamedTuple
+
+import orjson
+
+from .findings import ActorRecord, Identity, Origin, minute_of
+from .imageref import InvalidImageReference, parse_image
+from .ledger import FORGED, UNKNOWN, VERIFIED
+from .observations import Intent, Running
+from .pulls import Actor, InvolvedObject, Pull
+from .state import AUDIT, EVENTS, PENDING, FindingState
+from .workload import Workload
+
+MERGE_STATE = "pullwatch.dev/merge-state"
+STATE_VERSION = 1
+
+
+class Cover(NamedTuple):
+    """The Suppression that covered a pull when it happened (judged at scan time)."""
+
+    namespace: str
+    name: str
+    reason: str
+    expires: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"namespace": self.namespace, "name": self.name, "reason": self.reason}
+        if self.expires is not None:
+            out["expires"] = self.expires
+        return out
+
+
+def pull_rank(pull: Pull) -> tuple[Any, ...]:
+    """Which of two observations of one series says more: the higher count, then the later,
+    then a total order on the rest (so that the choice never depends on input order)."""
+    return (
+        pull.count,
+        pull.last_seen or "",
+        pull.first_seen or "",
+        pull.kind,
+        pull.image,
+        pull.node or "",
+        pull.error or "",
+        pull.component or "",
+        # Two requests can say the same of one series (a create and a patch of the same count,
+        # a forged repeat): who wrote each breaks the tie.
+        pull.source,
+        repr(pull.actor),
+    )
+
+
+def _rank(obs: Running | Intent, not_allowed: str | None) -> tuple[str, str, str]:
+    """A total order on observations of one key: which one is kept never depends on the order
+    they came in (the latest, then any order at all, so that no two that differ tie)."""
+    when = obs.started_at if isinstance(obs, Running) else obs.time
+    return when or "", repr(obs), not_allowed or ""
+
+
+class FindingRecord:
+    """What one Finding kept: per series its highest pull, the containers seen running it and
+    the pods created with it, each with how it was judged (never judged again)."""
+
+    __slots__ = ("identity", "intents", "pulls", "runnings")
+
+    def __init__(self, identity: Identity):
+        self.identity = identity
+        # series -> [pull, workload, not_allowed, cover, witnesses]
+        self.pulls: dict[str, list[Any]] = {}
+        self.runnings: dict[tuple[str, str, str], tuple[Running, str | None]] = {}
+        self.intents: dict[tuple[str, str], tuple[Intent, str | None]] = {}
+
+    def add_pull(
+        self,
+        pull: Pull,
+        workload: Workload,
+        not_allowed: str | None,
+        cover: Cover | None,
+        series: str | None = None,
+    ) -> None:
+        series = series or pull.series or ""
+        bit = AUDIT if pull.source == "audit" else EVENTS
+        held = self.pulls.get(series)
+        if held is None:
+            self.pulls[series] = [pull, workload, not_allowed, cover, bit]
+            return
+        held[4] |= bit
+        if pull_rank(pull) > pull_rank(held[0]):
+            held[0], held[1], held[2], held[3] = pull, workload, not_allowed, cover
+
+    def add_running(self, run: Running, not_allowed: str | None) -> None:
+        key = (run.pod, run.container, run.digest or "")
+        held = self.runnings.get(key)
+        run = run._replace(at_startup=False)  # the scan's clock knows no start-up
+        if held is None or _rank(run, not_allowed) > _rank(*held):
+            self.runnings[key] = (run, not_allowed)
+
+    def add_intent(self, intent: Intent, not_allowed: str | None) -> None:
+        key = (intent.audit_id, intent.container)
+        held = self.intents.get(key)
+        if held is None or _rank(intent, not_allowed) > _rank(*held):
+            self.intents[key] = (intent, not_allowed)
+
+    def merge(self, other: FindingRecord) -> None:
+        for series, (pull, workload, not_allowed, cover, bits) in other.pulls.items():
+            self.add_pull(pull, workload, not_allowed, cover, series)
+            self.pulls[series][4] |= bits
+        for run, not_allowed in other.runnings.values():
+            self.add_running(run, not_allowed)
+        for intent, not_allowed in other.intents.values():
+            self.add_intent(intent, not_allowed)
+
+    # -- the stored form (the MERGE_STATE annotation) ---------------------------------------
+    def encode(self) -> str:
+        doc = {
+            "v": STATE_VERSION,
+            "pulls": [
+                [s, *_pull_row(p), list(w), na, list(c) if c else None, bits]
+                for s, (p, w, na, c, bits) in sorted(self.pulls.items())
+            ],
+            "running": [
+                [*_running_row(r), na]
+                for (r, na) in (self.runnings[k] for k in sorted(self.runnings))
+            ],
+            "intents": [
+                [*_intent_row(i), na] for (i, na) in (self.intents[k] for k in sorted(self.intents))
+            ],
+        }
+        return pack(doc)
+
+    @classmethod
+    def decode(cls, identity: Identity, text: Any) -> FindingRecord:
+        """Raises ValueError for a state this version did not write, or a damaged one."""
+        doc = unpack(text)
+        record = cls(identity)
+        try:
+            for row in doc["pulls"]:
+                series = row[0]
+                pull = _pull_of(row[1:17], identity.namespace)._replace(series=series)
+                workload, not_allowed, cover, bits = Workload(*row[17]), row[18], row[19], row[20]
+                record.add_pull(
+                    pull, workload, not_allowed, Cover(*cover) if cover else None, series
+                )
+                record.pulls[series][4] |= int(bits)
+            for row in doc["running"]:
+                record.add_running(_running_of(row[:-1], identity.namespace), row[-1])
+            for row in doc["intents"]:
+                record.add_intent(_intent_of(row[:-1], identity.namespace), row[-1])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ValueError(f"damaged merge state ({type(exc).__name__}: {exc})") from None
+        return record
+
+
+def pack(doc: Any) -> str:
+    return f"v{STATE_VERSION}:" + base64.b64encode(zlib.compress(orjson.dumps(doc), 6)).decode()
+
+
+def unpack(text: Any) -> Any:
+    if not isinstance(text, str) or not text.startswith("v"):
+        raise ValueError("not a pullwatch merge state")
+    version, _, data = text.partition(":")
+    if version != f"v{STATE_VERSION}":
+        raise ValueError(
+            f"merge state {version} is from another pullwatch version "
+            f"(this one reads v{STATE_VERSION})"
+        )
+    try:
+        doc = orjson.loads(zlib.decompress(base64.b64decode(data, validate=True)))
+    except (ValueError, zlib.error) as exc:
+        raise ValueError(f"damaged merge state ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+        raise ValueError("damaged merge state")
+    return doc
+
+
+def _pull_row(p: Pull) -> list[Any]:
+    a = p.actor
+    return [
+        p.kind,
+        p.image,
+        p.reason,
+        p.involved.kind,
+        p.involved.name,
+        p.involved.namespace,
+        p.involved.uid,
+        p.involved.container,
+        p.node,
+        p.count,
+        p.first_seen,
+        p.last_seen,
+        p.source,
+        p.component,
+        p.error,
+        _actor_row(a) if a else None,
+    ]
+
+
+def _pull_of(row: list[Any], namespace: str) -> Pull:
+    (
+        kind,
+        image,
+        reason,
+        ikind,
+        iname,
+        ins,
+        iuid,
+        icontainer,
+        node,
+        count,
+        first,
+        last,
+        source,
+        component,
+        error,
+        actor,
+    ) = row
+    if not isinstance(count, int) or count < 0 or not isinstance(image, str):
+        raise ValueError("bad pull")
+    return Pull(
+        kind,
+        image,
+        reason,
+        InvolvedObject(ikind, iname, ins, iuid, icontainer),
+        node,
+        None,
+        count,
+        first,
+        last,
+        source,
+        _actor_of(actor) if actor else None,
+        component,
+        error,
+        namespace,
+    )
+
+
+def _actor_row(a: Actor) -> list[Any]:
+    return [a.user, list(a.groups), list(a.source_ips), a.user_agent]
+
+
+def _actor_of(row: list[Any]) -> Actor:
+    return Actor(row[0], tuple(row[1]), tuple(row[2]), row[3])
+
+
+def _running_row(r: Running) -> list[Any]:
+    return [
+        r.pod,
+        r.pod_uid,
+        r.container,
+        r.container_type,
+        r.image,
+        r.digest,
+        r.node,
+        r.started_at,
+        list(r.workload),
+        r.state,
+    ]
+
+
+def _running_of(row: list[Any], namespace: str) -> Running:
+    pod, uid, container, ctype, image, digest, node, started, workload, state = row
+    return Running(
+        namespace,
+        pod,
+        uid,
+        container,
+        ctype,
+        image,
+        digest,
+        node,
+        started,
+        Workload(*workload),
+        False,
+        state,
+    )
+
+
+def _intent_row(i: Intent) -> list[Any]:
+    return [
+        i.pod,
+        i.container,
+        i.container_type,
+        i.image,
+        list(i.workload),
+        _actor_row(i.actor) if i.actor else None,
+        i.time,
+        i.audit_id,
+    ]
+
+
+def _intent_of(row: list[Any], namespace: str) -> Intent:
+    pod, container, ctype, image, workload, actor, time, audit_id = row
+    return Intent(
+        namespace,
+        pod,
+        container,
+        ctype,
+        image,
+        Workload(*workload),
+        _actor_of(actor) if actor else None,
+        time,
+        audit_id,
+    )
+
+
+def verdict(pull: Pull, authors: frozenset[str] | set[str] | None) -> int:
+    """A series' verdict from everyone who wrote its Event (audit): forged if any of them is not
+    the kubelet of the node it names, or if the Event names another namespace than its own."""
+    if pull.claimed_namespace is not None:
+        return FORGED
+    users = set(authors or ())
+    if pull.actor is not None and pull.actor.user:
+        users.add(pull.actor.user)
+    if not users:
+        return UNKNOWN
+    node = f"system:node:{pull.node}" if pull.node else None
+    return VERIFIED if users == {node} else FORGED
+
+
+def build(
+    record: FindingRecord,
+    authors: dict[str, set[str]],
+    actors: dict[tuple[str, str], list[ActorRecord]],
+    clock: float | None = None,
+) -> FindingState:
+    """The Finding, from what it kept, in a canonical order: the earliest observation is its
+    origin; authors give each series its verdict; the workload's people are its actors."""
+    from .body import stamp
+
+    identity = record.identity
+    now_stamp = stamp(clock) if clock is not None else None
+    pulls = sorted(
+        record.pulls.items(),
+        key=lambda kv: (kv[1][0].first_seen or kv[1][0].last_seen or "", kv[0]),
+    )
+    runs = sorted(
+        record.runnings.values(),
+        key=lambda rn: (rn[0].started_at or "", rn[0].pod, rn[0].container),
+    )
+    intents = sorted(
+        record.intents.values(), key=lambda i: (i[0].time or "", i[0].audit_id, i[0].container)
+    )
+    state: FindingState | None = None
+    for series, (pull, workload, not_allowed, cover, bits) in pulls:
+        authored = authors.get(series)
+        if state is None:
+            origin = Origin.of(pull, workload, not_allowed)
+            v = verdict(pull, authored)
+            if v != UNKNOWN and origin.verified is None:
+                origin = origin._replace(
+                    verified=v == VERIFIED, author=next(iter(sorted(authored or ())), None)
+                )
+            state = FindingState(identity, origin)
+        minute = minute_of(pull.last_seen or pull.first_seen) or 0
+        delta = state.observe_pull(pull, series, minute, verdict(pull, authored), None, now_stamp)
+        state.witnesses |= bits
+        state.last_image = _normalized(pull.image)
+        state.suppression = cover.as_dict() if cover is not None else None
+        if cover is not None:
+            state.suppressed_pulls += delta
+    for run, not_allowed in runs:
+        if state is None:
+            state = FindingState(
+                identity, Origin.of_running(run.image, run.node, run.workload, not_allowed)
+            )
+        state.observe_running(run, minute_of(run.started_at) or 0, PENDING)
+    people = list(actors.get((identity.namespace, identity.workload), ()))
+    for intent, not_allowed in intents:
+        if state is None:
+            state = FindingState(
+                identity,
+                Origin.of_running(intent.image, None, intent.workload, not_allowed, source="audit"),
+            )
+        state.observe_intent(intent)
+        if intent.actor is not None and intent.actor.user:
+            people.append(ActorRecord.of(intent.actor, "create pods", intent.time))
+    if state is None:
+        raise ValueError(f"Finding {identity.name} kept nothing")
+    for run, _ in runs:
+        state.settle_pull_event(run.pod, run.container)  # every input is read: no grace
+    for person in sorted(set(people), key=lambda a: (a.time or "", a.user or "", a.action or "")):
+        state.note_actor(person)  # the earliest becomes spec.actor
+    return state
+
+
+def _normalized(image: str) -> str:
+    try:
+        return parse_image(image).normalized
+    except InvalidImageReference:
+        return image

@@ -1,0 +1,261 @@
+"""The core's side of the three witnesses: Events, Pods and the audit log checking each other.
+
+Each test gives the detector observations as the witnesses' decoders make them and asserts what
+the Finding then says - counts never inflated by a second witness, forgeries named, the person
+who did it, what ran with no pull Event.
+"""
+
+import itertools
+
+from kubelet import image_event
+
+from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.core.detector import Caps, Detector
+from pullwatch.core.ledger import MAX_SERIES, Ledger
+from pullwatch.core.observations import MAIN, ActorChange, Authored, Intent, Running
+from pullwatch.core.pulls import Actor, decode_event
+from pullwatch.core.workload import Workload
+
+HUNTER = "aquasec/kube-hunter:0.6.8"
+DIGEST = "sha256:" + "ab" * 32
+NOW = 1_795_003_200.0  # an hour after kubelet.EPOCH, the moment the test data's Events happened
+ALICE = Actor("alice", ("devs",), ("10.1.2.3",), "kubectl/v1.32")
+
+
+def running(pod="hunter", image=HUNTER, digest=DIGEST, ns="ci", at_startup=False, started=None):
+    return Running(
+        ns,
+        pod,
+        f"uid-{pod}",
+        "hunter",
+        MAIN,
+        image,
+        digest,
+        "node-1",
+        started or "2026-11-18T10:00:00Z",
+        Workload("Pod", pod, "read"),
+        at_startup,
+    )
+
+
+def finding(d: Detector, rule: str, ns: str | None = None):
+    found = [
+        s
+        for s in d.states.values()
+        if s.identity.rule == rule and (ns is None or s.namespace == ns)
+    ]
+    assert len(found) == 1, [s.name for s in d.states.values()]
+    return found[0].body()
+
+
+def test_an_event_counts_in_its_own_namespace_and_a_claim_of_another_is_a_forgery():
+    ev = image_event("Pulling", "attacker", "payments-api-7d9f8b6c5d-x7k2p", HUNTER)
+    ev["involvedObject"]["namespace"] = "prod"  # events/v1-style Events may name any namespace
+    d = Detector(Allowlist())
+    dets = d.observe(decode_event(ev), clock=NOW)
+    assert {det.state.namespace for det in dets} == {"attacker"}
+    assert all(det.forged for det in dets)
+    body = finding(d, "scanner")
+    assert body["metadata"]["namespace"] == "attacker"
+    assert body["spec"]["reportedBy"]["verified"] is False
+    assert body["spec"]["reportedBy"]["claimedNamespace"] == "prod"
+    assert body["status"]["reporters"]["forged"] == 1
+    assert not [s for s in d.states.values() if s.namespace == "prod"]
+
+
+def test_made_up_namespaces_grow_no_state():
+    d = Detector(Allowlist(), caps=Caps(5000, 250))
+    for i in range(300):
+        ev = image_event("Pulling", "attacker", f"p{i}", "evil/x:1", seq=i)
+        ev["involvedObject"]["namespace"] = f"made-up-{i}"
+        d.observe(decode_event(ev), clock=NOW)
+    assert set(d.by_namespace) == {"attacker"}
+    assert {ns for _, ns in d.per_namespace} == {"attacker"}
+
+
+def test_a_container_seen_running_is_evidence_never_a_pull():
+    d = Detector(Allowlist())
+    d.observe(decode_event(image_event("Pulling", "ci", "hunter", HUNTER, count=2)), clock=NOW)
+    dets = d.observe(running(), clock=NOW)
+    assert all(det.running for det in dets)
+    body = finding(d, "scanner")
+    assert body["status"]["count"] == 2  # the Pod witness never inflates the count
+    assert body["status"]["running"]["containers"] == 1
+    assert body["status"]["digests"] == [{"digest": DIGEST, "containers": 1}]
+    assert body["status"]["witnesses"] == ["events", "pods"]
+    assert body["status"]["outcomes"]["ran"] == "yes"
+    d.settle(NOW + 120)
+    assert finding(d, "scanner")["status"]["running"]["sample"][0]["pullEvent"] == "seen"
+    assert d.observe(running(), clock=NOW) == [] or not any(
+        det.running for det in d.observe(running(), clock=NOW)
+    )  # seen again: nothing new
+
+
+def test_a_container_that_ran_with_no_pull_event_is_said_so():
+    d = Detector(Allowlist())
+    d.observe(running(pod="sneaky"), clock=NOW)
+    body = finding(d, "scanner")
+    assert body["status"]["count"] == 0 and body["status"]["seenBy"] == "pods"
+    assert body["status"]["running"]["sample"][0]["pullEvent"] == "pending"
+    assert not d.settle(NOW + 59)  # the grace: its pull Event may still be on its way
+    assert d.settle(NOW + 61) and "ranWithoutPullEvent" in finding(d, "scanner")["status"]
+    assert finding(d, "scanner")["status"]["running"]["sample"][0]["pullEvent"] == "missing"
+
+
+def test_inventory_at_start_up_tells_expired_events_from_missing_ones():
+    d = Detector(Allowlist())
+    d.observe(running(pod="old", at_startup=True, started="2026-11-18T00:00:00Z"), clock=NOW)
+    sample = finding(d, "scanner")["status"]["running"]["sample"][0]
+    assert sample["pullEvent"] == "expired" and sample["atStartup"] is True  # Events gone: TTL
+
+
+def test_a_scanner_by_digest_whatever_its_name():
+    d = Detector(Allowlist(), scanner_digests=[DIGEST])
+    d.observe(running(image="registry.corp/tools/netcheck:1"), clock=NOW)
+    body = finding(d, "scanner")
+    assert body["spec"]["repository"] == "registry.corp/tools/netcheck"
+    assert (
+        not Detector(Allowlist())
+        .observe(running(image="registry.corp/tools/netcheck:1"))[0:1][0]
+        .state.identity.rule
+        == "scanner"
+    )
+
+
+def test_an_allowlist_may_pin_a_digest():
+    pin = policy_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "AllowedImages",
+            "metadata": {"name": "pins"},
+            "spec": {"images": [f"registry.corp/app@{DIGEST}"]},
+        }
+    )
+    d = Detector(Allowlist([pin]), scanners=[])
+    assert d.observe(running(image="registry.corp/app:1"), clock=NOW) == []  # that digest ran
+    other = running(image="registry.corp/app:1", digest="sha256:" + "cd" * 32)
+    assert [det.state.identity.rule for det in d.observe(other, clock=NOW)] == ["suspicious"]
+
+
+def test_a_pod_created_with_a_scanner_is_recorded_before_any_pull():
+    d = Detector(Allowlist())
+    intent = Intent(
+        "ci",
+        "hunter",
+        "hunter",
+        MAIN,
+        HUNTER,
+        Workload("Pod", "hunter", "read"),
+        ALICE,
+        "2026-11-18T10:00:00Z",
+        "audit-1",
+    )
+    d.observe(intent, clock=NOW)
+    body = finding(d, "scanner")
+    assert body["status"]["count"] == 0 and body["status"]["intent"]["pods"] == 1
+    assert body["status"]["intent"]["first"]["user"] == "alice"
+    assert body["spec"]["actor"]["user"] == "alice" and body["status"]["seenBy"] == "audit"
+
+
+def test_who_wrote_the_event_verifies_it_in_either_order():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    name = ev["metadata"]["name"]
+    kubelet = Actor("system:node:node-1", ("system:nodes",), ("10.0.0.1",), "kubelet")
+    d = Detector(Allowlist())
+    d.observe(decode_event(ev), clock=NOW)  # the Event watch first: not known yet
+    assert "verified" not in finding(d, "scanner")["spec"]["reportedBy"]
+    d.observe(Authored("ci", name, kubelet, "create", None))
+    assert finding(d, "scanner")["spec"]["reportedBy"]["verified"] is True
+    tenant = Actor("system:serviceaccount:ci:bot", (), ("10.0.9.9",), "curl")
+    d2 = Detector(Allowlist())
+    d2.observe(Authored("ci", name, tenant, "create", None))  # the audit entry first
+    (det, _) = d2.observe(decode_event(ev), clock=NOW)
+    assert det.forged
+    body = finding(d2, "scanner")
+    assert body["spec"]["reportedBy"] == {
+        "component": "kubelet",
+        "user": "system:serviceaccount:ci:bot",
+        "kubelet": False,
+        "verified": False,
+    }
+    assert body["status"]["forgedBy"] == "system:serviceaccount:ci:bot"
+
+
+def test_the_person_who_changed_the_workload_is_in_the_finding_and_its_message():
+    d = Detector(Allowlist(), scanners=[])
+    d.observe(
+        ActorChange(
+            "web", "shop", "Deployment", ALICE, "create deployments", "2026-11-18T09:00:00Z"
+        )
+    )
+    d.observe(
+        decode_event(image_event("Pulling", "web", "shop-7d9f8b6c5d-x7k2p", "evil/x:1")), clock=NOW
+    )
+    spec = finding(d, "suspicious")["spec"]
+    assert spec["actor"]["user"] == "alice" and spec["actor"]["action"] == "create deployments"
+    assert spec["message"] == (
+        "Suspicious image evil/x:1 pulled in Kubernetes from ip 10.1.2.3 by user alice"
+    )
+    bob = Actor("bob", (), ("10.1.2.4",), "kubectl")
+    d.observe(ActorChange("web", "shop", "Deployment", bob, "patch deployments/scale", None))
+    status = finding(d, "suspicious")["status"]
+    assert [a["user"] for a in status["actors"]] == ["bob", "alice"]  # newest first
+    assert finding(d, "suspicious")["spec"]["actor"]["user"] == "alice"  # the first stays
+
+
+def test_only_events_known_says_node_and_workload_not_unknown():
+    d = Detector(Allowlist(), scanners=[])
+    d.observe(decode_event(image_event("Pulling", "web", "shop-7d9f8b6c5d-x7k2p", "evil/x:1")))
+    assert finding(d, "suspicious")["spec"]["message"] == (
+        "Suspicious image evil/x:1 pulled in Kubernetes on node worker-1 by Deployment/shop "
+        "(actor unknown)"
+    )
+
+
+def test_a_future_event_time_is_clamped_and_the_operator_clock_is_what_retains():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER)
+    ev["lastTimestamp"] = ev["firstTimestamp"] = "2099-01-01T00:00:00Z"
+    d = Detector(Allowlist())
+    (det, _) = d.observe(decode_event(ev), minute=int(NOW) // 60, clock=NOW)
+    status = det.state.body()["status"]
+    assert status["lastSeen"] == status["firstSeen"] == "2026-11-18T12:00:00Z"  # NOW
+    assert det.state.last_observed == NOW and status["lastObserved"] == "2026-11-18T12:00:00Z"
+
+
+def test_more_live_series_than_are_stored_are_still_counted_once_at_a_relist():
+    d = Detector(Allowlist(), scanners=[], live_series=5000)
+    suffixes = ["".join(p) for p in itertools.product("bcdfg", repeat=5)][:300]
+    events = [
+        image_event("Pulling", "web", f"web-7d9f8b6c5d-{x}", "evil/x:1", seq=i)
+        for i, x in enumerate(suffixes)
+    ]
+    for ev in events:
+        d.observe(decode_event(ev), minute=100)
+    (state,) = d.states.values()
+    assert state.count == 300
+    for ev in events:  # a relist (410 Gone) delivers every live Event again
+        d.observe(decode_event(ev), minute=101)
+    assert state.count == 300
+    stored = state.body()["status"]["ledger"]
+    assert len(stored["series"]) <= MAX_SERIES and stored["folded"][0] == 300 - len(
+        stored["series"]
+    )
+    d.adopt(state.body())  # its own write read back (a 409): folded pulls are not counted twice
+    assert state.count == 300
+    assert Ledger.decode(stored).count == 300  # a restart: the stored totals are exact
+
+
+def test_a_version_1_ledger_is_re_keyed_when_its_event_is_seen_again():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, count=3)
+    old = Ledger()
+    old.observe(ev["metadata"]["uid"], ("hunter", "hunter"), "pulling", 3, minute=100)
+    v1 = old.encode()
+    v1["v"] = 1
+    v1["series"] = [s[:15] + s[16:] for s in v1["series"]]  # v1 had no verdict letter
+    upgraded = Ledger.decode(v1)
+    pull = decode_event(ev)
+    assert (
+        upgraded.observe(pull.series, ("hunter", "hunter"), "pulling", 3, 101, legacy_id=pull.uid)
+        == 0
+    )
+    assert upgraded.count == 3 and upgraded.knows(pull.series)
