@@ -22,6 +22,7 @@ SCAN_EXIT_CODES = """exit codes:
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
+    from .scan.cloud import HELP as OBJECT_STORAGE_HELP
     p = sub.add_parser(
         "scan",
         help="detect scanner and unapproved image pulls in event dumps and audit logs",
@@ -29,10 +30,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
         "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
         "'-' reads stdin. Findings go to stdout, a summary to stderr.",
-        epilog=SCAN_EXIT_CODES,
+        epilog=OBJECT_STORAGE_HELP + "\n\n" + SCAN_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE|URL")
     p.add_argument(
         "-a",
         "--allowed-images",

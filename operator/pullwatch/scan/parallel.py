@@ -6,35 +6,60 @@ and returns only the admitted records, usually a few percent. The parent then ru
 ``Scanner.process`` on them in file order, so series counting, audit de-duplication and
 Finding contents are exactly those of a sequential scan (``tests/test_parallel.py``).
 
-Only for regular, uncompressed files in JSON-lines format, on a platform with ``fork``.
+Only for regular files and objects (``cloud.py``: each worker reads its range with its own
+ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from . import cloud
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
+from .sources import InputError
 
 MIN_BYTES = 64 << 20  # below this, forking costs more than it saves
 RANGES_PER_WORKER = 4
+_WINDOW = 64 << 10  # bytes read at a time while looking for the end of a line
 
 _parent: Scanner | None = None  # inherited by the forked workers
 _path: str = ""
 
 
 def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
-    size = os.path.getsize(path)
-    bounds = [0]
+    """``parts`` byte ranges of a file or object, each starting at the start of a line."""
+    if cloud.is_url(path):
+        fs, inner = cloud.filesystem(path)
+        size = cloud.object_size(path)
+        return _ranges(size, parts, lambda at, n: fs.cat_file(inner, start=at, end=at + n))
     with open(path, "rb") as f:
-        for i in range(1, parts):
-            f.seek(max(size * i // parts, bounds[-1]))
-            f.readline()  # on to the start of the next line: no line is cut in two
-            bounds.append(min(f.tell(), size))
+        size = os.fstat(f.fileno()).st_size
+
+        def read_at(at: int, n: int) -> bytes:
+            f.seek(at)
+            return f.read(n)
+
+        return _ranges(size, parts, read_at)
+
+
+def _ranges(size: int, parts: int, read_at: Callable[[int, int], bytes]) -> list[tuple[int, int]]:
+    bounds = [0]
+    for i in range(1, parts):
+        at = max(size * i // parts, bounds[-1])
+        while at < size:  # on to the start of the next line: no line is cut in two
+            window = read_at(at, _WINDOW)
+            newline = window.find(b"\n")
+            if newline != -1 or not window:
+                at = at + newline + 1 if newline != -1 else size
+                break
+            at += len(window)
+        bounds.append(min(at, size))
     bounds.append(size)
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
@@ -49,22 +74,48 @@ class _RangeReader:
             return b""
         return self._f.read(left if n < 0 else min(n, left))
 
+    def close(self) -> None:
+        self._f.close()
 
-def _scan_range(bounds: tuple[int, int]) -> tuple[ReadStats, int, list[tuple[str, Any]]]:
+
+def _open_range(start: int, end: int) -> Any:
+    if cloud.is_url(_path):
+        return cloud.open_object(_path, start, end)
+    f = open(_path, "rb")
+    f.seek(start)
+    return _RangeReader(f, end)
+
+
+def _scan_range(
+    bounds: tuple[int, int],
+) -> tuple[ReadStats, int, list[tuple[str, Any]], str | None]:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
     kept: list[tuple[str, Any]] = []
-    with open(_path, "rb") as f:
-        f.seek(bounds[0])
-        for kind, obj in json_lines(_RangeReader(f, bounds[1]), stats):
+    try:
+        reader = _open_range(*bounds)
+    except (InputError, OSError) as exc:
+        return stats, 0, kept, f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
+    try:
+        for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
                 kept.append((kind, obj))
-    return stats, worker.result.pulls, kept
+    except OSError as exc:  # the network, usually: what was read before it counts
+        return (
+            stats,
+            worker.result.pulls,
+            kept,
+            f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}",
+        )
+    finally:
+        reader.close()
+    return stats, worker.result.pulls, kept, None
 
 
 def usable(path: str) -> bool:
-    """A regular, uncompressed, big enough file whose first line is a JSON object."""
+    """A regular file or an object, uncompressed, big enough, whose first line is a JSON
+    object (anything else is read by one core, which also reports its problems)."""
     if (
         path == "-"
         or "fork" not in multiprocessing.get_all_start_methods()
@@ -72,11 +123,20 @@ def usable(path: str) -> bool:
     ):
         return False
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) < MIN_BYTES:
-            return False
-        with open(path, "rb") as f:
-            first = f.readline(1 << 20)
-    except OSError:
+        if cloud.is_url(path):
+            if cloud.object_size(path) < MIN_BYTES:
+                return False
+            fs, inner = cloud.filesystem(path)
+            head = fs.cat_file(inner, start=0, end=1 << 20)
+            first = head.split(b"\n", 1)[0]
+        else:
+            if not os.path.isfile(path) or os.path.getsize(path) < MIN_BYTES:
+                return False
+            with open(path, "rb") as f:
+                first = f.readline(1 << 20)
+    except (InputError, OSError):
+        return False
+    except Exception:  # a storage library's own error: the sequential read will explain it
         return False
     try:
         # orjson refuses a byte-order mark, so a file that needs transcoding is read by one core
@@ -91,15 +151,21 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     workers = workers or os.cpu_count() or 2
     # More ranges than workers: the parent processes range i (in order) while the workers are
     # still reading later ones, instead of waiting for all of them.
-    ranges = line_aligned_ranges(path, workers * RANGES_PER_WORKER)
+    try:
+        ranges = line_aligned_ranges(path, workers * RANGES_PER_WORKER)
+    except (InputError, OSError) as exc:
+        scanner.result.input_errors.append(f"{path}: {exc}" if path not in str(exc) else str(exc))
+        return
     _parent, _path = scanner, path
     total = scanner.result.stats
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for stats, pulls, kept in pool.imap(_scan_range, ranges, chunksize=1):  # file order
-                total.add(stats)
+            for stats, pulls, kept, error in pool.imap(_scan_range, ranges, chunksize=1):
+                total.add(stats)  # ranges come back in file order
                 scanner.result.pulls += pulls
                 for kind, obj in kept:
                     scanner.process(kind, obj)
+                if error:
+                    scanner.result.input_errors.append(f"{path}: {error}")
     finally:
         _parent, _path = None, ""

@@ -23,7 +23,7 @@ from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_obj
 from ..core.suppressions import KIND as SUPPRESSION
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from .records import ReadStats, iter_objects
-from .sources import InputError, open_path
+from .sources import InputError, expand_inputs, open_path
 from .yamltext import load_all
 
 MAX_CONFIG_BYTES = 64 << 20  # an allowlist file larger than this is not an allowlist
@@ -203,7 +203,7 @@ def scan_paths(
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)
     detector.suppressions = Suppressions(suppressions)
     scanner = Scanner(detector)
-    for path in paths:
+    for path in expand_inputs(paths, scanner.result.input_errors):
         if parallel and par.usable(path):
             par.feed_parallel(scanner, path)
         else:

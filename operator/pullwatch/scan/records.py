@@ -38,6 +38,8 @@ from ..core import audit, exports
 from ..core.pods import CANDIDATE as POD_CANDIDATE
 from ..core.pulls import CANDIDATE
 from .jsontext import SAMPLE, json_values
+from .linecheck import check_lines as _check_lines
+from .linecheck import skeleton as _skeleton
 from .yamltext import yaml_values
 
 CHUNK = 4 << 20
@@ -139,9 +141,8 @@ def json_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
 
 
 def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
-    """Scan chunk by chunk *in place*: slicing whole chunks costs a copy of every byte, which
-    on this hardware is as slow as the search itself. Only the line that straddles two chunks
-    is copied."""
+    """Scan chunk by chunk *in place*: slicing whole chunks costs a copy of every byte. Only the
+    line that straddles two chunks is copied."""
     scan = _scanner(_sample(head, stats))
     chunk = head
     leftover = b""  # the start of a line whose end is in a later chunk
@@ -161,37 +162,24 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tup
             else:
                 line = leftover + chunk[: first_nl + 1] if leftover else chunk[: first_nl + 1]
                 stats.records += 1
-                _check_lines(line, 0, len(line), stats)
+                _check_lines(line, 0, len(line), _skeleton(line), stats)
                 yield from scan(line, 0, len(line), stats)
             last_nl = chunk.rfind(b"\n")
-            stats.records += chunk.count(b"\n", first_nl + 1)
-            _check_lines(chunk, first_nl + 1, last_nl + 1, stats)
-            yield from scan(chunk, first_nl + 1, last_nl + 1, stats)
+            if last_nl > first_nl:
+                # The skeleton keeps every newline: the whole lines of the chunk after its
+                # first newline are those of the skeleton between its first and last ones.
+                skeleton = _skeleton(chunk)
+                body = skeleton[skeleton.find(b"\n") + 1 : skeleton.rfind(b"\n") + 1]
+                stats.records += body.count(b"\n")
+                _check_lines(chunk, first_nl + 1, last_nl + 1, body, stats)
+                yield from scan(chunk, first_nl + 1, last_nl + 1, stats)
             leftover = chunk[last_nl + 1 :]
         chunk = stream.read(CHUNK)
     if leftover and not discarding and leftover.strip():
         stats.records += 1  # a last line without its newline
-        _check_lines(leftover + b"\n", 0, len(leftover) + 1, stats)
+        line = leftover + b"\n"
+        _check_lines(line, 0, len(line), _skeleton(line), stats)
         yield from scan(leftover, 0, len(leftover), stats)
-
-
-def _check_lines(buf: bytes, start: int, end: int, stats: ReadStats) -> None:
-    """Count as damage the lines of ``buf[start:end]`` that are not whole JSON and hold no
-    candidate (those are parsed, and counted, by ``_scan_range``).
-
-    Cheap in the common case: whole JSON objects have as many ``{`` as ``}``, and two single-byte
-    counts over the chunk (memchr speed) show it. Only a chunk that does not balance is checked
-    line by line: a line cut short has more ``{`` than ``}``, and two merged lines do too."""
-    if buf.count(b"{", start, end) == buf.count(b"}", start, end):
-        return
-    for line in buf[start:end].split(b"\n"):
-        s = line.rstrip()
-        if not s or CANDIDATE in s or (s.endswith(b"}") and s.count(b"{") == s.count(b"}")):
-            continue
-        try:
-            orjson.loads(s)
-        except orjson.JSONDecodeError:
-            stats.damaged["not JSON"] += 1
 
 
 def _sample(head: bytes, stats: ReadStats) -> frozenset[str]:
@@ -282,12 +270,39 @@ def _is_watch_event(obj: dict[str, Any]) -> bool:
     return "object" in obj and "type" in obj
 
 
+_ESCAPE = CANDIDATE.index(b"\\")  # CANDIDATE holds a backslash: rare in JSON, found by memchr
+
+
 def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[tuple[str, Any]]:
-    """Parse the lines of ``buf[start:end]`` that contain CANDIDATE; never slice the range."""
-    pos = buf.find(CANDIDATE, start, end)
-    while pos != -1:
-        line_start = buf.rfind(b"\n", start, pos) + 1 or start
-        line_end = buf.find(b"\n", pos, end)
+    """Parse the lines of ``buf[start:end]`` that contain CANDIDATE; never slice the range.
+
+    CANDIDATE is found by hopping from backslash to backslash (``bytes.find`` of one byte is a
+    memchr, many times faster than a search for the whole pattern); where backslashes are dense
+    (JSON quoted inside strings) the whole pattern is searched for instead."""
+    find, startswith = buf.find, buf.startswith
+    dense = False
+    hops = 0
+    pos = start
+    while True:
+        at = -1
+        if dense:
+            at = find(CANDIDATE, pos, end)
+        else:
+            p = find(b"\\", pos + _ESCAPE, end)
+            while p != -1:
+                if startswith(CANDIDATE, p - _ESCAPE, end):
+                    at = p - _ESCAPE
+                    break
+                hops += 1
+                if hops > 64 + ((p - start) >> 10):
+                    dense = True
+                    at = find(CANDIDATE, pos, end)
+                    break
+                p = find(b"\\", p + 1, end)
+        if at == -1:
+            return
+        line_start = buf.rfind(b"\n", start, at) + 1 or start
+        line_end = find(b"\n", at, end)
         if line_end == -1:
             line_end = end
         stats.examined += 1
@@ -297,7 +312,7 @@ def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[
             stats.damaged["not JSON"] += 1
         else:
             yield from _classify(obj, stats)
-        pos = buf.find(CANDIDATE, line_end, end)
+        pos = line_end
 
 
 def _classify(
@@ -332,6 +347,11 @@ def _classify(
     elif kind == "Event" or (kind is None and "reason" in obj):
         stats.recognized += 1
         yield "event", obj
+    elif (
+        isinstance(kind, str) and kind.endswith("List") and "items" in obj and obj["items"] is None
+    ):
+        # Go writes an empty List's nil slice as null: an empty input, like "items": [].
+        stats.records -= 1
     elif isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
         # A List on one line (e.g. `kubectl get events -o json | jq -c .`): its items are records.
         stats.records += len(obj["items"]) - 1

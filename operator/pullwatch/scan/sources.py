@@ -28,6 +28,7 @@ import codecs
 import lzma
 import sys
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 READ_SIZE = 1 << 20
@@ -58,15 +59,35 @@ class InputError(Exception):
 
 
 def open_path(path: str) -> Source:
-    """The Source for a path (``-``: standard input). Raises :class:`InputError` only when the
-    input cannot be opened; everything that goes wrong later is recorded as damage."""
+    """The Source for a path (``-``: standard input; ``s3://``, ``gs://``, ``az://``: an object,
+    see ``cloud.py``). Raises :class:`InputError` only when the input cannot be opened;
+    everything that goes wrong later is recorded as damage."""
     if path == "-":
         return Source("<stdin>", sys.stdin.buffer, close=False)
+    from . import cloud  # here: fsspec is optional, and local scans never load it
+
+    if cloud.is_url(path):
+        return Source(path, cloud.open_object(path))  # type: ignore[arg-type]
     try:
         raw = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
     return Source(path, raw)
+
+
+def expand_inputs(paths: Iterable[str], problems: list[str]) -> Iterator[str]:
+    """The inputs ``paths`` name: each local path as given; an object-storage prefix or glob
+    as the objects it names (``cloud.expand``). What cannot be listed goes to ``problems``."""
+    from . import cloud
+
+    for path in paths:
+        if not cloud.is_url(path):
+            yield path
+            continue
+        try:
+            yield from cloud.expand(path)
+        except InputError as exc:
+            problems.append(str(exc))
 
 
 class Source:
