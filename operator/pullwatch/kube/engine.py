@@ -34,6 +34,7 @@ from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
 from .reports import ReportWriter
 from .store import Custody
+from .witnesses.pods import PodWitness
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -63,6 +64,7 @@ class Options:
     maintenance_interval: float = 60.0
     census_interval: float = 15.0
     pull_event_grace: float = 60.0
+    pod_witness: bool = True  # --no-pod-witness: no list/watch of pods
 
 
 class Engine:
@@ -154,6 +156,20 @@ class Engine:
             )
             for ns in (options.namespaces or [None])
         ]
+        self.pod_witnesses = [
+            PodWitness(
+                api,
+                self.observe,
+                namespace=ns,
+                resolver=self.resolver,
+                health=health,
+                quiet=quiet,
+                watch_timeout=options.watch_timeout,
+                read_timeout=options.read_timeout,
+            )
+            for ns in (options.namespaces or [None])
+            if options.pod_witness
+        ]
         self._hidden_written: Counter[str] = Counter()
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -184,6 +200,9 @@ class Engine:
         for stream in self.event_streams:
             self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
             start(stream.run(), stream.name)
+        for witness in self.pod_witnesses:
+            self.health.watch(witness.name, allowed=3 * self.options.read_timeout + 30)
+            start(witness.run(), witness.name)
         start(self._maintain(), "maintenance")
         start(self._settle(), "pull-event-grace")
         start(self._census(), "census")
@@ -206,7 +225,8 @@ class Engine:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in [s.name for s in self.event_streams + self.findings_watches] + ["writer"]:
+        streams = [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
+        for name in [s.name for s in streams] + ["writer"]:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)
         if left:

@@ -1,0 +1,205 @@
+"""The Pod witness' own logic, on pod objects shaped as the API server sends them: what it judges,
+what it remembers (a fingerprint per pod, never the pod), when it forgets, what it tells the
+workload resolver. Its stream is the Event stream's (tested there); the real API server and the
+real kubelet are in tests/e2e/test_pods_witness.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+from pullwatch.core.allowlist import Allowlist
+from pullwatch.core.detector import Detector
+from pullwatch.core.evidence import EXPIRED, PENDING
+from pullwatch.core.observations import Running
+from pullwatch.core.workload import Workload
+from pullwatch.kube.api import ApiError
+from pullwatch.kube.witnesses.pods import PodWitness
+from pullwatch.kube.workloads import WorkloadResolver
+
+DIGEST = "sha256:" + "4e" * 32
+
+
+def pod(
+    name: str = "hunter",
+    uid: str = "0b8f8d4e-1",
+    image: str = "registry.corp/tools/netcheck:1",
+    started: str = "2026-11-18T11:06:40Z",
+    owner: tuple[str, str] | None = None,
+    labels: dict | None = None,
+) -> dict:
+    meta = {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "10"}
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": owner[0],
+                "name": owner[1],
+                "uid": "o-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    if labels:
+        meta["labels"] = labels
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": image}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": image,
+                    "imageID": f"registry.corp/tools/netcheck@{DIGEST}",
+                    "containerID": "containerd://5d1f" + uid,
+                    "started": True,
+                    "state": {"running": {"startedAt": started}},
+                }
+            ],
+        },
+    }
+
+
+class Seen:
+    def __init__(self):
+        self.runs: list[Running] = []
+
+    def __call__(self, run: Running) -> None:
+        self.runs.append(run)
+
+
+@pytest.fixture
+def seen():
+    return Seen()
+
+
+def witness(observe, **kwargs) -> PodWitness:
+    return PodWitness(None, observe, **kwargs)  # type: ignore[arg-type]  # no API: handle only
+
+
+def test_a_pod_is_judged_once_until_what_its_containers_run_changes(seen):
+    w = witness(seen)
+    p = pod()
+    w.handle("ADDED", p)
+    assert [(r.container, r.digest, r.at_startup) for r in seen.runs] == [("main", DIGEST, True)]
+    ready = copy.deepcopy(p)
+    ready["status"]["containerStatuses"][0]["ready"] = True
+    ready["metadata"]["resourceVersion"] = "11"
+    w.handle("MODIFIED", ready)  # readiness only: nothing new ran
+    assert len(seen.runs) == 1 and w.judged == 1
+    restarted = copy.deepcopy(ready)
+    restarted["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] = (
+        "2026-11-18T12:00:00Z"
+    )
+    w.handle("MODIFIED", restarted)
+    assert len(seen.runs) == 2 and len(w.fingerprints) == 1
+    w.handle("DELETED", restarted)
+    assert w.fingerprints == {}
+
+
+def test_the_first_list_is_the_start_up_inventory(seen):
+    w = witness(seen)
+    w.listing()
+    w.handle("ADDED", pod())
+    w.listed(True)
+    w.stream.synced.set()
+    w.handle("ADDED", pod("later", uid="u-2"))
+    assert [(r.pod, r.at_startup) for r in seen.runs] == [("hunter", True), ("later", False)]
+
+
+def test_a_relist_forgets_the_pods_it_no_longer_lists_and_a_failed_one_forgets_nothing(seen):
+    w = witness(seen)
+    w.stream.synced.set()
+    for i in range(3):
+        w.handle("ADDED", pod(f"p{i}", uid=f"u-{i}"))
+    w.listing()
+    w.handle("ADDED", pod("p1", uid="u-1"))
+    w.listed(False)  # the list broke off: what it did not get to may still exist
+    assert len(w.fingerprints) == 3
+    w.listing()
+    w.handle("ADDED", pod("p1", uid="u-1"))  # known, unchanged: kept, not judged again
+    w.listed(True)  # p0 and p2 were deleted while the watch was away
+    assert len(w.fingerprints) == 1 and len(seen.runs) == 3
+
+
+def test_a_pod_where_nothing_ran_is_not_remembered(seen):
+    w = witness(seen)
+    p = pod()
+    p["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    w.handle("ADDED", p)
+    assert seen.runs == [] and w.fingerprints == {}
+
+
+def test_a_damaged_pod_is_skipped_counted_and_not_decoded_again(seen):
+    w = witness(seen)
+    bad = pod()
+    bad["spec"]["containers"][0]["name"] = "Not A Label"
+    w.handle("ADDED", bad)
+    w.handle("MODIFIED", copy.deepcopy(bad))
+    assert seen.runs == [] and sum(w.skips.values()) == 1 and len(w.fingerprints) == 1
+    w.handle("ADDED", {"metadata": "not an object"})
+    assert sum(w.skips.values()) == 2
+
+
+def test_memory_is_bounded(seen):
+    w = witness(seen, max_pods=2)
+    for i in range(5):
+        w.handle("ADDED", pod(f"p{i}", uid=f"u-{i}"))
+    assert len(w.fingerprints) == 2 and len(seen.runs) == 5
+
+
+class CountingApi:
+    """Answers every metadata read with 404 (the owner is gone) and records what was read."""
+
+    def __init__(self):
+        self.paths: list[str] = []
+
+    async def request(self, method, path, **kwargs):
+        self.paths.append(path)
+        raise ApiError(404, "NotFound", "gone", method, path)
+
+
+def test_owners_go_to_the_workload_resolver(seen):
+    api = CountingApi()
+    resolver = WorkloadResolver(api)  # type: ignore[arg-type]
+    w = witness(seen, resolver=resolver)
+    w.handle("ADDED", pod("agent-x7k2p", uid="u-1", owner=("DaemonSet", "agent")))
+    w.handle("ADDED", pod("bare", uid="u-2"))
+    assert resolver.cached("team-a", "agent-x7k2p") == Workload("DaemonSet", "agent", "read")
+    assert resolver.cached("team-a", "bare") == Workload("Pod", "bare", "read")
+    labels = {"pod-template-hash": "7d9f8b6c5d"}
+    w.handle(
+        "ADDED",
+        pod(
+            "web-7d9f8b6c5d-x7k2p", uid="u-3", owner=("ReplicaSet", "web-7d9f8b6c5d"), labels=labels
+        ),
+    )
+    workload = asyncio.run(resolver.resolve("team-a", "web-7d9f8b6c5d-x7k2p"))
+    # the pod itself is not read (the witness said who owns it); its ReplicaSet is
+    assert api.paths == ["/apis/apps/v1/namespaces/team-a/replicasets/web-7d9f8b6c5d"]
+    assert workload == Workload("Deployment", "web", "inferred")
+
+
+def test_a_scanner_by_digest_runs_into_a_finding_that_counts_no_pull():
+    detector = Detector(Allowlist(), scanner_digests=[DIGEST])
+    clock = 1_800_000_000.0
+
+    def observe(run):
+        detector.observe(run, minute=int(clock) // 60, clock=clock)
+
+    w = witness(observe)
+    w.handle("ADDED", pod(started="2026-11-18T11:06:40Z"))  # long before the clock: expired
+    w.stream.synced.set()
+    w.handle("ADDED", pod("second", uid="u-2", started="2027-01-15T08:00:00Z"))
+    scanner = [s for s in detector.states.values() if s.identity.rule == "scanner"]
+    assert [s.identity.workload for s in scanner] == ["hunter", "second"]
+    for state in scanner:
+        assert state.count == 0
+    entries = {s.identity.workload: next(iter(s.evidence().running.values())) for s in scanner}
+    assert entries["hunter"][5:] == [EXPIRED, True]
+    assert entries["second"][5:] == [PENDING, False]
