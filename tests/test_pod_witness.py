@@ -203,3 +203,16 @@ def test_a_scanner_by_digest_runs_into_a_finding_that_counts_no_pull():
     entries = {s.identity.workload: next(iter(s.evidence().running.values())) for s in scanner}
     assert entries["hunter"][5:] == [EXPIRED, True]
     assert entries["second"][5:] == [PENDING, False]
+
+
+def test_a_finding_of_containers_seen_running_only_writes_no_empty_ledger_strings():
+    """The API server refuses an empty string in the ledger's hash fields (422): a Finding the
+    Pod witness made has no pulled pods, so it must leave them out."""
+    detector = Detector(Allowlist(), scanner_digests=[DIGEST])
+    w = witness(lambda run: detector.observe(run, minute=1, clock=1_800_000_000.0))
+    w.handle("ADDED", pod())
+    for state in detector.states.values():
+        ledger = state.body()["status"]["ledger"]
+        assert "" not in ledger.values() and ledger["running"]
+        again = type(state).from_body(state.body())
+        assert again.evidence().running_hashes == state.evidence().running_hashes
