@@ -63,8 +63,8 @@ class Scanner:
         Audit entries are always admitted: a request logged at several stages must be
         de-duplicated (in :meth:`process`) before it is counted.
         """
-        if kind == "audit":
-            return True
+        if kind in ("audit", "pod"):
+            return True  # a pod is judged per container that ran (process)
         try:
             head = event_head(obj)
         except DecodeError as exc:
@@ -79,6 +79,9 @@ class Scanner:
 
     def process(self, kind: str, obj: Any) -> None:
         """Full decode and exact counting of an admitted record."""
+        if kind == "pod":
+            self._pod(obj)
+            return
         try:
             pull = decode_event(obj) if kind == "event" else decode_audit_entry(obj, self._audit)
         except DecodeError as exc:
@@ -87,6 +90,19 @@ class Scanner:
         if pull is not None:
             self.result.pulls += 1
             self.collector.add(pull)
+
+    def _pod(self, obj: Any) -> None:
+        """A pod (``kubectl get pods -o json|yaml``): each container that ran is a ``Running``,
+        judged as the operator's Pod witness judges it (an offline inventory: no pulls)."""
+        from ..core.pods import decode_pod  # readers yield pods only where core/pods.py is
+
+        try:
+            runs = decode_pod(obj)
+        except DecodeError as exc:
+            self.result.stats.skipped[str(exc)] += 1
+            return
+        for run in runs:
+            self.collector.add(run)
 
     def feed(self, records: Iterable[tuple[str, Any]]) -> None:
         for kind, obj in records:
