@@ -12,8 +12,9 @@ Phases, each printing its figures:
  1. baseline  - the operator on a cluster with no pods: its RSS once idle, its idle CPU.
  2. start-up  - N pods (20 namespaces; Deployment-made names and owners; 1 % unapproved images,
                 0.25 % kube-hunter) listed at start, in pages: time from the process' start to
-                the first judged pod and to the whole inventory, the Findings it made, peak RSS,
-                RSS per pod remembered (against the baseline, and the fingerprint table alone).
+                the first judged pod and to the whole inventory, the operator's CPU by then, the
+                Findings it made, peak RSS; RSS per pod remembered (the operator started over
+                N/2 pods, then over N: the difference), and the fingerprint table's own cost.
  3. ceiling   - status updates the API server takes per second from several client processes,
                 as fast as they can (no pacing).
  4. paced     - ``--rate`` updates/s for ``--seconds`` (90 % readiness flips and probe noise,
@@ -108,7 +109,7 @@ def pod_body(pod: str, rs: str, image: str) -> dict:
 
 
 def status_body(pod: str, image: str, restarts: int, ready: bool, probe: int) -> dict:
-    digest = (pod.encode().hex() * 8)[:64]
+    digest = (image.encode().hex() * 8)[:64]  # the replicas of an image run one digest
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_790_000_000 + restarts * 60))
     repo = image.rsplit(":", 1)[0]
     return {
@@ -317,43 +318,50 @@ def main() -> None:
         say(f"1. baseline, no pods: RSS {base_rss:.1f} MB, idle CPU {idle_cpu:.1%} of a core")
         op.stop()
 
-        # 2. start-up over N pods
+        # 2. start-up over N/2, then N pods: the difference is what a pod remembered costs
         pods = pod_names(args.pods)
-        t = time.monotonic()
-        chunks = [
-            (cluster.port, cluster.token, pods[k :: args.clients]) for k in range(args.clients)
-        ]
-        made = sum(run_clients(_create, chunks))
-        made_s = time.monotonic() - t
-        say(
-            f"   {made:,} pods created and their status written in {made_s:.0f}s "
-            f"({2 * made / made_s:,.0f} requests/s, {args.clients} clients)"
-        )
-        op = Operator(cluster, workdir)
-        spawned = time.monotonic()
-        op.start()
-        first = wait_metric(op, "pullwatch_pods_examined_total", 1, 300, poll=0.02) - spawned
-        whole = wait_metric(op, "pullwatch_pods_remembered", args.pods, 600) - spawned
-        expected = expected_findings(pods)
-        written = wait_findings(cluster, expected, 300) - spawned
-        peak, rss = op.peak_rss_mb(), op.rss_mb()
-        per_pod = (rss - base_rss) * 2**20 / args.pods
+        half = args.pods // 2
+        starts = {}
+        for batch, total in ((pods[:half], half), (pods[half:], args.pods)):
+            t = time.monotonic()
+            chunks = [
+                (cluster.port, cluster.token, batch[k :: args.clients]) for k in range(args.clients)
+            ]
+            made = sum(run_clients(_create, chunks))
+            made_s = time.monotonic() - t
+            say(
+                f"   {made:,} more pods created and their status written in {made_s:.0f}s "
+                f"({2 * made / made_s:,.0f} requests/s, {args.clients} clients)"
+            )
+            if op is not None:
+                op.stop()
+            op = Operator(cluster, workdir)
+            spawned = time.monotonic()
+            op.start()
+            first = wait_metric(op, "pullwatch_pods_examined_total", 1, 300, poll=0.02)
+            whole = wait_metric(op, "pullwatch_pods_remembered", total, 900)
+            cpu = cpu_seconds(op.proc.pid)
+            expected = expected_findings(pods[:total])
+            written = wait_findings(cluster, expected, 600)
+            starts[total] = (first - spawned, whole - spawned, written - spawned, cpu, op.rss_mb())
+        first, whole, written, cpu, rss = starts[args.pods]
+        per_pod = (rss - starts[half][4]) * 2**20 / (args.pods - half)
         table = fingerprint_bytes(args.pods)
         say(f"2. start-up over {args.pods:,} pods (listed in pages of 500):")
         say(
             f"   process start -> first judged pod {first:.2f}s, -> whole inventory {whole:.1f}s "
-            f"({args.pods / (whole - first):,.0f} pods/s); its {expected} Findings written "
-            f"{written:.1f}s after the start"
+            f"({args.pods / (whole - first):,.0f} pods/s), operator CPU {cpu:.1f}s by then; "
+            f"its {expected} Findings written {written:.1f}s after the start"
         )
         say(
-            f"   peak RSS {peak:.1f} MB, RSS {rss:.1f} MB: {per_pod:,.0f} bytes per pod over the "
-            f"baseline (parse garbage, Findings, allocator); the fingerprint table alone "
-            f"{table:.0f} bytes per pod (target < 200)"
+            f"   peak RSS {op.peak_rss_mb():.1f} MB, RSS {rss:.1f} MB ({starts[half][4]:.1f} MB "
+            f"with {half:,} pods): {per_pod:,.0f} bytes per pod remembered; the fingerprint "
+            f"table alone {table:.0f} bytes per pod (target < 200)"
         )
 
         # 3. ceiling
         jobs = [
-            (cluster.port, cluster.token, pods[k :: args.clients], 0, 10, k)
+            (cluster.port, cluster.token, pods[k :: args.clients], 0, 15, k)
             for k in range(args.clients)
         ]
         results = run_clients(_update, jobs)
@@ -393,7 +401,7 @@ def main() -> None:
         )
 
         # 5. extrapolation
-        rss_150k = base_rss + 150_000 * per_pod / 2**20
+        rss_150k = rss + (150_000 - args.pods) * per_pod / 2**20
         say("5. at 150,000 pods (linear in the measured costs):")
         say(
             f"   start-up inventory ~{150_000 * (whole - first) / args.pods:.0f}s; RSS "
