@@ -216,3 +216,26 @@ def test_a_finding_of_containers_seen_running_only_writes_no_empty_ledger_string
         assert "" not in ledger.values() and ledger["running"]
         again = type(state).from_body(state.body())
         assert again.evidence().running_hashes == state.evidence().running_hashes
+
+
+def test_the_engine_runs_one_pod_witness_per_namespace_unless_told_not_to():
+    import logging
+
+    from pullwatch.kube.api import Api
+    from pullwatch.kube.engine import Engine, Options
+    from pullwatch.kube.health import Health
+    from pullwatch.kube.quietlog import Quiet
+
+    health, quiet = Health(), Quiet(logging.getLogger("test"))
+    engine = Engine(Api(None), Options(namespaces=["a", "b"]), health, quiet)
+    assert [w.stream.path for w in engine.pod_witnesses] == [
+        "/api/v1/namespaces/a/pods",
+        "/api/v1/namespaces/b/pods",
+    ]
+    for w in engine.pod_witnesses:  # liveness and workloads shared with the Event stream
+        assert w.stream.health is health and w.resolver is engine.resolver
+        assert w.observe == engine.observe
+    assert [w.stream.path for w in Engine(Api(None), Options(), health, quiet).pod_witnesses] == [
+        "/api/v1/pods"
+    ]
+    assert Engine(Api(None), Options(pod_witness=False), health, quiet).pod_witnesses == []
