@@ -116,7 +116,7 @@ class PodWitness:
         except DecodeError as exc:
             self._skip(str(exc), obj)
             runs = None  # remembered all the same: a damaged pod is not decoded on every update
-        if runs == []:
+        if runs == [] and key not in self.fingerprints:
             return  # nothing ran yet: nothing to remember
         self.judged += 1
         metrics.PODS_EXAMINED.inc()
