@@ -194,10 +194,12 @@ class Ledger:
         return len(stale)
 
     def bound(self, max_series: int = MAX_LIVE) -> int:
-        """Close least recently updated slots until at most ``max_series`` series are left."""
+        """Past ``max_series`` series, close the least recently updated slots down to nine
+        tenths of it: a Finding flooded with new series (an overflow one) pays for the sort once
+        per tenth, not once per pull."""
         if len(self.series) <= max_series:
             return 0
-        victims = self._oldest_slots(len(self.series) - max_series)
+        victims = self._oldest_slots(len(self.series) - max_series * 9 // 10)
         self._close(victims)
         return len(victims)
 

@@ -267,11 +267,12 @@ def list_version(head: bytes, tail: bytes) -> str:
     List's metadata either before ``"items"`` (built-in kinds) or after the items array (custom
     resources: their keys are sorted), and nothing in those places but the List's own fields.
 
-    >>> list_version(b'{"kind":"EventList","metadata":{"resourceVersion":"12"},"items":[{"metadata":'
-    ...              b'{"resourceVersion":"9"}}', b'"9"}}]}')
+    >>> list_version(b'{"kind":"EventList","metadata":{"resourceVersion":"12"},"items":'
+    ...              b'[{"metadata":{"resourceVersion":"9"}}', b'"9"}}]}')
     '12'
-    >>> list_version(b'{"apiVersion":"pullwatch.dev/v1alpha1","items":[{"metadata":{"resourceVersion":"9"}}',
-    ...              b'"9"}}],"kind":"FindingList","metadata":{"continue":"","resourceVersion":"40"}}')
+    >>> list_version(b'{"apiVersion":"pullwatch.dev/v1alpha1","items":[{"metadata":'
+    ...              b'{"resourceVersion":"9"}}', b'"9"}}],"kind":"FindingList",'
+    ...              b'"metadata":{"continue":"","resourceVersion":"40"}}')
     '40'
     >>> list_version(b'{"items":[', b'"resourceVersion":"9"}}]}')
     ''

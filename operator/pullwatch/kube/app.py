@@ -39,6 +39,7 @@ from .quietlog import KopfRetryFilter, Quiet
 log = logging.getLogger("pullwatch")
 PEERING_LIFETIME = 15
 PEERING_CHECK = 2.0  # seconds between checks of who the active replica is
+CRASH_PAUSE = 2.0  # before an engine whose task failed is started again (doubling, to 60 s)
 
 
 class ForeverBackoff:
@@ -65,45 +66,67 @@ class Runtime:
         self.quiet = Quiet(log)
         self.api: Api | None = None
         self.engine: Engine | None = None
+        self.task: asyncio.Task | None = None  # the engine's run()
         self.supervisor: asyncio.Task | None = None
 
     async def supervise(self) -> None:
-        """Run the engine while this replica is the active one."""
+        """Run the engine while this replica is the active one. An engine whose task ended (one
+        of its tasks failed) is stopped - drained: what it counted is written - before another
+        starts, after a pause that grows while they keep failing."""
         assert self.api is not None
         peering = (
             None
             if self.standalone
             else Peering(self.api, self.peering_name, self.priority, self.quiet)
         )
-        task: asyncio.Task | None = None
         said: bool | None = None
-        try:
-            while True:
-                active = True if peering is None else await peering.check()
-                if (
-                    not active
-                    and said is not False
-                    and (peering is None or peering.active is not None)
-                ):
-                    log.info("standing by: a peer with a higher priority is active")
-                said = active
-                metrics.ACTIVE.set(1 if active else 0)
-                if task is not None and task.done():
-                    exc = task.exception()
-                    log.error("the detection engine stopped (%s); starting it again", exc)
-                    self.engine, task = None, None
-                if active and self.engine is None:
-                    self.engine = Engine(self.api, self.options, self.health, self.quiet)
-                    task = asyncio.create_task(self.engine.run(), name="engine")
-                elif not active and self.engine is not None:
-                    await self.engine.stop(grace=5.0)
-                    if task is not None:
-                        task.cancel()
-                    self.engine, task = None, None
-                await asyncio.sleep(PEERING_CHECK)
-        finally:
-            if task is not None:
-                task.cancel()
+        crashes = 0
+        while True:
+            active = True if peering is None else await peering.check()
+            if not active and said is not False and (peering is None or peering.active is not None):
+                log.info("standing by: a peer with a higher priority is active")
+            said = active
+            metrics.ACTIVE.set(1 if active else 0)
+            if self.task is not None and self.task.done():
+                crashes += 1
+                log.error(
+                    "the detection engine stopped (%s); stopping what is left of it, then "
+                    "starting it again",
+                    _failure(self.task),
+                )
+                await self.stop_engine(grace=5.0)
+                await asyncio.sleep(min(60.0, CRASH_PAUSE * 2 ** (crashes - 1)))
+                continue
+            if active and self.engine is None:
+                self.engine = Engine(self.api, self.options, self.health, self.quiet)
+                self.task = asyncio.create_task(self.engine.run(), name="engine")
+            elif not active and self.engine is not None:
+                await self.stop_engine(grace=5.0)
+            elif self.engine is not None and self.engine.started.is_set():
+                crashes = 0
+            await asyncio.sleep(PEERING_CHECK)
+
+    async def stop_engine(self, grace: float | None = None) -> int:
+        """Stop the engine (its tasks first, then its drain) and wait until its task has ended;
+        the Findings left unwritten."""
+        engine, task = self.engine, self.task
+        if engine is None:
+            return 0
+        left = await engine.stop(grace)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.engine, self.task = None, None
+        return left
+
+
+def _failure(task: asyncio.Task) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(f"{type(e).__name__}: {str(e)[:200]}" for e in exc.exceptions)
+    return f"{type(exc).__name__}: {str(exc)[:200]}" if exc else "it returned"
 
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
@@ -132,11 +155,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry, id="final-flush")
     async def final_flush(**_: Any) -> None:
-        # SIGTERM: stop counting, then write everything counted, within the grace period.
+        # SIGTERM: stop reading, count what was received, write it all within the grace period.
         if rt.supervisor is not None:
             rt.supervisor.cancel()
+            await asyncio.gather(rt.supervisor, return_exceptions=True)
         if rt.engine is not None:
-            left = await rt.engine.stop()
+            left = await rt.stop_engine()
             log.info("stopped; %d Findings left unwritten", left)
         if rt.api is not None:
             await rt.api.close()

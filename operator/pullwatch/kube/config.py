@@ -10,6 +10,10 @@ One mechanism for the three kinds (``Kind`` says what differs):
 * Changes come from kopf (``apply``: every ADDED/MODIFIED/DELETED of the kind's watch); when an
   active replica starts, ``load`` lists them all first, so that no pull is judged against half of
   the configuration. A change is in force within ``DEBOUNCE`` seconds plus its compile time.
+* The list and the watch race: a page of the list can be older than what the watch delivered.
+  An older version never replaces a newer one, and a deleted object is remembered (a tombstone
+  per uid: a uid is never reused, so nothing seen after its DELETED can bring it back) - else a
+  stale page would put a deleted Suppression back in force.
 * Each object's status says what pullwatch made of it - bounded whatever its size (counts, the
   first 20 problems) - and is written with retries that back off and are said once.
 """
@@ -19,17 +23,22 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import GROUP, VERSION
+from ..core.names import is_label, is_subdomain, segment
 from . import metrics
 from .api import MERGE_PATCH, Api, ApiError
 from .quietlog import Quiet
 
 DEBOUNCE = 0.1
 SAMPLE = 20
+TOMBSTONES = (
+    10_000  # deleted uids remembered (a stale list page is seconds old, not 10,000 deletes)
+)
 log = logging.getLogger("pullwatch.config")
 
 
@@ -41,13 +50,20 @@ class Kind:
     compile: Callable[[dict[str, Any]], Any]  # body -> compiled (pure core; in a thread)
     install: Callable[[list[Any]], None]  # compiled objects in force -> the detector
     status: Callable[[Any, dict[str, Any]], dict[str, Any]]  # compiled, body -> status (bounded)
+    prepare: Callable[[], None] | None = None  # before each pass over the statuses
 
     def path(self, meta: dict[str, Any] | None = None, status: bool = False) -> str:
         if meta is None:
             return f"/apis/{GROUP}/{VERSION}/{self.plural}"
-        where = f"namespaces/{meta['namespace']}/" if self.namespaced else ""
-        return f"/apis/{GROUP}/{VERSION}/{where}{self.plural}/{meta['name']}" + (
+        where = f"namespaces/{segment(meta['namespace'])}/" if self.namespaced else ""
+        return f"/apis/{GROUP}/{VERSION}/{where}{self.plural}/{segment(meta['name'])}" + (
             "/status" if status else ""
+        )
+
+    def named(self, meta: dict[str, Any]) -> bool:
+        """Whether the object's name (and namespace) are ones the API server could have given."""
+        return is_subdomain(meta.get("name")) and (
+            not self.namespaced or is_label(meta.get("namespace"))
         )
 
 
@@ -81,6 +97,7 @@ class Configs:
         self.api, self.kind = api, kind
         self.quiet = quiet or Quiet(log)
         self.objects: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
+        self.deleted: OrderedDict[str, None] = OrderedDict()  # tombstones: uids seen DELETED
         self.compiled: dict[tuple[str, Any], Any] = {}  # (uid, generation) -> compiled
         self.ready = asyncio.Event()
         self.rebuilds = 0
@@ -99,11 +116,16 @@ class Configs:
     def apply(self, event: str, body: dict[str, Any]) -> None:
         meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         uid = meta.get("uid")
-        if not isinstance(uid, str):
+        if not isinstance(uid, str) or not self.kind.named(meta):
             return
+        if uid in self.deleted:
+            return  # deleted: whatever comes after (a stale list page) is older than that
         if event == "DELETED":
             self.objects.pop(uid, None)
             self._statuses.pop(uid, None)
+            self.deleted[uid] = None
+            if len(self.deleted) > TOMBSTONES:
+                self.deleted.popitem(last=False)
         else:
             known = self.objects.get(uid)
             if known is not None and _rv(known) > _rv(body):
@@ -181,6 +203,8 @@ class Configs:
     async def _write_statuses(self, delay: float) -> float:
         """Write the statuses that differ from what is wanted; the delay before a retry."""
         failed = False
+        if self._statuses and self.kind.prepare is not None:
+            self.kind.prepare()
         for uid, body in list(self._statuses.items()):
             compiled = self.compiled.get((uid, _generation(body)))
             if compiled is None:

@@ -1,8 +1,12 @@
 """What the active replica runs: the detection pipeline from Events to written Findings.
 
 Started when this replica becomes the active one, stopped (after writing what it counted) when it
-is not or at shutdown. In order: the Findings in the cluster are listed and adopted (so that no
-pull is counted twice), the AllowedImages are listed and compiled (so that no pull is judged
+is not, at shutdown, or when one of its tasks fails: they run in one ``asyncio.TaskGroup``, so a
+task that crashes stops the others with it, and the supervisor (app.py) drains and ends this
+engine before it starts another - never an old writer or stream beside a new engine.
+
+In order: the Findings in the cluster are listed and adopted (so that no pull is counted twice),
+the AllowedImages are listed and compiled (so that no pull is judged
 against a half-loaded allowlist), then the Event stream starts. Each candidate Event is decoded;
 if a rule fires, its pod's workload is read (or inferred), the pull is counted into its Finding,
 and the Finding is marked for the writer.
@@ -13,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +25,20 @@ from ..core.allowlist import Allowlist
 from ..core.detector import Caps, Detector
 from ..core.findings import RULES_BY_SHORT
 from ..core.ledger import MAX_LIVE
+from ..core.names import segment
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
 from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
 from ..core.workload import Workload
 from . import metrics
 from .api import Api
 from .config import Configs
-from .events import ListWatch
+from .custody import Custody
 from .health import Health
 from .kinds import allowed_images, scanner_images, suppressions
 from .quietlog import Quiet
 from .reports import ReportWriter
-from .store import Custody
+from .stream import ListWatch
+from .upkeep import Upkeep
 from .witnesses.pods import PodWitness
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
@@ -107,7 +112,8 @@ class Engine:
         )
         if self.reports is not None:
             self.writer.listeners.append(self.reports.mark)
-        self.hidden: Counter[str] = Counter()  # pulls hidden per Suppression
+        self.upkeep = Upkeep(self.detector, self.writer, self.custody, options)
+        self.hidden = self.upkeep.hidden  # pulls hidden per Suppression
         self.configs = {
             "AllowedImages": Configs(api, allowed_images(self.detector), quiet),
             "ScannerImages": Configs(
@@ -117,7 +123,9 @@ class Engine:
             ),
             "Suppression": Configs(
                 api,
-                suppressions(self.detector, options.operator_namespace, self._recover, self.hidden),
+                suppressions(
+                    self.detector, options.operator_namespace, self.upkeep.recover, self.hidden
+                ),
                 quiet,
             ),
         }
@@ -126,7 +134,7 @@ class Engine:
         self.findings_watches = [
             ListWatch(
                 api,
-                f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
+                f"/apis/{GROUP}/{VERSION}/namespaces/{segment(ns)}/{PLURAL}"
                 if ns
                 else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
                 self._finding_event,
@@ -143,7 +151,7 @@ class Engine:
         self.event_streams = [
             ListWatch(
                 api,
-                f"/api/v1/namespaces/{ns}/events" if ns else "/api/v1/events",
+                f"/api/v1/namespaces/{segment(ns)}/events" if ns else "/api/v1/events",
                 self.handle_event,
                 name=f"Event stream ({ns or 'all namespaces'})",
                 health=health,
@@ -170,7 +178,7 @@ class Engine:
             for ns in (options.namespaces or [None])
             if options.pod_witness
         ]
-        self._hidden_written: Counter[str] = Counter()
+        self.upkeep.suppressions = self.configs["Suppression"]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
@@ -181,57 +189,78 @@ class Engine:
     # -- lifecycle
     # ------------------------------------------------------------------------------------
     async def run(self) -> None:
-        def start(coro: Any, name: str) -> None:
-            self._tasks.append(asyncio.create_task(coro, name=name))
+        """Run every task of the engine until it is stopped; raises (an ExceptionGroup) when one
+        of them fails, the others stopped with it."""
+        async with asyncio.TaskGroup() as group:
 
-        self.health.watch("writer", allowed=60)
-        start(self.writer.run(), "writer")
-        start(self.resolver.run(), "workloads")
-        for watch in self.findings_watches:
-            start(watch.run(), watch.name)
-            self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
-        for watch in self.findings_watches:
-            await watch.synced.wait()  # every Finding adopted (its first list)
-        log.info("adopted %d existing Findings", len(self.detector.states))
-        # every AllowedImages, ScannerImages and Suppression compiled before any pull is judged
-        await asyncio.gather(*(c.load() for c in self.configs.values()))
-        for name, c in self.configs.items():
-            start(c.run(), name)
-        for stream in self.event_streams:
-            self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
-            start(stream.run(), stream.name)
-        for witness in self.pod_witnesses:
-            self.health.watch(witness.name, allowed=3 * self.options.read_timeout + 30)
-            start(witness.run(), witness.name)
-        start(self._maintain(), "maintenance")
-        start(self._settle(), "pull-event-grace")
-        start(self._census(), "census")
-        if self.reports is not None:
-            start(self.reports.run(), "openreports")
-        log.info("processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces")
-        self.started.set()
-        await asyncio.gather(*self._tasks)
+            def start(coro: Any, name: str) -> None:
+                self._tasks.append(group.create_task(coro, name=name))
+
+            self.health.watch("writer", allowed=60)
+            start(self.writer.run(), "writer")
+            start(self.resolver.run(), "workloads")
+            for watch in self.findings_watches:
+                start(watch.run(), watch.name)
+                self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
+            for watch in self.findings_watches:
+                await watch.synced.wait()  # every Finding adopted (its first list)
+            log.info("adopted %d existing Findings", len(self.detector.states))
+            # every AllowedImages, ScannerImages and Suppression compiled before a pull is judged
+            await asyncio.gather(*(c.load() for c in self.configs.values()))
+            for name, c in self.configs.items():
+                start(c.run(), name)
+            for stream in self.event_streams:
+                self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
+                start(stream.run(), stream.name)
+            for witness in self.pod_witnesses:
+                self.health.watch(witness.name, allowed=3 * self.options.read_timeout + 30)
+                start(witness.run(), witness.name)
+            start(self.upkeep.maintain(), "maintenance")
+            start(self.upkeep.rechecks(), "suppression rechecks")
+            start(self._settle(), "pull-event-grace")
+            start(self.upkeep.census_loop(), "census")
+            if self.reports is not None:
+                start(self.reports.run(), "openreports")
+            log.info(
+                "processing Events (%s)", ", ".join(self.options.namespaces) or "all namespaces"
+            )
+            self.started.set()
 
     async def stop(self, grace: float | None = None) -> int:
-        """Stop counting, then write what was counted within ``grace`` seconds; how many Findings
-        were left unwritten (0 but for an API server that does not answer)."""
+        """Stop reading, count what was received, then write what was counted within ``grace``
+        seconds; how many Findings were left unwritten (0 but for an API server that does not
+        answer). In order: the streams (nothing new comes in), the workload reads (every pull
+        still waiting for one is counted now, with the workload its pod's name gives), the other
+        tasks, and last the writer, which writes everything that is left."""
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
-        first = [t for t in self._tasks if t.get_name() != "writer"]
-        for t in first:
-            t.cancel()
-        await asyncio.gather(*first, return_exceptions=True)
+        streams = {
+            s.name for s in [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
+        }
+        for names in (streams, {"workloads"}, None):
+            batch = [
+                t
+                for t in self._tasks
+                if (names is None or t.get_name() in names) and t.get_name() != "writer"
+            ]
+            for t in batch:
+                t.cancel()
+            await asyncio.gather(*batch, return_exceptions=True)
+            if names == {"workloads"}:
+                flushed = self.resolver.flush()
+                if flushed:
+                    log.info("counted %d pulls whose workload read was cut short", flushed)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        streams = [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
-        for name in [s.name for s in streams] + ["writer"]:
+        for name in [*streams, "writer"]:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)
         if left:
             log.error(
-                "shutting down with %d Findings not written (the API server did not take them in time)",
+                "shutting down with %d Findings not written (the API server did not take them "
+                "in time)",
                 left,
             )
         return left
@@ -239,8 +268,9 @@ class Engine:
     # -- the pipeline
     # ---------------------------------------------------------------------------------
     def handle_event(self, kind: str, obj: dict[str, Any]) -> None:
-        """One candidate Event from the stream: decode, judge, and count it once its workload is known."""
-        if kind == "DELETED" or self._stopping:
+        """One candidate Event from the stream: decode, judge, and count it once its workload is
+        known. (Everything the stream hands over is counted, during a stop too.)"""
+        if kind == "DELETED":
             return
         metrics.EXAMINED.inc()
         try:
@@ -254,10 +284,15 @@ class Engine:
         if not fired:
             self.pulls += 1
             return
-        if pull.involved.kind != "Pod" or self.detector.routed(pull):
-            self._count(
-                pull, None
-            )  # no pod, or its series already has its Finding: nothing to read
+        if (
+            pull.involved.kind != "Pod"
+            or self.detector.routed(pull)
+            or self._at_cap(fired, pull.namespace)
+        ):
+            # No pod; or its series already has its Finding; or it goes to the overflow of a
+            # namespace at its cap whatever its workload (a flood: its reads would only slow
+            # everything else down): nothing to read.
+            self._count(pull, None)
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(
@@ -265,7 +300,12 @@ class Engine:
             pull.involved.name,
             priority,
             lambda workload: self._count(pull, workload),
+            lambda: not (self.detector.routed(pull) or self._at_cap(fired, pull.namespace)),
         )
+
+    def _at_cap(self, fired: list[Any], namespace: str) -> bool:
+        """Every rule that fires is at its cap in ``namespace`` (or cluster-wide)."""
+        return all(self.detector.capped(rule.short, namespace) for rule, _, _ in fired)
 
     def _count(self, pull: Pull, workload: Workload | None) -> None:
         self.pulls += 1
@@ -273,9 +313,8 @@ class Engine:
 
     def observe(self, obs: Any, workload: Workload | None = None) -> None:
         """One observation from any witness: into its Findings, and onto the metrics. The one
-        interface every witness hands the core its observations through."""
-        if self._stopping:
-            return
+        interface every witness hands the core its observations through. (What was received
+        is counted during a stop too: the streams stop first.)"""
         now = time.time()
         for det in self.detector.observe(obs, workload, minute=int(now) // 60, clock=now):
             self._account(det)
@@ -352,59 +391,6 @@ class Engine:
                 meta.get("name"),
                 reason,
             )
-
-    async def _census(self) -> None:
-        while True:
-            self.census()
-            await asyncio.sleep(self.options.census_interval)
-
-    async def _maintain(self) -> None:
-        """Every ``maintenance_interval`` (a minute): close ledger slots whose Events have expired
-        (exact, and it keeps Findings small), and pack the Findings not pulled for ``COOL_AFTER``
-        minutes (memory); every tenth time from the first: forget the routes of closed slots,
-        and apply the retention."""
-        rounds = 0
-        while True:
-            await asyncio.sleep(self.options.maintenance_interval)
-            rounds += 1
-            cutoff = int(time.time() - self.options.event_ttl_seconds) // 60 - 5
-            for state in list(self.detector.states.values()):
-                if state.close_before(cutoff):
-                    self.writer.mark(state.name)
-            busy = self.writer.dirty.keys() | self.writer.in_flight
-            self.detector.cool(int(time.time()) // 60 - COOL_AFTER, busy)
-            self._recover()  # Suppressions that expired since
-            self.configs["Suppression"].recheck_statuses()
-            if rounds % 10 == 1:
-                self.detector.prune_routes()
-                await self.custody.sweep()
-
-    def _recover(self) -> None:
-        """Suppressions changed or expired: mark the Findings whose cover changed."""
-        for state in self.detector.recheck_suppressions(time.time()):
-            self.writer.mark(state.name)
-
-    def census(self) -> None:
-        """The Findings gauges (by rule and severity, suppressed ones apart); and the Suppressions'
-        statuses, whose counts move with what happens."""
-        active: dict[tuple[str, str], int] = {
-            (r.name, r.severity): 0 for r in RULES_BY_SHORT.values()
-        }
-        suppressed = dict(active)
-        for state in self.detector.states.values():
-            if state.has_evidence:
-                rule = RULES_BY_SHORT[state.identity.rule]
-                (suppressed if state.suppression is not None else active)[
-                    (rule.name, rule.severity)
-                ] += 1
-        for (rule_name, severity), n in active.items():
-            metrics.FINDINGS.labels(rule_name, severity).set(n)
-            metrics.SUPPRESSED_FINDINGS.labels(rule_name, severity).set(
-                suppressed[(rule_name, severity)]
-            )
-        if self.hidden != self._hidden_written:
-            self._hidden_written = Counter(self.hidden)
-            self.configs["Suppression"].recheck_statuses()
 
 
 def _image_reason(item: dict[str, Any]) -> bool:

@@ -1,10 +1,11 @@
 """Liveness that means "making progress": each long-running loop says it is alive as it goes.
 
-The Event stream beats on every line, bookmark, page and reconnection attempt; the Finding writer
-on every pass of its loop and every write it completes. Both have deadlines on every call, so a
-loop that is working beats within seconds, even while the API server is down (it is then retrying,
-which is progress); a loop that does not beat for ``allowed`` seconds is stuck, and the liveness
-probe fails so that Kubernetes restarts the pod. Nothing blocking runs on the event loop (the
+A stream beats when its resourceVersion moves, a list gets further or a watch ends cleanly, and
+while it waits on an API server that does not answer (stream.py says why); never merely because
+it loops over data it cannot get past. The Finding writer beats on every pass of its loop and
+every write it completes. Every call has a deadline, so a loop that is working beats within
+seconds; a loop that does not beat for ``allowed`` seconds is stuck, and the liveness probe fails
+so that Kubernetes restarts the pod. Nothing blocking runs on the event loop (the
 allowlist is compiled in a thread), so the probe itself always answers.
 
     >>> clock = [0.0]

@@ -4,20 +4,21 @@ Names are ``pullwatch_*``, counters end in ``_total``, and label sets are bounde
 and, where it says so, namespace - never a pod, a workload or an image (each would be a new
 series per pod: an attacker could blow up the monitoring with them).
 
-    pullwatch_pulls_detected_total{rule,severity}         pulls counted into Findings (suppressed too)
-    pullwatch_pulls_suppressed_total{rule,severity}       of those, pulls a Suppression covers
-    pullwatch_findings{rule,severity}                     Findings with pulls, suppressed ones left out
-    pullwatch_findings_suppressed{rule,severity}          Findings a Suppression covers
-    pullwatch_findings_folded_total{rule,namespace}       pulls counted into overflow Findings (past a cap)
-    pullwatch_events_examined_total                       candidate Events decoded
-    pullwatch_events_skipped_total{reason}                malformed image Events, by reason
-    pullwatch_event_to_finding_seconds                    from an Event's arrival to the write of its Finding
-    pullwatch_api_writes_total{verb,outcome}              writes of Findings, by verb and HTTP outcome
-    pullwatch_allowlist_objects                           AllowedImages in force
-    pullwatch_allowlist_refused_patterns                  patterns refused (they allow nothing)
-    pullwatch_active                                      1 on the replica that processes Events
-    pullwatch_stream_relists_total{stream}                lists after 410 Gone (stream: events, findings)
-    pullwatch_stream_silences_total{stream}               watches dropped as silent (half-open connections)
+    pullwatch_pulls_detected_total{rule,severity}     pulls counted into Findings (suppressed too)
+    pullwatch_pulls_suppressed_total{rule,severity}   of those, pulls a Suppression covers
+    pullwatch_findings{rule,severity}                 Findings with pulls, suppressed ones left out
+    pullwatch_findings_suppressed{rule,severity}      Findings a Suppression covers
+    pullwatch_findings_folded_total{rule,namespace}   pulls counted into overflow Findings
+    pullwatch_events_examined_total                   candidate Events decoded
+    pullwatch_events_skipped_total{reason}            malformed image Events, by reason
+    pullwatch_event_to_finding_seconds                from an Event's arrival to its Finding's write
+    pullwatch_api_writes_total{verb,outcome}          writes of Findings, by verb and HTTP outcome
+    pullwatch_allowlist_objects                       AllowedImages in force
+    pullwatch_allowlist_refused_patterns              patterns refused (they allow nothing)
+    pullwatch_active                                  1 on the replica that processes Events
+    pullwatch_stream_relists_total{stream}            lists after 410 Gone (events, findings)
+    pullwatch_stream_silences_total{stream}           watches dropped as silent (half-open)
+    pullwatch_stream_oversize_total{stream}           watch lines over the line bound, skipped
 """
 
 from __future__ import annotations
@@ -150,6 +151,13 @@ SILENCES = Counter(
     registry=REGISTRY,
 )
 
+OVERSIZE = Counter(
+    "pullwatch_stream_oversize_total",
+    "Watch lines over the line bound (4 MiB), skipped; the stream moves past them.",
+    ["stream"],
+    registry=REGISTRY,
+)
+
 
 def _zero_series() -> None:
     """Every labelled counter an alert reads exists at 0 from the start: Prometheus'
@@ -170,6 +178,6 @@ _zero_series()
 
 
 def serve(address: str) -> None:
-    """Serve /metrics on ``host:port`` (a thread of prometheus_client's; the event loop is not used)."""
+    """Serve /metrics on ``host:port`` (a thread of prometheus_client's, not the event loop)."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)

@@ -6,9 +6,11 @@ ends, ``recovered`` says so once. ``KopfRetryFilter`` does the same to kopf's "R
 failed; will retry" lines, which kopf writes at ERROR on every attempt.
 
     >>> import logging, io
-    >>> out = io.StringIO(); log = logging.getLogger("doc"); log.addHandler(logging.StreamHandler(out))
+    >>> out = io.StringIO(); log = logging.getLogger("doc")
+    >>> log.addHandler(logging.StreamHandler(out)); log.setLevel(logging.INFO)
     >>> quiet = Quiet(log, interval=300, clock=lambda: 0.0)
-    >>> for _ in range(5): quiet.warning("forbidden: patch findings", "forbidden: patch findings (%s)", "ns/x")
+    >>> for _ in range(5):
+    ...     _ = quiet.warning("forbidden: patch findings", "forbidden: patch findings (%s)", "ns/x")
     >>> quiet.recovered("forbidden: patch findings", "allowed again: patch findings")
     >>> out.getvalue().splitlines()
     ['forbidden: patch findings (ns/x)', 'allowed again: patch findings (4 more times since)']
@@ -74,7 +76,8 @@ class Quiet:
 
 
 _ATTEMPT = re.compile(
-    r"^Request attempt #\d+(?:/\d+)? failed; (?:will retry|escalating): (\S+) (\S+?)(?:\?\S*)? -> (\w+)"
+    r"^Request attempt #\d+(?:/\d+)? failed; (?:will retry|escalating): "
+    r"(\S+) (\S+?)(?:\?\S*)? -> (\w+)"
 )
 
 

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from ..core.detector import Detector
+from ..core.names import is_label, segment
 from ..core.reports import API_VERSION, LABEL_MANAGED_BY, NAME, SOURCE, report_for
 from .api import Api, ApiError
 from .quietlog import Quiet
@@ -25,8 +26,8 @@ log = logging.getLogger("pullwatch.reports")
 def _path(namespace: str | None = None, name: str | None = None) -> str:
     if namespace is None:
         return f"/apis/{API_VERSION}/reports"
-    base = f"/apis/{API_VERSION}/namespaces/{namespace}/reports"
-    return base if name is None else f"{base}/{name}"
+    base = f"/apis/{API_VERSION}/namespaces/{segment(namespace)}/reports"
+    return base if name is None else f"{base}/{segment(name)}"
 
 
 class ReportWriter:
@@ -48,8 +49,9 @@ class ReportWriter:
         self._wake = asyncio.Event()
 
     def mark(self, namespace: str) -> None:
-        self.dirty.add(namespace)
-        self._wake.set()
+        if is_label(namespace):  # a namespace the API server could have made; nothing else
+            self.dirty.add(namespace)
+            self._wake.set()
 
     async def run(self) -> None:
         await self._adopt()
@@ -75,7 +77,8 @@ class ReportWriter:
                 self.quiet.recovered_all(("reports ",), "writing OpenReports works again")
 
     async def _adopt(self) -> None:
-        """The Reports pullwatch wrote before: know their versions; remove those with no Findings."""
+        """The Reports pullwatch wrote before: know their versions; remove those with no
+        Findings."""
         while True:
             try:
                 async for page in self.api.pages(
@@ -83,19 +86,19 @@ class ReportWriter:
                 ):
                     for item in page.get("items") or []:
                         meta = item.get("metadata") or {}
-                        if meta.get("name") == NAME:
+                        if meta.get("name") == NAME and is_label(meta.get("namespace")):
                             self.versions[meta["namespace"]] = meta.get("resourceVersion")
                             self.dirty.add(meta["namespace"])
                 break
             except ApiError as exc:
                 self._complain(exc)
                 await asyncio.sleep(30)
-        for state in self.detector.states.values():
-            self.dirty.add(state.namespace)
+        for namespace in list(self.detector.by_namespace):
+            self.mark(namespace)
         self._wake.set()
 
     async def _write(self, namespace: str) -> None:
-        wanted = report_for(namespace, self.detector.states.values(), self.max_results)
+        wanted = report_for(namespace, self.detector.in_namespace(namespace), self.max_results)
         rv = self.versions.get(namespace)
         if wanted is None:
             if rv is not None:

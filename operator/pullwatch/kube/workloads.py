@@ -8,8 +8,16 @@ read is refused (RBAC without ``get pods``), or the API server is slow, the work
 from the pod's name exactly as ``pullwatch scan`` does - and the Finding says which it was.
 
 Lookups wait in a queue ordered by severity (a scanner pull first), a few at a time, each with a
-deadline; when the queue is long (a flood), new pulls are not queued but inferred at once, so a
-flood costs no more API reads than the queue holds and never delays a scanner pull.
+deadline; one of the readers serves urgent lookups (priority 0: a scanner pull) only, so that a
+scanner pull never waits behind the flood's reads in flight. When the queue is long (a flood),
+new pulls are not queued but inferred at once, so a flood costs no more API reads than the queue
+holds.
+
+Names come from Events and ownerReferences, which their authors wrote: a pod or owner name that
+is not a DNS-1123 subdomain (or a namespace that is not a label) is never put in a URL - the
+workload is inferred instead - and every path segment is quoted besides. At shutdown, ``flush``
+answers every lookup still waiting with the inferred workload, so that what was received is
+counted before the process exits.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..core.names import is_label, is_subdomain, segment
 from ..core.workload import Workload, controller_of, from_owners, infer, infer_above
 from .api import METADATA_ONLY, Api, ApiError
 from .quietlog import Quiet
@@ -28,8 +37,8 @@ from .quietlog import Quiet
 log = logging.getLogger("pullwatch.workloads")
 # The top controller of a pod's direct owner: only these kinds have one that matters here.
 _PARENTS = {
-    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+    "ReplicaSet": "/apis/apps/v1/namespaces/{}/replicasets/{}",
+    "Job": "/apis/batch/v1/namespaces/{}/jobs/{}",
 }
 
 
@@ -56,6 +65,7 @@ class WorkloadResolver:
         self.quiet = quiet or Quiet(log)
         self._queue: list[tuple[int, int, tuple[str, str]]] = []
         self._waiting: dict[tuple[str, str], list[Callable[[Workload], None]]] = {}
+        self._needed: dict[tuple[str, str], Callable[[], bool]] = {}
         self._order = itertools.count()
         self._wake = asyncio.Event()
         # (ns, pod) -> its controller and pod-template-hash, as the Pod witness saw the pod
@@ -70,9 +80,16 @@ class WorkloadResolver:
         return hit
 
     def request(
-        self, namespace: str, pod: str, priority: int, done: Callable[[Workload], None]
+        self,
+        namespace: str,
+        pod: str,
+        priority: int,
+        done: Callable[[Workload], None],
+        needed: Callable[[], bool] | None = None,
     ) -> None:
-        """``done(workload)`` once the pod's workload is known (on the event loop, soon)."""
+        """``done(workload)`` once the pod's workload is known (on the event loop, soon).
+        ``needed``: asked again when the lookup's turn comes; False answers it by inference
+        (what was queued during a flood and has no use for a read by then)."""
         key = (namespace, pod)
         hit = self.cached(namespace, pod)
         if hit is not None:
@@ -87,24 +104,40 @@ class WorkloadResolver:
             done(infer(pod))  # a flood: no API read for it, and no waiting behind the others
             return
         self._waiting[key] = [done]
+        if needed is not None:
+            self._needed[key] = needed
         heapq.heappush(self._queue, (priority, next(self._order), key))
         self._wake.set()
 
     async def run(self) -> None:
         """Serve the queue forever, ``concurrency`` lookups at a time."""
-        workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for w in workers:
-                w.cancel()
+        async with asyncio.TaskGroup() as group:
+            for i in range(max(2, self.concurrency)):
+                group.create_task(self._worker(urgent_only=i == 0))
 
-    async def _worker(self) -> None:
+    def flush(self) -> int:
+        """Answer every lookup still waiting (queued or being read) with the workload inferred
+        from the pod's name, now; how many. Called at shutdown, once the workers have stopped."""
+        waiting, self._waiting, self._queue, self._needed = self._waiting, {}, [], {}
+        for (_, pod), callbacks in waiting.items():
+            workload = infer(pod)
+            self.inferred += 1
+            for done in callbacks:
+                done(workload)
+        return len(waiting)
+
+    async def _worker(self, urgent_only: bool = False) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or (urgent_only and self._queue[0][0] > 0):
                 self._wake.clear()
                 await self._wake.wait()
             _, _, key = heapq.heappop(self._queue)
+            needed = self._needed.pop(key, None)
+            if needed is not None and not needed():
+                self.inferred += 1
+                for done in self._waiting.pop(key, []):
+                    done(infer(key[1]))
+                continue
             try:
                 workload = await self.resolve(*key)
             except Exception as exc:
@@ -122,13 +155,19 @@ class WorkloadResolver:
 
     async def resolve(self, namespace: str, pod: str) -> Workload:
         """Read the owner chain; infer from the name where it cannot be read."""
+        if not (is_label(namespace) and is_subdomain(pod)):
+            self.inferred += 1
+            return infer(pod)  # not a name the API server gave: nothing to read under it
         meta = self._known_owner(namespace, pod) or await self._metadata(
-            f"/api/v1/namespaces/{namespace}/pods/{pod}"
+            f"/api/v1/namespaces/{segment(namespace)}/pods/{segment(pod)}"
         )
         if meta is None:
             self.inferred += 1
             return infer(pod)
         owner = controller_of(meta)
+        if owner is not None and not is_subdomain(owner[1]):
+            self.inferred += 1
+            return infer(pod)  # ownerReferences are not validated as names: never follow one
         chain: list[tuple[str, str] | None] = [owner]
         if owner is not None and owner[0] in _PARENTS:
             parent_key = (namespace, owner[0], owner[1])
@@ -136,11 +175,13 @@ class WorkloadResolver:
                 chain.append(self.parents[parent_key])
             else:
                 parent_meta = await self._metadata(
-                    _PARENTS[owner[0]].format(ns=namespace, name=owner[1])
+                    _PARENTS[owner[0]].format(segment(namespace), segment(owner[1]))
                 )
                 if parent_meta is None:
                     return self._unread_parent(pod, owner, meta)
                 parent = controller_of(parent_meta)
+                if parent is not None and not is_subdomain(parent[1]):
+                    return self._unread_parent(pod, owner, meta)
                 self.parents[parent_key] = parent
                 if len(self.parents) > self.cache_size:
                     self.parents.popitem(last=False)

@@ -3,13 +3,14 @@
 * A Finding touched by a pull is marked dirty. It is written when due: a new one within
   ``flush_interval`` (0.25 s: detection latency), count updates of one that exists at most every
   ``status_interval`` (2 s: a burst of repeats costs one write). Due Findings are written in order
-  of severity, new ones first: a flood of medium Findings never delays a scanner Finding.
-* A new Finding is created (POST) and its status written through the status subresource (PUT
-  with ``resourceVersion``). A 409 means someone else wrote it (an earlier run, another replica, a
-  user): re-read, max-merge (never counts a pull twice), try again. A 404 on the status write means
-  a user deleted it: it is created again with every pull pullwatch knows of.
+  of severity, new ones first, and one of the ``concurrency`` slots is kept for high and critical
+  Findings: a flood of medium Findings never delays a scanner Finding, not even by the writes it
+  has in flight.
+* Each write (findingapi.py) is conflict-safe: a 409 is re-read and max-merged, a 404 re-created.
 * A Finding leaves the dirty set only once it is written, and a change made while its write was
   in flight keeps it dirty: SIGTERM in the middle of a flush loses nothing (``drain``).
+* Only a Finding whose namespace is a DNS-1123 label and whose name a subdomain is written (the
+  path segments are quoted besides): anything else is refused and said.
 * Every request has a deadline (api.py). A Finding whose write fails waits before the next try,
   exponentially per Finding up to 5 minutes (a namespace whose policy refuses it is not hammered
   4 times a second); but while *every* write fails (RBAC revoked, API server away) the wait is at
@@ -22,30 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import GROUP, VERSION
 from ..core.detector import Detector
 from ..core.findings import RULES_BY_SHORT
-from ..core.state import FindingState
+from ..core.names import is_label, is_subdomain
 from . import metrics
-from .api import JSON_PATCH, Api, ApiError
+from .api import Api, ApiError
+from .findingapi import PLURAL, FindingApi, owned_labels, path_of
 from .health import Health
 from .quietlog import Quiet
 
-PLURAL = "findings"
-MAX_CONFLICTS = 5
+__all__ = ["PLURAL", "FindingWriter", "owned_labels", "path_of"]
 BACKOFF_MAX, OUTAGE_BACKOFF_MAX = 300.0, 10.0
 _RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "informational": 4}
 log = logging.getLogger("pullwatch.writer")
-
-
-def path_of(namespace: str, name: str | None = None, status: bool = False) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-    return base if name is None else f"{base}/{name}" + ("/status" if status else "")
 
 
 @dataclass
@@ -68,16 +62,19 @@ class FindingWriter:
         status_interval: float = 2.0,
         concurrency: int = 4,
         quiet: Quiet | None = None,
+        clock: Callable[[], float] | None = None,
     ):
         self.api, self.detector, self.health = api, detector, health
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self.flush_interval = flush_interval
         self.status_interval = max(flush_interval, status_interval)
         self.concurrency = concurrency
         self.quiet = quiet or Quiet(log)
-        self.versions: dict[str, str] = {}  # Findings known to exist -> last resourceVersion seen
+        self.findings = FindingApi(api, detector)
+        self.versions = self.findings.versions  # Findings known to exist -> their last version
         self.dirty: dict[str, _Dirty] = {}
         self.in_flight: set[str] = set()
-        self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
+        self.writes = self.findings.writes  # (verb, outcome) -> how many
         self.last_success = self.last_failure = 0.0
         # Findings whose writes failed since the last success (two or more: an outage, not one
         # Finding a namespace's policy refuses), and the Findings each logged trouble is about:
@@ -96,11 +93,14 @@ class FindingWriter:
         for listener in self.listeners:
             listener(namespace)
 
+    def carry_labels(self, name: str, labels: dict[str, Any]) -> None:
+        self.findings.carry_labels(name, labels)
+
     def mark(self, name: str, restore_spec: bool = False) -> None:
         state = self.detector.states.get(name)
         if state is not None:
             self.changed(state.namespace)
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         d = self.dirty.get(name)
         if d is None:
             self.dirty[name] = _Dirty(since=now, restore_spec=restore_spec)
@@ -119,6 +119,15 @@ class FindingWriter:
             if state is None or not state.has_evidence:
                 del self.dirty[name]  # forgotten, or nothing counted yet (a back-off alone)
                 continue
+            if not (is_label(state.namespace) and is_subdomain(name)):
+                del self.dirty[name]
+                self.quiet.error(
+                    "bad name",
+                    "refusing to write Finding %r in namespace %r: not valid names",
+                    name[:300],
+                    state.namespace[:100],
+                )
+                continue
             new = name not in self.versions
             if (
                 self._draining
@@ -135,17 +144,43 @@ class FindingWriter:
     async def run(self) -> None:
         """Write due Findings forever, ``concurrency`` at a time (cancelled at shutdown; then
         ``drain`` writes what is left)."""
-        loop = asyncio.get_running_loop()
         while True:
             self.health.beat("writer")
-            free = self.concurrency - len(self.in_flight)
-            for name in self._due(loop.time())[: max(0, free)]:
-                self._start(name)
+            self.pump()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             except TimeoutError:
                 pass
+
+    def pump(self) -> list[str]:
+        """Start the writes that are due, as many as there are free slots (one kept for urgent
+        Findings); their names."""
+        free = self.concurrency - len(self.in_flight)
+        routine = max(1, self.concurrency - 1) - sum(not self._urgent(n) for n in self.in_flight)
+        started = []
+        for name in self._due(self.clock()):
+            if len(started) >= free:
+                break
+            if not self._urgent(name):
+                if routine <= 0:
+                    continue
+                routine -= 1
+            started.append(name)
+            self._start(name)
+        return started
+
+    def _urgent(self, name: str) -> bool:
+        state = self.detector.states.get(name)
+        return (
+            state is not None
+            and _RANK.get(RULES_BY_SHORT[state.identity.rule].severity, 9) <= _RANK["high"]
+        )
+
+    async def settle(self) -> None:
+        """Wait for the writes in flight (tests, and the drain)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _start(self, name: str) -> None:
         self.in_flight.add(name)
@@ -160,10 +195,8 @@ class FindingWriter:
         self._draining = True
         while self.dirty and loop.time() < deadline:
             for d in self.dirty.values():
-                d.not_before = min(d.not_before, loop.time())  # no backoff at the end
-            free = self.concurrency - len(self.in_flight)
-            for name in self._due(loop.time())[: max(0, free)]:
-                self._start(name)
+                d.not_before = min(d.not_before, self.clock())  # no backoff at the end
+            self.pump()
             if not self._tasks:
                 break
             await asyncio.wait(
@@ -174,27 +207,27 @@ class FindingWriter:
         return len(self.dirty)
 
     async def _write_one(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
         d = self.dirty.get(name)
         if d is None:
             self.in_flight.discard(name)
             return
         generation = d.generation
         try:
-            await self._write(name, d.restore_spec)
+            await self.findings.write(name, d.restore_spec)
         except ApiError as exc:
-            self._failed(name, d, exc, loop.time())
+            self._failed(name, d, exc, self.clock())
         except Exception as exc:
             self._failed(
-                name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), loop.time()
+                name, d, ApiError(0, type(exc).__name__, str(exc)[:200], "PUT", name), self.clock()
             )
         else:
-            self._succeeded(name, loop.time())
-            metrics.LATENCY.observe(loop.time() - d.since)
+            now = self.clock()
+            self._succeeded(name, now)
+            metrics.LATENCY.observe(now - d.since)
             if d.generation == generation:
                 self.dirty.pop(name, None)
             else:
-                d.since, d.attempts, d.restore_spec = loop.time(), 0, False
+                d.since, d.attempts, d.restore_spec = now, 0, False
         finally:
             self.in_flight.discard(name)
             self.health.beat("writer")
@@ -242,117 +275,3 @@ class FindingWriter:
         """Writes of two or more Findings failed since the last success: the API server, RBAC or
         the network, not one Finding's namespace (whose retries must not be hurried by others)."""
         return len(self.failing) >= 2
-
-    def _wrote(self, verb: str, outcome: str) -> None:
-        self.writes[(verb, outcome)] += 1
-        metrics.WRITES.labels(verb, outcome).inc()
-
-    # -- one Finding
-    # ----------------------------------------------------------------------------------
-    async def _write(self, name: str, restore_spec: bool) -> None:
-        for _ in range(MAX_CONFLICTS):
-            state = self.detector.states.get(name)
-            if state is None:
-                return
-            body = state.body()  # a snapshot, taken on the event loop
-            rv = self.versions.get(name)
-            if rv is None:
-                rv = await self._create(state, body)
-                if rv is None:
-                    continue
-                body = state.body()
-                restore_spec = False
-            if restore_spec:
-                restored = await self._restore_spec(state, body["spec"], rv)
-                if restored is None:
-                    continue  # it moved on, or is gone: read again, then try again
-                rv, restore_spec = restored, False
-            body["metadata"]["resourceVersion"] = rv
-            try:
-                result = await self.api.request(
-                    "PUT", path_of(state.namespace, name, status=True), body=body
-                )
-            except ApiError as exc:
-                self._wrote("update", str(exc.status))
-                if exc.status == 409:
-                    await self._reread(state)
-                    continue
-                if exc.status == 404:
-                    self.versions.pop(name, None)
-                    log.info("Finding %s/%s was deleted; creating it again", state.namespace, name)
-                    continue
-                raise
-            self._wrote("update", "ok")
-            self.versions[name] = result["metadata"]["resourceVersion"]
-            return
-        raise ApiError(
-            409, "Conflict", f"gave up after {MAX_CONFLICTS} conflicting attempts", "PUT", name
-        )
-
-    async def _create(self, state: FindingState, body: dict[str, Any]) -> str | None:
-        try:
-            created = await self.api.request(
-                "POST",
-                path_of(state.namespace),
-                body={k: v for k, v in body.items() if k != "status"},
-            )
-        except ApiError as exc:
-            self._wrote("create", str(exc.status))
-            if exc.status != 409:
-                raise
-            return await self._reread(state)  # it exists already: take it in, write over it
-        self._wrote("create", "ok")
-        rv = created["metadata"]["resourceVersion"]
-        self.versions[state.name] = rv
-        return rv
-
-    async def _restore_spec(self, state: FindingState, spec: dict[str, Any], rv: str) -> str | None:
-        """Put pullwatch's spec back (someone edited it), only over the version that was read;
-        labels and annotations people use for triage are left alone. The new resourceVersion, or
-        None when the object moved on or is gone (re-read: the caller tries again)."""
-        patch = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-            {"op": "replace", "path": "/spec", "value": spec},
-        ]
-        try:
-            result = await self.api.request(
-                "PATCH", path_of(state.namespace, state.name), body=patch, content_type=JSON_PATCH
-            )
-        except ApiError as exc:
-            self._wrote("patch", str(exc.status))
-            if exc.status in (
-                409,
-                422,
-            ):  # resourceVersion moved on (the test op failed): read again
-                await self._reread(state)
-                return None
-            if exc.status == 404:
-                self.versions.pop(state.name, None)
-                return None
-            raise
-        self._wrote("patch", "ok")
-        rv = result["metadata"]["resourceVersion"]
-        self.versions[state.name] = rv
-        return rv
-
-    async def _reread(self, state: FindingState) -> str | None:
-        """GET the stored Finding and merge it; its resourceVersion, or None if it is gone."""
-        try:
-            stored = await self.api.request("GET", path_of(state.namespace, state.name))
-        except ApiError as exc:
-            if exc.status == 404:
-                self.versions.pop(state.name, None)
-                return None
-            raise
-        try:
-            self.detector.adopt(stored)
-        except ValueError as exc:
-            log.warning(
-                "Finding %s/%s as stored is not one pullwatch can read (%s); writing over it",
-                state.namespace,
-                state.name,
-                exc,
-            )
-        rv = stored["metadata"]["resourceVersion"]
-        self.versions[state.name] = rv
-        return rv

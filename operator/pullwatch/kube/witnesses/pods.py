@@ -39,7 +39,7 @@ from ...core.pulls import DecodeError
 from ...core.workload import controller_of
 from .. import metrics
 from ..api import Api
-from ..events import ListWatch
+from ..stream import ListWatch
 from ..health import Health
 from ..quietlog import Quiet
 from ..workloads import WorkloadResolver

@@ -1,0 +1,87 @@
+"""The engine against the fake API: what it received is counted and written at a stop (pulls
+still waiting for a workload read too), and a task that crashes takes the whole engine down,
+drained, before the supervisor starts another."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fakeapi import line, serving, until
+
+from kubelet import image_event
+from pullwatch.kube import app
+from pullwatch.kube.engine import Engine, Options
+from pullwatch.kube.health import Health
+from pullwatch.kube.quietlog import Quiet
+from pullwatch.kube.upkeep import Upkeep
+
+FINDINGS = "/apis/pullwatch.dev/v1alpha1/namespaces/ns1/findings/"
+
+
+def options(**kwargs: Any) -> Options:
+    kwargs.setdefault("flush_interval", 0.05)
+    kwargs.setdefault("status_interval", 0.1)
+    kwargs.setdefault("census_interval", 3600)
+    kwargs.setdefault("maintenance_interval", 3600)
+    return Options(**kwargs)
+
+
+def pulls(n: int, rv: int = 500) -> bytes:
+    out = b""
+    for i in range(n):
+        ev = image_event("Pulling", "ns1", f"app{i}-7d9f8b6c5d-x7k2p", f"evil/m{i}:1", seq=i)
+        ev["metadata"]["resourceVersion"] = str(rv + i)
+        out += line("ADDED", ev)
+    return out
+
+
+def written_pulls(fake) -> int:
+    return sum(
+        (o.get("status") or {}).get("count", 0)
+        for p, o in fake.objects.items()
+        if p.startswith(FINDINGS)
+    )
+
+
+async def test_a_stop_counts_the_pulls_still_waiting_for_their_workload_and_writes_them():
+    async with serving() as (fake, api):
+        fake.delay("GET", "/pods/", 30.0)  # every workload read hangs
+        fake.script_watch(pulls(10), path="/api/v1/events")
+        engine = Engine(api, options(), Health(), Quiet(__import__("logging").getLogger("t")))
+        task = asyncio.create_task(engine.run())
+        await until(lambda: fake.count("GET", "/pods/") >= 3)  # reads under way, the rest queued
+        assert written_pulls(fake) == 0
+        left = await engine.stop(grace=10)
+        await asyncio.gather(task, return_exceptions=True)
+        assert left == 0
+        assert written_pulls(fake) == 10
+        assert all(o["spec"]["workload"]["source"] == "inferred" for o in fake.objects.values())
+
+
+async def test_a_crashed_task_stops_the_engine_drained_before_a_new_one_starts(monkeypatch):
+    monkeypatch.setattr(app, "PEERING_CHECK", 0.05)
+    monkeypatch.setattr(app, "CRASH_PAUSE", 0.05)
+    crashed = []
+
+    def census(self) -> None:
+        if not crashed and rt.engine is not None and rt.engine.pulls >= 3:
+            crashed.append(rt.engine)
+            raise RuntimeError("census broke")
+
+    monkeypatch.setattr(Upkeep, "census", census)
+    async with serving() as (fake, api):
+        fake.script_watch(pulls(3), path="/api/v1/events")
+        rt = app.Runtime(options(census_interval=0.05), True, "p", 1)
+        rt.api = api
+        supervisor = asyncio.create_task(rt.supervise())
+        try:
+            await until(lambda: crashed and rt.engine is not None and rt.engine is not crashed[0])
+            old = crashed[0]
+            assert all(t.done() for t in old._tasks)  # no old writer or stream left running
+            assert not old.writer.dirty and written_pulls(fake) == 3  # drained first
+            await until(lambda: rt.engine.started.is_set())
+        finally:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+            await rt.stop_engine(grace=5)
