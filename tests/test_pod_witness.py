@@ -66,11 +66,15 @@ def pod(
 
 
 class Seen:
-    def __init__(self):
-        self.runs: list[Running] = []
+    """What the witness hands over; a rule fires on the images in ``fires``."""
 
-    def __call__(self, run: Running) -> None:
+    def __init__(self, fires: tuple[str, ...] = ("registry.corp/tools/netcheck:1",)):
+        self.runs: list[Running] = []
+        self.fires = fires
+
+    def __call__(self, run: Running) -> bool:
         self.runs.append(run)
+        return run.image in self.fires
 
 
 @pytest.fixture
@@ -172,6 +176,8 @@ def test_owners_go_to_the_workload_resolver(seen):
     w.handle("ADDED", pod("bare", uid="u-2"))
     assert resolver.cached("team-a", "agent-x7k2p") == Workload("DaemonSet", "agent", "read")
     assert resolver.cached("team-a", "bare") == Workload("Pod", "bare", "read")
+    w.handle("ADDED", pod("allowed", uid="u-9", image="registry.corp/apps/web:1"))
+    assert resolver.cached("team-a", "allowed") is None  # no rule fired: nothing to save a read for
     labels = {"pod-template-hash": "7d9f8b6c5d"}
     w.handle(
         "ADDED",
@@ -239,3 +245,39 @@ def test_the_engine_runs_one_pod_witness_per_namespace_unless_told_not_to():
         "/api/v1/pods"
     ]
     assert Engine(Api(None), Options(pod_witness=False), health, quiet).pod_witnesses == []
+
+
+def test_a_new_configuration_judges_every_running_pod_again():
+    judging, clock = ["v1"], [0.0]
+    seen = Seen()
+    w = witness(seen, judging=lambda: judging[0], rejudge_every=60, clock=lambda: clock[0])
+    w.listing()
+    w.handle("ADDED", pod())
+    w.listed(True)
+    w.stream.synced.set()
+    assert not w.rejudge_due()  # nothing changed
+    judging[0] = "v2"  # say, a ScannerImages digest was added
+    clock[0] = 30.0
+    assert not w.rejudge_due()  # the last list is too recent: asked again at the next watch
+    clock[0] = 61.0
+    assert w.rejudge_due()
+    w.listing()
+    w.handle("ADDED", pod())  # unchanged, judged all the same
+    w.listed(True)
+    assert [r.at_startup for r in seen.runs] == [True, False]
+    assert not w.rejudge_due()
+    w.handle("MODIFIED", pod())
+    assert len(seen.runs) == 2  # back to judging what changes
+
+
+def test_judging_every_pod_again_waits_five_times_as_long_as_the_last_list_took():
+    judging, clock = ["v1"], [100.0]
+    w = witness(Seen(), judging=lambda: judging[0], clock=lambda: clock[0])
+    w.listing()
+    clock[0] = 160.0  # a list of a minute (150,000 pods)
+    w.listed(True)
+    judging[0] = "v2"
+    clock[0] = 160.0 + 299
+    assert not w.rejudge_due()
+    clock[0] = 160.0 + 301
+    assert w.rejudge_due()

@@ -8,7 +8,7 @@ writes, and its Events. Nothing here plays the kubelet:
   kube-hunter container starts: the kubelet reports no pull of it, and the scanner Finding says
   the container ran with no pull Event;
 * kube-hunter pushed as ``tools/netcheck:1`` (its own content, so its own digest) is a scanner
-  by the digest a ScannerImages object lists;
+  by the digest a ScannerImages object lists - one applied while it already runs;
 * a scanner that ran before pullwatch started, its Events deleted, is found at start-up;
 * the pull counts stay exactly what the kubelet reported: containers seen running add none;
 * ``pullwatch scan`` over ``kubectl get pods -o json|yaml`` names the Findings the operator made
@@ -57,8 +57,7 @@ def node(cluster):
             "spec": {"digests": [real.netcheck_digest]},
         },
     ]
-    for obj in config:
-        cluster.apply(obj)
+    cluster.apply(config[0])  # the ScannerImages object: applied by the test that needs it
     real.config_objects = config
     yield real
     cluster.kubectl("delete", "allowedimages,scannerimages", "pods-witness", "--ignore-not-found")
@@ -218,8 +217,11 @@ def test_what_ran_is_judged_from_the_pods_and_counts_stay_the_kubelets(
     )
 
     # kube-hunter under an innocent name: a scanner by its digest (the name makes it only
-    # suspicious, and the pull Event, which names no digest, counts there).
-    f = wait_for(lambda: p.finding(SCANNER, "netcheck"), 60, what="the digest's scanner Finding")
+    # suspicious, and the pull Event, which names no digest, counts there) - its digest learned
+    # while it runs: every pod is judged again (soon after the last list, at the next watch).
+    assert p.finding(SCANNER, "netcheck") is None
+    cluster.apply(node.config_objects[1])
+    f = wait_for(lambda: p.finding(SCANNER, "netcheck"), 150, what="the digest's scanner Finding")
     assert f["spec"]["repository"] == f"{node.registry}/tools/netcheck"
     assert f["status"]["digests"] == [{"digest": node.netcheck_digest, "containers": 1}]
     assert sample(f)["digest"] == node.netcheck_digest and f["status"]["count"] == 0

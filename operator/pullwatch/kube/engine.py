@@ -39,7 +39,7 @@ from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
-from .witnesses.pods import PodWitness
+from .witnesses.pods import pod_witnesses
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -164,20 +164,9 @@ class Engine:
             )
             for ns in (options.namespaces or [None])
         ]
-        self.pod_witnesses = [
-            PodWitness(
-                api,
-                self.observe,
-                namespace=ns,
-                resolver=self.resolver,
-                health=health,
-                quiet=quiet,
-                watch_timeout=options.watch_timeout,
-                read_timeout=options.read_timeout,
-            )
-            for ns in (options.namespaces or [None])
-            if options.pod_witness
-        ]
+        self.pod_witnesses = pod_witnesses(
+            api, options, self.observe, self.resolver, health, quiet, self._judging
+        )
         self.upkeep.suppressions = self.configs["Suppression"]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -311,13 +300,20 @@ class Engine:
         self.pulls += 1
         self.observe(pull, workload)
 
-    def observe(self, obs: Any, workload: Workload | None = None) -> None:
+    def observe(self, obs: Any, workload: Workload | None = None) -> bool:
         """One observation from any witness: into its Findings, and onto the metrics. The one
-        interface every witness hands the core its observations through. (What was received
-        is counted during a stop too: the streams stop first.)"""
+        interface every witness hands the core its observations through; whether a rule fired
+        on it. (What was received is counted during a stop too: the streams stop first.)"""
         now = time.time()
-        for det in self.detector.observe(obs, workload, minute=int(now) // 60, clock=now):
+        detections = self.detector.observe(obs, workload, minute=int(now) // 60, clock=now)
+        for det in detections:
             self._account(det)
+        return bool(detections)
+
+    def _judging(self) -> tuple[Any, ...]:
+        """What judges an observation (a change: the Pod witness judges every pod again)."""
+        d = self.detector
+        return d.scanners, d.scanner_digests, d.allowlist.policies
 
     def _account(self, det: Any) -> None:
         if det.delta or det.created or det.changed:

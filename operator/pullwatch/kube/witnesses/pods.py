@@ -18,8 +18,16 @@ Finding's pull count.
 * **Inventory at start-up.** The first list judges every pod already running, marked
   ``atStartup`` (and a container that started before its Events could still exist is said to
   have ``pullEvent: expired``, not missing).
-* **Fewer workload reads.** A pod's ``ownerReferences`` come with it: the workload resolver is
-  told (``WorkloadResolver.remember``), so a later pull Event of that pod reads no pod.
+* **Fewer workload reads.** A pod's ``ownerReferences`` come with it: when a rule fired on one
+  of its containers, the workload resolver is told (``WorkloadResolver.remember``), so a later
+  pull Event of that pod (a restart, the next container) reads no pod.
+* **A new configuration judges every pod again.** A pod is judged when what its containers run
+  changes; a ScannerImages digest or an AllowedImages change must reach the containers already
+  running too (the scanner you just learned the digest of). When ``judging()`` (what judges a
+  container: scanner names, digests, the allowlist) changes, the next watch is a list instead,
+  every pod judged whatever its fingerprint. A list of every pod is not free (150,000 pods: a
+  minute of the API server's time), so the next one comes no sooner than five times as long
+  as the last one took after it (``REJUDGE_SHARE``), and ten seconds at least.
 
 Damaged pods (a tenant writes its own pods' specs, and a node its pods' statuses) are skipped and
 counted by reason (``pullwatch_pods_skipped_total``), logged once per reason.
@@ -33,27 +41,29 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...core.names import is_label, is_subdomain
+from ...core.names import is_label, is_subdomain, segment
 from ...core.observations import Running
 from ...core.pulls import DecodeError
 from ...core.workload import controller_of
 from .. import metrics
 from ..api import Api
-from ..stream import ListWatch
 from ..health import Health
 from ..quietlog import Quiet
+from ..stream import ListWatch
 from ..workloads import WorkloadResolver
 from .podcodec import CANDIDATE, decode_pod, pod_fingerprint
 
 log = logging.getLogger("pullwatch.pods")
 MAX_PODS = 1_000_000  # pods remembered at most (~100 MB): far beyond the largest clusters
+REJUDGE_SHARE = 5  # a list judging every pod again waits five times the last list's length
+REJUDGE_MIN = 10.0  # seconds, at least
 
 
 class PodWitness:
     def __init__(
         self,
         api: Api,
-        observe: Callable[[Running], None],
+        observe: Callable[[Running], bool],
         *,
         namespace: str | None = None,
         resolver: WorkloadResolver | None = None,
@@ -63,8 +73,18 @@ class PodWitness:
         read_timeout: float = 30.0,
         page: int = 500,
         max_pods: int = MAX_PODS,
+        judging: Callable[[], object] | None = None,
+        rejudge_every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``observe(run)``: whether a rule fired on it. ``judging()``: what judges a container
+        (compared with ``==``; None: never judged again but when it changes)."""
         self.observe, self.resolver, self.max_pods = observe, resolver, max_pods
+        self.judging, self.rejudge_every, self.clock = judging, rejudge_every, clock
+        self._judged_by: object = None  # judging() as of the last list
+        self._rejudging = False  # this list judges every pod
+        self._last_list = float("-inf")  # when the last list ended
+        self._list_took = 0.0
         self.quiet = quiet or Quiet(log)
         self.fingerprints: dict[int, int] = {}  # hash of the pod's uid -> what its containers ran
         self._relisted: dict[int, int] | None = None  # during a list: the pods it has listed
@@ -74,7 +94,7 @@ class PodWitness:
         self.stream = _PodStream(
             self,
             api,
-            f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods",
+            f"/api/v1/namespaces/{segment(namespace)}/pods" if namespace else "/api/v1/pods",
             self.handle,
             name=f"Pod witness ({namespace or 'all namespaces'})",
             health=health,
@@ -107,10 +127,9 @@ class PodWitness:
             self._gauge()
             return
         table = self.fingerprints if self._relisted is None else self._relisted
-        if self.fingerprints.get(key) == fingerprint:
+        if self.fingerprints.get(key) == fingerprint and not self._rejudging:
             table[key] = fingerprint  # nothing new ran: no judgement (a relist keeps it)
             return
-        self._note_owner(obj)
         try:
             runs = decode_pod(obj, at_startup=not self.stream.synced.is_set())
         except DecodeError as exc:
@@ -120,8 +139,11 @@ class PodWitness:
             return  # nothing ran yet: nothing to remember
         self.judged += 1
         metrics.PODS_EXAMINED.inc()
+        fired = False
         for run in runs or ():
-            self.observe(run)
+            fired |= bool(self.observe(run))
+        if fired:
+            self._note_owner(obj)
         table.pop(key, None)
         table[key] = fingerprint
         if len(table) > self.max_pods:
@@ -164,7 +186,9 @@ class PodWitness:
     # -- lists: the first is the start-up inventory; each keeps only the pods it lists --------
     def listing(self) -> None:
         self._relisted = {}
-        self._list_started = time.monotonic()
+        self._list_started = self.clock()
+        if self.judging is not None:
+            self._judged_by = self.judging()
 
     def listed(self, complete: bool) -> None:
         """A list ended: when it was complete, the pods it did not list are gone."""
@@ -175,10 +199,57 @@ class PodWitness:
                     "%s: start-up inventory: %d pods whose containers ran, judged in %.1fs",
                     self.name,
                     len(self.fingerprints),
-                    time.monotonic() - self._list_started,
+                    self.clock() - self._list_started,
                 )
         self._relisted = None
+        self._last_list = self.clock()
+        self._list_took = self._last_list - self._list_started
+        if complete:
+            self._rejudging = False
         self._gauge()
+
+    def rejudge_due(self) -> bool:
+        """Whether what judges a container changed since the last list (and the last list is
+        old enough, see above): then the next list judges every pod again."""
+        if self.judging is None or self.judging() == self._judged_by:
+            return False
+        wait = self.rejudge_every
+        if wait is None:
+            wait = max(REJUDGE_MIN, REJUDGE_SHARE * self._list_took)
+        if self.clock() - self._last_list < wait:
+            return False  # asked again at the next watch
+        log.info("%s: the configuration changed; judging every pod again", self.name)
+        self._rejudging = True
+        return True
+
+
+def pod_witnesses(
+    api: Api,
+    options: Any,
+    observe: Callable[[Running], bool],
+    resolver: WorkloadResolver,
+    health: Health,
+    quiet: Quiet,
+    judging: Callable[[], object],
+) -> list[PodWitness]:
+    """The engine's Pod witnesses (``options``: the engine's): one per namespace watched (all
+    namespaces: one), none with ``--no-pod-witness``."""
+    if not options.pod_witness:
+        return []
+    return [
+        PodWitness(
+            api,
+            observe,
+            namespace=ns,
+            resolver=resolver,
+            health=health,
+            quiet=quiet,
+            watch_timeout=options.watch_timeout,
+            read_timeout=options.read_timeout,
+            judging=judging,
+        )
+        for ns in (options.namespaces or [None])
+    ]
 
 
 class _PodStream(ListWatch):
@@ -187,6 +258,12 @@ class _PodStream(ListWatch):
     def __init__(self, witness: PodWitness, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.witness = witness
+
+    async def _watch(self, rv: str | None) -> None:
+        if self.witness.rejudge_due():
+            self.rv = None  # list (and judge every pod) instead
+            return
+        await super()._watch(rv)
 
     async def _list(self) -> str:
         self.witness.listing()
