@@ -8,10 +8,15 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator ./operator
+# The dependencies first, in a layer of their own: it is built again only when pyproject.toml
+# changes, not on every change to the source (tomllib: Python >= 3.11, as both bases have).
+COPY pyproject.toml ./
 RUN python3 -m venv /opt/pullwatch \
- && /opt/pullwatch/bin/pip install --no-cache-dir --disable-pip-version-check . \
+ && python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
+ && /opt/pullwatch/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+COPY README.md ./
+COPY operator ./operator
+RUN /opt/pullwatch/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
  && find /opt/pullwatch -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}

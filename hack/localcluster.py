@@ -11,6 +11,7 @@ pullwatch's audit-log detection.
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +43,16 @@ rules:
     resources:
       - group: pullwatch.dev
         resources: [findings, findings/status]
+  # the operator's reads, watches and peering: the tests count what it was refused while its
+  # RBAC was revoked (tests/e2e/test_resilience.py) instead of waiting a fixed time
+  - level: Metadata
+    users: ["system:serviceaccount:pullwatch-system:pullwatch"]
+    verbs: [get, list, watch, patch]
+    resources:
+      - group: ""
+        resources: [events]
+      - group: kopf.dev
+      - group: pullwatch.dev
   - level: None
 """
 
@@ -205,8 +217,8 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if self.api is not None and self.api.poll() is not None:
                 raise RuntimeError(
-                    f"kube-apiserver exited ({self.api.returncode}):\n{self.tail('apiserver.log')}\n"
-                    f"etcd:\n{self.tail('etcd.log', 5)}"
+                    f"kube-apiserver exited ({self.api.returncode}):\n"
+                    f"{self.tail('apiserver.log')}\netcd:\n{self.tail('etcd.log', 5)}"
                 )
             try:
                 req = urllib.request.Request(
@@ -225,7 +237,8 @@ class LocalCluster:
         )
 
     def kill_apiserver(self) -> None:
-        """SIGKILL: immediate (SIGTERM waits out 1.20's 60 s graceful shutdown with a watch open)."""
+        """SIGKILL: immediate (SIGTERM waits out 1.20's 60 s graceful shutdown with a watch
+        open)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -302,6 +315,11 @@ class LocalCluster:
         self._write_kubeconfig(path, token, port)
         return path
 
+    def _connect(self) -> http.client.HTTPSConnection:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=30)
+
     def request(
         self,
         method: str,
@@ -312,29 +330,90 @@ class LocalCluster:
     ) -> tuple[int, object]:
         """One API request as the admin (or ``token``) on a kept-alive connection: fast enough
         to play thousands of kubelet Events. Returns (HTTP status, decoded JSON body)."""
+        status, answer, self._conn = self._send(self._conn, method, path, body, content_type, token)
+        return status, answer
+
+    def requests(
+        self,
+        calls: Iterable[tuple[str, str, object]],
+        workers: int = 6,
+        lanes: Iterable[Hashable] | None = None,
+    ) -> list[tuple[int, object]]:
+        """Many (method, path, body) requests at once, on ``workers`` kept-alive connections of
+        their own (the API server serves them in parallel, as it does a node's kubelets): the
+        answers, in the order of ``calls``. A PATCH is a merge patch. ``lanes``: one key per
+        call; calls with the same key are sent one after another, in order (the PATCHes of one
+        Event's count, say)."""
+        calls = list(calls)
+        keys = list(lanes) if lanes is not None else list(range(len(calls)))
+        queues: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            queues.setdefault(hash(key) % workers, []).append(i)
+        answers: list[tuple[int, object]] = [(0, None)] * len(calls)
+
+        def run(queue: list[int]) -> None:
+            conn = None
+            try:
+                for i in queue:
+                    method, path, body = calls[i]
+                    kind = (
+                        "application/merge-patch+json" if method == "PATCH" else "application/json"
+                    )
+                    status, answer, conn = self._send(conn, method, path, body, kind, None)
+                    answers[i] = (status, answer)
+            finally:
+                if conn is not None:
+                    conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, queues.values()))
+        return answers
+
+    def _send(
+        self,
+        conn: http.client.HTTPSConnection | None,
+        method: str,
+        path: str,
+        body: object,
+        content_type: str,
+        token: str | None,
+    ) -> tuple[int, object, http.client.HTTPSConnection | None]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {token or self.token}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):
-            conn = self._conn
-            if conn is None:
-                ctx = ssl.create_default_context()
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-                conn = self._conn = http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, context=ctx, timeout=30
-                )
+            conn = conn or self._connect()
             try:
                 conn.request(method, path, body=data, headers=headers)
                 rsp = conn.getresponse()
                 raw = rsp.read()
-                return rsp.status, (json.loads(raw) if raw else None)
+                return rsp.status, (json.loads(raw) if raw else None), conn
             except (OSError, http.client.HTTPException):
                 conn.close()
-                self._conn = None
+                conn = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def open_watches(self, resource: str) -> int:
+        """How many watches of ``resource`` (``events``) the API server is serving now (its own
+        gauge of long-running requests)."""
+        conn = self._connect()
+        try:
+            conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {self.token}"})
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        total = 0
+        for line in text.splitlines():
+            if (
+                line.startswith("apiserver_longrunning_gauge{")
+                and 'verb="WATCH"' in line
+                and f'resource="{resource}"' in line
+            ):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
 
     def compact_etcd(self) -> None:
         """Compact etcd at its current revision: every older resourceVersion is now 410 Gone."""

@@ -1,4 +1,5 @@
-"""A real node on loopback: a local image registry, containerd and a real kubelet beside a LocalCluster.
+"""A real node on loopback: a local image registry, containerd and a real kubelet beside a
+LocalCluster.
 
 The recipe is ../shared/real-kubelet.md (kubelet 1.20.2 built from Debian's source like the API
 server, Debian's containerd and docker-registry); this module is its up.sh/down.sh made safe to
@@ -161,7 +162,7 @@ class RealNode:
                     self._lock = None
                     raise TimeoutError(
                         f"another real node holds {path} for more than {timeout:.0f}s"
-                    )
+                    ) from None
                 time.sleep(2)
 
     def _prepare(self) -> None:
@@ -225,7 +226,8 @@ class RealNode:
     def _start_registry(self) -> None:
         (self.run / "reg" / "config.yml").write_text(
             "version: 0.1\n"
-            f"storage: {{filesystem: {{rootdirectory: {self.run / 'reg' / 'data'}}}, delete: {{enabled: true}}}}\n"
+            f"storage: {{filesystem: {{rootdirectory: {self.run / 'reg' / 'data'}}}, "
+            "delete: {enabled: true}}\n"
             f"http: {{addr: '{self.registry}'}}\n"
         )
         self._spawn("registry", ["docker-registry", "serve", str(self.run / "reg" / "config.yml")])
@@ -236,7 +238,9 @@ class RealNode:
         certs = ctrd / "certs.d" / self.registry
         certs.mkdir(parents=True, exist_ok=True)
         (certs / "hosts.toml").write_text(
-            f'server = "http://{self.registry}"\n[host."http://{self.registry}"]\n  capabilities = ["pull", "resolve"]\n'
+            f'server = "http://{self.registry}"\n'
+            f'[host."http://{self.registry}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
         )
         # restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so runc cannot lower a
         # sandbox's oom_score_adj (gotcha 1 of the recipe).

@@ -25,7 +25,8 @@ def _uid(*parts: Any) -> str:
 
 MESSAGES = {
     "Pulling": 'Pulling image "{image}"',
-    "Pulled": 'Successfully pulled image "{image}" in 2.104s (2.104s including waiting). Image size: 31841502 bytes.',
+    "Pulled": 'Successfully pulled image "{image}" in 2.104s (2.104s including waiting). '
+    "Image size: 31841502 bytes.",
     "Present": 'Container image "{image}" already present on machine',
 }
 

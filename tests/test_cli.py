@@ -76,7 +76,14 @@ def test_every_event_shape_gives_the_same_findings():
 def test_audit_gives_the_same_detections_with_their_authors():
     ref = {f["metadata"]["name"]: f["status"]["count"] for f in findings("events-list.json")}
     audit = findings("audit.jsonl")
+    intents = [f for f in audit if f["status"]["count"] == 0]
+    audit = [f for f in audit if f["status"]["count"]]
     assert {f["metadata"]["name"]: f["status"]["count"] for f in audit} == ref
+    # and a pod created with kube-hunter: recorded at its creation, before any pull
+    assert [(f["spec"]["rule"], f["status"]["intent"]["pods"]) for f in intents] == [
+        ("kubernetes-scanner-image-pulling", 1),
+        ("kubernetes-suspicious-image-pulling", 1),
+    ]
     assert all(
         f["spec"]["source"] == "audit"
         and f["spec"]["reportedBy"]["user"].startswith("system:node:")

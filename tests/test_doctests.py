@@ -1,4 +1,5 @@
-"""The worked examples in the core modules' docstrings are tests too; and the layers' import contract.
+"""The worked examples in the core modules' docstrings are tests too; and the layers' import
+contract.
 
 Layers (operator/pullwatch/):
   core/  pure detection logic: no I/O framework, no kopf, no kubernetes, no aiohttp, and nothing
@@ -31,6 +32,18 @@ DOCTESTED = [
     "core.detector",
     "core.ledger",
     "core.workload",
+    "core.pods",
+    "core.audit",
+    "core.actors",
+    "core.exports",
+    "core.names",
+    "core.suppressions",
+    "core.judge",
+    "core.evidence",
+    "core.replay",
+    "core.mergestate",
+    "core.collect",
+    "core.reports",
     "scan.render",
     "scan.sources",
     "scan.records",
@@ -58,7 +71,8 @@ def test_docstring_examples(name):
 
 
 def _imports(path: Path, layer: str) -> set[tuple[str, str]]:
-    """(kind, name) for every import in the module: ('abs', top-level) or ('rel', pullwatch layer)."""
+    """(kind, name) for every import in the module: ('abs', top-level) or ('rel', pullwatch
+    layer)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -90,8 +104,8 @@ def test_layer_import_contract(layer):
 
 def test_core_and_scan_load_neither_kopf_nor_kubernetes_at_run_time():
     code = (
-        "import sys, pullwatch.cli, pullwatch.scan.pipeline, pullwatch.scan.parallel, pullwatch.core.detector, "
-        "pullwatch.scan.render; "
+        "import sys, pullwatch.cli, pullwatch.scan.pipeline, pullwatch.scan.parallel, "
+        "pullwatch.core.detector, pullwatch.scan.render; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp')]; "
         "assert not bad, bad"
     )

@@ -188,7 +188,8 @@ def test_input_whose_records_were_all_skipped_is_not_a_clean_no_findings(tmp_pat
         "apiVersion": "v1",
         "kind": "List",
         "items": [
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"}} for i in range(5)
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"p{i}"}}
+            for i in range(5)
         ],
     }
     r = scan(str(_write(tmp_path / "pods.json", json.dumps(pods, indent=4))))
@@ -396,8 +397,10 @@ def test_a_damaged_first_line_does_not_read_the_whole_file_into_memory(tmp_path)
             f.write(line)
         f.write(json.dumps(hunter()).encode() + b"\n")
     code = (
-        f"import resource, subprocess; r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'],"
-        " capture_output=True); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        f"import resource, subprocess; "
+        f"r = subprocess.run([{PULLWATCH!r}, 'scan', {str(path)!r}, '-o', 'json'], "
+        "capture_output=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -1,5 +1,6 @@
 """The multi-core scan gives exactly the sequential scan's Findings and counters."""
 
+import itertools
 import json
 
 import pytest
@@ -81,7 +82,7 @@ def test_ranges_are_line_aligned_and_cover_the_file(stream):
     data = open(stream, "rb").read()
     ranges = parallel.line_aligned_ranges(stream, 7)
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
-    for (a, b), (c, _) in zip(ranges, ranges[1:]):
+    for (_, b), (c, _) in itertools.pairwise(ranges):
         assert b == c and data[b - 1 : b] == b"\n"
 
 

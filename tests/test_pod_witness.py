@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pullwatch.core.allowlist import Allowlist
 from pullwatch.core.detector import Detector
 from pullwatch.core.evidence import EXPIRED, PENDING
 from pullwatch.core.observations import Running
+from pullwatch.core.rules import ScannerList
 from pullwatch.core.workload import Workload
 from pullwatch.kube.api import ApiError
 from pullwatch.kube.witnesses.pods import PodWitness
 from pullwatch.kube.workloads import WorkloadResolver
+from pullwatch.scan.pipeline import Config, scan_paths
 
 DIGEST = "sha256:" + "4e" * 32
 
@@ -45,6 +50,8 @@ def pod(
     if labels:
         meta["labels"] = labels
     return {
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": meta,
         "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": image}]},
         "status": {
@@ -281,3 +288,25 @@ def test_judging_every_pod_again_waits_five_times_as_long_as_the_last_list_took(
     assert not w.rejudge_due()
     clock[0] = 160.0 + 301
     assert w.rejudge_due()
+
+
+def test_scan_of_pod_lists_names_the_findings_the_pod_witness_makes(tmp_path):
+    """The offline inventory: `pullwatch scan` over pods (as kubectl prints them, published by
+    others; and this module's own) makes the Findings the operator's Pod witness makes of them."""
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [pod()]}))
+    paths = [*sorted((Path(__file__).parent / "data" / "pods").iterdir()), own]
+    detector = Detector(Allowlist(), scanner_digests=[DIGEST])
+    w = witness(lambda run: bool(detector.observe(run, minute=1, clock=1_800_000_000.0)))
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            for item in doc.get("items") or [doc]:
+                w.handle("ADDED", item)
+    live = {name for name, state in detector.states.items() if state.has_evidence}
+    digests = ScannerList("d", frozenset(), False, (), frozenset([DIGEST]))
+    result = scan_paths(
+        [str(p) for p in paths], Allowlist(), config=Config(scanner_lists=[digests])
+    )
+    assert result.complete and not result.stats.skipped
+    assert {f["metadata"]["name"] for f in result.findings} == live
+    assert len(live) == 5  # the three published pods' (suspicious), and ours: scanner + suspicious

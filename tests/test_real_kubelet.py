@@ -1,4 +1,5 @@
-"""`pullwatch scan` over Events a real kubelet 1.20.2 wrote (recorded by tests/e2e/test_realnode.py):
+"""`pullwatch scan` over Events a real kubelet 1.20.2 wrote (recorded by
+tests/e2e/test_realnode.py):
 every one read, the outcome counts exactly what the kubelet reported, the output golden.
 
 The recording holds one namespace per real-node test: pods pulled with Always (kube-hunter, an

@@ -339,7 +339,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if s.unrecognized and not s.recognized:
         print(
             f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, "
-            "watch event or audit entry: is this the right input?",
+            "watch event, audit entry or Pod: is this the right input?",
             file=sys.stderr,
         )
     if not result.complete:

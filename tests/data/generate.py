@@ -28,7 +28,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kubelet import (
+from kubelet import (  # noqa: E402 - from tests/, put on the path above
     as_events_v1,
     audit_entries,
     image_event,
@@ -80,7 +80,8 @@ def scenario() -> list[dict]:
             "ci",
             "bench-fail",
             'Failed to pull image "aquasec/kube-bench:nope": rpc error: code = '
-            'NotFound desc = failed to resolve reference "docker.io/aquasec/kube-bench:nope": not found',
+            'NotFound desc = failed to resolve reference "docker.io/aquasec/kube-bench:nope": '
+            "not found",
             seq=8,
         ),
         other_event("Failed", "ci", "bench-fail", "Error: ErrImagePull", seq=15),

@@ -6,6 +6,7 @@ mocked. Each test uses namespaces of its own, so tests share one operator withou
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ def _terminate(signum, frame):
 # SIGTERM (a CI timeout, kill) ends the session like Ctrl-C: fixtures tear down what they started
 # (the real node's mounts and cgroups included) instead of the interpreter dying on the spot.
 signal.signal(signal.SIGTERM, _terminate)
+# Not in a process forked from the session (`pullwatch scan`'s multiprocessing pool, in the unit
+# tests): its pool ends its workers with SIGTERM, which must kill them even when they are blocked
+# in a lock; a Python handler runs only once they get back to Python (a worker hung so, and the
+# pool waited for it for ever).
+os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def pytest_collection_modifyitems(items):

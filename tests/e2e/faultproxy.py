@@ -1,6 +1,7 @@
 """A fault-injecting proxy in front of the real API server, for the resilience tests.
 
-    python faultproxy.py --port P --control C --upstream https://127.0.0.1:A --cert cert.pem --key key.pem
+    python faultproxy.py --port P --control C --upstream https://127.0.0.1:A \
+        --cert cert.pem --key key.pem
 
 It terminates TLS (its own self-signed certificate; the operator's kubeconfig skips verification,
 as for the API server itself) and forwards every request to the API server, streaming the answer
@@ -101,7 +102,7 @@ class Proxy:
             await rsp.write_eof()
             return rsp
 
-    # -- control -------------------------------------------------------------------------------------
+    # -- control ------------------------------------------------------------------------------
     async def freeze(self, _: web.Request) -> web.Response:
         self.frozen = {id(p) for p in self.protocols}
         self.thawed.clear()

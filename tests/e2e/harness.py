@@ -61,8 +61,13 @@ def kill_everything() -> None:
 
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.2, what: str = ""
+    predicate: Callable[[], Any],
+    timeout: float = 20,
+    interval: float = 0.2,
+    what: str | Callable[[], str] = "",
 ) -> Any:
+    """Poll ``predicate`` until it returns something true (and return that); ``what`` (or what
+    it returns when called, at the time out) says what was awaited."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -70,8 +75,9 @@ def wait_for(
         if last:
             return last
         time.sleep(interval)
+    said = what() if callable(what) else what
     raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})"
+        f"timed out after {timeout}s waiting for {said or predicate} (last: {last!r})"[:5000]
     )
 
 
@@ -96,6 +102,21 @@ class Cluster:
         assert status == 201, (status, stored)
         return stored  # type: ignore[return-value]
 
+    def create_events(self, events: list[dict[str, Any]], workers: int = 6) -> list[dict[str, Any]]:
+        """POST many Events at once, as a node's kubelets do (in parallel, each on its own
+        connection); the stored objects, in order."""
+        bodies = [for_create(ev) for ev in events]
+        answers = self.local.requests(
+            [
+                ("POST", f"/api/v1/namespaces/{b['metadata']['namespace']}/events", b)
+                for b in bodies
+            ],
+            workers,
+        )
+        failed = [(status, stored) for status, stored in answers if status != 201]
+        assert not failed, failed[:3]
+        return [stored for _, stored in answers]  # type: ignore[misc]
+
     def set_count(self, namespace: str, name: str, count: int) -> None:
         """What the kubelet's recorder does for a repeat: PATCH count and lastTimestamp."""
         status, rsp = self.local.request(
@@ -107,9 +128,28 @@ class Cluster:
         assert status == 200, (status, rsp)
 
     def findings(self, namespace: str | None = None) -> dict[str, dict[str, Any]]:
-        where = ["-n", namespace] if namespace else ["-A"]
-        items = json.loads(self.kubectl("get", "findings", *where, "-o", "json").stdout)["items"]
-        return {f["metadata"]["name"]: f for f in items}
+        """{name: Finding} of a namespace (or all), read from the API (what `kubectl get -o json`
+        reads, without a kubectl process per poll)."""
+        where = f"/namespaces/{namespace}" if namespace else ""
+        status, answer = self.local.request("GET", f"/apis/pullwatch.dev/v1alpha1{where}/findings")
+        assert status == 200, (status, answer)
+        return {f["metadata"]["name"]: f for f in answer["items"]}  # type: ignore[index]
+
+    def finding_count(self, namespace: str) -> int:
+        """How many Findings a namespace has, without reading them all."""
+        path = f"/apis/pullwatch.dev/v1alpha1/namespaces/{namespace}/findings?limit=1"
+        status, answer = self.local.request("GET", path)
+        assert status == 200, (status, answer)
+        meta = answer.get("metadata") or {}  # type: ignore[union-attr]
+        return len(answer["items"]) + int(meta.get("remainingItemCount") or 0)  # type: ignore[index]
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """One object (or list) from the API; None when it does not exist."""
+        status, answer = self.local.request("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, (status, answer)
+        return answer  # type: ignore[return-value]
 
     def counts(self, namespace: str | None = None) -> dict[str, int]:
         return {
@@ -147,7 +187,11 @@ class Operator:
         self.log_path = workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30) -> Operator:
+    STARTED = ("processing Events", "standing by", "Pausing operations")
+
+    def start(self, wait: bool = True, timeout: float = 120) -> Operator:
+        """Start it; with ``wait``, until it answers its liveness probe and has started counting
+        (or stands by), within ``timeout`` seconds all told."""
         self.log = open(self.log_path, "ab")
         self.proc = spawn(
             [PULLWATCH, "run", *self.args],
@@ -157,20 +201,23 @@ class Operator:
         )
         if wait:
             try:
-                wait_for(self.healthy, timeout, what="the operator's liveness endpoint")
                 wait_for(
-                    lambda: (
-                        "processing Events" in self.logs()
-                        or "standing by" in self.logs()
-                        or "Pausing operations" in self.logs()
+                    lambda: self.healthy() and self.said(*self.STARTED),
+                    timeout,
+                    what=lambda: (
+                        "the operator to answer its probe and start counting; its log "
+                        f"ends:\n{self.logs()[-3000:]}"
                     ),
-                    60,
-                    what="the operator to start counting",
                 )
             except BaseException:
                 self.kill()  # a start-up that failed must not leave the process behind
                 raise
         return self
+
+    def said(self, *lines: str) -> bool:
+        """Has its log any of these lines (read once, however many are asked for)?"""
+        text = self.logs()
+        return any(line in text for line in lines)
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -178,6 +225,15 @@ class Operator:
                 f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}"
             )
         return http_ok(f"http://127.0.0.1:{self.health}/healthz")
+
+    def settled(self) -> bool:
+        """Everything it counted is written: its liveness probe says no Finding is dirty (a
+        Finding leaves the writer's dirty set only once its write is done). For an operator that
+        watches only the test's namespaces (``-n``): one that watches them all also waits for
+        other tests' Findings (one a namespace refuses stays dirty for good)."""
+        status, body = self.probe()
+        progress = body.get("progress") if isinstance(body, dict) else None
+        return status == 200 and isinstance(progress, dict) and progress.get("dirty") == 0
 
     def kill(self) -> None:
         if self.proc is not None:

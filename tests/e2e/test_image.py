@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 
 import yaml
@@ -128,4 +127,3 @@ def test_the_image_runs_as_the_deployment_does_and_sees_a_finding(cluster, tmp_p
         assert "Findings left unwritten" in podman("logs", name).stderr
     finally:
         podman("rm", "-f", name, check=False)
-        time.sleep(0)

@@ -185,8 +185,10 @@ def test_openreports_reports_pass_the_real_crd_schema_and_go_with_their_findings
         60,
         what="the stale Finding and its Report removed",
     )
-    time.sleep(3)  # more sweeps and Report writes: the fresh namespace keeps both
-    assert len(cluster.findings(ns)) == 4 and len(report(ns)["results"]) == 4
+    # the sweep that deleted the stale Finding judged the fresh ones too: they stay, and so
+    # does their Report
+    assert len(cluster.findings(ns)) == 4
+    wait_for(lambda: len((report(ns) or {}).get("results", [])) == 4, 30, what="the fresh Report")
 
 
 def _supp(name, ns, spec):
@@ -210,9 +212,12 @@ def _ready(cluster, kind, name, ns=None):
 def test_suppressions_cover_the_right_things_are_counted_and_expire(cluster, start_operator):
     a, b = cluster.namespace("suppa"), cluster.namespace("suppb")
     pa, pb = Pulls(cluster, a), Pulls(cluster, b)
-    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=40)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
+
+    def after(seconds: float) -> str:
+        moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    expires = after(86400)  # in force while the pulls are judged; brought forward below
     for obj in (
         _supp(  # the scanner rule: only from the operator's namespace (cluster admins)
             f"cis-{a}",
@@ -265,7 +270,7 @@ def test_suppressions_cover_the_right_things_are_counted_and_expire(cluster, sta
     assert (
         f["status"]["count"] == 2 and f["status"]["suppressedPulls"] == 2
     )  # still counted: evidence
-    cond, status = wait_for(
+    cond, _ = wait_for(
         lambda: _ready(cluster, "suppressions", f"cis-{a}", "pullwatch-system"),
         20,
         what="the Suppression's status",
@@ -301,6 +306,12 @@ def test_suppressions_cover_the_right_things_are_counted_and_expire(cluster, sta
         "READY",
     ]
     # the temporary one expires: it stops covering, and says so
+    temporary = _supp(
+        "temporary",
+        a,
+        {"reason": "until the fix ships", "workloads": ["legacy"], "expires": after(2)},
+    )
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(temporary))
     wait_for(
         lambda: not cover(a, SUSPICIOUS, "legacy"),
         90,

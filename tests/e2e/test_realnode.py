@@ -1,4 +1,5 @@
-"""Real pulls by a real kubelet (issue 12): the true producer of the Events, and what each pull became.
+"""Real pulls by a real kubelet (issue 12): the true producer of the Events, and what each pull
+became.
 
 A kubelet 1.20.2 (hack/realnode.py: containerd, a local registry on 127.0.0.1) runs pods on the
 test API server; pullwatch reads the Events that kubelet writes - nothing here plays the kubelet.
@@ -100,7 +101,8 @@ class Node:
         )
 
     def delete(self, name: str) -> None:
-        """Stop the kubelet trying: delete, then force (1.20 leaves a never-started pod Terminating)."""
+        """Stop the kubelet trying: delete, then force (1.20 leaves a never-started pod
+        Terminating)."""
         local = self.cluster.local
         local.request(
             "DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}", {"gracePeriodSeconds": 1}
@@ -126,7 +128,7 @@ class Node:
     def finding(self, rule: str, workload: str) -> dict | None:
         return self.cluster.by_workload(self.ns).get((rule, workload))
 
-    def settled(self, rule: str, pod: str, timeout: float = 30) -> tuple[dict, dict[str, int]]:
+    def settled(self, rule: str, pod: str, timeout: float = 45) -> tuple[dict, dict[str, int]]:
         """(Finding, what the kubelet reported) once the Finding's count is the kubelet's number of
         attempts (its Pulling and already-present Events) and its outcomes are what the kubelet
         reported - both read again on every try: an outcome Event can be written a status
@@ -170,7 +172,8 @@ class Node:
         return events
 
     def scan(self, events: list[dict], workdir: Path) -> dict[tuple[str, str], dict]:
-        """`pullwatch scan` over these Events with the allowlist in force: {(rule, workload): Finding}.
+        """`pullwatch scan` over these Events with the allowlist in force: {(rule, workload):
+        Finding}.
         It must read every record and skip none."""
         (workdir / "events.json").write_text(
             json.dumps({"apiVersion": "v1", "kind": "List", "items": events})

@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .actors import ActorMap
 from .allowlist import Allowlist
 from .body import stamp
 from .evidence import EXPIRED, PENDING
@@ -104,7 +105,7 @@ class Detector(Judge, FindingSet):
         Judge.__init__(self, allowlist, scanners, scanner_digests)
         FindingSet.__init__(self, caps)
         self.live_series = live_series
-        self.actors: dict[tuple[str, str], ActorRecord] = {}  # the latest person per workload
+        self.actors = ActorMap()  # who changed each workload (bounded, expiring)
         self.pending: dict[tuple[str, str, str], float] = {}  # (name, pod, container) -> due
         # Who wrote which Event (audit), and the node each pull not yet verified named: the two
         # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
@@ -172,14 +173,21 @@ class Detector(Judge, FindingSet):
             state, created, folded = self._route(
                 rule.short, series_key, identity, pull, workload, not_allowed
             )
-            new_series = not state.evidence().ledger.knows(series)
+            ledger = state.evidence().ledger
+            before = ledger.series.get(series_key)
+            new_series = before is None
             delta = state.observe_pull(pull, series, when, verdict, clock, now_stamp)
+            # What the Finding shows changed whenever the series rose, even with no pull added
+            # (a Successfully-pulled that completes a counted Pulling changes its outcomes).
+            after = ledger.series.get(series_key)
+            grew = new_series or (after is not None and after[2] > before[2])
             if state.identity.is_overflow:
                 folded = folded or identity
                 state.fold(folded, pull.image, delta)
             if self.live_series is not None:
                 state.evidence().ledger.bound(self.live_series)
-            self._note_actor_of(state)
+            if created:
+                self._note_actor_of(state)
             image = ref.normalized if ref else pull.image
             # the Finding's own workload (it may have been read, where this pull's is inferred)
             covered = self._cover_latest(state, rule, identity, image, now)
@@ -189,7 +197,7 @@ class Detector(Judge, FindingSet):
             if new_series and verdict == FORGED:
                 forged = "namespace" if pull.claimed_namespace is not None else "author"
             out.append(
-                Detection(state, delta, created, folded, covered, forged=forged, changed=new_series)
+                Detection(state, delta, created, folded, covered, forged=forged, changed=grew)
             )
         if verdict == UNKNOWN:
             _remember(self.unverified, series_key, pull.node)
@@ -213,7 +221,8 @@ class Detector(Judge, FindingSet):
                 continue
             pull_event = EXPIRED if run.at_startup and self._expired(run, clock) else PENDING
             new = state.observe_running(run, when, pull_event, clock)
-            self._note_actor_of(state)
+            if created:
+                self._note_actor_of(state)
             if new and pull_event == PENDING:
                 self.pending[(state.name, run.pod, run.container)] = due
             out.append(Detection(state, created=created, running=new, changed=new or created))
@@ -261,10 +270,8 @@ class Detector(Judge, FindingSet):
         return out
 
     def _actor(self, change: ActorChange) -> list[Detection]:
+        self.actors.observe(change)
         record = ActorRecord.of(change.actor, change.action, change.time)
-        self.actors[(change.namespace, change.workload)] = record
-        if len(self.actors) > 100_000:
-            del self.actors[next(iter(self.actors))]
         out = []
         for name in self.by_workload.get((change.namespace, change.workload), ()):
             state = self.states.get(name)
@@ -273,9 +280,14 @@ class Detector(Judge, FindingSet):
         return out
 
     def _note_actor_of(self, state: FindingState) -> None:
-        record = self.actors.get((state.namespace, state.identity.workload))
-        if record is not None:
-            state.note_actor(record)
+        """A new Finding learns who changed its workload: the first person known, then the
+        latest ones (later changes reach it through ``_actor``)."""
+        known = self.actors.get(state.namespace, state.identity.workload)
+        if known is not None:
+            for change in (known.first, *reversed(known.recent)):
+                record = ActorRecord.from_dict(change.as_dict())
+                if record is not None:
+                    state.note_actor(record)
 
     def _expired(self, run: Running, clock: float | None) -> bool:
         """A container found at start-up that started before its Events could still be there."""
@@ -341,47 +353,6 @@ class Detector(Judge, FindingSet):
                 if _cover(state, covered):
                     changed.append(state)
         return changed
-
-    # -- the set of Findings -------------------------------------------------------------------
-    def _route(
-        self,
-        rule: str,
-        series_key: int,
-        identity: Identity,
-        pull: Pull,
-        workload: Workload,
-        not_allowed: str | None,
-    ) -> tuple[FindingState, bool, Identity | None]:
-        owner = self.routes.get(route(rule, series_key))
-        state = self.states.get(owner) if owner else None
-        if state is not None:
-            return state, False, None
-        folded = None
-        state = self.states.get(identity.name)
-        created = state is None
-        if state is None:
-            if self.caps is not None and not self._admits(rule, identity.namespace):
-                folded, identity = identity, Identity.overflow(rule, identity.namespace)
-                state = self.states.get(identity.name)
-                created = state is None
-            if state is None:
-                state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
-        self.routes[route(rule, series_key)] = state.name
-        return state, created, folded
-
-    def _state_for(self, identity: Identity, origin: Origin) -> tuple[FindingState, bool]:
-        """The Finding of ``identity`` (a Running or an Intent), made if need be; past a cap,
-        its overflow Finding (which records no containers: the caller skips it)."""
-        state = self.states.get(identity.name)
-        if state is not None:
-            return state, False
-        if self.caps is not None and not self._admits(identity.rule, identity.namespace):
-            overflow = Identity.overflow(identity.rule, identity.namespace)
-            state = self.states.get(overflow.name)
-            if state is None:
-                state = self.add(FindingState(overflow, origin))
-            return state, False
-        return self.add(FindingState(identity, origin)), True
 
 
 MAX_REMEMBERED = 50_000

@@ -20,7 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .findings import Identity, Origin
+from .pulls import Pull
 from .state import FindingState
+from .workload import Workload
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,47 @@ class FindingSet:
         self.per_namespace: Counter[tuple[str, str]] = Counter()
         self.by_namespace: dict[str, set[str]] = {}  # namespace -> its Findings' names
         self.by_workload: dict[tuple[str, str], set[str]] = {}  # (namespace, workload) -> names
+
+    # -- routing -----------------------------------------------------------------------------
+    def _route(
+        self,
+        rule: str,
+        series_key: int,
+        identity: Identity,
+        pull: Pull,
+        workload: Workload,
+        not_allowed: str | None,
+    ) -> tuple[FindingState, bool, Identity | None]:
+        owner = self.routes.get(route(rule, series_key))
+        state = self.states.get(owner) if owner else None
+        if state is not None:
+            return state, False, None
+        folded = None
+        state = self.states.get(identity.name)
+        created = state is None
+        if state is None:
+            if self.caps is not None and not self._admits(rule, identity.namespace):
+                folded, identity = identity, Identity.overflow(rule, identity.namespace)
+                state = self.states.get(identity.name)
+                created = state is None
+            if state is None:
+                state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
+        self.routes[route(rule, series_key)] = state.name
+        return state, created, folded
+
+    def _state_for(self, identity: Identity, origin: Origin) -> tuple[FindingState, bool]:
+        """The Finding of ``identity`` (a Running or an Intent), made if need be; past a cap,
+        its overflow Finding (which records no containers: the caller skips it)."""
+        state = self.states.get(identity.name)
+        if state is not None:
+            return state, False
+        if self.caps is not None and not self._admits(identity.rule, identity.namespace):
+            overflow = Identity.overflow(identity.rule, identity.namespace)
+            state = self.states.get(overflow.name)
+            if state is None:
+                state = self.add(FindingState(overflow, origin))
+            return state, False
+        return self.add(FindingState(identity, origin)), True
 
     def _admits(self, rule: str, namespace: str) -> bool:
         assert self.caps is not None

@@ -31,22 +31,28 @@ The operator counts incrementally instead (``Detector.observe``), through the sa
 
 from __future__ import annotations
 
-import base64
-import zlib
 from typing import Any, NamedTuple
-
-import orjson
 
 from .findings import ActorRecord, Identity, Origin, minute_of
 from .imageref import InvalidImageReference, parse_image
 from .ledger import FORGED, UNKNOWN, VERIFIED
+from .mergestate import (
+    STATE_VERSION,
+    intent_of,
+    intent_row,
+    pack,
+    pull_of,
+    pull_row,
+    running_of,
+    running_row,
+    unpack,
+)
 from .observations import Intent, Running
-from .pulls import Actor, InvolvedObject, Pull
+from .pulls import Pull
 from .state import AUDIT, EVENTS, PENDING, FindingState
 from .workload import Workload
 
 MERGE_STATE = "pullwatch.dev/merge-state"
-STATE_VERSION = 1
 
 
 class Cover(NamedTuple):
@@ -76,6 +82,10 @@ def pull_rank(pull: Pull) -> tuple[Any, ...]:
         pull.node or "",
         pull.error or "",
         pull.component or "",
+        # Two requests can say the same of one series (a create and a patch of the same count,
+        # a forged repeat): who wrote each breaks the tie.
+        pull.source,
+        repr(pull.actor),
     )
 
 
@@ -144,15 +154,15 @@ class FindingRecord:
         doc = {
             "v": STATE_VERSION,
             "pulls": [
-                [s, *_pull_row(p), list(w), na, list(c) if c else None, bits]
+                [s, *pull_row(p), list(w), na, list(c) if c else None, bits]
                 for s, (p, w, na, c, bits) in sorted(self.pulls.items())
             ],
             "running": [
-                [*_running_row(r), na]
+                [*running_row(r), na]
                 for (r, na) in (self.runnings[k] for k in sorted(self.runnings))
             ],
             "intents": [
-                [*_intent_row(i), na] for (i, na) in (self.intents[k] for k in sorted(self.intents))
+                [*intent_row(i), na] for (i, na) in (self.intents[k] for k in sorted(self.intents))
             ],
         }
         return pack(doc)
@@ -165,171 +175,19 @@ class FindingRecord:
         try:
             for row in doc["pulls"]:
                 series = row[0]
-                pull = _pull_of(row[1:17], identity.namespace)._replace(series=series)
+                pull = pull_of(row[1:17], identity.namespace)._replace(series=series)
                 workload, not_allowed, cover, bits = Workload(*row[17]), row[18], row[19], row[20]
                 record.add_pull(
                     pull, workload, not_allowed, Cover(*cover) if cover else None, series
                 )
                 record.pulls[series][4] |= int(bits)
             for row in doc["running"]:
-                record.add_running(_running_of(row[:-1], identity.namespace), row[-1])
+                record.add_running(running_of(row[:-1], identity.namespace), row[-1])
             for row in doc["intents"]:
-                record.add_intent(_intent_of(row[:-1], identity.namespace), row[-1])
+                record.add_intent(intent_of(row[:-1], identity.namespace), row[-1])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"damaged merge state ({type(exc).__name__}: {exc})") from None
         return record
-
-
-def pack(doc: Any) -> str:
-    return f"v{STATE_VERSION}:" + base64.b64encode(zlib.compress(orjson.dumps(doc), 6)).decode()
-
-
-def unpack(text: Any) -> Any:
-    if not isinstance(text, str) or not text.startswith("v"):
-        raise ValueError("not a pullwatch merge state")
-    version, _, data = text.partition(":")
-    if version != f"v{STATE_VERSION}":
-        raise ValueError(
-            f"merge state {version} is from another pullwatch version "
-            f"(this one reads v{STATE_VERSION})"
-        )
-    try:
-        doc = orjson.loads(zlib.decompress(base64.b64decode(data, validate=True)))
-    except (ValueError, zlib.error) as exc:
-        raise ValueError(f"damaged merge state ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
-        raise ValueError("damaged merge state")
-    return doc
-
-
-def _pull_row(p: Pull) -> list[Any]:
-    a = p.actor
-    return [
-        p.kind,
-        p.image,
-        p.reason,
-        p.involved.kind,
-        p.involved.name,
-        p.involved.namespace,
-        p.involved.uid,
-        p.involved.container,
-        p.node,
-        p.count,
-        p.first_seen,
-        p.last_seen,
-        p.source,
-        p.component,
-        p.error,
-        _actor_row(a) if a else None,
-    ]
-
-
-def _pull_of(row: list[Any], namespace: str) -> Pull:
-    (
-        kind,
-        image,
-        reason,
-        ikind,
-        iname,
-        ins,
-        iuid,
-        icontainer,
-        node,
-        count,
-        first,
-        last,
-        source,
-        component,
-        error,
-        actor,
-    ) = row
-    if not isinstance(count, int) or count < 0 or not isinstance(image, str):
-        raise ValueError("bad pull")
-    return Pull(
-        kind,
-        image,
-        reason,
-        InvolvedObject(ikind, iname, ins, iuid, icontainer),
-        node,
-        None,
-        count,
-        first,
-        last,
-        source,
-        _actor_of(actor) if actor else None,
-        component,
-        error,
-        namespace,
-    )
-
-
-def _actor_row(a: Actor) -> list[Any]:
-    return [a.user, list(a.groups), list(a.source_ips), a.user_agent]
-
-
-def _actor_of(row: list[Any]) -> Actor:
-    return Actor(row[0], tuple(row[1]), tuple(row[2]), row[3])
-
-
-def _running_row(r: Running) -> list[Any]:
-    return [
-        r.pod,
-        r.pod_uid,
-        r.container,
-        r.container_type,
-        r.image,
-        r.digest,
-        r.node,
-        r.started_at,
-        list(r.workload),
-        r.state,
-    ]
-
-
-def _running_of(row: list[Any], namespace: str) -> Running:
-    pod, uid, container, ctype, image, digest, node, started, workload, state = row
-    return Running(
-        namespace,
-        pod,
-        uid,
-        container,
-        ctype,
-        image,
-        digest,
-        node,
-        started,
-        Workload(*workload),
-        False,
-        state,
-    )
-
-
-def _intent_row(i: Intent) -> list[Any]:
-    return [
-        i.pod,
-        i.container,
-        i.container_type,
-        i.image,
-        list(i.workload),
-        _actor_row(i.actor) if i.actor else None,
-        i.time,
-        i.audit_id,
-    ]
-
-
-def _intent_of(row: list[Any], namespace: str) -> Intent:
-    pod, container, ctype, image, workload, actor, time, audit_id = row
-    return Intent(
-        namespace,
-        pod,
-        container,
-        ctype,
-        image,
-        Workload(*workload),
-        _actor_of(actor) if actor else None,
-        time,
-        audit_id,
-    )
 
 
 def verdict(pull: Pull, authors: frozenset[str] | set[str] | None) -> int:

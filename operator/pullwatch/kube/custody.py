@@ -216,6 +216,10 @@ class Custody:
         if stored is not None and stored.count > state.count:
             self.detector.adopt(obj)  # counted more elsewhere (another pullwatch): merge
         self._check(state, obj, at_start)
+        if name not in self.writer.dirty and name not in self.writer.in_flight:
+            # The version pullwatch last saw: retention's conditional delete must not 409 for
+            # ever because a person labelled it (a status PUT ignores labels: nothing is lost).
+            self.writer.versions[name] = str(meta.get("resourceVersion"))
 
     def _deleted(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
         self.writer.versions.pop(name, None)

@@ -38,11 +38,16 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from ..core import audit, exports
+from ..core.pods import CANDIDATE as POD_CANDIDATE
 from ..core.pulls import CANDIDATE
 
 CHUNK = 4 << 20
 MAX_RECORD = 16 << 20  # a longer record is not trusted: skipped (counted), the rest read on
 SAMPLE = 8  # the first records are parsed whatever they hold, to tell what the input is
+# Top-level keys whose arrays are streamed item by item: a List's items, an Azure Event Hubs
+# message's records, `aws logs filter-log-events`' events (a year of them is one document).
+_LIST_KEYS = (b'"items"', b'"records"', b'"events"')
 
 # A whole string (no raw newline inside, escapes allowed), a bracket, or a quote that opens a
 # string not closed on its line. Possessive: no backtracking on long strings.
@@ -82,6 +87,7 @@ class _Reader:
         self.skip_to = 0  # tokens before this were resynchronized past
         self.resyncing = False  # after damage: leftovers of the damaged structure are noise
         self.seen = 0  # records found in this input
+        self.kinds: set[str] = set()  # what the sample showed (exports.record_kind, _wanted)
 
     # -- driving --------------------------------------------------------------------------
     def run(self) -> Iterator[dict[str, Any]]:
@@ -173,7 +179,7 @@ class _Reader:
                     self.mode == "object"
                     and len(self.stack) == 1
                     and c == 0x5B
-                    and self.key == b'"items"'
+                    and self.key in _LIST_KEYS
                 ):
                     self.mode, self.rec_start, self.oversize = "list", -1, False  # a List's items
                 self.stack.append(c)
@@ -222,7 +228,7 @@ class _Reader:
             return 0  # perhaps a List: the tokenizer streams its items
         self.stats.records += 1
         self.seen += 1
-        if CANDIDATE not in record and self.seen > SAMPLE and not self.resyncing:
+        if not self._wanted(record) and self.seen > SAMPLE and not self.resyncing:
             self._after_fast(after, top)
             return after
         try:
@@ -309,7 +315,7 @@ class _Reader:
         stats = self.stats
         stats.records += 1
         self.seen += 1
-        if CANDIDATE not in data and self.seen > SAMPLE and not self.resyncing:
+        if not self._wanted(data) and self.seen > SAMPLE and not self.resyncing:
             return
         stats.examined += 1
         try:
@@ -319,8 +325,24 @@ class _Reader:
             return
         yield from self._emit(obj)
 
+    def _wanted(self, data: bytes) -> bool:
+        """Could this record be of use? An image Event; once the sample showed audit entries
+        (or a cloud's export of them) or Pods, also what ``audit.wanted`` or a started
+        container's bytes admit."""
+        if CANDIDATE in data:
+            return True
+        if not self.kinds:
+            return False
+        if self.kinds & exports.AUDIT_KINDS and audit.wanted(data):
+            return True
+        return "pod" in self.kinds and POD_CANDIDATE in data
+
     def _emit(self, obj: Any) -> Iterator[dict[str, Any]]:
         stats = self.stats
+        if self.seen <= SAMPLE:
+            kind = exports.record_kind(obj)
+            if kind:
+                self.kinds.add(kind)
         if not isinstance(obj, dict):
             stats.unrecognized += 1
             stats.skipped["not an object"] += 1
@@ -340,4 +362,10 @@ class _Reader:
 
 
 def _recognizable(obj: dict[str, Any]) -> bool:
-    return "reason" in obj or "object" in obj or "auditID" in obj
+    return (
+        "reason" in obj
+        or "object" in obj
+        or "auditID" in obj
+        or obj.get("kind") == "Pod"
+        or exports.export_kind(obj) is not None
+    )

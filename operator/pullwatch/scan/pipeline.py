@@ -14,10 +14,11 @@ from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
-from ..core.audit import AuditDeduper, decode_audit_entry
+from ..core.audit import AuditDeduper, audit_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
-from ..core.pulls import DecodeError, decode_event, event_head
+from ..core.pods import decode_pod
+from ..core.pulls import DecodeError, Pull, decode_event, event_head
 from ..core.rules import (
     SCANNER_IMAGES_KIND,
     ScannerList,
@@ -64,7 +65,7 @@ class Scanner:
         de-duplicated (in :meth:`process`) before it is counted.
         """
         if kind in ("audit", "pod"):
-            return True  # a pod is judged per container that ran (process)
+            return True
         try:
             head = event_head(obj)
         except DecodeError as exc:
@@ -78,31 +79,24 @@ class Scanner:
         return False
 
     def process(self, kind: str, obj: Any) -> None:
-        """Full decode and exact counting of an admitted record."""
-        if kind == "pod":
-            self._pod(obj)
-            return
+        """Full decode of an admitted record, into the Findings it belongs to: an Event's pull,
+        every observation of an audit entry (pulls, who wrote Events, pods created, people
+        changing workloads), the containers a pod ran."""
         try:
-            pull = decode_event(obj) if kind == "event" else decode_audit_entry(obj, self._audit)
+            if kind == "event":
+                pull = decode_event(obj)
+                observations = [pull] if pull is not None else []
+            elif kind == "audit":
+                observations = audit_observations(obj, self._audit)
+            else:
+                observations = decode_pod(obj)
         except DecodeError as exc:
             self.result.stats.skipped[str(exc)] += 1
             return
-        if pull is not None:
-            self.result.pulls += 1
-            self.collector.add(pull)
-
-    def _pod(self, obj: Any) -> None:
-        """A pod (``kubectl get pods -o json|yaml``): each container that ran is a ``Running``,
-        judged as the operator's Pod witness judges it (an offline inventory: no pulls)."""
-        from ..core.pods import decode_pod  # readers yield pods only where core/pods.py is
-
-        try:
-            runs = decode_pod(obj)
-        except DecodeError as exc:
-            self.result.stats.skipped[str(exc)] += 1
-            return
-        for run in runs:
-            self.collector.add(run)
+        for obs in observations:
+            if obs.__class__ is Pull:
+                self.result.pulls += 1
+            self.collector.add(obs)
 
     def feed(self, records: Iterable[tuple[str, Any]]) -> None:
         for kind, obj in records:

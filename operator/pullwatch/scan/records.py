@@ -10,7 +10,10 @@ compression and re-encoded the text as UTF-8):
 * YAML (``yamltext.py``): ``-o yaml`` Lists and ``---``-separated documents.
 
 Speed: an image event's JSON contains the bytes ``image \\"`` (its message quotes the image); a
-line or record without them is counted but not parsed. Lines are found from the matches outward,
+line or record without them is counted but not parsed. When the first records show audit entries
+(plain, or in a managed cluster's export: ``core/exports.py``) or Pods, the lines those can be
+of use in are parsed too (``core/audit.py``'s bytes: a write of an observed resource; a Pod's
+``"containerID"``). Lines are found from the matches outward,
 so the per-line Python work is done only for candidates (see ``bench/scan_throughput.py``).
 Memory is flat in every format: a window of the input is held at a time, and no record longer
 than 16 MiB is kept.
@@ -32,6 +35,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from ..core import audit, exports
+from ..core.pods import CANDIDATE as POD_CANDIDATE
 from ..core.pulls import CANDIDATE
 from .jsontext import SAMPLE, json_values
 from .yamltext import yaml_values
@@ -118,7 +123,8 @@ def _mostly_binary(sample: bytes) -> bool:
 
 
 def iter_objects(stream: BinaryIO, stats: ReadStats) -> Iterator[tuple[str, Any]]:
-    """Yield ``(kind, object)`` with kind ``event`` or ``audit``; everything else is counted."""
+    """Yield ``(kind, object)`` with kind ``event``, ``audit`` (plain, or unwrapped from a
+    cloud's export) or ``pod``; everything else is counted."""
     head = stream.read(CHUNK)
     kind = sniff(head, len(head) < CHUNK)
     if kind == "lines":
@@ -143,7 +149,7 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tup
     """Scan chunk by chunk *in place*: slicing whole chunks costs a copy of every byte, which
     on this hardware is as slow as the search itself. Only the line that straddles two chunks
     is copied."""
-    _sample(head, stats)
+    scan = _scanner(_sample(head, stats))
     chunk = head
     leftover = b""  # the start of a line whose end is in a later chunk
     discarding = False  # inside a line longer than MAX_LINE: drop bytes up to its end
@@ -163,17 +169,17 @@ def _json_lines(head: bytes, stream: BinaryIO, stats: ReadStats) -> Iterator[tup
                 line = leftover + chunk[: first_nl + 1] if leftover else chunk[: first_nl + 1]
                 stats.records += 1
                 _check_lines(line, 0, len(line), stats)
-                yield from _scan_range(line, 0, len(line), stats)
+                yield from scan(line, 0, len(line), stats)
             last_nl = chunk.rfind(b"\n")
             stats.records += chunk.count(b"\n", first_nl + 1)
             _check_lines(chunk, first_nl + 1, last_nl + 1, stats)
-            yield from _scan_range(chunk, first_nl + 1, last_nl + 1, stats)
+            yield from scan(chunk, first_nl + 1, last_nl + 1, stats)
             leftover = chunk[last_nl + 1 :]
         chunk = stream.read(CHUNK)
     if leftover and not discarding and leftover.strip():
         stats.records += 1  # a last line without its newline
         _check_lines(leftover + b"\n", 0, len(leftover) + 1, stats)
-        yield from _scan_range(leftover, 0, len(leftover), stats)
+        yield from scan(leftover, 0, len(leftover), stats)
 
 
 def _check_lines(buf: bytes, start: int, end: int, stats: ReadStats) -> None:
@@ -195,20 +201,88 @@ def _check_lines(buf: bytes, start: int, end: int, stats: ReadStats) -> None:
             stats.damaged["not JSON"] += 1
 
 
-def _sample(head: bytes, stats: ReadStats) -> None:
-    """Parse the first few lines whatever they hold, only to learn whether this input holds
-    Events or audit entries at all (the pre-filter parses nothing else that is not a pull)."""
+def _sample(head: bytes, stats: ReadStats) -> frozenset[str]:
+    """Parse the first few lines whatever they hold, to learn whether this input holds Events,
+    audit entries (plain or in a cloud's export) or Pods at all, and so which lines the
+    pre-filter must parse (see ``_scanner``). Returns the kinds found (``exports.record_kind``)."""
+    parsed = []
     for line in head.split(b"\n", SAMPLE + 1)[:SAMPLE]:
-        if line.strip() and CANDIDATE not in line:
+        if line.strip():
             try:
-                obj = orjson.loads(line)
+                parsed.append((line, orjson.loads(line)))
             except orjson.JSONDecodeError:
                 continue
+    kinds = frozenset(k for k in (exports.record_kind(obj) for _, obj in parsed) if k)
+    for line, obj in parsed:
+        if not _admitted(line, 0, len(line), kinds):  # the others are parsed, and counted, later
             seen = ReadStats()
             for _ in _classify(obj, seen):
                 pass
             stats.recognized += seen.recognized
             stats.unrecognized += seen.unrecognized
+    return kinds
+
+
+def _scanner(kinds: frozenset[str]):
+    """``_scan_range`` for Events; for audit entries and Pods, ``_scan_wide`` with their bytes:
+    lines holding one of ``takes`` are parsed, lines holding a write verb if they also name an
+    observed resource (``core/audit.py``)."""
+    if not kinds:
+        return _scan_range
+    takes = [CANDIDATE]
+    if "export" in kinds:
+        takes += audit.PULL_BYTES[1:]  # an entry inside a JSON string: escaped once more
+    if "pod" in kinds:
+        takes.append(POD_CANDIDATE)
+    writes = list(audit.WRITE_BYTES) if kinds & exports.AUDIT_KINDS else []
+
+    def scan(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[tuple[str, Any]]:
+        return _scan_wide(buf, start, end, stats, takes, writes)
+
+    return scan
+
+
+def _admitted(buf: bytes, start: int, end: int, kinds: frozenset[str]) -> bool:
+    """Could the line ``buf[start:end]`` hold something of use (see ``_scanner``)?"""
+    if buf.find(CANDIDATE, start, end) != -1:
+        return True
+    if "pod" in kinds and buf.find(POD_CANDIDATE, start, end) != -1:
+        return True
+    return bool(kinds & exports.AUDIT_KINDS) and audit.wanted(buf, start, end)
+
+
+def _scan_wide(
+    buf: bytes, start: int, end: int, stats: ReadStats, takes: list[bytes], writes: list[bytes]
+) -> Iterator[tuple[str, Any]]:
+    """``_scan_range`` with several needles, found from the matches outward as it does; never
+    slices the range."""
+    needles = takes + writes
+    at = [buf.find(n, start, end) for n in needles]
+    while True:
+        pos = min((p for p in at if p != -1), default=-1)
+        if pos == -1:
+            return
+        line_start = buf.rfind(b"\n", start, pos) + 1 or start
+        line_end = buf.find(b"\n", pos, end)
+        if line_end == -1:
+            line_end = end
+        if at.index(pos) < len(takes) or (
+            audit.names_resource(buf, line_start, line_end)
+            or any(buf.find(n, pos, line_end) != -1 for n in takes)
+        ):
+            stats.examined += 1
+            try:
+                obj = orjson.loads(buf[line_start:line_end])
+            except orjson.JSONDecodeError:
+                # Lines without CANDIDATE are counted by _check_lines, as in _scan_range.
+                if buf.find(CANDIDATE, line_start, line_end) != -1:
+                    stats.damaged["not JSON"] += 1
+            else:
+                yield from _classify(obj, stats)
+        at = [
+            p if p == -1 or p >= line_end else buf.find(n, line_end, end)
+            for n, p in zip(needles, at)
+        ]
 
 
 def _is_watch_event(obj: dict[str, Any]) -> bool:
@@ -270,6 +344,29 @@ def _classify(
         stats.records += len(obj["items"]) - 1
         for item in obj["items"]:
             yield from _classify(item, stats, api if isinstance(api, str) else None)
+    elif kind is None and exports.export_kind(obj) is not None:
+        yield from _exported(obj, stats)
+    elif kind == "Pod":
+        stats.recognized += 1  # what ran (core/pods.py): an inventory of a cluster
+        yield "pod", obj
     else:
         stats.unrecognized += 1
         stats.skipped["not an Event"] += 1
+
+
+def _exported(obj: dict[str, Any], stats: ReadStats) -> Iterator[tuple[str, Any]]:
+    """The audit entries of a cloud export's record (core/exports.py), each one a record."""
+    found = 0
+    for what, value in exports.unwrap(obj, audit.wanted_text):
+        found += 1
+        if what == "audit":
+            stats.recognized += 1
+            yield "audit", value
+        elif what == "unread":
+            stats.recognized += 1  # an audit entry the pre-filter showed to be of no use
+        elif what == "skip":
+            stats.unrecognized += 1
+            stats.skipped[value] += 1
+        else:
+            stats.damaged[value] += 1
+    stats.records += found - 1

@@ -43,6 +43,7 @@ from typing import Any
 
 from ...core.names import is_label, is_subdomain, segment
 from ...core.observations import Running
+from ...core.pods import CANDIDATE, decode_pod, pod_fingerprint
 from ...core.pulls import DecodeError
 from ...core.workload import controller_of
 from .. import metrics
@@ -51,7 +52,6 @@ from ..health import Health
 from ..quietlog import Quiet
 from ..stream import ListWatch
 from ..workloads import WorkloadResolver
-from .podcodec import CANDIDATE, decode_pod, pod_fingerprint
 
 log = logging.getLogger("pullwatch.pods")
 MAX_PODS = 1_000_000  # pods remembered at most (~100 MB): far beyond the largest clusters
