@@ -594,3 +594,33 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+# -- images of their own content -------------------------------------------------------------
+def push_distinct(node: RealNode, name: str, mark: str) -> tuple[str, str]:
+    """Push the app image under ``name`` (``repo:tag``) with content of its own: the same files
+    and a label ``dev.pullwatch.content=<mark>`` (another image config, so another manifest
+    digest than every name :meth:`RealNode.push` pushes). Returns (the reference a pod names,
+    the manifest digest the registry serves - what the pod's status ``imageID`` will carry)."""
+    import tempfile
+
+    env = {**os.environ, "CONTAINERS_CONF": node.config["CONTAINERS_CONF"]}
+    local = f"localhost/pullwatch-test-app:{mark}"
+    ref = f"{node.registry}/{name}"
+    with tempfile.TemporaryDirectory() as ctx:
+        Path(ctx, "Containerfile").write_text(
+            f"FROM {node.config['APP_IMAGE']}\nLABEL dev.pullwatch.content={mark}\n"
+        )
+        digest_file = Path(ctx, "digest")
+        for cmd in (
+            ["podman", "build", "-q", "--pull=never", "-t", local, ctx],
+            ["podman", "push", "-q", "--tls-verify=false", "--digestfile", str(digest_file),
+             local, f"docker://{ref}"],
+        ):  # fmt: skip
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:2])} {ref}: {r.stderr.strip()}")
+        digest = digest_file.read_text().strip()
+    if not digest.startswith("sha256:") or len(digest) != 71:
+        raise RuntimeError(f"podman push {ref}: no digest ({digest!r})")
+    return ref, digest

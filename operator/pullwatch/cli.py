@@ -268,6 +268,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="how long a container seen running may wait for its pull Event before it is said to "
         "have run with none (the evasion signal)",
     )
+    p.add_argument("--no-pod-witness", action="store_true", help="never list or watch pods")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -323,9 +324,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     # state over and over (a third of the scan time in bench/scan_throughput.py).
     gc.disable()
     try:
-        result = scan_paths(
-            args.files, Allowlist(policies), scanners, suppressions=config.suppressions
-        )
+        result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
     finally:
         gc.enable()
     extra = [result.context] if result.context is not None else []
@@ -341,7 +340,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if s.unrecognized and not s.recognized:
         print(
             f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, "
-            "watch event or audit entry: is this the right input?",
+            "watch event, audit entry or Pod: is this the right input?",
             file=sys.stderr,
         )
     if not result.complete:
@@ -382,6 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         openreports_max_results=args.openreports_max_results,
         census_interval=args.census_interval,
         pull_event_grace=args.pull_event_grace,
+        pod_witness=not args.no_pod_witness,
     )
     return run_operator(args, options)
 

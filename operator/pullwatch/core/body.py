@@ -125,8 +125,12 @@ def render_status(
             ],
         }
     ledger = ev.ledger.encode(max_series=series)
-    ledger["pods"] = hashes_text(ev.pod_hashes)
-    ledger["nodes"] = hashes_text(ev.node_hashes)
+    # Only what is there: the API server refuses an empty string in these (422, "null"), and a
+    # Finding of containers seen running has no pulled pods.
+    if ev.pod_hashes:
+        ledger["pods"] = hashes_text(ev.pod_hashes)
+    if ev.node_hashes:
+        ledger["nodes"] = hashes_text(ev.node_hashes)
     if ev.running_hashes:
         ledger["running"] = hashes_text(ev.running_hashes)
     if ev.intent_hashes:

@@ -134,15 +134,23 @@ def validate_scanner_names(names: object) -> frozenset[str]:
 SCANNER_IMAGES_KIND = "ScannerImages"
 
 
+# A registry manifest digest as a status' imageID carries it: what was actually pulled.
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_DIGESTS = 1000  # the CRD's bound too
+
+
 @dataclass(frozen=True)
 class ScannerList:
     """One ScannerImages object: names to add to the scanner rule's list, or (``replaceDefaults``)
-    to use instead of the built-in list. Invalid names are refused and listed; the others apply."""
+    to use instead of the built-in list, and digests that are scanners whatever an image is called
+    (never replaced: no digest is built in). Invalid names and digests are refused and listed;
+    the others apply."""
 
     name: str
     names: frozenset[str]
     replace_defaults: bool
     problems: tuple[str, ...] = ()
+    digests: frozenset[str] = frozenset()
 
 
 def scanner_list_from_object(obj: object) -> ScannerList:
@@ -151,6 +159,11 @@ def scanner_list_from_object(obj: object) -> ScannerList:
     >>> scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1", "kind": "ScannerImages",
     ...     "metadata": {"name": "extra"}, "spec": {"names": ["trufflehog", "Not/Valid"]}}).problems
     ("spec.names[1]: 'Not/Valid' is not a single image path component",)
+    >>> lst = scanner_list_from_object({"apiVersion": "pullwatch.dev/v1alpha1",
+    ...     "kind": "ScannerImages", "metadata": {"name": "red-team"},
+    ...     "spec": {"names": [], "digests": ["sha256:" + "ab" * 32, "sha256:AB", "md5:1"]}})
+    >>> [d[:13] for d in lst.digests], lst.problems[0]
+    (['sha256:ababab'], "spec.digests[1]: 'sha256:AB' is not sha256: and 64 lowercase hex digits")
     """
     from .. import API_VERSION
 
@@ -170,6 +183,8 @@ def scanner_list_from_object(obj: object) -> ScannerList:
         )
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
     raw = spec.get("names")
+    if raw is None and "digests" in spec:
+        raw = []  # an object of digests only
     replace = spec.get("replaceDefaults", False)
     problems = []
     if not isinstance(raw, list):
@@ -185,7 +200,28 @@ def scanner_list_from_object(obj: object) -> ScannerList:
             problems.append(
                 f"spec.names[{i}]: {str(n)[:100]!r} is not a single image path component"
             )
-    return ScannerList(name, frozenset(good), replace, tuple(problems))
+    digests = _digests(spec.get("digests"), problems)
+    return ScannerList(name, frozenset(good), replace, tuple(problems), digests)
+
+
+def _digests(raw: object, problems: list[str]) -> frozenset[str]:
+    """The valid digests of ``spec.digests`` (absent: none); what is wrong goes to ``problems``."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list):
+        problems.append("spec.digests must be a list of sha256: digests")
+        return frozenset()
+    if len(raw) > MAX_DIGESTS:
+        problems.append(f"spec.digests: {len(raw)} digests, only the first {MAX_DIGESTS} apply")
+    good = set()
+    for i, d in enumerate(raw[:MAX_DIGESTS]):
+        if isinstance(d, str) and _DIGEST.match(d):
+            good.add(d)
+        else:
+            problems.append(
+                f"spec.digests[{i}]: {str(d)[:100]!r} is not sha256: and 64 lowercase hex digits"
+            )
+    return frozenset(good)
 
 
 def scanner_names(
@@ -205,3 +241,13 @@ def scanner_names(
     lists = list(lists)
     base = frozenset() if any(s.replace_defaults for s in lists) else defaults
     return base.union(*(s.names for s in lists)) | extra
+
+
+def scanner_digests(lists: Iterable[ScannerList]) -> frozenset[str]:
+    """The scanner rule's digests in force: every object's (``replaceDefaults`` replaces names
+    only; no digest is built in).
+
+        >>> scanner_digests([ScannerList("a", frozenset(), True, (), frozenset({"sha256:1"}))])
+        frozenset({'sha256:1'})
+    """
+    return frozenset().union(*(s.digests for s in lists))

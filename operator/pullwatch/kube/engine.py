@@ -39,6 +39,7 @@ from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
+from .witnesses.pods import pod_witnesses
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -68,6 +69,7 @@ class Options:
     maintenance_interval: float = 60.0
     census_interval: float = 15.0
     pull_event_grace: float = 60.0
+    pod_witness: bool = True  # --no-pod-witness: no list/watch of pods
 
 
 class Engine:
@@ -162,6 +164,9 @@ class Engine:
             )
             for ns in (options.namespaces or [None])
         ]
+        self.pod_witnesses = pod_witnesses(
+            api, options, self.observe, self.resolver, health, quiet, self._judging
+        )
         self.upkeep.suppressions = self.configs["Suppression"]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -196,6 +201,9 @@ class Engine:
             for stream in self.event_streams:
                 self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
                 start(stream.run(), stream.name)
+            for witness in self.pod_witnesses:
+                self.health.watch(witness.name, allowed=3 * self.options.read_timeout + 30)
+                start(witness.run(), witness.name)
             start(self.upkeep.maintain(), "maintenance")
             start(self.upkeep.rechecks(), "suppression rechecks")
             start(self._settle(), "pull-event-grace")
@@ -216,7 +224,9 @@ class Engine:
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
-        streams = {s.name for s in self.event_streams + self.findings_watches}
+        streams = {
+            s.name for s in [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
+        }
         for names in (streams, {"workloads"}, None):
             batch = [
                 t
@@ -290,13 +300,20 @@ class Engine:
         self.pulls += 1
         self.observe(pull, workload)
 
-    def observe(self, obs: Any, workload: Workload | None = None) -> None:
+    def observe(self, obs: Any, workload: Workload | None = None) -> bool:
         """One observation from any witness: into its Findings, and onto the metrics. The one
-        interface every witness hands the core its observations through. (What was received
-        is counted during a stop too: the streams stop first.)"""
+        interface every witness hands the core its observations through; whether a rule fired
+        on it. (What was received is counted during a stop too: the streams stop first.)"""
         now = time.time()
-        for det in self.detector.observe(obs, workload, minute=int(now) // 60, clock=now):
+        detections = self.detector.observe(obs, workload, minute=int(now) // 60, clock=now)
+        for det in detections:
             self._account(det)
+        return bool(detections)
+
+    def _judging(self) -> tuple[Any, ...]:
+        """What judges an observation (a change: the Pod witness judges every pod again)."""
+        d = self.detector
+        return d.scanners, d.scanner_digests, d.allowlist.policies
 
     def _account(self, det: Any) -> None:
         if det.delta or det.created or det.changed:

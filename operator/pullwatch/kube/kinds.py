@@ -3,7 +3,8 @@
 * AllowedImages (cluster-scoped): the allowlist. Status: patterns in use, the first 20 problems
   and normalized patterns, Ready.
 * ScannerImages (cluster-scoped): names added to the scanner rule's list, or replacing the
-  built-in list (``replaceDefaults: true``). Status: the names in force, Ready.
+  built-in list (``replaceDefaults: true``), and digests that are scanners whatever the image is
+  called. Status: the names and digests in force, Ready.
 * Suppression (namespaced): accepted detections. Status: what it covers, the pulls it has hidden
   and the Findings it covers now, Ready (False once expired or malformed, saying which).
 """
@@ -19,7 +20,7 @@ from typing import Any
 from ..core.allowlist import Allowlist, Policy, policy_from_object
 from ..core.detector import Detector
 from ..core.findings import cut
-from ..core.rules import ScannerList, scanner_list_from_object, scanner_names
+from ..core.rules import ScannerList, scanner_digests, scanner_list_from_object, scanner_names
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from . import metrics
 from .config import SAMPLE, Kind, allowlist_gauges, condition
@@ -73,6 +74,7 @@ def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozense
 
     def install(lists: list[ScannerList]) -> None:
         detector.scanners = scanner_names(lists, extra, defaults)
+        detector.scanner_digests = scanner_digests(lists)
         # Replacing the built-in names can turn scanner detection off for the whole cluster:
         # whoever may edit ScannerImages is trusted with that, and everyone else hears of it.
         replacing = {s.name for s in lists if s.replace_defaults}
@@ -95,10 +97,17 @@ def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozense
             f"{len(lst.names)} name(s) {how}; "
             f"{len(detector.scanners)} scanner name(s) in force in all"
         )
+        if lst.digests or detector.scanner_digests:
+            message += (
+                f"; {len(lst.digests)} digest(s) added, "
+                f"{len(detector.scanner_digests)} in force in all"
+            )
         ready = condition(
             not problems,
             "InvalidNames" if problems else "Valid",
-            ("; ".join(problems[:3]) + "; the valid names still apply") if problems else message,
+            ("; ".join(problems[:3]) + "; the valid names and digests still apply")
+            if problems
+            else message,
             generation,
         )
         return {
@@ -106,6 +115,8 @@ def scanner_images(detector: Detector, extra: frozenset[str], defaults: frozense
             "names": len(lst.names),
             "replacesDefaults": lst.replace_defaults,
             "namesInForce": len(detector.scanners),
+            "digests": len(lst.digests),
+            "digestsInForce": len(detector.scanner_digests),
             "problems": [cut(p, 300) for p in problems[:SAMPLE]],
             "conditions": [ready],
         }

@@ -125,6 +125,22 @@ SCANNER_DEFAULTS_REPLACED = Gauge(
     "1 while a ScannerImages object replaces the built-in scanner names.",
     registry=REGISTRY,
 )
+PODS_EXAMINED = Counter(
+    "pullwatch_pods_examined_total",
+    "Pods decoded by the Pod witness (new, or what their containers run changed).",
+    registry=REGISTRY,
+)
+PODS_SKIPPED = Counter(
+    "pullwatch_pods_skipped_total",
+    "Malformed pods the Pod witness skipped, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+PODS_REMEMBERED = Gauge(
+    "pullwatch_pods_remembered",
+    "Pods the Pod witness remembers (a fingerprint each, no copy of the pod).",
+    registry=REGISTRY,
+)
 RELISTS = Counter(
     "pullwatch_stream_relists_total", "Lists after 410 Gone.", ["stream"], registry=REGISTRY
 )

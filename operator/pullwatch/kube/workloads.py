@@ -68,6 +68,8 @@ class WorkloadResolver:
         self._needed: dict[tuple[str, str], Callable[[], bool]] = {}
         self._order = itertools.count()
         self._wake = asyncio.Event()
+        # (ns, pod) -> its controller and pod-template-hash, as the Pod witness saw the pod
+        self.owners: OrderedDict[tuple[str, str], tuple[str, str, str | None]] = OrderedDict()
         self.reads = 0  # API reads made
         self.inferred = 0  # lookups answered by inference instead (gone, refused, slow, flood)
 
@@ -156,7 +158,9 @@ class WorkloadResolver:
         if not (is_label(namespace) and is_subdomain(pod)):
             self.inferred += 1
             return infer(pod)  # not a name the API server gave: nothing to read under it
-        meta = await self._metadata(f"/api/v1/namespaces/{segment(namespace)}/pods/{segment(pod)}")
+        meta = self._known_owner(namespace, pod) or await self._metadata(
+            f"/api/v1/namespaces/{segment(namespace)}/pods/{segment(pod)}"
+        )
         if meta is None:
             self.inferred += 1
             return infer(pod)
@@ -224,3 +228,38 @@ class WorkloadResolver:
         self.cache[key] = workload
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
+
+    # -- what the Pod witness saw ---------------------------------------------------------------
+    def remember(
+        self,
+        namespace: str,
+        pod: str,
+        owner: tuple[str, str] | None,
+        template_hash: str | None = None,
+    ) -> None:
+        """A pod's controller as its own object says (the Pod witness; names already valid): its
+        workload needs no read of the pod, and none at all when the controller is the top one
+        (a DaemonSet, a StatefulSet, none) or its own owner is known already."""
+        key = (namespace, pod)
+        if owner is None or owner[0] not in _PARENTS:
+            self._remember(key, from_owners(pod, [owner]))
+            return
+        parent_key = (namespace, owner[0], owner[1])
+        if parent_key in self.parents:
+            self._remember(key, from_owners(pod, [owner, self.parents[parent_key]]))
+            return
+        self.owners[key] = (owner[0], owner[1], template_hash)
+        self.owners.move_to_end(key)
+        if len(self.owners) > self.cache_size:
+            self.owners.popitem(last=False)
+
+    def _known_owner(self, namespace: str, pod: str) -> dict | None:
+        """The pod's metadata as far as the Pod witness told it (the part ``resolve`` reads)."""
+        known = self.owners.pop((namespace, pod), None)
+        if known is None:
+            return None
+        kind, name, template_hash = known
+        meta: dict = {"ownerReferences": [{"kind": kind, "name": name, "controller": True}]}
+        if template_hash is not None:
+            meta["labels"] = {"pod-template-hash": template_hash}
+        return meta

@@ -19,7 +19,12 @@ from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pods import decode_pod
 from ..core.pulls import DecodeError, Pull, decode_event, event_head
-from ..core.rules import SCANNER_IMAGES_KIND, ScannerList, scanner_list_from_object
+from ..core.rules import (
+    SCANNER_IMAGES_KIND,
+    ScannerList,
+    scanner_digests,
+    scanner_list_from_object,
+)
 from ..core.suppressions import KIND as SUPPRESSION
 from ..core.suppressions import Suppression, Suppressions, suppression_from_object
 from .records import ReadStats, iter_objects
@@ -196,12 +201,16 @@ def scan_paths(
     allowlist: Allowlist,
     scanners: Iterable[str] | None = None,
     parallel: bool = True,
-    suppressions: Iterable[Suppression] = (),
+    config: Config | None = None,
 ) -> ScanResult:
+    """``config``: its Suppressions and its ScannerImages' digests apply (``scanners``: the
+    scanner names in force, made from its ScannerImages and the command line)."""
     from . import parallel as par  # here: parallel builds on this module
 
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)
-    detector.suppressions = Suppressions(suppressions)
+    if config is not None:
+        detector.suppressions = Suppressions(config.suppressions)
+        detector.scanner_digests = scanner_digests(config.scanner_lists)
     scanner = Scanner(detector)
     for path in expand_inputs(paths, scanner.result.input_errors):
         if parallel and par.usable(path):

@@ -27,6 +27,7 @@ short - which may have lost them - is reported as damage, not missed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ def sniff(head: bytes, complete: bool) -> str:
     'lines'
     >>> sniff(b'apiVersion: v1\\nitems:\\n', True)
     'yaml'
+    >>> sniff(b'apiVersion: v1\\nitems:\\n- metadata:\\n    annotations:\\n      last-applied: |\\n'
+    ...       b'        {"apiVersion":"v1","kind":"Pod"}\\n', True)  # kubectl apply's annotation
+    'yaml'
     """
     text = head.lstrip(b" \t\r\n")
     if not text:
@@ -83,6 +87,8 @@ def sniff(head: bytes, complete: bool) -> str:
     first = text.split(b"\n", 1)[0].strip()
     if first in (b"{", b"["):
         return "json"
+    if _YAML_KEY.match(first):
+        return "yaml"  # a mapping: JSON inside it (an annotation's) is a YAML block's text
     lines = text.split(b"\n", 64)
     if not complete:
         lines = lines[:-1]  # the last may be cut by the end of the head
@@ -104,6 +110,7 @@ def sniff(head: bytes, complete: bool) -> str:
     return "yaml"
 
 
+_YAML_KEY = re.compile(rb"[A-Za-z_][\w.-]*:(?:\s|$)")  # `apiVersion: v1`, `items:`
 _CONTROL = bytes(range(0, 9)) + bytes(range(14, 32))
 
 
