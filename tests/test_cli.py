@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from paths import DATA
+from paths import DATA, finding_items
 
 GOLDEN = DATA / "golden"
 ALLOW = str(DATA / "allowed-images.yaml")
@@ -63,7 +63,7 @@ def test_other_formats_are_golden(fmt):
 def findings(name, *extra):
     r = scan(str(DATA / name), "-a", ALLOW, "-o", "json", *extra)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["items"]
+    return finding_items(r.stdout)
 
 
 def test_every_event_shape_gives_the_same_findings():
@@ -132,10 +132,10 @@ def test_stdin_and_gzip(tmp_path):
     gz.write_bytes(gzip.compress(raw))
     expected = findings("watch.jsonl")
     r = scan("-", "-a", ALLOW, "-o", "json", stdin=raw)
-    assert json.loads(r.stdout)["items"] == expected
+    assert finding_items(r.stdout) == expected
     r = scan("-", "-a", ALLOW, "-o", "json", stdin=gzip.compress(raw))
-    assert json.loads(r.stdout)["items"] == expected
-    assert json.loads(scan(str(gz), "-a", ALLOW, "-o", "json").stdout)["items"] == expected
+    assert finding_items(r.stdout) == expected
+    assert finding_items(scan(str(gz), "-a", ALLOW, "-o", "json").stdout) == expected
 
 
 def test_several_files_are_one_scan_and_duplicates_do_not_double():
@@ -149,9 +149,7 @@ def test_several_files_are_one_scan_and_duplicates_do_not_double():
         "-o",
         "json",
     )
-    assert {
-        f["metadata"]["name"]: f["status"]["count"] for f in json.loads(r.stdout)["items"]
-    } == once
+    assert {f["metadata"]["name"]: f["status"]["count"] for f in finding_items(r.stdout)} == once
 
 
 def test_table_escapes_terminal_control_characters():
@@ -164,7 +162,7 @@ def test_table_escapes_terminal_control_characters():
 def test_malformed_input_is_skipped_counted_and_later_records_still_count():
     r = scan(str(DATA / "malformed.jsonl"), "-a", ALLOW, "-o", "json")
     assert r.returncode == 3  # lines that are not JSON could not be read: the input is damaged
-    names = [f["metadata"]["name"] for f in json.loads(r.stdout)["items"]]
+    names = [f["metadata"]["name"] for f in finding_items(r.stdout)]
     assert any("after-the-garbage" in n for n in names)
     err = r.stderr.decode()
     assert "damaged 2: not JSON" in err and "skipped 2: image event without involvedObject\n" in err
@@ -199,7 +197,7 @@ def test_invalid_allowed_images_are_reported_and_never_widen(tmp_path):
     err = r.stderr.decode()
     assert "AllowedImages bad: ignored: spec.namespaces must be a list" in err
     assert "AllowedImages half: pattern ignored: images[0]" in err
-    images = {f["spec"]["image"] for f in json.loads(r.stdout)["items"]}
+    images = {f["spec"]["image"] for f in finding_items(r.stdout)}
     assert "nginx:1.25.3" in images  # '**' of the broken object did not allow it
     assert (
         "quay.io/prometheus/node-exporter:v1.8.1" not in images
@@ -217,7 +215,7 @@ def test_custom_scanner_names():
         "--scanner",
         "xmrig",
     )
-    rules = {(f["spec"]["rule"], f["spec"]["image"]) for f in json.loads(r.stdout)["items"]}
+    rules = {(f["spec"]["rule"], f["spec"]["image"]) for f in finding_items(r.stdout)}
     assert ("kubernetes-scanner-image-pulling", "docker.io/randomuser/xmrig:latest") in rules
     assert not any(
         rule.endswith("scanner-image-pulling") and "kube-hunter" in img for rule, img in rules
@@ -227,6 +225,8 @@ def test_custom_scanner_names():
 def test_output_is_a_v1_list_of_complete_findings():
     doc = json.loads(scan(str(DATA / "events-list.json"), "-a", ALLOW, "-o", "json").stdout)
     assert doc["apiVersion"] == "v1" and doc["kind"] == "List"
-    for f in doc["items"]:
+    *found, context = doc["items"]  # the Findings, then what a merge needs besides
+    assert context["kind"] == "ScanContext" and "state" in context
+    for f in found:
         assert f["apiVersion"] == "pullwatch.dev/v1alpha1" and f["kind"] == "Finding"
         assert {"count", "firstSeen", "lastSeen"} <= set(f["status"])

@@ -6,11 +6,11 @@ import pytest
 
 from kubelet import image_event, with_count
 from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.core.body import BUDGET
 from pullwatch.core.detector import Caps, Detector
 from pullwatch.core.ledger import MAX_SERIES
 from pullwatch.core.pulls import decode_event
 from pullwatch.core.rules import SCANNER_RULE, SUSPICIOUS_RULE
-from pullwatch.core.body import BUDGET
 from pullwatch.core.state import FindingState
 from pullwatch.core.workload import Workload
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kubelet import as_events_v1, audit_entries, image_event, other_event
-from paths import DATA
+from paths import DATA, finding_items
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.core.audit import AuditDeduper, decode_audit_entry
 from pullwatch.scan.records import ReadStats, iter_objects
@@ -51,7 +51,7 @@ def scan_bytes(tmp_path, data: bytes, *args, name="input"):
 
 def rules_found(r):
     return sorted(
-        {(f["spec"]["rule"], f["spec"]["workload"]["name"]) for f in json.loads(r.stdout)["items"]}
+        {(f["spec"]["rule"], f["spec"]["workload"]["name"]) for f in finding_items(r.stdout)}
     )
 
 
@@ -372,8 +372,7 @@ def test_who_reported_a_pull_is_in_the_finding(tmp_path):
     forged["source"] = {"component": "kubectl", "host": "worker-1"}
     r = scan_bytes(tmp_path, (json.dumps(real) + "\n" + json.dumps(forged) + "\n").encode())
     by_pod = {
-        f["spec"]["workload"]["name"]: f["spec"]["reportedBy"]
-        for f in json.loads(r.stdout)["items"]
+        f["spec"]["workload"]["name"]: f["spec"]["reportedBy"] for f in finding_items(r.stdout)
     }
     assert by_pod["hunter"] == {"component": "kubelet", "kubelet": True}
     assert by_pod["fake"] == {"component": "kubectl", "kubelet": False}
@@ -381,7 +380,7 @@ def test_who_reported_a_pull_is_in_the_finding(tmp_path):
     for entry in entries:
         entry["user"]["username"] = "mallory"
     r = scan_bytes(tmp_path, "".join(json.dumps(e) + "\n" for e in entries).encode(), name="audit")
-    reported = json.loads(r.stdout)["items"][0]["spec"]["reportedBy"]
+    reported = finding_items(r.stdout)[0]["spec"]["reportedBy"]
     assert reported["user"] == "mallory" and reported["kubelet"] is False
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kubelet import image_event
+from paths import finding_items
 from pullwatch.core.allowlist import Allowlist
 from pullwatch.core.detector import Detector
 from pullwatch.core.pulls import decode_event
@@ -195,9 +196,7 @@ def test_scan_reads_suppressions_and_scanner_images_from_config_files(tmp_path):
         [PULLWATCH, "scan", str(events), "-c", str(config), "-o", "json"], capture_output=True
     )
     assert r.returncode == 0, r.stderr
-    found = {
-        (f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in json.loads(r.stdout)["items"]
-    }
+    found = {(f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in finding_items(r.stdout)}
     assert (SCANNER, "secrets") in found  # the new scanner name
     assert found[(SCANNER, "audit")]["status"]["suppression"]["name"] == "ok"
     assert "suppression" not in found[(SCANNER, "secrets")]["status"]

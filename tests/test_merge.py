@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from kubelet import audit_entries, image_event
 from paths import DATA
 from pullwatch.core.allowlist import Allowlist
+from pullwatch.core.audit import AuditDeduper, decode_audit_entry
 from pullwatch.core.collect import Collector, merge
 from pullwatch.core.detector import Detector
 from pullwatch.core.observations import MAIN, ActorChange, Running
 from pullwatch.core.pulls import Actor, decode_event
 from pullwatch.core.workload import Workload
-from pullwatch.core.audit import AuditDeduper, decode_audit_entry
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
 ALLOW = str(DATA / "allowed-images.yaml")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kubelet import expected_outcomes, reported
-from paths import DATA
+from paths import DATA, finding_items
 from pullwatch.core.pulls import decode_event, error_class
 from test_cli import check_golden
 
@@ -75,7 +75,7 @@ def test_every_real_image_event_decodes_as_what_the_kubelet_meant(events):
 
 
 def test_outcome_counts_are_exactly_what_the_kubelet_reported(scanned, events):
-    findings = json.loads(scanned.stdout)["items"]
+    findings = finding_items(scanned.stdout)
     pods = {(e["involvedObject"]["namespace"], e["involvedObject"]["name"]): e for e in events}
     got = {
         (f["metadata"]["namespace"], f["spec"]["workload"]["name"], f["spec"]["rule"]): f

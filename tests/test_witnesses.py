@@ -8,7 +8,6 @@ who did it, what ran with no pull Event.
 import itertools
 
 from kubelet import image_event
-
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.core.detector import Caps, Detector
 from pullwatch.core.ledger import MAX_SERIES, Ledger
@@ -32,7 +31,7 @@ def running(pod="hunter", image=HUNTER, digest=DIGEST, ns="ci", at_startup=False
         image,
         digest,
         "node-1",
-        started or "2026-11-18T10:00:00Z",
+        started or "2026-11-18T11:59:00Z",  # a minute before NOW
         Workload("Pod", pod, "read"),
         at_startup,
     )
@@ -259,3 +258,25 @@ def test_a_version_1_ledger_is_re_keyed_when_its_event_is_seen_again():
         == 0
     )
     assert upgraded.count == 3 and upgraded.knows(pull.series)
+
+
+def test_a_scanner_found_by_its_digest_had_its_tags_pull_event_all_the_same():
+    """The kubelet's pull Event names the tag, not the digest: it lands in another Finding (or,
+    allowlisted, in none) - the container found by its digest did have a pull Event."""
+    allowed = policy_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "AllowedImages",
+            "metadata": {"name": "tools"},
+            "spec": {"images": ["registry.corp/tools/**"]},
+        }
+    )
+    d = Detector(Allowlist([allowed]), scanner_digests=[DIGEST])
+    ev = image_event(
+        "Pulling", "ci", "hunter", "registry.corp/tools/netcheck:1", container="hunter"
+    )
+    assert d.observe(decode_event(ev), clock=NOW) == []  # allowed by name: no Finding of its own
+    d.observe(running(image="registry.corp/tools/netcheck:1"), clock=NOW)
+    d.settle(NOW + 3600)
+    sample = finding(d, "scanner")["status"]["running"]["sample"][0]
+    assert sample["pullEvent"] == "seen"

@@ -23,6 +23,7 @@ SCAN_EXIT_CODES = """exit codes:
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
     from .scan.cloud import HELP as OBJECT_STORAGE_HELP
+
     p = sub.add_parser(
         "scan",
         help="detect scanner and unapproved image pulls in event dumps and audit logs",

@@ -9,6 +9,7 @@ import yaml
 from harness import PULLWATCH, ROOT, SA, SCANNER, SUSPICIOUS, wait_for
 
 from kubelet import image_event
+from paths import finding_items
 
 HUNTER = "aquasec/kube-hunter:0.6.8"
 
@@ -299,7 +300,7 @@ def test_scan_of_the_same_events_gives_the_same_findings(cluster, operator, tmp_
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    scanned = {f["metadata"]["name"]: f for f in json.loads(r.stdout)["items"]}
+    scanned = {f["metadata"]["name"]: f for f in finding_items(r.stdout)}
 
     def series(status):  # the series' keys (their minutes differ: scan has no clock)
         return sorted(x.split(".")[0] for x in status["ledger"]["series"])
@@ -343,7 +344,7 @@ def test_real_audit_log_gives_the_same_detections_with_the_actor(cluster, operat
     assert r.returncode == 0, r.stderr
     mine = {
         f["metadata"]["name"]: f
-        for f in json.loads(r.stdout)["items"]
+        for f in finding_items(r.stdout)
         if f["metadata"]["namespace"] == ns
     }
     assert set(mine) == set(cluster.findings(ns))

@@ -26,6 +26,7 @@ import pytest
 from harness import SCANNER, SUSPICIOUS, wait_for
 
 from kubelet import reported
+from paths import finding_items
 from realnode import RealNode, Unavailable, push_distinct
 
 PULLWATCH = str(Path(sys.executable).parent / "pullwatch")
@@ -158,7 +159,7 @@ class Pods:
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "skipped: 0" in r.stderr and "damaged" not in r.stderr, r.stderr
-        return {f["metadata"]["name"] for f in json.loads(r.stdout)["items"]}
+        return {f["metadata"]["name"] for f in finding_items(r.stdout)}
 
 
 def sample(finding: dict) -> dict:

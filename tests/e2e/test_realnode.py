@@ -27,6 +27,7 @@ from harness import ROOT, SCANNER, SUSPICIOUS, wait_for
 
 from kubelet import expected_outcomes, reported
 from localcluster import free_port
+from paths import finding_items
 from realnode import RealNode, Unavailable
 
 HUNTER = "aquasec/kube-hunter:0.6.8"
@@ -198,8 +199,7 @@ class Node:
         assert r.returncode == 0, r.stderr
         assert "skipped: 0" in r.stderr and "damaged" not in r.stderr, r.stderr
         return {
-            (f["spec"]["rule"], f["spec"]["workload"]["name"]): f
-            for f in json.loads(r.stdout)["items"]
+            (f["spec"]["rule"], f["spec"]["workload"]["name"]): f for f in finding_items(r.stdout)
         }
 
 

@@ -25,12 +25,14 @@ authors) and who changed which workload (``MAX_WORKLOADS`` workloads, each its f
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import API_VERSION
 from .detector import Detector, covered_expiry, series_of, workload_of
 from .findings import ActorRecord, Identity, instant
+from .ledger import short_hash
 from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
 from .replay import MERGE_STATE, Cover, FindingRecord, build, pack, unpack
@@ -53,6 +55,9 @@ class Collector:
         self.authors: dict[str, set[str]] = {}  # series -> who wrote its Event (audit)
         self.people: dict[tuple[str, str], list[ActorRecord]] = {}  # workload -> its people
         self.pulls = 0  # pull observations judged, whether a rule fired or not
+        # Hashes of (namespace, pod, container) with a pull Event, whatever the rules made of it:
+        # a container found by its digest had its tag's pull Event all the same.
+        self.pulled: set[int] = set()
 
     # -- judging ------------------------------------------------------------------------------
     def add(self, obs: Any) -> None:
@@ -79,6 +84,7 @@ class Collector:
     def _pull(self, pull: Pull) -> None:
         self.pulls += 1
         assert self.detector is not None
+        self.note_pulled(pull.namespace, pull.involved.name, pull.involved.container or "")
         workload = workload_of(pull)
         series = series_of(pull)
         judged = self.detector.judge(pull.namespace, pull.image, workload)
@@ -91,6 +97,9 @@ class Collector:
             self._record(identity).add_pull(pull, workload, not_allowed, _cover_of(cover), series)
         if pull.actor is not None and pull.actor.user:
             self._note_author(series, pull.actor.user)
+
+    def note_pulled(self, namespace: str, pod: str, container: str) -> None:
+        self.pulled.add(slot_hash(namespace, pod, container))
 
     def _running(self, run: Running) -> None:
         assert self.detector is not None
@@ -130,13 +139,21 @@ class Collector:
         out = []
         for name in sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n)):
             record = self.records[name]
+            self._note_pulled_elsewhere(record)
             out.append((record, build(record, self.authors, self.people, self.clock)))
         return out
+
+    def _note_pulled_elsewhere(self, record: FindingRecord) -> None:
+        ns = record.identity.namespace
+        for run, _ in record.runnings.values():
+            if slot_hash(ns, run.pod, run.container) in self.pulled:
+                record.pulled.add((run.pod, run.container))
 
     def bodies(self) -> Iterator[dict[str, Any]]:
         """The Findings' bodies, each with its merge state; built one at a time."""
         for name in sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n)):
             record = self.records[name]
+            self._note_pulled_elsewhere(record)
             state = build(record, self.authors, self.people, self.clock)
             yield with_state(
                 state.body(),
@@ -153,15 +170,31 @@ class Collector:
         need them): a ``ScanContext`` document, or None when there is nothing to carry."""
         kept = {_workload_key(r.identity) for r in self.records.values()}
         people = {k: v for k, v in self.people.items() if k not in kept}
-        if not people:
+        # The containers with a pull Event that no Finding here holds (allowed images, mostly):
+        # a container of another shard found by its digest may have had one of them.
+        pulled = self.pulled - self._record_slots()
+        if not people and not pulled:
             return None
         rows = [[ns, wl, [_person_row(p) for p in ps]] for (ns, wl), ps in sorted(people.items())]
+        hashes = base64.b64encode(b"".join(h.to_bytes(6, "big") for h in sorted(pulled)))
         return {
             "apiVersion": API_VERSION,
             "kind": CONTEXT_KIND,
             "metadata": {"name": "scan-context"},
-            "state": pack({"v": 1, "people": rows}),
+            "state": pack({"v": 1, "people": rows, "pulled": hashes.decode()}),
         }
+
+    def _record_slots(self) -> set[int]:
+        """The (namespace, pod, container) slots the records' own pulls hold."""
+        return {
+            slot_hash(r.identity.namespace, p[0].involved.name, p[0].involved.container or "")
+            for r in self.records.values()
+            for p in r.pulls.values()
+        }
+
+
+def slot_hash(namespace: str, pod: str, container: str) -> int:
+    return short_hash(f"{namespace}\0{pod}\0{container}", 48)
 
 
 def keep_people(people: list[ActorRecord], more: Iterable[ActorRecord]) -> None:
@@ -224,13 +257,21 @@ def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> C
             collector.records[identity.name] = record
         else:
             held.merge(record)
+    collector.pulled |= collector._record_slots()
     return collector
 
 
 def _merge_context(collector: Collector, doc: dict[str, Any], where: str) -> None:
     try:
-        for ns, wl, rows in unpack(doc.get("state"))["people"]:
+        state = unpack(doc.get("state"))
+        for ns, wl, rows in state["people"]:
             keep_people(collector.people.setdefault((ns, wl), []), [_person_of(r) for r in rows])
+        raw = base64.b64decode(state.get("pulled", ""), validate=True)
+        if len(raw) % 6:
+            raise ValueError("pulled hashes cut short")
+        collector.pulled.update(
+            int.from_bytes(raw[i : i + 6], "big") for i in range(0, len(raw), 6)
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{where}: damaged {CONTEXT_KIND} ({exc})") from None
 

@@ -45,7 +45,7 @@ from typing import Any
 from .actors import ActorMap
 from .allowlist import Allowlist
 from .body import stamp
-from .evidence import EXPIRED, PENDING
+from .evidence import EXPIRED, MISSING, PENDING
 from .findings import (
     RULES_BY_SHORT,
     ActorRecord,
@@ -81,6 +81,7 @@ class Detection:
     suppressed: Suppression | None = None
     running: bool = False
     forged: str = ""  # why a pull Event is newly known to be forged: "namespace" or "author"
+    missing: bool = False  # a container that ran it turned out to have had no pull Event
     changed: bool = False
 
 
@@ -111,6 +112,7 @@ class Detector(Judge, FindingSet):
         # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
         self.authors: dict[str, Any] = {}  # series -> Actor
         self.unverified: dict[int, str | None] = {}  # series hash -> the node its Event named
+        self.pulled: dict[int, None] = {}  # (namespace, pod, container) hashes with a pull Event
         self.event_ttl = 3600.0  # the API server's --event-ttl (the operator sets it)
         # How long a container seen running may wait for its pull Event before it is said to
         # have run with none: the two witnesses are separate watches, seconds apart.
@@ -152,6 +154,7 @@ class Detector(Judge, FindingSet):
         now: float | None,
         clock: float | None,
     ) -> list[Detection]:
+        self.note_pull(pull)
         fired = self.rules_for(pull.namespace, pull.image)
         if not fired:
             return []
@@ -219,7 +222,9 @@ class Detector(Judge, FindingSet):
             )
             if state.identity.is_overflow:
                 continue
-            pull_event = EXPIRED if run.at_startup and self._expired(run, clock) else PENDING
+            # Started before its Events could still be there (found at start-up, or judged again
+            # after a configuration change): whether it had a pull Event cannot be known.
+            pull_event = EXPIRED if self._expired(run, clock) else PENDING
             new = state.observe_running(run, when, pull_event, clock)
             if created:
                 self._note_actor_of(state)
@@ -298,6 +303,15 @@ class Detector(Judge, FindingSet):
             and clock - started.timestamp() > self.event_ttl
         )
 
+    def note_pull(self, pull: Pull) -> None:
+        """A pull Event of this container was seen, whatever the rules made of it: a container
+        found by its digest (whose pull Event names only a tag) had its pull Event all the same,
+        in another Finding or none."""
+        inv = pull.involved
+        _remember(
+            self.pulled, short_hash(f"{pull.namespace}\0{inv.name}\0{inv.container}", 48), None
+        )
+
     def settle(self, now: float) -> list[Detection]:
         """Containers whose pull Event grace is over (due at or before ``now``): seen, or ran
         with no pull Event. ``scan`` settles everything at the end (now = inf)."""
@@ -307,8 +321,14 @@ class Detector(Judge, FindingSet):
                 continue
             del self.pending[key]
             state = self.states.get(key[0])
-            if state is not None and state.settle_pull_event(key[1], key[2]) is not None:
-                out.append(Detection(state, changed=True))
+            slot = short_hash(f"{state.namespace}\0{key[1]}\0{key[2]}", 48) if state else 0
+            settled = (
+                state.settle_pull_event(key[1], key[2], elsewhere=slot in self.pulled)
+                if state is not None
+                else None
+            )
+            if settled is not None:
+                out.append(Detection(state, changed=True, missing=settled == MISSING))
         return out
 
     def routed(self, pull: Pull) -> bool:

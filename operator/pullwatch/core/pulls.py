@@ -376,6 +376,18 @@ def decode_event(
     )
 
 
+def involved_slot(obj: Any) -> tuple[str, str] | None:
+    """(pod, container) an image Event names, cheaply (no validation: a key, never shown)."""
+    involved = obj.get("involvedObject") or obj.get("regarding")
+    if not isinstance(involved, dict):
+        return None
+    name, field_path = involved.get("name"), involved.get("fieldPath")
+    if not isinstance(name, str):
+        return None
+    container = container_of(field_path) if isinstance(field_path, str) else None
+    return name, container or ""
+
+
 _FAILED_ERROR = re.compile(r'image "[^"]{0,1100}":\s*(.*)', re.S)
 
 

@@ -100,7 +100,7 @@ class FindingRecord:
     """What one Finding kept: per series its highest pull, the containers seen running it and
     the pods created with it, each with how it was judged (never judged again)."""
 
-    __slots__ = ("identity", "intents", "pulls", "runnings")
+    __slots__ = ("identity", "intents", "pulled", "pulls", "runnings")
 
     def __init__(self, identity: Identity):
         self.identity = identity
@@ -108,6 +108,8 @@ class FindingRecord:
         self.pulls: dict[str, list[Any]] = {}
         self.runnings: dict[tuple[str, str, str], tuple[Running, str | None]] = {}
         self.intents: dict[tuple[str, str], tuple[Intent, str | None]] = {}
+        # (pod, container) of its runnings whose pull Event went elsewhere (kept for a merge)
+        self.pulled: set[tuple[str, str]] = set()
 
     def add_pull(
         self,
@@ -148,6 +150,7 @@ class FindingRecord:
             self.add_running(run, not_allowed)
         for intent, not_allowed in other.intents.values():
             self.add_intent(intent, not_allowed)
+        self.pulled |= other.pulled
 
     # -- the stored form (the MERGE_STATE annotation) ---------------------------------------
     def encode(self) -> str:
@@ -161,6 +164,7 @@ class FindingRecord:
                 [*running_row(r), na]
                 for (r, na) in (self.runnings[k] for k in sorted(self.runnings))
             ],
+            "pulled": sorted([p, c] for p, c in self.pulled),
             "intents": [
                 [*intent_row(i), na] for (i, na) in (self.intents[k] for k in sorted(self.intents))
             ],
@@ -185,6 +189,7 @@ class FindingRecord:
                 record.add_running(running_of(row[:-1], identity.namespace), row[-1])
             for row in doc["intents"]:
                 record.add_intent(intent_of(row[:-1], identity.namespace), row[-1])
+            record.pulled = {(str(p), str(c)) for p, c in doc.get("pulled", [])}
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"damaged merge state ({type(exc).__name__}: {exc})") from None
         return record
@@ -209,8 +214,12 @@ def build(
     authors: dict[str, set[str]],
     actors: dict[tuple[str, str], list[ActorRecord]],
     clock: float | None = None,
+    pulled: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
 ) -> FindingState:
-    """The Finding, from what it kept, in a canonical order: the earliest observation is its
+    """``pulled``: (pod, container) whose pull Event was seen in another Finding or judged by no
+    rule (a container found by its digest had its tag's pull Event all the same).
+
+    The Finding, from what it kept, in a canonical order: the earliest observation is its
     origin; authors give each series its verdict; the workload's people are its actors."""
     from .body import stamp
 
@@ -264,7 +273,8 @@ def build(
     if state is None:
         raise ValueError(f"Finding {identity.name} kept nothing")
     for run, _ in runs:
-        state.settle_pull_event(run.pod, run.container)  # every input is read: no grace
+        elsewhere = (run.pod, run.container) in pulled or (run.pod, run.container) in record.pulled
+        state.settle_pull_event(run.pod, run.container, elsewhere)  # every input read: no grace
     for person in sorted(set(people), key=lambda a: (a.time or "", a.user or "", a.action or "")):
         state.note_actor(person)  # the earliest becomes spec.actor
     return state

@@ -196,7 +196,7 @@ class FindingState:
             self.last_seen = later(self.last_seen, started)
         return ev.note_running(entry)
 
-    def settle_pull_event(self, pod: str, container: str) -> str | None:
+    def settle_pull_event(self, pod: str, container: str, elsewhere: bool = False) -> str | None:
         """The grace for a container's pull Event is over: SEEN if a pull of it was counted
         meanwhile, else MISSING (it ran with no pull Event: the evasion signal). Returns the new
         state when it changed, else None."""
@@ -204,7 +204,7 @@ class FindingState:
         entry = ev.running.get(f"{pod}\0{container}")
         if entry is None or entry[5] != PENDING:
             return None
-        entry[5] = SEEN if ev.ledger.has_slot(pod, container) else MISSING
+        entry[5] = SEEN if elsewhere or ev.ledger.has_slot(pod, container) else MISSING
         if entry[5] == MISSING:
             ev.without_pull_event += 1
         return entry[5]

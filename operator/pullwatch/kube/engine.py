@@ -272,6 +272,7 @@ class Engine:
         fired = self.detector.rules_for(pull.namespace, pull.image)
         if not fired:
             self.pulls += 1
+            self.detector.note_pull(pull)  # a container found by its digest had this pull Event
             return
         if (
             pull.involved.kind != "Pod"
@@ -358,6 +359,8 @@ class Engine:
             await asyncio.sleep(min(5.0, self.options.pull_event_grace / 4))
             for det in self.detector.settle(time.time()):
                 self.writer.mark(det.state.name)
+                if not det.missing:
+                    continue  # its pull Event came: nothing to say
                 rule = RULES_BY_SHORT[det.state.identity.rule]
                 metrics.RAN_WITHOUT_PULL_EVENT.labels(rule.name, rule.severity).inc()
                 log.warning(

@@ -88,7 +88,7 @@ def _open_range(start: int, end: int) -> Any:
 
 def _scan_range(
     bounds: tuple[int, int],
-) -> tuple[ReadStats, int, list[tuple[str, Any]], str | None]:
+) -> tuple[ReadStats, int, list[tuple[str, Any]], str | None, set[int]]:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
@@ -96,7 +96,7 @@ def _scan_range(
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
-        return stats, 0, kept, f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
+        return stats, 0, kept, f"bytes {bounds[0]}-{bounds[1]} not read: {exc}", set()
     try:
         for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
@@ -107,10 +107,11 @@ def _scan_range(
             worker.result.pulls,
             kept,
             f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}",
+            worker.collector.pulled,
         )
     finally:
         reader.close()
-    return stats, worker.result.pulls, kept, None
+    return stats, worker.result.pulls, kept, None, worker.collector.pulled
 
 
 def usable(path: str) -> bool:
@@ -160,9 +161,10 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     total = scanner.result.stats
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for stats, pulls, kept, error in pool.imap(_scan_range, ranges, chunksize=1):
+            for stats, pulls, kept, error, pulled in pool.imap(_scan_range, ranges, chunksize=1):
                 total.add(stats)  # ranges come back in file order
                 scanner.result.pulls += pulls
+                scanner.collector.pulled |= pulled
                 for kind, obj in kept:
                     scanner.process(kind, obj)
                 if error:

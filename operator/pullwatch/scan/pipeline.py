@@ -18,7 +18,7 @@ from ..core.audit import AuditDeduper, audit_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pods import decode_pod
-from ..core.pulls import DecodeError, Pull, decode_event, event_head
+from ..core.pulls import DecodeError, Pull, decode_event, event_head, involved_slot
 from ..core.rules import (
     SCANNER_IMAGES_KIND,
     ScannerList,
@@ -76,6 +76,9 @@ class Scanner:
         if self.detector.rules_for(*head):
             return True
         self.result.pulls += 1
+        slot = involved_slot(obj)
+        if slot is not None:
+            self.collector.note_pulled(head[0], *slot)
         return False
 
     def process(self, kind: str, obj: Any) -> None:
