@@ -86,7 +86,8 @@ def main() -> None:
             )
             cluster.kubectl("create", "-f", "-", input=docs, timeout=300)
         print(
-            f"{args.objects} AllowedImages x {args.patterns} patterns created in {time.monotonic() - t:.1f}s",
+            f"{args.objects} AllowedImages x {args.patterns} patterns created in "
+            f"{time.monotonic() - t:.1f}s",
             flush=True,
         )
         ev = image_event("Pulling", f"team-{last}", "before-start", "evil/miner:1", seq=1)
@@ -117,7 +118,8 @@ def main() -> None:
         while not statuses_done():
             time.sleep(0.5)
         print(
-            f"all {args.objects} statuses written {time.monotonic() - op.started:.1f}s after the start",
+            f"all {args.objects} statuses written {time.monotonic() - op.started:.1f}s after the "
+            "start",
             flush=True,
         )
 
@@ -130,7 +132,7 @@ def main() -> None:
             ]
             obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             t = time.monotonic()
-            status, stored = cluster.request(
+            _status, stored = cluster.request(
                 "PUT", f"/apis/pullwatch.dev/v1alpha1/allowedimages/{name}", obj
             )
             gen = stored["metadata"]["generation"]
@@ -156,12 +158,15 @@ def main() -> None:
         }
         allowed_ok = not any(w.startswith("now-allowed-") for w in workloads)
         print(
-            f"an edit in force (its status at the new generation): {min(edits):.2f}-{max(edits):.2f}s over "
-            f"{len(edits)} edits (target < 1 s); the newly allowed images made no Finding: {allowed_ok}"
+            "an edit in force (its status at the new generation): "
+            f"{min(edits):.2f}-{max(edits):.2f}s over "
+            f"{len(edits)} edits (target < 1 s); the newly allowed images made no Finding: "
+            f"{allowed_ok}"
         )
         prober.stop.set()
         print(
-            f"liveness: slowest answer {prober.worst:.2f}s, {prober.failures} failures; operator peak RSS "
+            f"liveness: slowest answer {prober.worst:.2f}s, {prober.failures} failures; operator "
+            "peak RSS "
             f"{op.peak_rss_mb():.0f} MB"
         )
     finally:

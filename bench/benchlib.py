@@ -133,7 +133,8 @@ class FindingWatch(threading.Thread):
 
 
 def count_writes(cluster: LocalCluster, since_bytes: int = 0) -> int:
-    """pullwatch's writes of Findings (creates, updates, patches) in the audit log since an offset."""
+    """pullwatch's writes of Findings (creates, updates, patches) in the audit log since an "
+    "offset."""
     n = 0
     with open(cluster.audit_log, "rb") as f:
         f.seek(since_bytes)

@@ -176,7 +176,8 @@ def flood(cluster: LocalCluster, op: Operator, args: argparse.Namespace) -> None
     sent = time.monotonic() - t0
     events = args.flood + (args.flood // 5) + len(hunters)
     print(
-        f"1. flood: {events:,} Events ({detected:,} detected pulls) in {sent:.0f}s = {events / sent:,.0f}/s",
+        f"1. flood: {events:,} Events ({detected:,} detected pulls) in {sent:.0f}s = "
+        f"{events / sent:,.0f}/s",
         flush=True,
     )
     deadline = time.monotonic() + 300
@@ -194,7 +195,7 @@ def flood(cluster: LocalCluster, op: Operator, args: argparse.Namespace) -> None
 
     by_ns: dict[str, int] = {}
     for ns in ("flood", "apps", "recon"):
-        status, body = cluster.request(
+        _status, body = cluster.request(
             "GET", f"/apis/pullwatch.dev/v1alpha1/namespaces/{ns}/findings?limit=10000"
         )
         by_ns[ns] = len(body["items"])  # type: ignore[index]
@@ -204,17 +205,20 @@ def flood(cluster: LocalCluster, op: Operator, args: argparse.Namespace) -> None
         if ns == "apps":
             counts = sorted(f["status"]["count"] for f in body["items"])  # type: ignore[index]
     print(
-        f"   Findings: flood {by_ns['flood']} (cap 250 per rule and namespace, +1 overflow holding {folded:,} pulls), "
+        f"   Findings: flood {by_ns['flood']} (cap 250 per rule and namespace, +1 overflow "
+        f"holding {folded:,} pulls), "
         f"apps {by_ns['apps']} (one per Deployment; pulls per Finding {counts[0]}..{counts[-1]}), "
         f"recon {by_ns['recon']} (scanner + suspicious per hunter pod)"
     )
     n, total, largest = etcd_findings(cluster)
     print(
-        f"   etcd: {n} Findings, {total / n:,.0f} bytes each on average, largest {largest:,} bytes (bound 16 KiB)"
+        f"   etcd: {n} Findings, {total / n:,.0f} bytes each on average, largest {largest:,} "
+        "bytes (bound 16 KiB)"
     )
     writes = count_writes(cluster, audit_mark)
     print(
-        f"   API writes: {writes:,} for {detected:,} detected pulls = {writes / detected:.2f} per pull (target <= 1)"
+        f"   API writes: {writes:,} for {detected:,} detected pulls = {writes / detected:.2f} "
+        "per pull (target <= 1)"
     )
     lat = []
     for pod, created in hunters.items():
@@ -226,7 +230,8 @@ def flood(cluster: LocalCluster, op: Operator, args: argparse.Namespace) -> None
         if seen:
             lat.append(min(seen) - created)
     print(
-        f"   scanner Finding latency during the flood: p50 {pct(lat, 0.5):.2f}s p99 {pct(lat, 0.99):.2f}s "
+        f"   scanner Finding latency during the flood: p50 {pct(lat, 0.5):.2f}s p99 "
+        f"{pct(lat, 0.99):.2f}s "
         f"max {max(lat):.2f}s over {len(lat)} pulls (target p99 < 2 s)"
     )
     print(f"   operator peak RSS: {op.peak_rss_mb():.0f} MB", flush=True)
@@ -291,8 +296,10 @@ def startup(cluster: LocalCluster, workdir: Path, sizes: list[int]) -> None:
         detected = time.monotonic() - op.started
         time.sleep(3)
         print(
-            f"   a new scanner pull detected {detected:.1f}s after the start (target < 10 s at 10,000); "
-            f"peak RSS {op.peak_rss_mb():.0f} MB, RSS now {op.rss_mb():.0f} MB (targets: < 150 MB at 10,000, "
+            f"   a new scanner pull detected {detected:.1f}s after the start (target < 10 s at "
+            "10,000); "
+            f"peak RSS {op.peak_rss_mb():.0f} MB, RSS now {op.rss_mb():.0f} MB (targets: < 150 "
+            "MB at 10,000, "
             f"< 256 MiB - the Deployment's limit - at 20,000)",
             flush=True,
         )

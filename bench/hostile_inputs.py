@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: large allowlists, and damaged or awkward inputs of ~1 GB (issue 8).
 
-    .venv/bin/python bench/hostile_inputs.py              # everything (~3 minutes, ~4 GB in bench/out/)
+    .venv/bin/python bench/hostile_inputs.py              # all (~3 minutes, ~4 GB in bench/out/)
     .venv/bin/python bench/hostile_inputs.py --skip-big   # only the allowlist figures
 
 Prints:
@@ -97,7 +97,8 @@ def allowlist_figures() -> None:
     print("allowlist, 50,000 patterns (40,000 with wildcards)")
     print(f"  load in-process (parse YAML, normalize, compile RE2 sets): {loaded:.2f} s")
     print(
-        f"  `pullwatch scan -a` on a one-line input, whole command:   {wall:.2f} s, peak RSS {rss:.0f} MB (exit {code})"
+        f"  `pullwatch scan -a` on a one-line input, whole command:   {wall:.2f} s, peak RSS "
+        f"{rss:.0f} MB (exit {code})"
     )
     print(f"  lookup that matches no pattern (uncached):                {miss * 1e6:.0f} us")
 

@@ -181,15 +181,19 @@ def main() -> None:
         caught_counts = time.monotonic() - t - sent
         lat = latencies(p2, watch)
         print(
-            f"2. max rate: created {args.max_rate_events:,} Events in {sent:.1f}s ({args.max_rate_events / sent:,.0f}/s); "
-            f"every Finding existed {caught_up:.2f}s and every count was exact {caught_counts:.2f}s after the "
-            f"last Event -> processed rate {args.max_rate_events / (sent + caught_counts):,.0f} Events/s",
+            f"2. max rate: created {args.max_rate_events:,} Events in {sent:.1f}s "
+            f"({args.max_rate_events / sent:,.0f}/s); "
+            f"every Finding existed {caught_up:.2f}s and every count was exact "
+            f"{caught_counts:.2f}s after the "
+            f"last Event -> processed rate {args.max_rate_events / (sent + caught_counts):,.0f} "
+            "Events/s",
             flush=True,
         )
         fifth = max(1, len(lat) // 5)
         print(
             f"   Event->Finding latency of its {len(lat)} new Findings: first fifth median "
-            f"{statistics.median(lat[:fifth]):.3f}s, last fifth median {statistics.median(lat[-fifth:]):.3f}s"
+            f"{statistics.median(lat[:fifth]):.3f}s, last fifth median "
+            f"{statistics.median(lat[-fifth:]):.3f}s"
         )
         time.sleep(2)
         writes2 = count_writes(cluster, audit_mark)
@@ -217,7 +221,8 @@ def main() -> None:
         writes3 = count_writes(cluster, audit_mark)
         print(
             f"3. paced {achieved:.0f} Events/s for {args.paced_seconds}s: {len(lat)} new Findings, "
-            f"Event->Finding latency p50 {pct(lat, 0.5):.3f}s p99 {pct(lat, 0.99):.3f}s max {max(lat):.3f}s "
+            f"Event->Finding latency p50 {pct(lat, 0.5):.3f}s p99 {pct(lat, 0.99):.3f}s max "
+            f"{max(lat):.3f}s "
             f"(target p99 < 1 s)"
         )
         print(
@@ -241,7 +246,8 @@ def main() -> None:
         for _ in range(args.cluster_events):
             p5.one()
         print(
-            f"5. created {args.cluster_events:,} more Events in {time.monotonic() - t:.0f}s; starting the operator",
+            f"5. created {args.cluster_events:,} more Events in {time.monotonic() - t:.0f}s; "
+            "starting the operator",
             flush=True,
         )
         proc = Operator(cluster, workdir, *OPERATOR_ARGS).start()

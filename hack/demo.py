@@ -50,7 +50,8 @@ def main() -> int:
         say("starting a local etcd + kube-apiserver (loopback only)")
         cluster.start()
         say(
-            "kubectl apply -k manifests/   (CRDs, namespace, RBAC, Deployment; no kubelet here, so the "
+            "kubectl apply -k manifests/   (CRDs, namespace, RBAC, Deployment; no kubelet here, "
+            "so the "
             "Deployment never runs: the operator runs as a local process instead)"
         )
         print(cluster.kubectl("apply", "-k", str(ROOT / "manifests")).stdout, end="")
@@ -173,8 +174,10 @@ def play_the_kubelet(cluster: LocalCluster) -> None:
     say("kubectl get findings -A")
     print(cluster.kubectl("get", "findings", "-A").stdout, end="")
     print(
-        "\nThe allowed nginx pull made no Finding; kube-hunter made two (a scanner, and not allowlisted),\n"
-        "with count 2 from its Event's series. Try `kubectl explain finding.spec` on a real cluster."
+        "\nThe allowed nginx pull made no Finding; kube-hunter made two (a scanner, and not "
+        "allowlisted),\n"
+        "with count 2 from its Event's series. Try `kubectl explain finding.spec` on a real "
+        "cluster."
     )
 
 
@@ -184,7 +187,7 @@ def real_kubelet(cluster: LocalCluster) -> RealNode:
     try:
         node.start()
     except Unavailable as e:
-        raise SystemExit(f"--real-kubelet: {e}")
+        raise SystemExit(f"--real-kubelet: {e}") from None
     image = node.push("aquasec/kube-hunter:0.6.8")
     print(f"  pushed {image} (a stand-in: busybox under kube-hunter's name)")
     pod = {
@@ -236,7 +239,8 @@ def real_kubelet(cluster: LocalCluster) -> RealNode:
     say("kubectl get findings -A")
     print(cluster.kubectl("get", "findings", "-A").stdout, end="")
     print(
-        "\nThe kubelet pulled the kube-hunter-named image: a Finding for the scanner rule and one for the\n"
+        "\nThe kubelet pulled the kube-hunter-named image: a Finding for the scanner rule and "
+        "one for the\n"
         "suspicious-image rule (not allowlisted); RAN says the container started from that pull."
     )
     return node
