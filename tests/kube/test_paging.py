@@ -14,6 +14,7 @@ from fakeapi import serving, until
 from test_stream import event, make, running
 
 from pullwatch.kube import metrics
+from pullwatch.kube.config import Configs
 from pullwatch.kube.paging import pages
 
 EVENTS = "/api/v1/namespaces/a/events"
@@ -121,3 +122,21 @@ async def test_the_pod_witness_lists_within_the_bound():
             await until(lambda: witness.stream.synced.is_set())
         assert sorted(ran) == [f"p{i:02d}" for i in range(30)]
         assert len(lists(fake, "/api/v1/namespaces/a/pods")) > 2 and api.largest_read <= 16 * 1024
+
+
+async def test_the_configuration_kinds_list_within_the_bound_and_skip_what_is_over_it():
+    from test_config import PATH, kind, obj
+
+    async with serving() as (fake, api):
+        for i in range(12):
+            body = obj(f"s{i:02d}", f"u{i}", 0, reason="r" * (3 * BOUND if i == 5 else 3_000))
+            fake.put(f"{PATH}/s{i:02d}", body)
+        installed: list[list[str]] = []
+        configs = Configs(api, kind(installed))
+        configs.max_page = BOUND
+        before = metrics.OVERSIZE.labels("suppressions")._value.get()
+        await configs.load()
+        names = sorted(b["metadata"]["name"] for b in configs.objects.values())
+        assert names == [f"s{i:02d}" for i in range(12) if i != 5]
+        assert metrics.OVERSIZE.labels("suppressions")._value.get() == before + 1
+        assert api.largest_read <= BOUND

@@ -97,6 +97,7 @@ class Configs:
     def __init__(self, api: Api, kind: Kind, quiet: Quiet | None = None):
         self.api, self.kind = api, kind
         self.quiet = quiet or Quiet(log)
+        self.max_page = MAX_PAGE  # bytes of one list page held at most (paging.py)
         self.objects: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
         self.deleted: OrderedDict[str, None] = OrderedDict()  # tombstones: uids seen DELETED
         self.compiled: dict[tuple[str, Any], Any] = {}  # (uid, generation) -> compiled
@@ -146,7 +147,7 @@ class Configs:
         delay = 0.5
         while True:
             try:
-                async for page in pages(self.api, self.kind.path()):
+                async for page in pages(self.api, self.kind.path(), max_page=self.max_page):
                     if page.skipped is not None:
                         self._oversize(page.skipped.size)
                     for item in page.items:
@@ -178,7 +179,7 @@ class Configs:
             "listing %s: skipped an object of %d bytes (a page of it alone is over %d)",
             self.kind.name,
             size,
-            MAX_PAGE,
+            self.max_page,
         )
 
     async def run(self) -> None:
