@@ -153,7 +153,7 @@ SILENCES = Counter(
 
 OVERSIZE = Counter(
     "pullwatch_stream_oversize_total",
-    "Watch lines over the line bound (4 MiB), and listed objects over the page bound (16 MiB) "
+    "Watch lines over the line bound (4 MiB), and listed objects over the page bound (8 MiB) "
     "alone, skipped; the stream or list moves past them.",
     ["stream"],
     registry=REGISTRY,
