@@ -202,3 +202,50 @@ def test_a_tenant_suppression_does_not_silence_the_scanner_rule(cluster, op):
     )
     assert "suppression" not in finding["status"]
     assert HUNTER in finding["spec"]["image"]
+
+
+def test_sixty_megabyte_events_do_not_blow_up_the_operators_next_list(cluster, tmp_path):
+    """A page of 500 Events was read and parsed whole: 60 Events of 1 MB made the start-up list's
+    first page 60 MB (and a few hundred MB held while reading and parsing it). Pages are now held
+    in 8 MiB at most, asked again smaller when over it."""
+    tenant = Tenant(cluster, "heavy")
+    victim = Tenant(cluster, "victim")
+    probe = f"probe{uuid.uuid4().hex[:6]}"  # a scanner to these operators only, not to others
+
+    def started() -> Operator:  # all namespaces: one Event stream, watching once its list is read
+        return Operator(cluster, tmp_path, "--standalone", "--scanner", probe).start()
+
+    first = started()  # what a start-up costs without the big Events
+    try:
+        wait_for(first.settled, 60, what="the first operator settled")
+        baseline = first.peak_rss_mb()
+    finally:
+        first.stop(timeout=30)
+    body = {
+        "involvedObject": {"kind": "Pod", "name": "noise", "namespace": tenant.ns},
+        "reason": "Pulling",
+        "source": {"component": "kubelet", "host": "node-1"},
+        "count": 1,
+    }
+    try:
+        tenant.events(
+            [{**body, "message": f'Pulling image "x{i}"' + "A" * 1_000_000} for i in range(60)]
+        )
+        second = started()  # its first list: 60 MB of the tenant's Events
+        try:
+            victim.pull(f"hunter-{uuid.uuid4().hex[:5]}", image=f"registry.test/tools/{probe}:1")
+            wait_for(lambda: scanner_findings(cluster, victim.ns), 60, what="the scanner Finding")
+            examined = sum(
+                v
+                for (name, _), v in second.metrics().items()
+                if name == "pullwatch_events_examined_total"
+            )
+            assert examined >= 60  # it listed every big Event (each is a candidate)
+            grew = second.peak_rss_mb() - baseline
+            assert second.probe()[0] == 200
+        finally:
+            second.stop(timeout=30)
+    finally:  # later tests' operators list every namespace: not 60 MB more each
+        cluster.kubectl("delete", "events", "--all", "-n", tenant.ns)
+    print(f"\n60 Events of 1 MB listed at start-up: peak RSS {grew:+.1f} MB over {baseline:.0f} MB")
+    assert grew < 60, f"peak RSS grew {grew:.0f} MB listing 60 MB of Events"

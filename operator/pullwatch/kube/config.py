@@ -32,6 +32,7 @@ from .. import GROUP, VERSION
 from ..core.names import is_label, is_subdomain, segment
 from . import metrics
 from .api import MERGE_PATCH, Api, ApiError
+from .paging import MAX_PAGE, pages
 from .quietlog import Quiet
 
 DEBOUNCE = 0.1
@@ -96,6 +97,7 @@ class Configs:
     def __init__(self, api: Api, kind: Kind, quiet: Quiet | None = None):
         self.api, self.kind = api, kind
         self.quiet = quiet or Quiet(log)
+        self.max_page = MAX_PAGE  # bytes of one list page held at most (paging.py)
         self.objects: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
         self.deleted: OrderedDict[str, None] = OrderedDict()  # tombstones: uids seen DELETED
         self.compiled: dict[tuple[str, Any], Any] = {}  # (uid, generation) -> compiled
@@ -145,8 +147,10 @@ class Configs:
         delay = 0.5
         while True:
             try:
-                async for page in self.api.pages(self.kind.path()):
-                    for item in page.get("items") or []:
+                async for page in pages(self.api, self.kind.path(), max_page=self.max_page):
+                    if page.skipped is not None:
+                        self._oversize(page.skipped.size)
+                    for item in page.items:
                         self.apply("ADDED", item)
                 break
             except ApiError as exc:
@@ -165,6 +169,18 @@ class Configs:
             f"listing {self.kind.name} works again",
         )
         await self.rebuild()
+
+    def _oversize(self, size: int) -> None:
+        """An object over the page bound alone (none the API server stores is): not in force,
+        counted and said."""
+        metrics.OVERSIZE.labels(self.kind.plural).inc()
+        self.quiet.warning(
+            f"{self.kind.plural} oversize",
+            "listing %s: skipped an object of %d bytes (a page of it alone is over %d)",
+            self.kind.name,
+            size,
+            self.max_page,
+        )
 
     async def run(self) -> None:
         """Rebuild after changes (debounced), and keep the statuses written."""

@@ -159,7 +159,8 @@ SILENCES = Counter(
 
 OVERSIZE = Counter(
     "pullwatch_stream_oversize_total",
-    "Watch lines over the line bound (4 MiB), skipped; the stream moves past them.",
+    "Watch lines over the line bound (4 MiB), and listed objects over the page bound (8 MiB) "
+    "alone, skipped; the stream or list moves past them.",
     ["stream"],
     registry=REGISTRY,
 )
