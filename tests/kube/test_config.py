@@ -200,6 +200,13 @@ async def test_every_new_or_changed_suppression_is_told_also_one_changed_while_n
         await configs.rebuild()
         await configs._write_statuses(0.0)
         assert (sample(name, **created), sample(name, **changed)) == (base[0] + 1, base[1] + 1)
+        # deleted and created again under the same name before any rebuild: a new uid, told
+        configs.apply("DELETED", fake.get(supp_path(first)))
+        again = {**supp(1), "metadata": {**supp(1)["metadata"], "uid": "again"}}
+        configs.apply("ADDED", fake.put(supp_path(again), again))
+        await configs.rebuild()
+        await configs._write_statuses(0.0)
+        assert sample(name, **created) == base[0] + 2
         # a restart: what the stored statuses record is not told again; what they do not is
         recorded = fake.get(supp_path(first))
         while_down = supp(2, generation=3, status={"observedGeneration": 2})
@@ -212,7 +219,7 @@ async def test_every_new_or_changed_suppression_is_told_also_one_changed_while_n
                 "items": [recorded, fake.get(supp_path(while_down)), fake.get(supp_path(unseen))],
             }
         )
-        again, _ = supp_configs(api)
-        await again.load()
-        await again._write_statuses(0.0)
-        assert (sample(name, **created), sample(name, **changed)) == (base[0] + 2, base[1] + 2)
+        restarted, _ = supp_configs(api)
+        await restarted.load()
+        await restarted._write_statuses(0.0)
+        assert (sample(name, **created), sample(name, **changed)) == (base[0] + 3, base[1] + 2)
