@@ -322,7 +322,9 @@ class Engine:
         interface every witness hands the core its observations through; whether a rule fired
         on it. (What was received is counted during a stop too: the streams stop first.)"""
         now = time.time()
-        detections = self.detector.observe(obs, workload, minute=int(now) // 60, clock=now)
+        # Suppressions' expiry is judged at the operator's clock too, never at the Event's own
+        # time: that is the author's claim (an expired Suppression would cover a pull backdated).
+        detections = self.detector.observe(obs, workload, minute=int(now) // 60, now=now, clock=now)
         for det in detections:
             self._account(det)
         return bool(detections)
