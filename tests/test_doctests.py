@@ -44,7 +44,7 @@ DOCTESTED = [
     "core.mergestate",
     "core.collect",
     "core.reports",
-    "core.budget",
+    "core.liveseries",
     "scan.render",
     "scan.sources",
     "scan.records",
