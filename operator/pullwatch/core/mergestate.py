@@ -132,11 +132,13 @@ def running_row(r: Running) -> list[Any]:
         r.started_at,
         list(r.workload),
         r.state,
+        list(r.reported),
     ]
 
 
 def running_of(row: list[Any], namespace: str) -> Running:
-    pod, uid, container, ctype, image, digest, node, started, workload, state = row
+    pod, uid, container, ctype, image, digest, node, started, workload, state = row[:10]
+    reported = tuple(str(i) for i in row[10]) if len(row) > 10 else ()
     return Running(
         namespace,
         pod,
@@ -150,6 +152,7 @@ def running_of(row: list[Any], namespace: str) -> Running:
         Workload(*workload),
         False,
         state,
+        reported,
     )
 
 
