@@ -33,6 +33,7 @@ from .. import API_VERSION
 from .detector import Detector, covered_expiry, series_of, workload_of
 from .findings import ActorRecord, Identity, instant, name_among, repository_of
 from .judge import pull_slot
+from .mergestate import STATE_VERSION
 from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
 from .replay import MERGE_STATE, Cover, FindingRecord, build, pack, unpack
@@ -194,7 +195,7 @@ class Collector:
             "apiVersion": API_VERSION,
             "kind": CONTEXT_KIND,
             "metadata": {"name": "scan-context"},
-            "state": pack({"v": 1, "people": rows, "pulled": hashes.decode()}),
+            "state": pack({"v": STATE_VERSION, "people": rows, "pulled": hashes.decode()}),
         }
 
     def _record_slots(self) -> set[int]:
@@ -225,7 +226,9 @@ def with_state(
 ) -> dict[str, Any]:
     """The body with what it kept, as the annotation that ``merge`` reads."""
     state = record.encode()
-    extra = pack({"v": 1, "authors": authors, "people": [_person_row(p) for p in people]})
+    extra = pack(
+        {"v": STATE_VERSION, "authors": authors, "people": [_person_row(p) for p in people]}
+    )
     body["metadata"]["annotations"] = {MERGE_STATE: f"{state} {extra}"}
     return body
 
