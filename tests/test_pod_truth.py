@@ -331,3 +331,13 @@ def test_a_pull_event_of_another_image_does_not_hide_a_run_without_pull_event():
 
 def test_a_pull_event_of_the_image_that_ran_covers_it():
     assert _run_with_pull("registry.corp/tools/netcheck:1") == SEEN
+
+
+def test_an_unlisted_spec_stays_suspicious_whatever_name_the_runtime_shows_for_its_content():
+    # the node holds the same content under an allowed name too: the runtime may show that one
+    d = Detector(ALLOW_NGINX)
+    nginx_id = "docker.io/library/nginx@sha256:" + "c" * 64
+    dets = runs_of(d, pod("web", "w", "evil/web:1", "docker.io/library/nginx:1.25", nginx_id))
+    assert [(x.state.identity.rule, x.state.identity.repository) for x in dets] == [
+        ("suspicious", "docker.io/evil/web")
+    ]

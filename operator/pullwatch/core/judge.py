@@ -132,16 +132,17 @@ class Judge:
 
         The spec's image is the creator's to patch while the kubelet pulls; what the kubelet
         reports (``run.reported``) is not. A container is a scanner if the spec or anything
-        reported names one (by name or digest); it is allowed only if what ran is: the
-        reported image, unless it is the spec's repository (then the spec's spelling, the one
-        the pull Events quote: the runtime shows whichever tag of the content it holds first)."""
-        spec = _with_digest(run.image, run.digest)
+        reported names one (by name or digest); it is allowed only if both the spec's image
+        and what the kubelet reports ran are (the reported image counts when it is another
+        repository: the runtime shows whichever tag of the content it holds first)."""
+        fired = self.rules_for(run.namespace, _with_digest(run.image, run.digest))
         ran_image = ran_image_of(run)
-        ran = spec if ran_image is None else _with_digest(ran_image, run.digest)
-        fired = self.rules_for(run.namespace, ran)
+        if ran_image is not None and not any(f[0] is SUSPICIOUS_RULE for f in fired):
+            ran = self.rules_for(run.namespace, _with_digest(ran_image, run.digest))
+            fired = fired + [f for f in ran if f[0] is SUSPICIOUS_RULE]
         if fired and fired[0][0] is SCANNER_RULE:
             return fired, ran_image
-        for image in (spec, *run.reported):
+        for image in run.reported:
             scanner = self.rules_for(run.namespace, _with_digest(image, run.digest))
             if scanner and scanner[0][0] is SCANNER_RULE:
                 return [scanner[0], *fired], ran_image
