@@ -34,6 +34,7 @@ DOCTESTED = [
     "core.workload",
     "core.pods",
     "core.audit",
+    "core.podwrites",
     "core.actors",
     "core.exports",
     "core.names",

@@ -280,7 +280,7 @@ class Clock:
         return self.t
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> Any:
+async def until(predicate: Any, timeout: float = 45.0) -> Any:
     """Wait (on the loop, yielding to it) until ``predicate()`` holds; what it returned."""
 
     async def wait() -> Any:

@@ -337,6 +337,15 @@ class Engine:
     def _account(self, det: Any) -> None:
         if det.delta or det.created or det.changed:
             self.writer.mark(det.state.name)
+        if det.created and det.state.name != det.state.identity.name:
+            self.quiet.warning(
+                "name collision",
+                "Finding %s/%s: its own name is another identity's (a forced collision of the "
+                "name's digest?), so it has a salted one (%d collisions met so far)",
+                det.state.namespace,
+                det.state.name,
+                self.detector.collisions,
+            )
         rule = RULES_BY_SHORT[det.state.identity.rule]
         if det.delta:
             # Every detected pull counts; the covered ones are counted apart as well, so that
