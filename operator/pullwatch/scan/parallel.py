@@ -1,10 +1,11 @@
 """One large JSON-lines file, scanned on every core, with results identical to one core's.
 
 The file is cut into line-aligned byte ranges; a forked worker per range does the expensive,
-order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``)
-and returns only the admitted records, usually a few percent. The parent then runs
-``Scanner.process`` on them in file order, so series counting, audit de-duplication and
-Finding contents are exactly those of a sequential scan (``tests/test_parallel.py``).
+order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``,
+the full decode of ``Scanner.decode``) and returns only the observations of the admitted
+records, usually a few percent. The parent then runs ``Scanner.take`` on them in file order,
+so series counting, audit de-duplication and Finding contents are exactly those of a sequential
+scan (``tests/test_parallel.py``).
 
 Only for regular files and objects (``cloud.py``: each worker reads its range with its own
 ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
@@ -88,11 +89,11 @@ def _open_range(start: int, end: int) -> Any:
 
 def _scan_range(
     bounds: tuple[int, int],
-) -> tuple[ReadStats, int, list[tuple[str, Any]], str | None, set[int]]:
+) -> tuple[ReadStats, int, list[tuple[str, list[Any]]], str | None, set[int]]:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
-    kept: list[tuple[str, Any]] = []
+    kept: list[tuple[str, list[Any]]] = []
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
@@ -100,7 +101,11 @@ def _scan_range(
     try:
         for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
-                kept.append((kind, obj))
+                # Decoded here, de-duplicated and counted by the parent in file order: what
+                # travels back is a few small observations, not the parsed record.
+                decoded = worker.decode(kind, obj)
+                if decoded is not None and decoded[1]:
+                    kept.append(decoded)
     except OSError as exc:  # the network, usually: what was read before it counts
         return (
             stats,
@@ -165,8 +170,8 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                 total.add(stats)  # ranges come back in file order
                 scanner.result.pulls += pulls
                 scanner.collector.pulled |= pulled
-                for kind, obj in kept:
-                    scanner.process(kind, obj)
+                for audit_id, observations in kept:
+                    scanner.take(audit_id, observations)
                 if error:
                     scanner.result.input_errors.append(f"{path}: {error}")
     finally:

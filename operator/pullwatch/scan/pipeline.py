@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
-from ..core.audit import AuditDeduper, audit_observations
+from ..core.audit import AuditDeduper, entry_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pods import decode_pod
@@ -85,16 +85,29 @@ class Scanner:
         """Full decode of an admitted record, into the Findings it belongs to: an Event's pull,
         every observation of an audit entry (pulls, who wrote Events, pods created, people
         changing workloads), the containers a pod ran."""
+        decoded = self.decode(kind, obj)
+        if decoded is not None:
+            self.take(*decoded)
+
+    def decode(self, kind: str, obj: Any) -> tuple[str, list[Any]] | None:
+        """The order-free half of :meth:`process`: ``(auditID or "", observations)``, a pure
+        function of the record (so workers can do it, ``parallel.py``); None when it cannot
+        be used (counted as skipped)."""
         try:
             if kind == "event":
                 pull = decode_event(obj)
-                observations = [pull] if pull is not None else []
-            elif kind == "audit":
-                observations = audit_observations(obj, self._audit)
-            else:
-                observations = decode_pod(obj)
+                return "", [pull] if pull is not None else []
+            if kind == "audit":
+                return entry_observations(obj)
+            return "", decode_pod(obj)
         except DecodeError as exc:
             self.result.stats.skipped[str(exc)] += 1
+            return None
+
+    def take(self, audit_id: str, observations: list[Any]) -> None:
+        """The in-order half: an audit request logged at several stages counts once (its first
+        stage with observations), then each observation goes to its Findings."""
+        if audit_id and observations and not self._audit.first_time(audit_id):
             return
         for obs in observations:
             if obs.__class__ is Pull:
