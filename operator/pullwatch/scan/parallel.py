@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
 from . import cloud
+from ..core.collect import Collector
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
 from .sources import InputError
@@ -31,6 +32,9 @@ _WINDOW = 64 << 10  # bytes read at a time while looking for the end of a line
 
 _parent: Scanner | None = None  # inherited by the forked workers
 _path: str = ""
+_collector: Collector | None = None
+MIN_FINDINGS = 400  # fewer are built faster than a pool starts
+BUILD_CHUNK = 64  # Findings per task: small, so that the cores finish together
 
 
 def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
@@ -122,11 +126,7 @@ def _scan_range(
 def usable(path: str) -> bool:
     """A regular file or an object, uncompressed, big enough, whose first line is a JSON
     object (anything else is read by one core, which also reports its problems)."""
-    if (
-        path == "-"
-        or "fork" not in multiprocessing.get_all_start_methods()
-        or (os.cpu_count() or 1) < 2
-    ):
+    if path == "-" or not _forkable():
         return False
     try:
         if cloud.is_url(path):
@@ -176,3 +176,38 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                     scanner.result.input_errors.append(f"{path}: {error}")
     finally:
         _parent, _path = None, ""
+
+
+def _forkable() -> bool:
+    import multiprocessing.process as mp_process
+
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and (os.cpu_count() or 1) >= 2
+        and not mp_process.current_process().daemon  # a daemonic worker may have no children
+    )
+
+
+def can_build(findings: int) -> bool:
+    """Whether ``findings`` Findings are worth building on every core."""
+    return findings >= MIN_FINDINGS and _forkable()
+
+
+def _build_chunk(names: list[str]) -> list[dict[str, Any]]:
+    assert _collector is not None
+    return [_collector.body_of(name) for name in names]
+
+
+def build_bodies(collector: Collector, workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """``collector.bodies()``, built by forked workers (each Finding is a function of the
+    records alone), in the same order; a chunk of bodies is held at a time per worker."""
+    global _collector
+    names = collector.names()
+    chunks = [names[i : i + BUILD_CHUNK] for i in range(0, len(names), BUILD_CHUNK)]
+    _collector = collector
+    try:
+        with multiprocessing.get_context("fork").Pool(workers or os.cpu_count() or 2) as pool:
+            for bodies in pool.imap(_build_chunk, chunks, chunksize=1):
+                yield from bodies
+    finally:
+        _collector = None

@@ -138,23 +138,28 @@ class Scanner:
         finally:
             source.close()
 
-    def finish(self) -> ScanResult:
-        self.result.findings = Built(self.collector)
+    def finish(self, parallel: bool = False) -> ScanResult:
+        self.result.findings = Built(self.collector, parallel)
         self.result.context = self.collector.context()
         return self.result
 
 
 class Built:
     """The scan's Findings: a lazy sequence, each body built when it is read (20,000 Findings are
-    never held as bodies at once)."""
+    never held as bodies at once). ``parallel``: many Findings are built on every core."""
 
-    def __init__(self, collector: Collector):
+    def __init__(self, collector: Collector, parallel: bool = False):
         self.collector = collector
+        self.parallel = parallel
 
     def __len__(self) -> int:
         return len(self.collector.records)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from . import parallel as par
+
+        if self.parallel and par.can_build(len(self)):
+            return par.build_bodies(self.collector)
         return self.collector.bodies()
 
     def __bool__(self) -> bool:
@@ -233,4 +238,4 @@ def scan_paths(
             par.feed_parallel(scanner, path)
         else:
             scanner.feed_path(path)
-    return scanner.finish()
+    return scanner.finish(parallel)
