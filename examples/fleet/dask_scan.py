@@ -3,11 +3,11 @@
 
     pip install 'pullwatch[dask,cloud]'
     # locally: a LocalCluster of two worker processes on 127.0.0.1
-    python examples/fleet/dask_scan.py -a allowed-images.yaml -o q1.json \\
+    python examples/fleet/dask_scan.py -c config.yaml -o q1.json \\
         s3://audit-archive/prod-eu/2026-01/ s3://audit-archive/prod-eu/2026-02/ \\
         s3://audit-archive/prod-us/2026-01/ s3://audit-archive/prod-us/2026-02/
     # on a Dask cluster (every worker has pullwatch installed, and the same credentials)
-    python examples/fleet/dask_scan.py --scheduler tcp://scheduler.example:8786 -a … -o … SHARD…
+    python examples/fleet/dask_scan.py --scheduler tcp://scheduler.example:8786 -c … -o … SHARD…
 
 Each SHARD is one task: a file, an object, a prefix (trailing /) or a glob, or several joined by
 commas. A worker scans its shard where it runs (``pullwatch.scan.fleet.scan_shard``: the worker
@@ -64,7 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("shards", nargs="+", metavar="SHARD", help="one task each (a,b: several)")
-    ap.add_argument("-a", "--allowed-images", action="append", default=[], metavar="FILE")
+    ap.add_argument(
+        "-c",
+        "--config",
+        "-a",
+        "--allowed-images",
+        dest="allowed_images",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="AllowedImages, ScannerImages, Suppressions (as for `pullwatch scan -c`)",
+    )
     ap.add_argument("--scanner", action="append", default=[], metavar="NAME")
     ap.add_argument("--no-default-scanners", action="store_true")
     ap.add_argument("-o", "--output", default="-", help="where the JSON List goes ('-': stdout)")

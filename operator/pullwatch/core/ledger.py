@@ -48,7 +48,7 @@ its slot, its kind, its verdict, its high-water mark and its last update (minute
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import hashlib
 from typing import Any
@@ -71,6 +71,7 @@ MAX_SERIES = 200  # stored: ~5 KB encoded, within the Finding's BUDGET
 MAX_LIVE = 5000  # in memory, per Finding: past it, the oldest slots are closed for good
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _B64_VALUE = {c: i for i, c in enumerate(_B64)}
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # standard base64's last two digits -> _B64's
 
 
 # Cached: the same pods, nodes and series are hashed again and again while Findings are built
@@ -96,7 +97,8 @@ def b64(n: int, width: int) -> str:
     """
     groups = (width + 3) // 4  # 4 digits = 3 bytes
     value = (n & ((1 << (6 * width)) - 1)) << (6 * (4 * groups - width))
-    return base64.urlsafe_b64encode(value.to_bytes(3 * groups, "big"))[:width].decode()
+    digits = binascii.b2a_base64(value.to_bytes(3 * groups, "big"), newline=False)
+    return digits[:width].translate(_URLSAFE).decode()
 
 
 def unb64(text: str) -> int:
