@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from . import cloud
 from ..core.collect import Collector
+from . import cloud
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
 from .sources import InputError
