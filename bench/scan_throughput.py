@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Benchmark: `pullwatch scan` vs jq vs a parse-every-line floor, on one realistic watch stream.
+"""Benchmark: `pullwatch scan` vs jq vs a parse-every-line floor, on two realistic watch streams.
 
     python bench/scan_throughput.py                 # 1,000,000 events (~1 GB), cached in bench/out/
     python bench/scan_throughput.py --events 100000 # a quicker look
+    python bench/scan_throughput.py --stream heavy  # only the Finding-heavy stream
 
 The stream is what `kubectl get events -A -w -o json` writes: one watch event per line, each an
 Event with managedFields as the API server returns them (~1 kB), from 20,000 pods. About 10 % are
 image events (Pulling / Successfully pulled / already present); 3 % of the pods run a scanner and
 3 % an unlisted image; the rest are Scheduled, Created, Started, Killing, BackOff, Unhealthy…
+The Finding-heavy stream is the same but for its pulls: one Event in every 12, each of a scanner
+or an unlisted image, spread over 5,000 workloads (three pods each) in 100 namespaces - about
+7,500 Findings, so that building Findings, not reading, is the cost.
 
 Measured, each in its own process, with its own peak RSS (wait4's rusage):
   * pullwatch scan FILE -a examples/allowed-images.yaml -o json
   * jq doing the seed detection's filter (Pulling messages naming kube-hunter/kube-bench/kube-recon)
   * a minimal Python loop that only orjson.loads every line (the floor pullwatch must beat)
-Targets (issue 3): >= 10x jq's throughput, >= 1.0x the floor, peak RSS < 200 MB on ~1 GB.
+Targets (issues 3 and 19): >= 10x jq's throughput on both streams, >= 1.0x the floor, peak RSS
+< 200 MB on ~1 GB. Each command's CPU seconds (user + system, its children included) are printed
+too: on a shared machine they move less than wall time.
 """
 
 from __future__ import annotations
@@ -77,11 +83,32 @@ def pod_profile(p: int) -> tuple[str, str, str]:
     return ns, f"app{p}-{(p * 7919) % 65536:04x}", image
 
 
-def make_event(rng: random.Random, i: int) -> dict:
+WORKLOADS, NAMESPACES = 5_000, 100  # the Finding-heavy stream's spread
+_SUFFIXES = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def heavy_profile(w: int, replica: int) -> tuple[str, str, str]:
+    """(namespace, pod, image) of replica ``replica`` of workload ``w`` in the Finding-heavy
+    stream: every workload runs a scanner or an unlisted image, so every pull is in a Finding."""
+    ns = f"fleet-{w % NAMESPACES}"
+    image = SCANNERS[w % len(SCANNERS)] if w % 2 else UNLISTED[w % len(UNLISTED)]
+    suffix = "".join(_SUFFIXES[(w * 31 + replica * 7 + k) % len(_SUFFIXES)] for k in range(5))
+    return ns, f"wl{w}-7d9f8b6c5d-{suffix}", image
+
+
+def make_event(rng: random.Random, i: int, heavy: bool = False) -> dict:
+    """Event number ``i`` of the standard stream (about 10 % image events, 6 % of the pods in a
+    Finding) or, ``heavy``, of the Finding-heavy one (every 12th Event a pull, each in a
+    Finding, over WORKLOADS workloads in NAMESPACES namespaces)."""
     ns, pod, image = pod_profile(rng.randrange(PODS))
     node = f"worker-{i % 50}"
     uid = f"{i:08x}-aaaa-4bbb-8ccc-{i:012x}"
     roll = rng.random()
+    if heavy:
+        roll = 1.0
+        if i % 12 == 0:
+            ns, pod, image = heavy_profile(rng.randrange(WORKLOADS), rng.randrange(3))
+            roll = 0.0
     if roll < 0.10:
         kind = rng.choice(("Pulling", "Pulled", "Present"))
         reason = "Pulling" if kind == "Pulling" else "Pulled"
@@ -150,13 +177,13 @@ def make_event(rng: random.Random, i: int) -> dict:
     }
 
 
-def generate(path: Path, n: int) -> None:
+def generate(path: Path, n: int, heavy: bool = False) -> None:
     rng = random.Random(1526)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         batch = []
         for i in range(n):
-            batch.append(orjson.dumps(make_event(rng, i)))
+            batch.append(orjson.dumps(make_event(rng, i, heavy)))
             if len(batch) == 10000:
                 f.write(b"\n".join(batch) + b"\n")
                 batch.clear()
@@ -165,8 +192,8 @@ def generate(path: Path, n: int) -> None:
     tmp.rename(path)
 
 
-def measure(cmd: list[str]) -> tuple[float, float, bytes]:
-    """(seconds, peak RSS in MB, stdout tail) of one process."""
+def measure(cmd: list[str]) -> tuple[float, float, bytes, float]:
+    """(seconds, peak RSS in MB, stderr, CPU seconds with its children) of one process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out_tail = b""
@@ -181,7 +208,7 @@ def measure(cmd: list[str]) -> tuple[float, float, bytes]:
         raise SystemExit(
             f"{cmd[0]} failed ({proc.returncode}): {err[-2000:].decode(errors='replace')}"
         )
-    return seconds, usage.ru_maxrss / 1024, err
+    return seconds, usage.ru_maxrss / 1024, err, usage.ru_utime + usage.ru_stime
 
 
 FLOOR = "import orjson,sys\nfor line in open(sys.argv[1], 'rb'):\n    orjson.loads(line)\n"
@@ -191,55 +218,80 @@ JQ_FILTER = (
 )
 
 
+def stream(events: int, heavy: bool) -> Path:
+    """The cached stream (generated in a child process: a forked child's peak RSS starts at its
+    parent's, so this process stays small for the measurements to be each command's own)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / (f"watch-heavy-{events}.jsonl" if heavy else f"watch-{events}.jsonl")
+    if not path.exists():
+        print(f"generating {events:,} events -> {path} ...", flush=True)
+        cmd = [sys.executable, __file__, "--events", str(events), "--generate-only", str(path)]
+        subprocess.run(cmd + (["--heavy"] if heavy else []), check=True)
+    return path
+
+
+def bench(path: Path, events: int, jq: bool) -> dict[str, float]:
+    """Seconds of each command on one stream; prints the table."""
+    size_mb = path.stat().st_size / 1e6
+    print(f"\ninput: {path.name}, {size_mb:,.0f} MB, {events:,} events")
+    allow = str(ROOT / "examples" / "allowed-images.yaml")
+    runs = {}
+    t, rss, err, cpu = measure([str(PULLWATCH), "scan", str(path), "-a", allow, "-o", "json"])
+    runs["pullwatch scan"] = (t, rss, cpu)
+    print("  pullwatch summary: " + err.decode().splitlines()[0])
+    t, rss, _, cpu = measure([sys.executable, "-c", FLOOR, str(path)])
+    runs["orjson.loads every line"] = (t, rss, cpu)
+    if jq and shutil.which("jq"):
+        t, rss, _, cpu = measure(["jq", "-c", JQ_FILTER, str(path)])
+        runs["jq (seed filter)"] = (t, rss, cpu)
+
+    print(f"{'':26}{'seconds':>9}{'MB/s':>9}{'events/s':>12}{'peak RSS MB':>13}{'CPU s':>8}")
+    for name, (t, rss, cpu) in runs.items():
+        print(f"{name:26}{t:9.2f}{size_mb / t:9.0f}{events / t:12,.0f}{rss:13.0f}{cpu:8.1f}")
+    pw = runs["pullwatch scan"][0]
+    floor = runs["orjson.loads every line"][0] / pw
+    print(f"pullwatch vs parse-every-line floor: {floor:.2f}x  (target >= 1.0x)")
+    if "jq (seed filter)" in runs:
+        print(
+            f"pullwatch vs jq:                     {runs['jq (seed filter)'][0] / pw:.1f}x  "
+            "(target >= 10x)"
+        )
+    print(
+        f"pullwatch peak RSS:                  {runs['pullwatch scan'][1]:.0f} MB  "
+        "(target < 200 MB on ~1 GB)"
+    )
+    return {name: t for name, (t, _, _) in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--no-jq", action="store_true", help="skip jq (it is the slow one)")
+    ap.add_argument(
+        "--stream",
+        choices=("standard", "heavy", "both"),
+        default="both",
+        help="the standard stream, the Finding-heavy one, or both (default)",
+    )
+    ap.add_argument("--heavy", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--generate-only", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate_only:
-        generate(Path(args.generate_only), args.events)
+        generate(Path(args.generate_only), args.events, args.heavy)
         return
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"watch-{args.events}.jsonl"
-    if not path.exists():
-        print(f"generating {args.events:,} events -> {path} ...", flush=True)
-        # In a child process: a forked child's peak RSS starts at its parent's, so this process
-        # stays small for the measurements below to be each command's own.
-        subprocess.run(
-            [sys.executable, __file__, "--events", str(args.events), "--generate-only", str(path)],
-            check=True,
-        )
-    size_mb = path.stat().st_size / 1e6
-    print(f"input: {path.name}, {size_mb:,.0f} MB, {args.events:,} events")
-
-    allow = str(ROOT / "examples" / "allowed-images.yaml")
-    runs = {}
-    t, rss, err = measure([str(PULLWATCH), "scan", str(path), "-a", allow, "-o", "json"])
-    runs["pullwatch scan"] = (t, rss)
-    print("  pullwatch summary: " + err.decode().splitlines()[0])
-    t, rss, _ = measure([sys.executable, "-c", FLOOR, str(path)])
-    runs["orjson.loads every line"] = (t, rss)
-    if not args.no_jq and shutil.which("jq"):
-        t, rss, _ = measure(["jq", "-c", JQ_FILTER, str(path)])
-        runs["jq (seed filter)"] = (t, rss)
-
-    print(f"\n{'':26}{'seconds':>9}{'MB/s':>9}{'events/s':>12}{'peak RSS MB':>13}")
-    for name, (t, rss) in runs.items():
-        print(f"{name:26}{t:9.2f}{size_mb / t:9.0f}{args.events / t:12,.0f}{rss:13.0f}")
-    pw = runs["pullwatch scan"][0]
-    print(
-        f"\npullwatch vs parse-every-line floor: {runs['orjson.loads every line'][0] / pw:.2f}x  (target >= 1.0x)"
-    )
-    if "jq (seed filter)" in runs:
-        print(
-            f"pullwatch vs jq:                     {runs['jq (seed filter)'][0] / pw:.1f}x  (target >= 10x)"
-        )
-    print(
-        f"pullwatch peak RSS:                  {runs['pullwatch scan'][1]:.0f} MB  (target < 200 MB on ~1 GB)"
-    )
+    results = {}
+    for heavy in (False, True):
+        if args.stream == ("heavy" if not heavy else "standard"):
+            continue
+        name = "Finding-heavy" if heavy else "standard"
+        results[name] = bench(stream(args.events, heavy), args.events, not args.no_jq)
+    print()
+    for name, runs in results.items():
+        pw = runs["pullwatch scan"]
+        jq = f"{runs['jq (seed filter)'] / pw:5.1f}x jq" if "jq (seed filter)" in runs else ""
+        print(f"{name:14} {jq}  {runs['orjson.loads every line'] / pw:5.2f}x orjson floor")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ DOCTESTED = [
     "scan.yamltext",
     "scan.cloud",
     "scan.linecheck",
+    "scan.fleet",
     "kube.api",
     "kube.lines",
     "kube.findingapi",

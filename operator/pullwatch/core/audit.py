@@ -63,6 +63,8 @@ from .pulls import CANDIDATE, Actor, DecodeError, Pull, decode_event
 from .workload import CONTROLLER_KINDS, MAX_BASE, Workload, controller_of, infer, infer_above
 
 AUDIT_API_PREFIX = "audit.k8s.io/"
+# dict first: decoded JSON is made of dicts, and an ABC's isinstance check is many times slower
+_MAPPING = (dict, Mapping)
 EVENT_GROUPS = (None, "", "events.k8s.io")  # the core group is logged without apiGroup
 WRITE_VERBS = frozenset({"create", "update", "patch"})
 # (apiGroup, resource) -> kind; a Finding's identity uses the workload's name only
@@ -147,10 +149,10 @@ def _str(value: Any) -> str | None:
 
 def actor_of(entry: Mapping[str, Any]) -> Actor:
     """The authenticated user (who did it), with an impersonated one noted."""
-    user = entry.get("user") if isinstance(entry.get("user"), Mapping) else {}
+    user = entry.get("user") if isinstance(entry.get("user"), _MAPPING) else {}
     username = _str(user.get("username"))
     impersonated = entry.get("impersonatedUser")
-    if isinstance(impersonated, Mapping) and _str(impersonated.get("username")):
+    if isinstance(impersonated, _MAPPING) and _str(impersonated.get("username")):
         username = f"{username or 'unknown'} (as {impersonated['username']})"
     return Actor(
         user=username[:512] if username else None,
@@ -161,7 +163,7 @@ def actor_of(entry: Mapping[str, Any]) -> Actor:
 
 
 def _acted_by_person(entry: Mapping[str, Any]) -> bool:
-    user = entry.get("user") if isinstance(entry.get("user"), Mapping) else {}
+    user = entry.get("user") if isinstance(entry.get("user"), _MAPPING) else {}
     return is_person(user.get("username"), _strings(user.get("groups")))
 
 
@@ -189,18 +191,18 @@ class AuditDeduper:
 
 def _request(entry: Any) -> tuple | None:
     """(verb, group, resource, subresource, ref) of a write that succeeded, else None."""
-    if not isinstance(entry, Mapping):
+    if not isinstance(entry, _MAPPING):
         raise DecodeError("audit entry is not an object")
     stage, logged = entry.get("stage"), entry.get("requestObject") or entry.get("responseObject")
     if stage == "Panic" or (stage == "RequestReceived" and not logged):
         return None
     status = entry.get("responseStatus")
-    code = status.get("code") if isinstance(status, Mapping) else None
+    code = status.get("code") if isinstance(status, _MAPPING) else None
     if code.__class__ is int and code >= 400:
         return None
     verb = entry.get("verb")
     ref = entry.get("objectRef")
-    if not isinstance(verb, str) or verb not in WRITE_VERBS or not isinstance(ref, Mapping):
+    if not isinstance(verb, str) or verb not in WRITE_VERBS or not isinstance(ref, _MAPPING):
         return None
     group, resource = ref.get("apiGroup") or "", ref.get("resource")
     subresource = ref.get("subresource") or ""
@@ -223,13 +225,23 @@ def audit_observations(entry: Any, deduper: AuditDeduper, *, pulls_only: bool = 
     """Every observation one audit entry proves (see the module docstring); ``[]`` for none
     and for a stage of a request already counted. Raises :class:`DecodeError` for an entry that
     should be an observation but cannot be read."""
+    audit_id, found = entry_observations(entry, pulls_only=pulls_only)
+    if found and not deduper.first_time(audit_id):
+        return []
+    return found
+
+
+def entry_observations(entry: Any, *, pulls_only: bool = False) -> tuple[str, list]:
+    """``(auditID, observations)`` of one entry, before de-duplication: a pure function of the
+    entry, so that it can be decoded anywhere (a scan's worker processes) and de-duplicated in
+    order later (``AuditDeduper.first_time(auditID)`` when there are observations)."""
     request = _request(entry)
     if request is None:
-        return []
+        return "", []
     verb, group, resource, subresource, ref = request
     kind = _kind_of(group, resource, subresource)
     if kind is None or (pulls_only and kind != "events"):
-        return []
+        return "", []
     namespace = ref.get("namespace")
     if not is_label(namespace):
         raise DecodeError("audit entry without a valid objectRef.namespace")
@@ -243,9 +255,7 @@ def audit_observations(entry: Any, deduper: AuditDeduper, *, pulls_only: bool = 
         found = _pod_write(entry, verb, namespace, ref, subresource, audit_id, when)
     else:
         found = _workload_write(entry, verb, group, resource, subresource, namespace, ref, when)
-    if found and not deduper.first_time(audit_id):
-        return []
-    return found
+    return audit_id, found
 
 
 def decode_audit_entry(entry: Any, deduper: AuditDeduper) -> Pull | None:
@@ -260,7 +270,7 @@ def decode_audit_entry(entry: Any, deduper: AuditDeduper) -> Pull | None:
 
 
 def _obj(value: Any, kind: str) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) and value.get("kind") == kind else None
+    return value if isinstance(value, _MAPPING) and value.get("kind") == kind else None
 
 
 def _event_write(entry, verb, namespace, ref, audit_id, when, pulls_only) -> list[Observation]:
@@ -272,7 +282,7 @@ def _event_write(entry, verb, namespace, ref, audit_id, when, pulls_only) -> lis
     name = _str(ref.get("name"))
     if name is None and event is not None:  # a generated name is only in the response
         meta = event.get("metadata")
-        name = _str(meta.get("name")) if isinstance(meta, Mapping) else None
+        name = _str(meta.get("name")) if isinstance(meta, _MAPPING) else None
     if event is not None:
         pull = decode_event(event, source="audit", actor=actor, namespace=namespace)
         if pull is not None:
@@ -325,7 +335,7 @@ def _pod_write(entry, verb, namespace, ref, subresource, audit_id, when) -> list
 
 def _pod_name(ref: Mapping[str, Any], pod: Mapping[str, Any] | None) -> tuple[str, bool]:
     meta = pod.get("metadata") if pod is not None else None
-    meta = meta if isinstance(meta, Mapping) else {}
+    meta = meta if isinstance(meta, _MAPPING) else {}
     name = _str(ref.get("name")) or _str(meta.get("name"))
     if name is not None:
         if not is_subdomain(name):
@@ -339,7 +349,7 @@ def _pod_name(ref: Mapping[str, Any], pod: Mapping[str, Any] | None) -> tuple[st
 
 def _pod_workload(name: str, pod: Mapping[str, Any] | None, generated: bool = False) -> Workload:
     meta = pod.get("metadata") if pod is not None else None
-    if isinstance(meta, Mapping) and controller_of(meta) is not None:
+    if isinstance(meta, _MAPPING) and controller_of(meta) is not None:
         return workload_of(name, meta)
     if generated:
         # Its name will be the base and 5 random characters: the workload of any such name,
@@ -348,7 +358,7 @@ def _pod_workload(name: str, pod: Mapping[str, Any] | None, generated: bool = Fa
         if base.endswith("-"):
             return infer(base[:MAX_BASE] + "bbbbb")
         return Workload(CONTROLLER_KINDS, base, "inferred")
-    if isinstance(meta, Mapping):
+    if isinstance(meta, _MAPPING):
         return workload_of(name, meta)  # the whole pod, and no controller: its own workload
     return infer(name)
 
@@ -360,17 +370,17 @@ def _ephemeral(entry: Mapping[str, Any]):
     request = entry.get("requestObject")
     if isinstance(request, list):  # JSON patch: [{"op": "add", "path": …, "value": …}]
         for op in request[:1000]:
-            if not isinstance(op, Mapping) or op.get("op") not in ("add", "replace"):
+            if not isinstance(op, _MAPPING) or op.get("op") not in ("add", "replace"):
                 continue
             path, value = op.get("path"), op.get("value")
             if isinstance(path, str) and path.startswith("/spec/ephemeralContainers"):
                 yield from listed_containers(value if isinstance(value, list) else [value])
         return
     for holder in (request, entry.get("responseObject")):
-        if not isinstance(holder, Mapping):
+        if not isinstance(holder, _MAPPING):
             continue
         spec = holder.get("spec")
-        listed = spec.get("ephemeralContainers") if isinstance(spec, Mapping) else None
+        listed = spec.get("ephemeralContainers") if isinstance(spec, _MAPPING) else None
         if listed is None:
             listed = holder.get("ephemeralContainers")
         if listed is not None:
@@ -384,7 +394,7 @@ def _workload_write(entry, verb, group, resource, subresource, namespace, ref, w
     kind = WORKLOADS[(group, resource)]
     obj = _obj(entry.get("responseObject"), kind) or _obj(entry.get("requestObject"), kind)
     meta = obj.get("metadata") if obj is not None else None
-    meta = meta if isinstance(meta, Mapping) else {}
+    meta = meta if isinstance(meta, _MAPPING) else {}
     name = _str(ref.get("name")) or _str(meta.get("name"))
     if not is_subdomain(name):
         raise DecodeError(f"audit entry of {resource} without a valid name")

@@ -165,16 +165,25 @@ class Collector:
 
     def bodies(self) -> Iterator[dict[str, Any]]:
         """The Findings' bodies, each with its merge state; built one at a time."""
-        for name in sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n)):
-            record = self.records[name]
-            self._note_pulled_elsewhere(record)
-            state = build(record, self.authors, self.people, self.clock)
-            yield with_state(
-                state.body(),
-                record,
-                self._authors_of(record),
-                self.people.get(_workload_key(record.identity), []),
-            )
+        for name in self.names():
+            yield self.body_of(name)
+
+    def names(self) -> list[str]:
+        """The Findings' names in the order of :meth:`bodies` (by namespace, then name)."""
+        return sorted(self.records, key=lambda n: (self.records[n].identity.namespace, n))
+
+    def body_of(self, name: str) -> dict[str, Any]:
+        """One Finding's body with its merge state: a function of the records alone, so that
+        Findings can be built in any order, or in other processes."""
+        record = self.records[name]
+        self._note_pulled_elsewhere(record)
+        state = build(record, self.authors, self.people, self.clock)
+        return with_state(
+            state.body(),
+            record,
+            self._authors_of(record),
+            self.people.get(_workload_key(record.identity), []),
+        )
 
     def _authors_of(self, record: FindingRecord) -> dict[str, list[str]]:
         return {s: sorted(self.authors[s]) for s in sorted(record.pulls) if s in self.authors}

@@ -16,6 +16,7 @@ else, and every path segment is quoted besides.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote
 
@@ -27,16 +28,32 @@ _SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-
 
 def is_label(name: object) -> bool:
     """A DNS-1123 label: what namespaces and container names are."""
+    if name.__class__ is str:
+        return len(name) <= MAX_LABEL and _label(name)  # type: ignore[arg-type]
     return isinstance(name, str) and len(name) <= MAX_LABEL and _LABEL.fullmatch(name) is not None
 
 
 def is_subdomain(name: object) -> bool:
     """A DNS-1123 subdomain: what pods, workloads, Events and nodes are named."""
+    if name.__class__ is str:
+        return len(name) <= MAX_SUBDOMAIN and _subdomain(name)  # type: ignore[arg-type]
     return (
         isinstance(name, str)
         and len(name) <= MAX_SUBDOMAIN
         and _SUBDOMAIN.fullmatch(name) is not None
     )
+
+
+# Cached: the same namespaces, nodes and pods are checked in record after record. Only an exact
+# str is cached (a str subclass could hash or compare in its own way).
+@functools.lru_cache(maxsize=16384)
+def _label(name: str) -> bool:
+    return _LABEL.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=16384)
+def _subdomain(name: str) -> bool:
+    return _SUBDOMAIN.fullmatch(name) is not None
 
 
 def segment(name: str) -> str:

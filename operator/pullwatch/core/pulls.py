@@ -228,6 +228,18 @@ def parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
 
     Raises :class:`DecodeError` for an image reason whose message cannot be read.
     """
+    if reason.__class__ is str and message.__class__ is str and len(message) <= 512:
+        # A stream repeats a few wordings of a few images: each is matched once.
+        return _parse_cached(reason, message)
+    return _parse_message(reason, message)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_cached(reason: str, message: str) -> tuple[str, str] | None:
+    return _parse_message(reason, message)
+
+
+def _parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
     if not isinstance(reason, str):
         return None
     wanted = IMAGE_REASONS.get(reason)

@@ -1,10 +1,11 @@
 """One large JSON-lines file, scanned on every core, with results identical to one core's.
 
 The file is cut into line-aligned byte ranges; a forked worker per range does the expensive,
-order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``)
-and returns only the admitted records, usually a few percent. The parent then runs
-``Scanner.process`` on them in file order, so series counting, audit de-duplication and
-Finding contents are exactly those of a sequential scan (``tests/test_parallel.py``).
+order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``,
+the full decode of ``Scanner.decode``) and returns only the observations of the admitted
+records, usually a few percent. The parent then runs ``Scanner.take`` on them in file order,
+so series counting, audit de-duplication and Finding contents are exactly those of a sequential
+scan (``tests/test_parallel.py``).
 
 Only for regular files and objects (``cloud.py``: each worker reads its range with its own
 ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
+from ..core.collect import Collector
 from . import cloud
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
@@ -30,6 +32,9 @@ _WINDOW = 64 << 10  # bytes read at a time while looking for the end of a line
 
 _parent: Scanner | None = None  # inherited by the forked workers
 _path: str = ""
+_collector: Collector | None = None
+MIN_FINDINGS = 400  # fewer are built faster than a pool starts
+BUILD_CHUNK = 64  # Findings per task: small, so that the cores finish together
 
 
 def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
@@ -88,11 +93,11 @@ def _open_range(start: int, end: int) -> Any:
 
 def _scan_range(
     bounds: tuple[int, int],
-) -> tuple[ReadStats, int, list[tuple[str, Any]], str | None, set[int]]:
+) -> tuple[ReadStats, int, list[tuple[str, list[Any]]], str | None, set[int]]:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
-    kept: list[tuple[str, Any]] = []
+    kept: list[tuple[str, list[Any]]] = []
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
@@ -100,7 +105,11 @@ def _scan_range(
     try:
         for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
-                kept.append((kind, obj))
+                # Decoded here, de-duplicated and counted by the parent in file order: what
+                # travels back is a few small observations, not the parsed record.
+                decoded = worker.decode(kind, obj)
+                if decoded is not None and decoded[1]:
+                    kept.append(decoded)
     except OSError as exc:  # the network, usually: what was read before it counts
         return (
             stats,
@@ -117,11 +126,7 @@ def _scan_range(
 def usable(path: str) -> bool:
     """A regular file or an object, uncompressed, big enough, whose first line is a JSON
     object (anything else is read by one core, which also reports its problems)."""
-    if (
-        path == "-"
-        or "fork" not in multiprocessing.get_all_start_methods()
-        or (os.cpu_count() or 1) < 2
-    ):
+    if path == "-" or not _forkable():
         return False
     try:
         if cloud.is_url(path):
@@ -165,9 +170,44 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                 total.add(stats)  # ranges come back in file order
                 scanner.result.pulls += pulls
                 scanner.collector.pulled |= pulled
-                for kind, obj in kept:
-                    scanner.process(kind, obj)
+                for audit_id, observations in kept:
+                    scanner.take(audit_id, observations)
                 if error:
                     scanner.result.input_errors.append(f"{path}: {error}")
     finally:
         _parent, _path = None, ""
+
+
+def _forkable() -> bool:
+    import multiprocessing.process as mp_process
+
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and (os.cpu_count() or 1) >= 2
+        and not mp_process.current_process().daemon  # a daemonic worker may have no children
+    )
+
+
+def can_build(findings: int) -> bool:
+    """Whether ``findings`` Findings are worth building on every core."""
+    return findings >= MIN_FINDINGS and _forkable()
+
+
+def _build_chunk(names: list[str]) -> list[dict[str, Any]]:
+    assert _collector is not None
+    return [_collector.body_of(name) for name in names]
+
+
+def build_bodies(collector: Collector, workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """``collector.bodies()``, built by forked workers (each Finding is a function of the
+    records alone), in the same order; a chunk of bodies is held at a time per worker."""
+    global _collector
+    names = collector.names()
+    chunks = [names[i : i + BUILD_CHUNK] for i in range(0, len(names), BUILD_CHUNK)]
+    _collector = collector
+    try:
+        with multiprocessing.get_context("fork").Pool(workers or os.cpu_count() or 2) as pool:
+            for bodies in pool.imap(_build_chunk, chunks, chunksize=1):
+                yield from bodies
+    finally:
+        _collector = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
-from ..core.audit import AuditDeduper, audit_observations
+from ..core.audit import AuditDeduper, entry_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pods import decode_pod
@@ -85,16 +85,29 @@ class Scanner:
         """Full decode of an admitted record, into the Findings it belongs to: an Event's pull,
         every observation of an audit entry (pulls, who wrote Events, pods created, people
         changing workloads), the containers a pod ran."""
+        decoded = self.decode(kind, obj)
+        if decoded is not None:
+            self.take(*decoded)
+
+    def decode(self, kind: str, obj: Any) -> tuple[str, list[Any]] | None:
+        """The order-free half of :meth:`process`: ``(auditID or "", observations)``, a pure
+        function of the record (so workers can do it, ``parallel.py``); None when it cannot
+        be used (counted as skipped)."""
         try:
             if kind == "event":
                 pull = decode_event(obj)
-                observations = [pull] if pull is not None else []
-            elif kind == "audit":
-                observations = audit_observations(obj, self._audit)
-            else:
-                observations = decode_pod(obj)
+                return "", [pull] if pull is not None else []
+            if kind == "audit":
+                return entry_observations(obj)
+            return "", decode_pod(obj)
         except DecodeError as exc:
             self.result.stats.skipped[str(exc)] += 1
+            return None
+
+    def take(self, audit_id: str, observations: list[Any]) -> None:
+        """The in-order half: an audit request logged at several stages counts once (its first
+        stage with observations), then each observation goes to its Findings."""
+        if audit_id and observations and not self._audit.first_time(audit_id):
             return
         for obs in observations:
             if obs.__class__ is Pull:
@@ -125,23 +138,28 @@ class Scanner:
         finally:
             source.close()
 
-    def finish(self) -> ScanResult:
-        self.result.findings = Built(self.collector)
+    def finish(self, parallel: bool = False) -> ScanResult:
+        self.result.findings = Built(self.collector, parallel)
         self.result.context = self.collector.context()
         return self.result
 
 
 class Built:
     """The scan's Findings: a lazy sequence, each body built when it is read (20,000 Findings are
-    never held as bodies at once)."""
+    never held as bodies at once). ``parallel``: many Findings are built on every core."""
 
-    def __init__(self, collector: Collector):
+    def __init__(self, collector: Collector, parallel: bool = False):
         self.collector = collector
+        self.parallel = parallel
 
     def __len__(self) -> int:
         return len(self.collector.records)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from . import parallel as par
+
+        if self.parallel and par.can_build(len(self)):
+            return par.build_bodies(self.collector)
         return self.collector.bodies()
 
     def __bool__(self) -> bool:
@@ -220,4 +238,4 @@ def scan_paths(
             par.feed_parallel(scanner, path)
         else:
             scanner.feed_path(path)
-    return scanner.finish()
+    return scanner.finish(parallel)
