@@ -6,10 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/bootstrap.sh
-# Formatting is checked everywhere. Lint runs on the paths that pass it; the others join as their
-# long lines are fixed (`ruff check .` lists what is left), until this is the whole tree.
-LINTED=(tests hack/localcluster.py hack/realnode.py)
+# Format and lint (ruff, line length 100) over the whole tree: seconds, before anything slow.
 .venv/bin/ruff format --check --quiet .
-.venv/bin/ruff check --quiet "${LINTED[@]}"
+.venv/bin/ruff check --quiet .
 bash hack/build-kube.sh kube-apiserver kubelet >/dev/null
 exec .venv/bin/python -m pytest "$@"

@@ -4,8 +4,8 @@ every series, and no pull is lost from a count."""
 
 from kubelet import image_event
 from pullwatch.core.allowlist import Allowlist
-from pullwatch.core.liveseries import trim_live_series
 from pullwatch.core.detector import Detector
+from pullwatch.core.liveseries import trim_live_series
 from pullwatch.core.pulls import decode_event
 
 

@@ -20,9 +20,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from ..core.liveseries import trim_live_series
 from ..core.detector import Detector
 from ..core.findings import RULES_BY_SHORT
+from ..core.liveseries import trim_live_series
 from . import metrics
 
 COOL_AFTER = 10  # minutes without a pull after which a Finding is packed (FindingState.cool)
