@@ -348,3 +348,25 @@ def test_flush_processes_what_is_left():
     w.queue.offer([kubelet_pull(1)], 10)
     w.queue.offer([kubelet_pull(2)], 10)
     assert w.flush() == 2 and len(took) == 2
+
+
+async def test_the_audit_witness_object_says_disabled_then_what_the_witness_sees():
+    from fakeapi import serving
+
+    from pullwatch.kube.witnesses.audit import audit_source
+    from pullwatch.kube.witnesses.status import WitnessStatus
+
+    async with serving() as (fake, api):
+        path = "/apis/pullwatch.dev/v1alpha1/witnesses/audit"
+        off = WitnessStatus(api, {"audit": audit_source(None)})
+        assert await off.write("audit")
+        assert fake.objects[path]["status"]["state"] == "Disabled"
+        assert not await off.write("audit")  # nothing changed: no write
+        w, _, _ = witness([0.0], [0])
+        on = WitnessStatus(api, {"audit": audit_source(w)})
+        assert await on.write("audit")  # created already (409), its status patched
+        assert fake.objects[path]["status"]["state"] == "Silent"
+        w.process([kubelet_pull(1)])
+        assert await on.write("audit")
+        status = fake.objects[path]["status"]
+        assert status["state"] == "Receiving" and status["lastObservation"].endswith("Z")

@@ -56,7 +56,8 @@ async def test_a_stop_counts_the_pulls_still_waiting_for_their_workload_and_writ
         await asyncio.gather(task, return_exceptions=True)
         assert left == 0
         assert written_pulls(fake) == 10
-        assert all(o["spec"]["workload"]["source"] == "inferred" for o in fake.objects.values())
+        findings = [o for p, o in fake.objects.items() if p.startswith(FINDINGS)]
+        assert all(o["spec"]["workload"]["source"] == "inferred" for o in findings)
 
 
 async def test_a_crashed_task_stops_the_engine_drained_before_a_new_one_starts(monkeypatch):

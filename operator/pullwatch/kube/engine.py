@@ -40,8 +40,9 @@ from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
-from .witnesses.audit import AuditWitness
+from .witnesses.audit import AuditWitness, audit_source
 from .witnesses.pods import pod_witnesses
+from .witnesses.status import WitnessStatus
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -163,6 +164,7 @@ class Engine:
             if audit_queue is not None
             else None
         )
+        self.witness_status = WitnessStatus(api, {"audit": audit_source(self.audit)}, quiet=quiet)
         self.upkeep.suppressions = self.configs["Suppression"]
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -207,6 +209,7 @@ class Engine:
             start(self.upkeep.rechecks(), "suppression rechecks")
             start(self._settle(), "pull-event-grace")
             start(self.upkeep.census_loop(), "census")
+            start(self.witness_status.run(), "witness status")
             if self.reports is not None:
                 start(self.reports.run(), "openreports")
             log.info(

@@ -184,3 +184,15 @@ class AuditWitness:
         if self.wall() - self.last_observation > self.missing_after:
             return "Silent", "no audit entry for a while"
         return "Receiving", f"{self.entries} audit entries received"
+
+
+def audit_source(witness: AuditWitness | None) -> Callable[[], tuple[str, str, float | None]]:
+    """What the ``audit`` Witness object says: the witness's state, or Disabled when the
+    receiver is off."""
+
+    def source() -> tuple[str, str, float | None]:
+        if witness is None:
+            return "Disabled", "the audit webhook is off (--audit-webhook-address)", None
+        return (*witness.state(), witness.last_observation)
+
+    return source
