@@ -17,7 +17,13 @@ from kubelet import audit_entries, image_event
 from pullwatch.core.observations import ActorChange, Authored
 from pullwatch.core.pulls import Pull
 from pullwatch.kube import metrics
-from pullwatch.kube.auditserver import AuditQueue, AuditServer, entries_of
+from pullwatch.kube.auditserver import (
+    AuditQueue,
+    AuditServer,
+    decode_body,
+    entries_of,
+    looks_like_audit,
+)
 from pullwatch.kube.options import AuditWebhook
 from pullwatch.kube.witnesses.audit import AuditWitness
 
@@ -98,6 +104,10 @@ async def post(
 
 def event_list(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": entries}
+
+
+def body(entries: list[dict[str, Any]]) -> bytes:
+    return json.dumps(event_list(entries)).encode()
 
 
 def kubelet_pull(n: int = 0) -> dict[str, Any]:
@@ -187,18 +197,23 @@ async def test_what_is_not_audit_json_is_400(pki):
         core_list = {"kind": "EventList", "apiVersion": "v1", "items": []}
         for body in (b"not json", b"[1, 2]", core_list, {"kind": "Event", "apiVersion": "v1"}):
             assert (await post(pki, server, body))[0] == 400, body
-        bad_items = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": {}}
-        assert (await post(pki, server, bad_items))[0] == 400
+        late = {"items": {}, "kind": "EventList", "apiVersion": "audit.k8s.io/v1"}
+        assert (await post(pki, server, late))[0] == 400  # decoded in full: items not a list
         assert requests_of("bad") == before + 5 and len(server.queue) == 0
+        # Opening as the API server's do, it is taken as it is; the witness decodes it (and
+        # counts it malformed if it cannot: test_flush_processes_what_is_left)
+        bad_items = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": {}}
+        assert (await post(pki, server, bad_items))[0] == 200
+        assert decode_body(server.queue.pop()[0]) is None
 
 
 async def test_batch_and_single_event_bodies(pki):
     async with Running(AuditServer(settings(pki))) as server:
         assert (await post(pki, server, event_list([kubelet_pull(1), kubelet_pull(2)])))[0] == 200
         assert (await post(pki, server, kubelet_pull(3)))[0] == 200  # blocking mode: one Event
-        batches = [server.queue.pop(), server.queue.pop()]
-        assert [len(b[0]) for b in batches] == [2, 1]
-        assert batches[1][0][0]["auditID"] == "id-3"
+        batches = [decode_body(server.queue.pop()[0]) for _ in range(2)]
+        assert [len(b) for b in batches] == [2, 1]
+        assert batches[1][0]["auditID"] == "id-3"
 
 
 async def test_a_full_queue_drops_counts_and_still_answers_200(pki):
@@ -238,6 +253,15 @@ def test_the_receiver_refuses_to_start_without_a_token_it_can_read(pki, tmp_path
     for path in (tmp_path / "missing", tmp_path / "empty"):
         with pytest.raises(ValueError):
             AuditServer(settings(pki, token_file=str(path)))
+
+
+def test_the_head_check_and_what_is_decoded_in_full():
+    assert looks_like_audit(body([kubelet_pull(1)]))
+    assert looks_like_audit(json.dumps(kubelet_pull(1)).encode())  # kind and apiVersion first
+    assert not looks_like_audit(b'{"kind":"EventList","apiVersion":"v1","items":[]}')
+    late = {"items": [kubelet_pull(1)] * 3, "kind": "EventList", "apiVersion": "audit.k8s.io/v1"}
+    assert not looks_like_audit(json.dumps(late).encode())
+    assert decode_body(json.dumps(late).encode()) is not None  # decoded in full: accepted
 
 
 def test_entries_of():
@@ -332,8 +356,8 @@ def test_entries_without_any_event_create_while_pulls_are_seen_is_said_once(capl
 async def test_the_witness_empties_the_queue():
     w, seen, took = witness([0.0], [0])
     task = asyncio.create_task(w.run())
-    w.queue.offer([kubelet_pull(1)], 100)
-    w.queue.offer([deployment_change("web", "q1")], 100)
+    w.queue.offer(body([kubelet_pull(1)]))
+    w.queue.offer(body([deployment_change("web", "q1")]))
     for _ in range(100):
         if len(seen) == 2:
             break
@@ -345,9 +369,12 @@ async def test_the_witness_empties_the_queue():
 
 def test_flush_processes_what_is_left():
     w, _, took = witness([0.0], [0])
-    w.queue.offer([kubelet_pull(1)], 10)
-    w.queue.offer([kubelet_pull(2)], 10)
-    assert w.flush() == 2 and len(took) == 2
+    w.queue.offer(body([kubelet_pull(1)]))
+    w.queue.offer(body([kubelet_pull(2)]))
+    malformed = sample("pullwatch_audit_entries_total", kind="malformed")
+    w.queue.offer(b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[')  # cut short
+    assert w.flush() == 3 and len(took) == 2 and w.queue.bytes == 0
+    assert sample("pullwatch_audit_entries_total", kind="malformed") == malformed + 1
 
 
 async def test_the_audit_witness_object_says_disabled_then_what_the_witness_sees():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from fakeapi import line, serving, until
 
 from kubelet import image_event
@@ -90,7 +91,6 @@ async def test_a_crashed_task_stops_the_engine_drained_before_a_new_one_starts(m
 
 async def test_a_pull_seen_by_the_event_watch_and_the_audit_webhook_counts_once():
     from kubelet import audit_entries
-
     from pullwatch.kube.auditserver import AuditQueue
 
     async with serving() as (fake, api):
@@ -105,7 +105,11 @@ async def test_a_pull_seen_by_the_event_watch_and_the_audit_webhook_counts_once(
         try:
             await until(lambda: written_pulls(fake) == 1)
             (entry,) = audit_entries(ev, "a-1", stages=("ResponseComplete",), node="node-1")
-            queue.offer([entry], 1000)
+            queue.offer(
+                orjson.dumps(
+                    {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [entry]}
+                )
+            )
 
             def verified() -> bool:
                 return any(

@@ -15,16 +15,20 @@ count here (the API server logs it).
   soon as the bytes read pass the bound (a chunked body is never buffered beyond it); counted
   ``too_large``, logged once per interval; the connection is closed, not drained;
 * 400 for what is not audit JSON (an ``audit.k8s.io`` ``EventList`` or a single ``Event``),
-  counted ``bad``;
+  counted ``bad``. What the API server sends opens with its kind and apiVersion: a body that
+  does is queued as it is (the witness decodes it, once; one that then fails to decode is
+  counted as a ``malformed`` entry), any other is decoded here to tell;
 * 503 on a replica that is not the active one (``standby``): the API server retries, and the
   readiness probe takes this replica out of the Service;
-* 200 otherwise, at once: the entries go into a queue bounded in bytes (``--audit-webhook-queue``)
+* 200 otherwise, at once: the body goes into a queue bounded in bytes (``--audit-webhook-queue``)
   that the audit witness empties. A full queue drops the POST, answered 200 all the same (a slow
   pullwatch must never hold the API server, which in ``blocking`` mode waits for the answer) and
   counted ``dropped``, logged once per interval; never silent.
 
-JSON is decoded with orjson, a large body in a thread, so the event loop keeps answering the
-probes and the other POSTs.
+JSON is decoded with orjson. Decoding holds the GIL in any thread, so a thread would not spare
+the event loop; what keeps it answering is that each body is decoded once, in the witness, one
+body at a time with the loop's turn between them (an API server with truncation on sends at most
+10 MiB: about 0.1 s of decoding).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import ssl
 import time
 from collections import deque
@@ -54,34 +59,35 @@ TOKEN_RECHECK = 10.0  # seconds between looks at the token file's mtime
 
 
 class AuditQueue:
-    """Batches of decoded entries waiting for the audit witness, bounded by the bytes of the
-    bodies they came in (a decoded entry is a few times its JSON: memory stays proportional)."""
+    """Request bodies waiting for the audit witness, bounded by their bytes. Bodies, not decoded
+    entries: decoded, an entry takes about four times its JSON, and the bound is what the queue
+    really holds."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.bytes = 0
-        self._items: deque[tuple[list[Any], int, float]] = deque()
+        self._items: deque[tuple[bytes, float]] = deque()
         self._ready = asyncio.Event()
 
-    def offer(self, entries: list[Any], size: int) -> bool:
-        """Queue a batch; False (nothing queued) when it does not fit."""
-        if self.bytes + size > self.limit:
+    def offer(self, body: bytes) -> bool:
+        """Queue a body; False (nothing queued) when it does not fit."""
+        if self.bytes + len(body) > self.limit:
             return False
-        self._items.append((entries, size, time.monotonic()))
-        self.bytes += size
+        self._items.append((body, time.monotonic()))
+        self.bytes += len(body)
         metrics.AUDIT_QUEUE_BYTES.set(self.bytes)
         self._ready.set()
         return True
 
-    def pop(self) -> tuple[list[Any], float] | None:
-        """The oldest batch and when it was received (monotonic), or None."""
+    def pop(self) -> tuple[bytes, float] | None:
+        """The oldest body and when it was received (monotonic), or None."""
         if not self._items:
             self._ready.clear()
             return None
-        entries, size, when = self._items.popleft()
-        self.bytes -= size
+        body, when = self._items.popleft()
+        self.bytes -= len(body)
         metrics.AUDIT_QUEUE_BYTES.set(self.bytes)
-        return entries, when
+        return body, when
 
     async def wait(self, timeout: float) -> None:
         """Until a batch is queued, or ``timeout`` seconds."""
@@ -109,6 +115,27 @@ def server_context(settings: AuditWebhook) -> ssl.SSLContext:
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# What the API server writes first (Go's encoding/json: TypeMeta's fields, in order):
+# {"kind":"EventList","apiVersion":"audit.k8s.io/v1",...
+OPENING = re.compile(
+    rb'\s*\{\s*"kind"\s*:\s*"(?:EventList|Event)"\s*,\s*"apiVersion"\s*:\s*"audit\.k8s\.io/'
+)
+
+
+def looks_like_audit(body: bytes) -> bool:
+    """Does the body open as the API server's audit EventList or Event does? The cheap check a
+    POST is answered by; the witness decodes it in full."""
+    return OPENING.match(body, 0, 256) is not None
+
+
+def decode_body(body: bytes) -> list[Any] | None:
+    """The entries of a body, or None when it is not audit JSON."""
+    try:
+        return entries_of(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def entries_of(doc: Any) -> list[Any] | None:
@@ -227,23 +254,22 @@ class AuditServer:
         body = await self._read(request)
         if body is None:
             return self._too_large(request)
-        try:
+        # What the API server sends opens with its kind and apiVersion. Anything else is
+        # decoded in full here (in a thread when large: it is not the API server) to tell.
+        if not looks_like_audit(body):
             if len(body) >= THREAD_DECODE:
-                doc = await asyncio.to_thread(orjson.loads, body)
+                entries = await asyncio.to_thread(decode_body, body)
             else:
-                doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            doc = None
-        entries = entries_of(doc)
-        if entries is None:
-            return self._answer("bad", 400, "not an audit.k8s.io EventList or Event")
-        if not self.queue.offer(entries, len(body)):
+                entries = decode_body(body)
+            if entries is None:
+                return self._answer("bad", 400, "not an audit.k8s.io EventList or Event")
+        if not self.queue.offer(body):
             self.quiet.warning(
                 "audit dropped",
                 "the audit queue is full (%d bytes, --audit-webhook-queue): dropped a POST of "
-                '%d entries (counted in pullwatch_audit_requests_total{outcome="dropped"})',
+                '%d bytes (counted in pullwatch_audit_requests_total{outcome="dropped"})',
                 self.queue.bytes,
-                len(entries),
+                len(body),
             )
             return self._answer("dropped", 200, "dropped: queue full")
         return self._answer("ok", 200, "ok")

@@ -1,13 +1,13 @@
 """The audit witness: who did it, from what the API server's audit webhook sends.
 
-The receiver (``kube/auditserver.py``) answers the API server at once and queues the decoded
-entries; this room empties the queue on the active replica: each entry is decoded by the core
-(``core/audit.py``: pulls with their verified author, who wrote each Event, pods created and
-their images, people changing workloads) and every observation goes to ``Engine.observe`` - a
-pull through the same path as the Event watch's (``Engine.take_pull``: its workload read, its
-series counted once whichever witness saw it first). Entries are counted by kind
-(``pullwatch_audit_entries_total``); one that cannot be read is counted ``malformed`` and its
-reason logged once per interval.
+The receiver (``kube/auditserver.py``) answers the API server at once and queues the request
+bodies; this room empties the queue on the active replica, one body at a time: decoded (orjson),
+then each entry decoded by the core (``core/audit.py``: pulls with their verified author, who
+wrote each Event, pods created and their images, people changing workloads), and every
+observation goes to ``Engine.observe`` - a pull through the same path as the Event watch's
+(``Engine.take_pull``: its workload read, its series counted once whichever witness saw it
+first). Entries are counted by kind (``pullwatch_audit_entries_total``); one that cannot be
+read is counted ``malformed`` and its reason logged once per interval.
 
 **A policy that drops Events.** Widely copied audit policies drop ``events`` entirely, and
 with them every "by user" and every check of who wrote a pull Event. When entries keep arriving
@@ -33,7 +33,7 @@ from typing import Any
 from ...core.audit import WORKLOADS, AuditDeduper, audit_observations
 from ...core.pulls import DecodeError, Pull
 from .. import metrics
-from ..auditserver import AuditQueue
+from ..auditserver import AuditQueue, decode_body
 from ..health import Health
 from ..quietlog import Quiet
 
@@ -98,7 +98,7 @@ class AuditWitness:
             if self.health is not None:
                 self.health.beat(self.name)
             while (batch := self.queue.pop()) is not None:
-                self.process(batch[0])
+                self.process_body(batch[0])
                 if self.health is not None:
                     self.health.beat(self.name)
                 await asyncio.sleep(0)  # a long queue must not starve the other tasks
@@ -108,9 +108,20 @@ class AuditWitness:
         """Process everything still queued (at a stop); how many batches."""
         n = 0
         while (batch := self.queue.pop()) is not None:
-            self.process(batch[0])
+            self.process_body(batch[0])
             n += 1
         return n
+
+    def process_body(self, body: bytes) -> None:
+        """One POST's body: decoded (once), then its entries."""
+        entries = decode_body(body)
+        if entries is None:
+            metrics.AUDIT_ENTRIES.labels("malformed").inc()
+            self.quiet.warning(
+                "audit body", "an audit webhook body that opens as audit JSON cannot be decoded"
+            )
+            return
+        self.process(entries)
 
     # -- one batch -----------------------------------------------------------------------------
     def process(self, entries: list[Any]) -> None:
