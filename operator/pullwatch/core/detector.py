@@ -245,6 +245,8 @@ class Detector(Judge, FindingSet):
             )
             if state.identity.is_overflow:
                 continue
+            if created:
+                self._note_actor_of(state)  # who changed its workload, known already
             changed = state.observe_intent(intent, clock)
             if intent.actor is not None and intent.actor.user:
                 changed |= state.note_actor(
