@@ -28,6 +28,13 @@ for c in "${COMPONENTS[@]}"; do [ -x "$(bin_of "$c")" ] || missing+=("$c"); done
 host_tools=(etcd:etcd-server openssl:openssl kubectl:kubernetes-client)
 [ ${#missing[@]} -eq 0 ] || host_tools+=(go:golang-go rsync:rsync)
 ensure_commands "${host_tools[@]}"
+# kubectl's built-in kustomize before 1.21 (v2) cannot read manifests/ (a directory in resources:).
+kubectl_minor=$(kubectl version --client -o json 2>/dev/null |
+  sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -1)
+if [ -n "$kubectl_minor" ] && [ "$kubectl_minor" -lt 21 ]; then
+  log "kubectl $(command -v kubectl) is 1.$kubectl_minor: pullwatch's manifests need kubectl 1.21 or newer"
+  exit 1
+fi
 
 build() {
   local work

@@ -44,6 +44,7 @@ DOCTESTED = [
     "core.mergestate",
     "core.collect",
     "core.reports",
+    "core.budget",
     "scan.render",
     "scan.sources",
     "scan.records",
@@ -56,6 +57,7 @@ DOCTESTED = [
     "kube.findingapi",
     "kube.quietlog",
     "kube.health",
+    "kube.witnessboard",
 ]
 # What each layer may import from outside the standard library (top-level names).
 ALLOWED_THIRD_PARTY = {

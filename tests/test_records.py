@@ -91,6 +91,15 @@ def test_one_line_list():
     assert len(objs) == 3 and stats.records == 3
 
 
+def test_list_with_one_item_per_line():
+    """Valid JSON a script may write: the List opens on the first line, then an item per line
+    (each but the last ends in a comma, so only the last parses alone)."""
+    items = ",\n".join(json.dumps(e) for e in (EV, OTHER, EV))
+    data = ('{"apiVersion":"v1","kind":"List","items":[\n' + items + "\n]}\n").encode()
+    objs, stats = read(data)
+    assert len(objs) == 3 and stats.records == 3 and not stats.damaged
+
+
 def test_empty_input():
     assert read(b"") == ([], ReadStats())
     assert read(b"\n\n  \n")[0] == []

@@ -399,3 +399,20 @@ def test_kustomize_output_is_plain_readable_yaml():
             and "*" not in rule["resources"]
             and "secrets" not in rule["resources"]
         )
+
+
+def test_the_witness_objects_say_what_pullwatch_sees(cluster, operator):
+    """`kubectl get witnesses`: events Receiving once an image Event arrived, the audit webhook
+    Disabled (not configured here), the Pod witness connected."""
+    ns = cluster.namespace("wit")
+    cluster.create_event(image_event("Pulling", ns, "web-1", "nginx:1.25.3", seq=1))
+
+    def states() -> dict[str, str] | None:
+        got = cluster.get("/apis/pullwatch.dev/v1alpha1/witnesses") or {}
+        out = {w["metadata"]["name"]: (w.get("status") or {}).get("state") for w in got["items"]}
+        return out if out.get("events") == "Receiving" else None
+
+    seen = wait_for(states, 60, what="the events Witness Receiving")
+    assert seen["audit"] == "Disabled" and seen["pods"] in ("Receiving", "Silent"), seen
+    table = cluster.kubectl("get", "witnesses").stdout
+    assert "LAST OBSERVATION" in table and "Receiving" in table, table

@@ -380,20 +380,22 @@ def test_flush_processes_what_is_left():
 async def test_the_audit_witness_object_says_disabled_then_what_the_witness_sees():
     from fakeapi import serving
 
-    from pullwatch.kube.witnesses.audit import audit_source
-    from pullwatch.kube.witnesses.status import WitnessStatus
+    from pullwatch.kube.witnessboard import WitnessBoard
+    from pullwatch.kube.witnesses.audit import audit_report
 
     async with serving() as (fake, api):
         path = "/apis/pullwatch.dev/v1alpha1/witnesses/audit"
-        off = WitnessStatus(api, {"audit": audit_source(None)})
-        assert await off.write("audit")
+        await WitnessBoard(api, {"audit": lambda: audit_report(None)}).publish()
         assert fake.objects[path]["status"]["state"] == "Disabled"
-        assert not await off.write("audit")  # nothing changed: no write
-        w, _, _ = witness([0.0], [0])
-        on = WitnessStatus(api, {"audit": audit_source(w)})
-        assert await on.write("audit")  # created already (409), its status patched
+        clock = [0.0]
+        w, _, _ = witness(clock, [0])
+        board = WitnessBoard(api, {"audit": lambda: audit_report(w)})
+        await board.publish()
         assert fake.objects[path]["status"]["state"] == "Silent"
         w.process([kubelet_pull(1)])
-        assert await on.write("audit")
+        await board.publish()
         status = fake.objects[path]["status"]
         assert status["state"] == "Receiving" and status["lastObservation"].endswith("Z")
+        clock[0] = 3600.0  # an hour without a POST
+        await board.publish()
+        assert fake.objects[path]["status"]["state"] == "Silent"

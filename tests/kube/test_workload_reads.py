@@ -78,3 +78,28 @@ async def test_a_flush_answers_every_waiting_lookup_with_the_inferred_workload()
             await task
         assert resolver.flush() == 6
         assert len(answers) == 6 and set(answers.values()) == {"inferred"}
+
+
+async def test_one_namespace_flooding_the_urgent_queue_does_not_hold_another_back():
+    """A tenant's forged scanner pulls (urgent, one read each) fill only its own share of the
+    queue; past it they are inferred from their names, and a pull elsewhere waits behind that
+    share at most."""
+    async with serving() as (fake, api):
+        fake.delay("GET", "/pods/", 30)  # no read finishes while the queue is looked at
+        resolver = WorkloadResolver(api, concurrency=2, namespace_limit=5)
+        answers: dict[tuple[str, str], str] = {}
+        for i in range(40):
+            pod_name = f"hunter{i}-x7k2p"
+            resolver.request(
+                "attacker",
+                pod_name,
+                0,
+                lambda w, p=pod_name: answers.setdefault(("a", p), w.source),
+            )
+        resolver.request(
+            "prod", "web-x7k2p", 0, lambda w: answers.setdefault(("p", "web"), w.source)
+        )
+        assert sum(1 for (ns, _), s in answers.items() if ns == "a" and s == "inferred") == 35
+        queued = [key for _, _, key in resolver._queue]
+        assert queued.count(("prod", "web-x7k2p")) == 1 and len(queued) == 6
+        assert resolver.flush() == 6

@@ -88,7 +88,9 @@ def _reason(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-@functools.lru_cache(maxsize=65536)
+# Bounded for memory: image strings come from anyone who can write an Event (up to ~1.6 KB per
+# parsed long reference, ~27 MB at most); a real cluster has far fewer distinct images.
+@functools.lru_cache(maxsize=16384)
 def parse_image(raw: str) -> ImageRef:
     """Parse and normalize ``raw``; raise :class:`InvalidImageReference` with the reason.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import GROUP, VERSION
@@ -40,9 +41,9 @@ from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
-from .witnesses.audit import AuditWitness, audit_source
+from .witnessboard import Report, WitnessBoard, stream_report
+from .witnesses.audit import AuditWitness, audit_report
 from .witnesses.pods import pod_witnesses
-from .witnesses.status import WitnessStatus
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
 
@@ -164,14 +165,24 @@ class Engine:
             if audit_queue is not None
             else None
         )
-        self.witness_status = WitnessStatus(api, {"audit": audit_source(self.audit)}, quiet=quiet)
         self.upkeep.suppressions = self.configs["Suppression"]
+        self.witness_board = WitnessBoard(api, self._witness_reports(), quiet=quiet)
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
         self.pulls = 0
         self.started = asyncio.Event()  # adoption and allowlist done; Events flowing
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+
+    def _witness_reports(self) -> dict[str, Callable[[], Report]]:
+        """What each Witness object says (kube/witnessboard.py)."""
+        return {
+            "events": lambda: stream_report(self.event_streams, "image Events", time.time()),
+            "pods": lambda: stream_report(
+                [w.stream for w in self.pod_witnesses], "pod updates", time.time()
+            ),
+            "audit": lambda: audit_report(self.audit),
+        }
 
     # -- lifecycle
     # ------------------------------------------------------------------------------------
@@ -209,7 +220,7 @@ class Engine:
             start(self.upkeep.rechecks(), "suppression rechecks")
             start(self._settle(), "pull-event-grace")
             start(self.upkeep.census_loop(), "census")
-            start(self.witness_status.run(), "witness status")
+            start(self.witness_board.run(), "witnesses")
             if self.reports is not None:
                 start(self.reports.run(), "openreports")
             log.info(

@@ -61,6 +61,12 @@ FOLDED = Counter(
     ["rule", "namespace"],
     registry=REGISTRY,
 )
+SERIES_TRIMMED = Counter(
+    "pullwatch_live_series_trimmed_total",
+    "Findings whose oldest ledger slots were closed early: a namespace, or all, held more live "
+    "Event series than the memory budget allows (a flood of distinct Event names).",
+    registry=REGISTRY,
+)
 EXAMINED = Counter(
     "pullwatch_events_examined_total", "Candidate Events decoded.", registry=REGISTRY
 )

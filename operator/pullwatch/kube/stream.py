@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,10 @@ class ListWatch:
         self.max_line = max_line
         self.sleep = sleep  # the backoff's (tests pass one that does not wait)
         self.rv: str | None = None  # where the stream got to; None: list first
+        # For the Witness objects: when an item was last handed over (wall clock), and why the
+        # API server refuses the stream (a 403's "verb resource"), while it does.
+        self.received_at: float | None = None
+        self.refused: str | None = None
         self._received = False  # this attempt got data from the API server
         self._furthest = 0  # items the furthest failed list got to: only going further is progress
 
@@ -106,6 +111,7 @@ class ListWatch:
             if rv == self.rv:
                 return
             self.rv = rv
+        self.refused = None
         self.health.beat(self.name)
 
     async def run(self) -> None:
@@ -145,6 +151,7 @@ class ListWatch:
                 failures += 1
                 if not self._received:
                     self.health.beat(self.name)  # waiting on the API server (see the docstring)
+                self.refused = exc.what if exc.status == 403 else None
                 if exc.status == 403:
                     self.quiet.warning(
                         f"forbidden {exc.what}", "forbidden: %s (%s); retrying", exc.what, self.name
@@ -186,6 +193,7 @@ class ListWatch:
 
     def _listed(self, item: Any) -> None:
         if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
+            self.received_at = time.time()
             self.handle("ADDED", item)
 
     def _listing(self, items: int) -> None:
@@ -280,6 +288,7 @@ class ListWatch:
                 raise _Gone()
             raise ValueError(f"watch error: {str(obj.get('message'))[:200]}")
         if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self.received_at = time.time()
             self.handle(kind, obj)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if isinstance(rv, str) and rv:

@@ -20,6 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from ..core.budget import trim_live_series
 from ..core.detector import Detector
 from ..core.findings import RULES_BY_SHORT
 from . import metrics
@@ -76,6 +77,7 @@ class Upkeep:
             for state in list(self.detector.states.values()):
                 if state.close_before(cutoff):
                     self.writer.mark(state.name)
+            self.trim()
             busy = self.writer.dirty.keys() | self.writer.in_flight
             self.detector.cool(int(time.time()) // 60 - COOL_AFTER, busy)
             self.recover()  # Suppressions that expired since
@@ -84,6 +86,24 @@ class Upkeep:
             if rounds % 10 == 1:
                 self.detector.prune_routes()
                 await self.custody.sweep()
+
+    def trim(self) -> None:
+        """Hold the live series of all Findings within the memory budget (core/budget.py)."""
+        trimmed = trim_live_series(self.detector.states.values())
+        if not trimmed:
+            return
+        for state in trimmed:
+            self.writer.mark(state.name)
+        metrics.SERIES_TRIMMED.inc(len(trimmed))
+        self.detector.prune_routes()
+        namespaces = sorted({s.namespace for s in trimmed})
+        self.writer.quiet.warning(
+            "live series budget",
+            "more live Event series than the memory budget allows in %s: the oldest slots of "
+            "their largest Findings were closed (their pulls stay counted)",
+            ", ".join(namespaces[:5])
+            + (f" and {len(namespaces) - 5} more" if namespaces[5:] else ""),
+        )
 
     # -- Suppressions --------------------------------------------------------------------------
     def recover(self, namespaces: set[str] | None = None) -> None:

@@ -26,7 +26,7 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from ..core.names import is_label, is_subdomain, segment
@@ -50,6 +50,7 @@ class WorkloadResolver:
         cache: int = 20_000,
         concurrency: int = 4,
         queue_limit: int = 500,
+        namespace_limit: int = 50,
         timeout: float = 5.0,
         quiet: Quiet | None = None,
     ):
@@ -62,6 +63,11 @@ class WorkloadResolver:
             queue_limit,
             timeout,
         )
+        # One namespace's share of the queue: whoever floods a namespace with pull Events (a
+        # scanner's too, at the urgent priority) makes its own pulls inferred from their names
+        # past it, and never holds another namespace's reads behind more than this many.
+        self.namespace_limit = namespace_limit
+        self._queued: Counter[str] = Counter()  # namespace -> lookups in the queue
         self.quiet = quiet or Quiet(log)
         self._queue: list[tuple[int, int, tuple[str, str]]] = []
         self._waiting: dict[tuple[str, str], list[Callable[[Workload], None]]] = {}
@@ -99,7 +105,11 @@ class WorkloadResolver:
         if waiting is not None:
             waiting.append(done)
             return
-        if self.api is None or len(self._queue) >= self.queue_limit:
+        if (
+            self.api is None
+            or len(self._queue) >= self.queue_limit
+            or self._queued[namespace] >= self.namespace_limit
+        ):
             self.inferred += 1
             done(infer(pod))  # a flood: no API read for it, and no waiting behind the others
             return
@@ -107,6 +117,7 @@ class WorkloadResolver:
         if needed is not None:
             self._needed[key] = needed
         heapq.heappush(self._queue, (priority, next(self._order), key))
+        self._queued[namespace] += 1
         self._wake.set()
 
     async def run(self) -> None:
@@ -119,6 +130,7 @@ class WorkloadResolver:
         """Answer every lookup still waiting (queued or being read) with the workload inferred
         from the pod's name, now; how many. Called at shutdown, once the workers have stopped."""
         waiting, self._waiting, self._queue, self._needed = self._waiting, {}, [], {}
+        self._queued.clear()
         for (_, pod), callbacks in waiting.items():
             workload = infer(pod)
             self.inferred += 1
@@ -132,6 +144,9 @@ class WorkloadResolver:
                 self._wake.clear()
                 await self._wake.wait()
             _, _, key = heapq.heappop(self._queue)
+            self._queued[key[0]] -= 1
+            if self._queued[key[0]] <= 0:
+                del self._queued[key[0]]
             needed = self._needed.pop(key, None)
             if needed is not None and not needed():
                 self.inferred += 1

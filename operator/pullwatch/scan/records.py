@@ -80,12 +80,17 @@ def sniff(head: bytes, complete: bool) -> str:
     >>> sniff(b'apiVersion: v1\\nitems:\\n- metadata:\\n    annotations:\\n      last-applied: |\\n'
     ...       b'        {"apiVersion":"v1","kind":"Pod"}\\n', True)  # kubectl apply's annotation
     'yaml'
+    >>> sniff(b'{"kind":"List","items":[\\n{"kind":"Event"},\\n{"kind":"Event"}\\n]}\\n', True)
+    'json'
     """
     text = head.lstrip(b" \t\r\n")
     if not text:
         return "empty"
     first = text.split(b"\n", 1)[0].strip()
-    if first in (b"{", b"["):
+    if first in (b"{", b"[") or (first[:1] in (b"{", b"[") and first[-1:] in (b"{", b"[", b",")):
+        # A document that opens on its first line and lays out the rest one item per line (a
+        # List written `{"kind":"List","items":[` then an item per line): its lines are not JSON
+        # each, however many of them parse alone.
         return "json"
     if _YAML_KEY.match(first):
         return "yaml"  # a mapping: JSON inside it (an annotation's) is a YAML block's text

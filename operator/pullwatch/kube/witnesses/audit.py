@@ -36,6 +36,7 @@ from .. import metrics
 from ..auditserver import AuditQueue, decode_body
 from ..health import Health
 from ..quietlog import Quiet
+from ..witnessboard import SILENT_AFTER, Report
 
 log = logging.getLogger("pullwatch.audit")
 MISSING_AFTER = 600.0  # seconds of entries without an Event create before it is said
@@ -192,18 +193,17 @@ class AuditWitness:
             )
         if self.last_observation is None:
             return "Silent", "waiting for the API server's first POST"
-        if self.wall() - self.last_observation > self.missing_after:
-            return "Silent", "no audit entry for a while"
+        quiet = self.wall() - self.last_observation
+        if quiet > SILENT_AFTER:
+            return "Silent", f"no audit entry for {int(quiet // 60)} minutes"
         return "Receiving", f"{self.entries} audit entries received"
 
 
-def audit_source(witness: AuditWitness | None) -> Callable[[], tuple[str, str, float | None]]:
-    """What the ``audit`` Witness object says: the witness's state, or Disabled when the
-    receiver is off."""
-
-    def source() -> tuple[str, str, float | None]:
-        if witness is None:
-            return "Disabled", "the audit webhook is off (--audit-webhook-address)", None
-        return (*witness.state(), witness.last_observation)
-
-    return source
+def audit_report(witness: AuditWitness | None) -> Report:
+    """What the ``audit`` Witness object says (kube/witnessboard.py)."""
+    if witness is None:
+        return Report(
+            "Disabled", None, "the audit webhook is off (--audit-webhook-address is not set)"
+        )
+    state, message = witness.state()
+    return Report(state, witness.last_observation, message)
