@@ -119,8 +119,18 @@ async def test_a_pull_seen_by_the_event_watch_and_the_audit_webhook_counts_once(
                 )
 
             await until(verified)
+
+            def spec_says_verified() -> bool:  # learned after it was made: written to its spec
+                return any(
+                    (o["spec"].get("reportedBy") or {}).get("verified") is True
+                    for p, o in fake.objects.items()
+                    if p.startswith(FINDINGS)
+                )
+
+            await until(spec_says_verified)
             await until(lambda: not engine.writer.dirty)
             assert written_pulls(fake) == 1 and engine.pulls == 1
+            assert engine.custody.restored == 0  # pullwatch's own change is not tampering
         finally:
             await engine.stop(grace=5)
             await asyncio.gather(task, return_exceptions=True)
