@@ -22,7 +22,12 @@ Printed:
     the writer), over single-entry POSTs spaced out; the write itself follows within the writer's
     --flush-interval (0.25 s) plus one API request (see docs/benchmarks.md);
  3. memory     - the ActorMap holding 100,000 workloads (tracemalloc), with 1,000 people and a
-    few changes per workload.
+    few changes per workload;
+ 4. with ``--real``: the real API server (etcd + kube-apiserver 1.20.2 on loopback, the shipped
+    policy, ``--audit-webhook-batch-max-wait=1s``) and the operator: pull Events created as the
+    node, one at a time; from each create to its Finding written (the Event watch), and to its
+    Finding saying who wrote it (``spec.reportedBy.verified``: the webhook's batch, decoded,
+    counted once and written).
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from certs import CA  # noqa: E402
+from certs import CA, webhook_config  # noqa: E402
 from kubelet import audit_entries, image_event  # noqa: E402
 from pullwatch.core.actors import ActorMap  # noqa: E402
 from pullwatch.core.allowlist import Allowlist, policy_from_object  # noqa: E402
@@ -297,10 +304,106 @@ def actor_map_memory(workloads: int = 100_000) -> float:
     return size
 
 
+def real_latency(samples: int) -> None:
+    from benchlib import Operator
+    from localcluster import LocalCluster, free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ca = CA(work / "pki")
+        server = ca.issue("server", "pullwatch", server=True)
+        client = ca.issue("client", "kube-apiserver", server=False)
+        port = free_port()
+        webhook_config(work / "webhook.kubeconfig", port, ca, client)
+        local = LocalCluster(work / "cluster")
+        local.extra_api_args = [
+            f"--audit-policy-file={ROOT / 'examples' / 'audit' / 'policy.yaml'}",
+            f"--audit-webhook-config-file={work / 'webhook.kubeconfig'}",
+            "--audit-webhook-batch-max-wait=1s",
+            "--audit-webhook-initial-backoff=1s",
+        ]
+        op = None
+        try:
+            local.start()
+            local.kubectl("apply", "-k", str(ROOT / "manifests"))
+            local.kubectl(
+                "wait", "--for=condition=established", "--timeout=60s", "crd/findings.pullwatch.dev"
+            )
+            op = Operator(
+                local,
+                work,
+                f"--audit-webhook-address=127.0.0.1:{port}",
+                f"--audit-webhook-cert={server.cert}",
+                f"--audit-webhook-key={server.key}",
+                f"--audit-webhook-client-ca={ca.pair.cert}",
+            ).start()
+            while "processing Events" not in op.logs():
+                time.sleep(0.1)
+            local.kubectl("create", "namespace", "lat")
+            written, verified = [], []
+            for i in range(samples):
+                pod = f"scan{i}-7d9f8b6c5d-abcde"
+                ev = image_event(
+                    "Pulling",
+                    "lat",
+                    pod,
+                    "aquasec/kube-hunter:0.6.8",
+                    node=LocalCluster.NODE,
+                    seq=i,
+                )
+                body = {k: v for k, v in ev.items() if v is not None}
+                body["metadata"] = {"name": ev["metadata"]["name"], "namespace": "lat"}
+                t0 = time.monotonic()
+                status, _ = local.request(
+                    "POST", "/api/v1/namespaces/lat/events", body, token=local.node_token
+                )
+                assert status == 201, status
+                seen = None
+                while time.monotonic() - t0 < 30:
+                    _, found = local.request(
+                        "GET", "/apis/pullwatch.dev/v1alpha1/namespaces/lat/findings"
+                    )
+                    mine = [
+                        f
+                        for f in found["items"]
+                        if f["spec"]["rule"].startswith("kubernetes-scanner")
+                        and f["spec"]["workload"]["name"].startswith(f"scan{i}")
+                    ]
+                    if mine and seen is None and (mine[0].get("status") or {}).get("count"):
+                        seen = time.monotonic() - t0
+                    if mine and mine[0]["spec"]["reportedBy"].get("verified") is True:
+                        written.append(seen or time.monotonic() - t0)
+                        verified.append(time.monotonic() - t0)
+                        break
+                    time.sleep(0.02)
+            for name, values in (
+                ("Finding written (Event watch)", written),
+                ("its author verified (webhook)", verified),
+            ):
+                values.sort()
+                print(
+                    f"real API server, pull Event create -> {name}: median "
+                    f"{statistics.median(values):.2f} s, max {values[-1]:.2f} s "
+                    f"({len(values)} samples)"
+                )
+        finally:
+            if op is not None and op.proc is not None:
+                op.proc.kill()
+                op.proc.wait()
+            local.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--batches", type=int, default=250)
     ap.add_argument("--latency-samples", type=int, default=40)
+    ap.add_argument(
+        "--real",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N pull Events through the real API server and operator",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ca = CA(Path(tmp))
@@ -353,6 +456,8 @@ def main() -> None:
         )
     size = actor_map_memory()
     print(f"ActorMap at 100,000 workloads: {size / 1e6:.1f} MB ({size / 100_000:.0f} B/workload)")
+    if args.real:
+        real_latency(args.real)
 
 
 if __name__ == "__main__":

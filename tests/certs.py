@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,30 @@ class CA:
                 critical=False,
             )
         return _write(self.dir, stem, builder.sign(self.key, hashes.SHA256()), key)
+
+
+def webhook_config(path: Path, port: int, ca: CA, client: Pair) -> None:
+    """The API server's audit webhook configuration: POST to pullwatch on 127.0.0.1:``port``,
+    trusting ``ca``, authenticating with the ``client`` certificate."""
+    cluster = {
+        "server": f"https://127.0.0.1:{port}/audit",
+        "certificate-authority": str(ca.pair.cert),
+    }
+    user = {"client-certificate": str(client.cert), "client-key": str(client.key)}
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "pullwatch", "cluster": cluster}],
+                "users": [{"name": "kube-apiserver", "user": user}],
+                "contexts": [
+                    {
+                        "name": "pullwatch",
+                        "context": {"cluster": "pullwatch", "user": "kube-apiserver"},
+                    }
+                ],
+                "current-context": "pullwatch",
+            }
+        )
+    )

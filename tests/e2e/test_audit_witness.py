@@ -16,14 +16,13 @@ import http.client
 import json
 import ssl
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import ROOT, SCANNER, SUSPICIOUS, Cluster, Operator, wait_for
 from tenant import HUNTER, Tenant
 
-from certs import CA
+from certs import CA, webhook_config
 from kubelet import for_create, image_event
 from localcluster import LocalCluster, free_port
 
@@ -55,42 +54,6 @@ class AuditEnv:
 
     def requests(self, outcome: str) -> float:
         return self.operator.metric("pullwatch_audit_requests_total", outcome=outcome)
-
-
-def webhook_config(path: Path, port: int, ca: CA, client) -> None:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "pullwatch",
-                        "cluster": {
-                            "server": f"https://127.0.0.1:{port}/audit",
-                            "certificate-authority": str(ca.pair.cert),
-                        },
-                    }
-                ],
-                "users": [
-                    {
-                        "name": "kube-apiserver",
-                        "user": {
-                            "client-certificate": str(client.cert),
-                            "client-key": str(client.key),
-                        },
-                    }
-                ],
-                "contexts": [
-                    {
-                        "name": "pullwatch",
-                        "context": {"cluster": "pullwatch", "user": "kube-apiserver"},
-                    }
-                ],
-                "current-context": "pullwatch",
-            }
-        )
-    )
 
 
 @pytest.fixture(scope="module")
