@@ -309,14 +309,14 @@ def test_a_pull_event_forged_by_a_tenant_is_flagged_with_its_real_author(audit):
     def flagged() -> dict[str, Any] | None:
         for f in audit.cluster.findings(tenant.ns).values():
             forged = f["spec"]["reportedBy"].get("verified") is False
-            if f["spec"]["rule"] == SCANNER and forged and (f.get("status") or {}).get("count"):
+            if f["spec"]["rule"] == SCANNER and forged and (f.get("status") or {}).get("forgedBy"):
                 return f
         return None
 
     finding = wait_for(flagged, 30, what=lambda: str(audit.cluster.findings(tenant.ns)))
-    assert finding["spec"]["reportedBy"]["user"] == author
-    assert finding["status"]["forgedBy"] == author
-    assert finding["status"]["count"] == 1
+    assert finding["spec"]["reportedBy"]["user"] == author, finding
+    assert finding["status"]["forgedBy"] == author, finding
+    assert finding["status"]["count"] == 1, finding
     wait_for(
         lambda: audit.operator.metric("pullwatch_forged_pulls_total", reason="author") > before,
         10,
