@@ -399,3 +399,23 @@ async def test_the_audit_witness_object_says_disabled_then_what_the_witness_sees
         clock[0] = 3600.0  # an hour without a POST
         await board.publish()
         assert fake.objects[path]["status"]["state"] == "Silent"
+
+
+def test_the_flags_are_off_by_default_and_never_unauthenticated():
+    from pullwatch.cli import build_parser
+    from pullwatch.kube.options import run_options
+
+    def options(*flags: str):
+        return run_options(build_parser().parse_args(["run", *flags]))
+
+    assert options().audit_webhook is None
+    base = [
+        "--audit-webhook-address=0.0.0.0:8443",
+        "--audit-webhook-cert=c",
+        "--audit-webhook-key=k",
+    ]
+    on = options(*base, "--audit-webhook-token-file=t", "--audit-webhook-max-body=512Ki")
+    assert on.audit_webhook.max_body == 512 << 10 and on.audit_webhook.queue_bytes == 64 << 20
+    for flags in (base, base[:2] + ["--audit-webhook-token-file=t"], ["--audit-webhook-cert=c"]):
+        with pytest.raises(ValueError):
+            options(*flags)
