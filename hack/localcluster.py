@@ -338,12 +338,13 @@ class LocalCluster:
         calls: Iterable[tuple[str, str, object]],
         workers: int = 6,
         lanes: Iterable[Hashable] | None = None,
+        token: str | None = None,
     ) -> list[tuple[int, object]]:
         """Many (method, path, body) requests at once, on ``workers`` kept-alive connections of
         their own (the API server serves them in parallel, as it does a node's kubelets): the
         answers, in the order of ``calls``. A PATCH is a merge patch. ``lanes``: one key per
         call; calls with the same key are sent one after another, in order (the PATCHes of one
-        Event's count, say)."""
+        Event's count, say). ``token``: as whom (the admin by default)."""
         calls = list(calls)
         keys = list(lanes) if lanes is not None else list(range(len(calls)))
         queues: dict[int, list[int]] = {}
@@ -359,7 +360,7 @@ class LocalCluster:
                     kind = (
                         "application/merge-patch+json" if method == "PATCH" else "application/json"
                     )
-                    status, answer, conn = self._send(conn, method, path, body, kind, None)
+                    status, answer, conn = self._send(conn, method, path, body, kind, token)
                     answers[i] = (status, answer)
             finally:
                 if conn is not None:

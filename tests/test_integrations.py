@@ -263,6 +263,8 @@ def test_metric_names_and_bounded_labels():
                 "le",
                 "scope",  # of Suppressions: cluster | namespace
                 "state",  # of Suppressions: active | expired | invalid
+                "change",  # of Suppressions: created | changed
+                "budget",  # the one a Suppression is over: namespace | cluster
                 "kind",  # of audit entries
             }, (family.name, sample.labels)
         if family.type == "counter":

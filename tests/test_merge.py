@@ -95,7 +95,7 @@ def test_merge_refuses_what_it_cannot_merge_exactly(tmp_path):
     operator_like = json.loads(json.dumps(finding))
     del operator_like["metadata"]["annotations"]
     damaged = json.loads(json.dumps(finding))
-    damaged["metadata"]["annotations"]["pullwatch.dev/merge-state"] = "v1:AAAA v1:AAAA"
+    damaged["metadata"]["annotations"]["pullwatch.dev/merge-state"] = "v2:AAAA v2:AAAA"
     future = json.loads(json.dumps(finding))
     future["metadata"]["annotations"]["pullwatch.dev/merge-state"] = "v9:AAAA v9:AAAA"
     for doc, why in (

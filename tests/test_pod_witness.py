@@ -214,8 +214,8 @@ def test_a_scanner_by_digest_runs_into_a_finding_that_counts_no_pull():
     for state in scanner:
         assert state.count == 0
     entries = {s.identity.workload: next(iter(s.evidence().running.values())) for s in scanner}
-    assert entries["hunter"][5:] == [EXPIRED, True]
-    assert entries["second"][5:] == [PENDING, False]
+    assert entries["hunter"][5:7] == [EXPIRED, True]
+    assert entries["second"][5:7] == [PENDING, False]
 
 
 def test_a_finding_of_containers_seen_running_only_writes_no_empty_ledger_strings():

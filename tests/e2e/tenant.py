@@ -79,6 +79,19 @@ class Tenant:
         assert status == 201, (status, str(stored)[:500])
         return stored
 
+    def events(self, bodies: list[dict[str, Any]], workers: int = 6) -> list[dict[str, Any]]:
+        """Create many Events in the tenant's namespace at once, on ``workers`` connections."""
+        calls = []
+        for body in bodies:
+            body = {"apiVersion": "v1", "kind": "Event", **body}
+            body.setdefault("metadata", {})["namespace"] = self.ns
+            body["metadata"].setdefault("name", f"ev-{uuid.uuid4().hex[:10]}")
+            calls.append(("POST", f"/api/v1/namespaces/{self.ns}/events", body))
+        answers = self.cluster.local.requests(calls, workers, token=self.token)
+        failed = [(status, str(stored)[:300]) for status, stored in answers if status != 201]
+        assert not failed, failed[:3]
+        return [stored for _, stored in answers]
+
     def pull(self, pod: str, image: str = HUNTER, claim: str | None = None) -> dict[str, Any]:
         """A pull Event that reads like a kubelet's. ``claim``: the namespace its involvedObject
         names (the events/v1 shape - eventTime set - lets it name any)."""

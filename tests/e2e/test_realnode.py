@@ -28,7 +28,7 @@ from harness import ROOT, SCANNER, SUSPICIOUS, wait_for
 from kubelet import expected_outcomes, reported
 from localcluster import free_port
 from paths import finding_items
-from realnode import RealNode, Unavailable
+from realnode import RealNode, Unavailable, push_distinct
 
 HUNTER = "aquasec/kube-hunter:0.6.8"
 RECORDED = ROOT / "tests" / "data" / "real-kubelet.json"
@@ -46,7 +46,9 @@ def node(cluster):
         pytest.skip(str(e))
     real.allowed = real.push("library/allowed:1.0")
     real.unlisted = real.push("acme/unlisted:1.0")
-    real.hunter = real.push(HUNTER)
+    # Content of its own: a runtime names a container by the first tag it holds of the
+    # content, and pullwatch judges that name too (the spec's can be patched).
+    real.hunter, _ = push_distinct(real, HUNTER, "hunter")
     allowed = {
         "apiVersion": "pullwatch.dev/v1alpha1",
         "kind": "AllowedImages",

@@ -202,3 +202,122 @@ def test_a_tenant_suppression_does_not_silence_the_scanner_rule(cluster, op):
     )
     assert "suppression" not in finding["status"]
     assert HUNTER in finding["spec"]["image"]
+
+
+def test_sixty_megabyte_events_do_not_blow_up_the_operators_next_list(cluster, tmp_path):
+    """A page of 500 Events was read and parsed whole: 60 Events of 1 MB made the start-up list's
+    first page 60 MB (and a few hundred MB held while reading and parsing it). Pages are now held
+    in 8 MiB at most, asked again smaller when over it."""
+    tenant = Tenant(cluster, "heavy")
+    victim = Tenant(cluster, "victim")
+    probe = f"probe{uuid.uuid4().hex[:6]}"  # a scanner to these operators only, not to others
+
+    def started() -> Operator:  # all namespaces: one Event stream, watching once its list is read
+        return Operator(cluster, tmp_path, "--standalone", "--scanner", probe).start()
+
+    first = started()  # what a start-up costs without the big Events
+    try:
+        wait_for(first.settled, 60, what="the first operator settled")
+        baseline = first.peak_rss_mb()
+    finally:
+        first.stop(timeout=30)
+    body = {
+        "involvedObject": {"kind": "Pod", "name": "noise", "namespace": tenant.ns},
+        "reason": "Pulling",
+        "source": {"component": "kubelet", "host": "node-1"},
+        "count": 1,
+    }
+    try:
+        tenant.events(
+            [{**body, "message": f'Pulling image "x{i}"' + "A" * 1_000_000} for i in range(60)]
+        )
+        second = started()  # its first list: 60 MB of the tenant's Events
+        try:
+            victim.pull(f"hunter-{uuid.uuid4().hex[:5]}", image=f"registry.test/tools/{probe}:1")
+            wait_for(lambda: scanner_findings(cluster, victim.ns), 60, what="the scanner Finding")
+            examined = sum(
+                v
+                for (name, _), v in second.metrics().items()
+                if name == "pullwatch_events_examined_total"
+            )
+            assert examined >= 60  # it listed every big Event (each is a candidate)
+            grew = second.peak_rss_mb() - baseline
+            assert second.probe()[0] == 200
+        finally:
+            second.stop(timeout=30)
+    finally:  # later tests' operators list every namespace: not 60 MB more each
+        cluster.kubectl("delete", "events", "--all", "-n", tenant.ns)
+    print(f"\n60 Events of 1 MB listed at start-up: peak RSS {grew:+.1f} MB over {baseline:.0f} MB")
+    assert grew < 60, f"peak RSS grew {grew:.0f} MB listing 60 MB of Events"
+
+
+def maximal_suppression(name: str, images: int = 32, length: int = 256) -> dict:
+    """A Suppression at the CRD's bounds: every list full, every string as long as allowed."""
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30 * 86400))
+
+    def image(j: int) -> str:
+        head = f"registry-{name}.example.com/team/app{j}-"
+        return head + "a" * (length - len(head) - 2) + ":*"
+
+    return {
+        "apiVersion": "pullwatch.dev/v1alpha1",
+        "kind": "Suppression",
+        "metadata": {"name": name},
+        "spec": {
+            "rules": ["*"],
+            "images": [image(j) for j in range(images)],
+            "workloads": [f"w{j}-" + "a" * 249 for j in range(16)],
+            "reason": "r" * 1000,
+            "expires": expires,
+        },
+    }
+
+
+def test_a_flood_of_maximal_suppressions_leaves_the_operator_bounded_and_watching(cluster, op):
+    """A namespace admin creates 30 Suppressions at the CRD's bounds: each is bounded by the
+    API server (the old maxima are refused there), pullwatch compiles only the namespace's
+    budget of them (oldest first, the rest say so), its memory stays flat, and a scanner pulled
+    elsewhere is still found."""
+    rules = [
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["pullwatch.dev"], "resources": ["suppressions"], "verbs": ["create"]},
+    ]
+    tenant = Tenant(cluster, "hoarder", rules=rules)
+    path = f"/apis/pullwatch.dev/v1alpha1/namespaces/{tenant.ns}/suppressions"
+    for over in (
+        maximal_suppression("old-maxima", images=1000, length=240),  # the CRD's old bounds
+        maximal_suppression("one-more", images=33),
+        maximal_suppression("too-long", length=257),
+    ):
+        status, rsp = tenant.request("POST", path, over)
+        assert status == 422, (status, str(rsp)[:300])
+    rss = memory_mb(op.proc.pid)
+    for i in range(30):
+        status, rsp = tenant.request("POST", path, maximal_suppression(f"s{i:02d}"))
+        assert status == 201, (status, str(rsp)[:300])
+
+    def conditions() -> dict[str, dict]:
+        items = json.loads(
+            cluster.kubectl("get", "suppressions", "-n", tenant.ns, "-o", "json").stdout
+        )["items"]
+        return {
+            s["metadata"]["name"]: s["status"]["conditions"][0]
+            for s in items
+            if (s.get("status") or {}).get("conditions")
+        }
+
+    states = wait_for(lambda: len(conditions()) == 30 and conditions(), 120, what="30 statuses")
+    active = sorted(n for n, c in states.items() if c["reason"] == "Active")
+    refused = [n for n, c in states.items() if "over the budget of namespace" in c["message"]]
+    # the oldest (by creation time, then name: both grow with i) fill the budget of 512 units
+    assert active == [f"s{i:02d}" for i in range(512 // 49)], states
+    assert len(refused) == 30 - len(active)
+    grew = memory_mb(op.proc.pid) - rss
+    elsewhere = Tenant(cluster, "watched")
+    elsewhere.pull(f"hunter-{uuid.uuid4().hex[:5]}")
+    wait_for(lambda: scanner_findings(cluster, elsewhere.ns), 60, what="a scanner pull elsewhere")
+    print(
+        f"\n30 maximal Suppressions: {len(active)} compiled, {len(refused)} over the budget; "
+        f"RSS {grew:+.1f} MB"
+    )
+    assert grew < 60, grew  # at most the namespace's budget compiled (~3.5 MB); generous

@@ -16,6 +16,6 @@ def pytest_pyfunc_call(pyfuncitem):
     if inspect.iscoroutinefunction(pyfuncitem.obj):
         names = pyfuncitem._fixtureinfo.argnames
         kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), 60))
+        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), 120))
         return True
     return None

@@ -142,6 +142,8 @@ class FakeApi:
         meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
         if start + limit < len(items):
             meta["continue"] = str(start + limit)
+        if path.startswith("/apis/"):  # custom resources: keys sorted, the metadata last
+            return _json({"apiVersion": "v1", "items": page, "kind": "List", "metadata": meta})
         return _json({"kind": "List", "apiVersion": "v1", "metadata": meta, "items": page})
 
     def _create(self, path: str, body: Any) -> web.Response:
@@ -278,7 +280,7 @@ class Clock:
         return self.t
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> Any:
+async def until(predicate: Any, timeout: float = 45.0) -> Any:
     """Wait (on the loop, yielding to it) until ``predicate()`` holds; what it returned."""
 
     async def wait() -> Any:

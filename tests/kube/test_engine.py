@@ -134,3 +134,42 @@ async def test_a_pull_seen_by_the_event_watch_and_the_audit_webhook_counts_once(
         finally:
             await engine.stop(grace=5)
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_suppressions_expiry_is_judged_at_the_operators_clock_not_the_events_own_time():
+    """A tenant who patches a pull Event's time back to before a Suppression expired must not get
+    its cover: the Event's time is the author's claim."""
+    import time
+
+    from kubelet import EPOCH
+    from pullwatch.core.pulls import decode_event
+    from pullwatch.core.suppressions import Suppressions, suppression_from_object
+    from pullwatch.kube.api import Api
+
+    now = time.time()
+
+    def rfc3339(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    expired = suppression_from_object(
+        {
+            "apiVersion": "pullwatch.dev/v1alpha1",
+            "kind": "Suppression",
+            "metadata": {
+                "name": "old",
+                "namespace": "ns1",
+                "creationTimestamp": rfc3339(now - 10 * 86400),
+            },
+            "spec": {"reason": "r", "expires": rfc3339(now - 86400)},
+        },
+        "pullwatch-system",
+    )
+    assert expired.usable and expired.expired(now) and not expired.expired(now - 2 * 86400)
+    engine = Engine(Api(None), options(), Health(), Quiet(__import__("logging").getLogger("t")))
+    engine.detector.suppressions = Suppressions([expired])
+    backdated = image_event(
+        "Pulling", "ns1", "app-7d9f8b6c5d-x7k2p", "evil/miner:1", t=int(now - 2 * 86400 - EPOCH)
+    )
+    assert engine.observe(decode_event(backdated))
+    (state,) = engine.detector.states.values()
+    assert state.suppression is None

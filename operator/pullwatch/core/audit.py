@@ -10,7 +10,8 @@ what was asked. ``audit_observations`` turns one entry into what it proves:
   (``Request`` level: only the patch) is an ``Authored`` alone - the kubelet's recorder patches
   an Event's count on every repeat, and who did matters as much as who created it;
 * a pod create, and ``pods/ephemeralcontainers`` (``kubectl debug``): an ``Intent`` per
-  container, with its actor when a person made the request;
+  container, with its actor when a person made the request; an update or patch of a pod: an
+  ``Intent`` per container whose image it wrote (see podwrites.py);
 * a create, update or patch of deployments, statefulsets, daemonsets, replicasets, jobs,
   cronjobs (their ``scale`` subresource included) or pods, by a person: an ``ActorChange`` for
   the workload (a ReplicaSet's or Job's is its Deployment's or CronJob's; a pod's, its owner's).
@@ -57,6 +58,7 @@ from .actors import is_person
 from .names import is_label, is_subdomain
 from .observations import EPHEMERAL, ActorChange, Authored, Intent, Observation
 from .pods import listed_containers, spec_containers, workload_of
+from .podwrites import images_written
 from .pulls import CANDIDATE, Actor, DecodeError, Pull, decode_event
 from .workload import CONTROLLER_KINDS, MAX_BASE, Workload, controller_of, infer, infer_above
 
@@ -306,7 +308,10 @@ def _pod_write(entry, verb, namespace, ref, subresource, audit_id, when) -> list
         name, generated = _pod_name(ref, pod)
         workload = _pod_workload(name, pod, generated)
         # At Metadata level a create logs no pod: who did it is known, its containers are not.
-        containers = spec_containers(pod.get("spec")) if verb == "create" and pod else []
+        if verb == "create":
+            containers = spec_containers(pod.get("spec")) if pod else []
+        else:  # an image changed while the kubelet pulls is an intent too
+            containers = images_written(entry, _obj(entry.get("responseObject"), "Pod"))
         action = f"{verb} pods"
     who = actor if person else None
     found: list[Observation] = [

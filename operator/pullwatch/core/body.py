@@ -27,10 +27,12 @@ from .findings import (
     LABEL_RULE,
     LABEL_SEVERITY,
     RULES_BY_SHORT,
+    SALT_ROUNDS,
     Identity,
     Origin,
     build_spec,
     cut,
+    finding_name,
 )
 from .ledger import MAX_SERIES, Ledger
 from .state import WITNESSES, FindingState, ran, seen_by
@@ -179,7 +181,9 @@ def identity_of(body: Any) -> Identity:
             identity = Identity(rule, namespace, spec["workload"]["name"], spec["repository"])
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})") from None
-    if identity.name != name:
+    if identity.name != name and all(
+        finding_name(*identity, salt) != name for salt in range(1, SALT_ROUNDS + 1)
+    ):
         raise ValueError(f"its name is not the one its spec gives ({identity.name})")
     return identity
 
@@ -195,7 +199,7 @@ def state_from_body(body: Any) -> FindingState:
         ledger = Ledger.decode(status.get("ledger") or {"v": 2})
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a Finding pullwatch wrote ({type(exc).__name__}: {exc})") from None
-    state = FindingState(identity, origin, ledger)
+    state = FindingState(identity, origin, ledger, name=body["metadata"]["name"])
     state._ev = Evidence.from_status(status, origin, ledger)
     state.first_seen, state.last_seen = _str(status.get("firstSeen")), _str(status.get("lastSeen"))
     observed = _str(status.get("lastObserved"))

@@ -31,8 +31,9 @@ from typing import Any
 
 from .. import API_VERSION
 from .detector import Detector, covered_expiry, series_of, workload_of
-from .findings import ActorRecord, Identity, instant
-from .ledger import short_hash
+from .findings import ActorRecord, Identity, instant, name_among, repository_of
+from .judge import pull_slot
+from .mergestate import STATE_VERSION
 from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
 from .replay import MERGE_STATE, Cover, FindingRecord, build, pack, unpack
@@ -77,14 +78,24 @@ class Collector:
 
     def _record(self, identity: Identity) -> FindingRecord:
         record = self.records.get(identity.name)
-        if record is None:
-            record = self.records[identity.name] = FindingRecord(identity)
+        if record is None or record.identity != identity:
+            # a name is one identity's only: after a collision, a salted one (name_among)
+            name = identity.name if record is None else name_among(identity, self._holder)
+            record = self.records.get(name)
+            if record is None:
+                record = self.records[name] = FindingRecord(identity, name)
         return record
+
+    def _holder(self, name: str) -> Identity | None:
+        record = self.records.get(name)
+        return record.identity if record is not None else None
 
     def _pull(self, pull: Pull) -> None:
         self.pulls += 1
         assert self.detector is not None
-        self.note_pulled(pull.namespace, pull.involved.name, pull.involved.container or "")
+        self.note_pulled(
+            pull.namespace, pull.involved.name, pull.involved.container or "", pull.image
+        )
         workload = workload_of(pull)
         series = series_of(pull)
         judged = self.detector.judge(pull.namespace, pull.image, workload)
@@ -98,13 +109,15 @@ class Collector:
         if pull.actor is not None and pull.actor.user:
             self._note_author(series, pull.actor.user)
 
-    def note_pulled(self, namespace: str, pod: str, container: str) -> None:
-        self.pulled.add(slot_hash(namespace, pod, container))
+    def note_pulled(self, namespace: str, pod: str, container: str, image: str) -> None:
+        self.pulled.add(pull_slot(namespace, pod, container, image))
 
     def _running(self, run: Running) -> None:
         assert self.detector is not None
-        image = run.image if run.digest is None or "@" in run.image else f"{run.image}@{run.digest}"
-        for identity, _, not_allowed, _ in self.detector.judge(run.namespace, image, run.workload):
+        fired, _ = self.detector.run_rules(run)  # by the spec and by what the kubelet reports
+        for rule, ref, not_allowed in fired:
+            repository = ref.repository if ref else repository_of(run.image)
+            identity = Identity(rule.short, run.namespace, run.workload.name, repository)
             self._record(identity).add_running(run, not_allowed)
 
     def _intent(self, intent: Intent) -> None:
@@ -146,7 +159,8 @@ class Collector:
     def _note_pulled_elsewhere(self, record: FindingRecord) -> None:
         ns = record.identity.namespace
         for run, _ in record.runnings.values():
-            if slot_hash(ns, run.pod, run.container) in self.pulled:
+            images = (run.image, *run.reported)
+            if any(pull_slot(ns, run.pod, run.container, i) in self.pulled for i in images):
                 record.pulled.add((run.pod, run.container))
 
     def bodies(self) -> Iterator[dict[str, Any]]:
@@ -181,20 +195,18 @@ class Collector:
             "apiVersion": API_VERSION,
             "kind": CONTEXT_KIND,
             "metadata": {"name": "scan-context"},
-            "state": pack({"v": 1, "people": rows, "pulled": hashes.decode()}),
+            "state": pack({"v": STATE_VERSION, "people": rows, "pulled": hashes.decode()}),
         }
 
     def _record_slots(self) -> set[int]:
         """The (namespace, pod, container) slots the records' own pulls hold."""
         return {
-            slot_hash(r.identity.namespace, p[0].involved.name, p[0].involved.container or "")
+            pull_slot(
+                r.identity.namespace, p[0].involved.name, p[0].involved.container or "", p[0].image
+            )
             for r in self.records.values()
             for p in r.pulls.values()
         }
-
-
-def slot_hash(namespace: str, pod: str, container: str) -> int:
-    return short_hash(f"{namespace}\0{pod}\0{container}", 48)
 
 
 def keep_people(people: list[ActorRecord], more: Iterable[ActorRecord]) -> None:
@@ -214,7 +226,9 @@ def with_state(
 ) -> dict[str, Any]:
     """The body with what it kept, as the annotation that ``merge`` reads."""
     state = record.encode()
-    extra = pack({"v": 1, "authors": authors, "people": [_person_row(p) for p in people]})
+    extra = pack(
+        {"v": STATE_VERSION, "authors": authors, "people": [_person_row(p) for p in people]}
+    )
     body["metadata"]["annotations"] = {MERGE_STATE: f"{state} {extra}"}
     return body
 
@@ -252,9 +266,10 @@ def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> C
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
-        held = collector.records.get(identity.name)
-        if held is None:
-            collector.records[identity.name] = record
+        held = collector._record(identity)
+        if not (held.pulls or held.runnings or held.intents):
+            record.name = held.name
+            collector.records[held.name] = record
         else:
             held.merge(record)
     collector.pulled |= collector._record_slots()

@@ -57,11 +57,11 @@ from .findings import (
     verdict_of,
 )
 from .findingset import Caps, FindingSet, FindingsView, route
-from .judge import Judge, covered_expiry, series_of, workload_of
+from .judge import Judge, covered_expiry, pull_slot, series_of, workload_of
 from .ledger import FORGED, MAX_LIVE, UNKNOWN, VERIFIED, short_hash
 from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
-from .rules import DEFAULT_SCANNER_IMAGES, Rule
+from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, Rule
 from .state import FindingState
 from .suppressions import Suppression
 from .workload import Workload
@@ -107,12 +107,13 @@ class Detector(Judge, FindingSet):
         FindingSet.__init__(self, caps)
         self.live_series = live_series
         self.actors = ActorMap()  # who changed each workload (bounded, expiring)
-        self.pending: dict[tuple[str, str, str], float] = {}  # (name, pod, container) -> due
+        # (name, pod, container) -> (due, the pull slots that would cover it)
+        self.pending: dict[tuple[str, str, str], tuple[float, tuple[int, ...]]] = {}
         # Who wrote which Event (audit), and the node each pull not yet verified named: the two
         # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
         self.authors: dict[str, Any] = {}  # series -> Actor
         self.unverified: dict[int, str | None] = {}  # series hash -> the node its Event named
-        self.pulled: dict[int, None] = {}  # (namespace, pod, container) hashes with a pull Event
+        self.pulled: dict[int, None] = {}  # pull_slot hashes of the pull Events seen
         self.event_ttl = 3600.0  # the API server's --event-ttl (the operator sets it)
         # How long a container seen running may wait for its pull Event before it is said to
         # have run with none: the two witnesses are separate watches, seconds apart.
@@ -207,30 +208,41 @@ class Detector(Judge, FindingSet):
         return out
 
     def _running(self, run: Running, minute: int | None, clock: float | None) -> list[Detection]:
-        image = run.image if run.digest is None or "@" in run.image else f"{run.image}@{run.digest}"
-        fired = self.rules_for(run.namespace, image)
+        fired, ran_image = self.run_rules(run)  # by the spec and by what the kubelet reports
         if not fired:
             return []
         when = minute if minute is not None else (minute_of(run.started_at) or 0)
         due = (clock if clock is not None else 0.0) + self.pull_event_grace
+        # the repositories a pull Event of this container may name and still cover it
+        slots = tuple(
+            pull_slot(run.namespace, run.pod, run.container, i) for i in (run.image, *run.reported)
+        )
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(run.image)
             identity = Identity(rule.short, run.namespace, run.workload.name, repository)
             state, created = self._state_for(
-                identity, Origin.of_running(run.image, run.node, run.workload, not_allowed)
+                identity,
+                Origin.of_running(run.image, run.node, run.workload, not_allowed),
+                reserve=rule is SCANNER_RULE,
             )
-            if state.identity.is_overflow:
-                continue
+            folded = None
+            if state.identity.is_overflow:  # past a cap: still evidence, never dropped
+                folded = identity
+                state.fold(identity, run.image, 0)
             # Started before its Events could still be there (found at start-up, or judged again
             # after a configuration change): whether it had a pull Event cannot be known.
             pull_event = EXPIRED if self._expired(run, clock) else PENDING
-            new = state.observe_running(run, when, pull_event, clock)
+            new = state.observe_running(run, when, pull_event, clock, ran_image)
             if created:
                 self._note_actor_of(state)
             if new and pull_event == PENDING:
-                self.pending[(state.name, run.pod, run.container)] = due
-            out.append(Detection(state, created=created, running=new, changed=new or created))
+                self.pending[(state.name, run.pod, run.container)] = (due, slots)
+            out.append(
+                Detection(
+                    state, created=created, folded=folded, running=new, changed=new or created
+                )
+            )
         return out
 
     def _intent(self, intent: Intent, clock: float | None) -> list[Detection]:
@@ -243,16 +255,18 @@ class Detector(Judge, FindingSet):
                 identity,
                 Origin.of_running(intent.image, None, intent.workload, not_allowed, source="audit"),
             )
-            if state.identity.is_overflow:
-                continue
-            if created:
+            folded = None
+            if state.identity.is_overflow:  # past a cap: still evidence, never dropped
+                folded = identity
+                state.fold(identity, intent.image, 0)
+            if created and folded is None:
                 self._note_actor_of(state)  # who changed its workload, known already
             changed = state.observe_intent(intent, clock)
             if intent.actor is not None and intent.actor.user:
                 changed |= state.note_actor(
                     ActorRecord.of(intent.actor, "create pods", intent.time)
                 )
-            out.append(Detection(state, created=created, changed=changed or created))
+            out.append(Detection(state, created=created, folded=folded, changed=changed or created))
         return out
 
     def _authored(self, authored: Authored) -> list[Detection]:
@@ -270,7 +284,9 @@ class Detector(Judge, FindingSet):
         for rule in RULES_BY_SHORT:
             name = self.routes.get(route(rule, key))
             state = self.states.get(name) if name else None
-            if state is not None and state.learn_author(series, verdict, authored.actor.user):
+            if state is None or state.namespace != authored.namespace:
+                continue  # a route is a 48-bit hash: only the Event's own namespace counts
+            if state.learn_author(series, verdict, authored.actor.user):
                 out.append(
                     Detection(state, forged="author" if verdict == FORGED else "", changed=True)
                 )
@@ -308,27 +324,24 @@ class Detector(Judge, FindingSet):
     def note_pull(self, pull: Pull) -> None:
         """A pull Event of this container was seen, whatever the rules made of it: a container
         found by its digest (whose pull Event names only a tag) had its pull Event all the same,
-        in another Finding or none."""
+        in another Finding or none - if the Event names the repository the container ran."""
         inv = pull.involved
-        _remember(
-            self.pulled, short_hash(f"{pull.namespace}\0{inv.name}\0{inv.container}", 48), None
-        )
+        slot = pull_slot(pull.namespace, inv.name, inv.container or "", pull.image)
+        _remember(self.pulled, slot, None)
 
     def settle(self, now: float) -> list[Detection]:
         """Containers whose pull Event grace is over (due at or before ``now``): seen, or ran
         with no pull Event. ``scan`` settles everything at the end (now = inf)."""
         out = []
-        for key, due in list(self.pending.items()):
+        for key, (due, slots) in list(self.pending.items()):
             if due > now:
                 continue
             del self.pending[key]
             state = self.states.get(key[0])
-            slot = short_hash(f"{state.namespace}\0{key[1]}\0{key[2]}", 48) if state else 0
-            settled = (
-                state.settle_pull_event(key[1], key[2], elsewhere=slot in self.pulled)
-                if state is not None
-                else None
-            )
+            if state is None:
+                continue
+            elsewhere = any(slot in self.pulled for slot in slots)
+            settled = state.settle_pull_event(key[1], key[2], elsewhere=elsewhere)
             if settled is not None:
                 out.append(Detection(state, changed=True, missing=settled == MISSING))
         return out

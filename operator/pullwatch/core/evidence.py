@@ -113,7 +113,8 @@ class Evidence:
         self.folded: dict[str, int] = {}  # overflow: "workload image" -> pulls
         self.folded_count = 0
         self.folded_hashes: set[int] = set()
-        # "pod\0container" -> [pod, container, node, digest, startedAt, pullEvent, atStartup]
+        # "pod\0container" -> [pod, container, node, digest, startedAt, pullEvent, atStartup,
+        # ranImage]
         self.running: dict[str, list[Any]] = {}
         self.running_count = 0
         self.running_hashes: set[int] = set()
@@ -147,13 +148,14 @@ class Evidence:
 
     def note_running(self, entry: list[Any]) -> bool:
         """A container seen running ([pod, container, node, digest, startedAt, pullEvent,
-        atStartup]); whether it is new to this Finding."""
+        atStartup, ranImage]); whether it is new to this Finding."""
         key = f"{entry[0]}\0{entry[1]}"
         old = self.running.pop(key, None)
         if old is not None:
             entry[3] = entry[3] or old[3]
             entry[5] = old[5] if old[5] in (SEEN, MISSING) else entry[5]
             entry[6] = old[6]
+            entry[7] = entry[7] or old[7]
         self.running[key] = entry
         if len(self.running) > MAX_RUNNING:
             del self.running[next(iter(self.running))]
@@ -290,6 +292,8 @@ def running_dict(e: list[Any]) -> dict[str, Any]:
     out["pullEvent"] = e[5]
     if e[6]:
         out["atStartup"] = True
+    if e[7]:
+        out["ranImage"] = e[7]
     return out
 
 
@@ -303,6 +307,7 @@ def running_entry(item: dict[str, Any]) -> list[Any]:
         _str(item.get("startedAt")),
         pull_event if pull_event in (SEEN, MISSING, PENDING, EXPIRED) else PENDING,
         item.get("atStartup") is True,
+        cut(item["ranImage"], 256) if isinstance(item.get("ranImage"), str) else None,
     ]
 
 

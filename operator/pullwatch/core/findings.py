@@ -79,18 +79,40 @@ class Identity(NamedTuple):
         return finding_name(*self)
 
 
+# A name held by another identity - a forced collision of the short digest: 40 bits, found in
+# seconds - makes the identity take a salted name: the next round whose name is free or its own
+# (see FindingSet.lookup). Salted names carry 64 bits, beyond anyone's search; a stored Finding
+# is recognized under any round up to this one (``identity_of``).
+SALT_ROUNDS = 16
+
+
 @functools.lru_cache(
     maxsize=4096
 )  # the operator keeps each Finding's name; scan's hot path repeats
-def finding_name(rule: str, namespace: str, workload: str, repository: str) -> str:
-    """Readable and deterministic; a valid DNS subdomain well under 253 characters."""
-    digest = hashlib.sha256(
-        "\0".join((rule, namespace, workload, repository)).encode()
-    ).hexdigest()[:10]
+def finding_name(rule: str, namespace: str, workload: str, repository: str, salt: int = 0) -> str:
+    """Readable and deterministic; a valid DNS subdomain well under 253 characters (at most 99).
+    ``salt``: the round of a name taken after a collision (0: the identity's own name)."""
+    key = "\0".join((rule, namespace, workload, repository))
+    if salt:
+        key = f"{key}\0{salt}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[: 16 if salt else 10]
     if workload == OVERFLOW:
         return f"{rule}-overflow-{digest}"
     image = repository.rsplit("/", 1)[-1]
     return f"{rule}-{_slug(workload, 40)}-{_slug(image, 30)}-{digest}"
+
+
+def name_among(identity: Identity, holder: Any) -> str:
+    """The name ``identity`` has among Findings already named, ``holder(name)`` giving the
+    identity that holds a name (None: free): its own name unless another identity holds it,
+    else the first salted round that is free or its own. Deterministic given what is held."""
+    salt = 0
+    while True:
+        name = finding_name(*identity, salt)
+        held = holder(name)
+        if held is None or held == identity:
+            return name
+        salt += 1
 
 
 class ActorRecord(NamedTuple):

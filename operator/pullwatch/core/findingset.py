@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .findings import Identity, Origin
+from .findings import Identity, Origin, name_among
 from .pulls import Pull
 from .state import FindingState
 from .workload import Workload
@@ -33,6 +33,9 @@ class Caps:
 
     total: int
     per_namespace: int
+    # Findings of containers the Pods say ran, per rule and namespace, that Findings made from
+    # Events (which a tenant can forge) can never use up: see FindingSet._state_for.
+    reserve: int = 16
 
 
 class FindingSet:
@@ -44,6 +47,37 @@ class FindingSet:
         self.per_namespace: Counter[tuple[str, str]] = Counter()
         self.by_namespace: dict[str, set[str]] = {}  # namespace -> its Findings' names
         self.by_workload: dict[tuple[str, str], set[str]] = {}  # (namespace, workload) -> names
+        self.salted: dict[Identity, str] = {}  # identity -> its salted name (after a collision)
+        self.collisions = 0  # lookups that met a name held by another identity
+        self.from_pods: Counter[tuple[str, str]] = Counter()  # (rule, ns) -> made from Pods
+        self.pods_made: set[str] = set()  # their names
+
+    # -- looking up ---------------------------------------------------------------------------
+    def lookup(self, identity: Identity) -> tuple[FindingState | None, str]:
+        """The Finding of ``identity`` (None if there is none yet) and its name. A name is one
+        identity's only: a state is taken by name only when its identity is the one wanted, and
+        an identity whose name another holds (a forced collision) takes a salted one."""
+        name = identity.name
+        state = self.states.get(name)
+        if state is not None and state.identity == identity:
+            return state, name
+        if self.salted:
+            other = self.salted.get(identity)
+            if other is not None:
+                return self.states[other], other
+        if state is None:
+            return None, name
+        self.collisions += 1
+        name = name_among(identity, self._holder)
+        return self.states.get(name), name
+
+    def _holder(self, name: str) -> Identity | None:
+        state = self.states.get(name)
+        return state.identity if state is not None else None
+
+    def _new(self, identity: Identity, origin: Origin) -> FindingState:
+        state, name = self.lookup(identity)
+        return state or self.add(FindingState(identity, origin, name=name))
 
     # -- routing -----------------------------------------------------------------------------
     def _route(
@@ -57,34 +91,39 @@ class FindingSet:
     ) -> tuple[FindingState, bool, Identity | None]:
         owner = self.routes.get(route(rule, series_key))
         state = self.states.get(owner) if owner else None
-        if state is not None:
+        # A route is a 48-bit hash: it is followed only within the pull's own namespace.
+        if state is not None and state.namespace == identity.namespace:
             return state, False, None
         folded = None
-        state = self.states.get(identity.name)
+        state, _ = self.lookup(identity)
         created = state is None
         if state is None:
             if self.caps is not None and not self._admits(rule, identity.namespace):
                 folded, identity = identity, Identity.overflow(rule, identity.namespace)
-                state = self.states.get(identity.name)
+                state, _ = self.lookup(identity)
                 created = state is None
             if state is None:
-                state = self.add(FindingState(identity, Origin.of(pull, workload, not_allowed)))
+                state = self._new(identity, Origin.of(pull, workload, not_allowed))
         self.routes[route(rule, series_key)] = state.name
         return state, created, folded
 
-    def _state_for(self, identity: Identity, origin: Origin) -> tuple[FindingState, bool]:
+    def _state_for(
+        self, identity: Identity, origin: Origin, reserve: bool = False
+    ) -> tuple[FindingState, bool]:
         """The Finding of ``identity`` (a Running or an Intent), made if need be; past a cap,
-        its overflow Finding (which records no containers: the caller skips it)."""
-        state = self.states.get(identity.name)
+        its overflow Finding (the caller folds the identity into it). ``reserve``: a Finding
+        the Pod witness makes may also take one of the per-namespace ``Caps.reserve``, which
+        Findings made from Events cannot fill (a tenant who can create Events cannot crowd
+        out what the Pods say ran)."""
+        state, _ = self.lookup(identity)
         if state is not None:
             return state, False
         if self.caps is not None and not self._admits(identity.rule, identity.namespace):
-            overflow = Identity.overflow(identity.rule, identity.namespace)
-            state = self.states.get(overflow.name)
-            if state is None:
-                state = self.add(FindingState(overflow, origin))
-            return state, False
-        return self.add(FindingState(identity, origin)), True
+            key = (identity.rule, identity.namespace)
+            if not (reserve and self.from_pods[key] < self.caps.reserve):
+                overflow = Identity.overflow(identity.rule, identity.namespace)
+                return self._new(overflow, origin), False
+        return self._new(identity, origin), True
 
     def _admits(self, rule: str, namespace: str) -> bool:
         assert self.caps is not None
@@ -97,9 +136,14 @@ class FindingSet:
         """Take a Finding in (new, or adopted from the API server) and route its series to it."""
         self.states[state.name] = state
         identity = state.identity
+        if state.name != identity.name:
+            self.salted[identity] = state.name
         if not identity.is_overflow:
             self.per_rule[identity.rule] += 1
             self.per_namespace[(identity.rule, state.namespace)] += 1
+            if _made_from_pods(state):
+                self.pods_made.add(state.name)
+                self.from_pods[(identity.rule, state.namespace)] += 1
             self.by_workload.setdefault((state.namespace, identity.workload), set()).add(state.name)
         self.by_namespace.setdefault(state.namespace, set()).add(state.name)
         self._route_series(state)
@@ -110,6 +154,9 @@ class FindingSet:
         409 Conflict, a relist). Raises ValueError for an object pullwatch did not write."""
         stored = FindingState.from_body(body)
         mine = self.states.get(stored.name)
+        if mine is not None and mine.identity != stored.identity:
+            self.collisions += 1
+            raise ValueError(f"its name is held by another Finding ({mine.namespace}/{mine.name})")
         if mine is None:
             # Ours now: what its writer folded is not held live here, so it is simply closed.
             stored.evidence().ledger.folded = [0, 0, 0, 0, 0]
@@ -129,9 +176,14 @@ class FindingSet:
         if state is None:
             return None
         identity = state.identity
+        if self.salted.get(identity) == name:
+            del self.salted[identity]
         if not identity.is_overflow:
             self.per_rule[identity.rule] -= 1
             self.per_namespace[(identity.rule, state.namespace)] -= 1
+            if name in self.pods_made:
+                self.pods_made.discard(name)
+                self.from_pods[(identity.rule, state.namespace)] -= 1
             _discard(self.by_workload, (state.namespace, identity.workload), name)
         _discard(self.by_namespace, state.namespace, name)
         return state
@@ -170,6 +222,11 @@ class FindingSet:
                 key=lambda s: (s.namespace, s.name),
             )
         )
+
+
+def _made_from_pods(state: FindingState) -> bool:
+    """Whether the Pod witness made it (what ``add`` is handed is never packed)."""
+    return not state.cold and state.evidence().origin.source == "pods"
 
 
 def _discard(index: dict[Any, set[str]], key: Any, name: str) -> None:

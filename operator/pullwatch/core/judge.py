@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from .allowlist import Allowlist
 from .findings import Identity, repository_of
 from .imageref import ImageRef, InvalidImageReference, parse_image
+from .ledger import short_hash
+from .observations import Running
 from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
 from .suppressions import Suppression, Suppressions
@@ -124,6 +126,28 @@ class Judge:
         self._rules_cache[key] = fired
         return fired
 
+    def run_rules(self, run: Running) -> tuple[Fired, str | None]:
+        """Which rules fire for a container that ran, and what the kubelet reports ran when it
+        is another repository than the spec's (None: the same, or nothing reported).
+
+        The spec's image is the creator's to patch while the kubelet pulls; what the kubelet
+        reports (``run.reported``) is not. A container is a scanner if the spec or anything
+        reported names one (by name or digest); it is allowed only if both the spec's image
+        and what the kubelet reports ran are (the reported image counts when it is another
+        repository: the runtime shows whichever tag of the content it holds first)."""
+        fired = self.rules_for(run.namespace, _with_digest(run.image, run.digest))
+        ran_image = ran_image_of(run)
+        if ran_image is not None and not any(f[0] is SUSPICIOUS_RULE for f in fired):
+            ran = self.rules_for(run.namespace, _with_digest(ran_image, run.digest))
+            fired = fired + [f for f in ran if f[0] is SUSPICIOUS_RULE]
+        if fired and fired[0][0] is SCANNER_RULE:
+            return fired, ran_image
+        for image in run.reported:
+            scanner = self.rules_for(run.namespace, _with_digest(image, run.digest))
+            if scanner and scanner[0][0] is SCANNER_RULE:
+                return [scanner[0], *fired], ran_image
+        return fired, ran_image
+
     def judge(
         self, namespace: str, image: str, workload: Workload
     ) -> list[tuple[Identity, Rule, str | None, str]]:
@@ -141,6 +165,23 @@ class Judge:
         self, rule: Rule, namespace: str, workload: str, image: str, when: float
     ) -> Suppression | None:
         return self.suppressions.covering(rule.name, namespace, workload, image, when)
+
+
+def ran_image_of(run: Running) -> str | None:
+    """What the kubelet reports ran, when it is another repository than the spec's image."""
+    if run.reported and repository_of(run.reported[0]) != repository_of(run.image):
+        return run.reported[0]
+    return None
+
+
+def _with_digest(image: str, digest: str | None) -> str:
+    return image if digest is None or "@" in image else f"{image}@{digest}"
+
+
+def pull_slot(namespace: str, pod: str, container: str, image: str) -> int:
+    """A container's pull Event, by the repository it pulled: an Event covers a container that
+    ran (it was not "ran without a pull Event") only if it names what the container ran."""
+    return short_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
 
 
 def covered_expiry(s: Suppression) -> str:

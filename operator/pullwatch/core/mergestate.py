@@ -6,12 +6,12 @@ refused by name, never half read; a damaged one is refused as damaged. Rows are 
 objects - the same few field names repeated for every series would be most of the bytes - and
 the whole is zlib-compressed and base64'd.
 
-    >>> unpack(pack({"v": 1, "pulls": []}))
-    {'v': 1, 'pulls': []}
+    >>> unpack(pack({"v": 2, "pulls": []}))
+    {'v': 2, 'pulls': []}
     >>> unpack("v9:AAAA")
     Traceback (most recent call last):
     ...
-    ValueError: merge state v9 is from another pullwatch version (this one reads v1)
+    ValueError: merge state v9 is from another pullwatch version (this one reads v2)
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from .observations import Intent, Running
 from .pulls import Actor, InvolvedObject, Pull
 from .workload import Workload
 
-STATE_VERSION = 1
+# 2: a running row holds what the kubelet reported ran; a pulled hash names the repository pulled
+STATE_VERSION = 2
 
 
 def pack(doc: Any) -> str:
@@ -132,11 +133,13 @@ def running_row(r: Running) -> list[Any]:
         r.started_at,
         list(r.workload),
         r.state,
+        list(r.reported),
     ]
 
 
 def running_of(row: list[Any], namespace: str) -> Running:
-    pod, uid, container, ctype, image, digest, node, started, workload, state = row
+    pod, uid, container, ctype, image, digest, node, started, workload, state = row[:10]
+    reported = tuple(str(i) for i in row[10]) if len(row) > 10 else ()
     return Running(
         namespace,
         pod,
@@ -150,6 +153,7 @@ def running_of(row: list[Any], namespace: str) -> Running:
         Workload(*workload),
         False,
         state,
+        reported,
     )
 
 

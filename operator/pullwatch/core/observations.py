@@ -46,6 +46,10 @@ class Running(NamedTuple):
     workload: Workload  # from the pod's ownerReferences (source "read"), else inferred
     at_startup: bool = False  # seen in the first list of pods (already running at start-up)
     state: str = "running"  # running | terminated
+    # What the kubelet reports ran, which the pod's creator cannot patch (the spec's image
+    # can be, while the kubelet pulls): status.image when it is a name, then imageID's
+    # repository. Empty when the status says nothing of this run.
+    reported: tuple[str, ...] = ()
 
 
 class Intent(NamedTuple):

@@ -8,8 +8,11 @@ container (init, main and ephemeral), ``status.*ContainerStatuses[]`` holds its 
 container and ran too.
 
 * The image is the spec's, by container name: the user's spelling, the one the kubelet was asked
-  to pull and the one the Events quote (``status.image`` is the runtime's rewrite of it, and
-  shows another tag of the same content when a node holds several).
+  to pull and the one the Events quote. The spec's image can be patched by the pod's creator
+  while the kubelet pulls, so what the kubelet reports is kept too (``reported``):
+  ``status.image`` (the runtime's name for what runs - another tag, even another repository
+  of the same content when a node holds several) and ``imageID``'s repository. The detector
+  judges all of them (see ``Judge.run_rules``).
 * The digest is the repo digest in ``imageID``: containerd and CRI-O write ``repo@sha256:…``,
   dockershim ``docker-pullable://repo@sha256:…``. A bare ``sha256:…`` (dockershim:
   ``docker://sha256:…``) is an *image id* - the hash of the image's config, not of a registry
@@ -61,7 +64,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .imageref import MAX_REFERENCE_LENGTH
+from .imageref import MAX_REFERENCE_LENGTH, InvalidImageReference, parse_image
 from .names import is_label, is_subdomain
 from .observations import EPHEMERAL, INIT, MAIN, Running
 from .pulls import DecodeError
@@ -158,7 +161,7 @@ def decode_pod(obj: Any, *, at_startup: bool = False) -> list[Running]:
     found: list[Running] = []
     workload: Workload | None = None
     for container_type, container, image, cstatus in _containers(spec, status):
-        for state, started_at, digest in _runs(cstatus):
+        for state, started_at, digest, reported in _runs(cstatus):
             if workload is None:
                 workload = workload_of(name, metadata)
             found.append(
@@ -175,6 +178,7 @@ def decode_pod(obj: Any, *, at_startup: bool = False) -> list[Running]:
                     workload,
                     at_startup,
                     state,
+                    reported,
                 )
             )
     return found
@@ -327,10 +331,44 @@ def listed_containers(listed: Any, images_required: bool = True) -> list[tuple[s
     return found
 
 
-def _runs(cs: Mapping[str, Any]) -> Iterator[tuple[str, str | None, str | None]]:
-    """(state, startedAt, digest) of each run the status shows: the current one, then the one
-    before it."""
+def reported_images(cs: Mapping[str, Any]) -> tuple[str, ...]:
+    """What the kubelet reports a container runs: ``status.image`` when it is a reference (with
+    containerd, a pod that named its image by digest only shows the image id, ``sha256:…``),
+    then the repository of ``imageID``'s repo digest.
+
+    >>> reported_images({"image": "sha256:" + "1" * 64,
+    ...                  "imageID": "docker.io/aquasec/kube-hunter@sha256:" + "0" * 64})
+    ('docker.io/aquasec/kube-hunter',)
+    """
+    found = []
+    image = cs.get("image")
+    if isinstance(image, str) and _is_reference(image):
+        found.append(image)
+    image_id = cs.get("imageID")
+    if parse_image_id(image_id)[0] is not None:
+        repo = image_id.rpartition("@")[0]
+        for prefix in _RUNTIME_PREFIXES:
+            repo = repo.removeprefix(prefix)
+        if _is_reference(repo) and repo not in found:
+            found.append(repo)
+    return tuple(found)
+
+
+def _is_reference(image: str) -> bool:
+    if _DIGEST.fullmatch(image):
+        return False  # an image id, not a name
+    try:
+        parse_image(image)
+    except InvalidImageReference:
+        return False
+    return True
+
+
+def _runs(cs: Mapping[str, Any]) -> Iterator[tuple[str, str | None, str | None, tuple]]:
+    """(state, startedAt, digest, reported images) of each run the status shows: the current
+    one, then the one before it."""
     digest = parse_image_id(cs.get("imageID"))[0]
+    reported = reported_images(cs)
     current = cs.get("state")
     current = current if isinstance(current, Mapping) else {}
     for state in ("running", "terminated"):
@@ -338,7 +376,7 @@ def _runs(cs: Mapping[str, Any]) -> Iterator[tuple[str, str | None, str | None]]
         if isinstance(detail, Mapping):
             started = _time(detail.get("startedAt"))
             if state == "running" or started is not None:
-                yield state, started, digest
+                yield state, started, digest, reported
             break
     last = cs.get("lastState")
     detail = last.get("terminated") if isinstance(last, Mapping) else None
@@ -348,7 +386,7 @@ def _runs(cs: Mapping[str, Any]) -> Iterator[tuple[str, str | None, str | None]]
             # imageID is the latest container's: the one in lastState only when the status
             # names it (the kubelet moved it there and waits to restart it).
             same = detail.get("containerID") and detail.get("containerID") == cs.get("containerID")
-            yield "terminated", started, digest if same else None
+            yield "terminated", started, *((digest, reported) if same else (None, ()))
 
 
 def _time(value: Any) -> str | None:

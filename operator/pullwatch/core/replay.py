@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 from .findings import ActorRecord, Identity, Origin, minute_of
 from .imageref import InvalidImageReference, parse_image
+from .judge import ran_image_of
 from .ledger import FORGED, UNKNOWN, VERIFIED
 from .mergestate import (
     STATE_VERSION,
@@ -100,10 +101,11 @@ class FindingRecord:
     """What one Finding kept: per series its highest pull, the containers seen running it and
     the pods created with it, each with how it was judged (never judged again)."""
 
-    __slots__ = ("identity", "intents", "pulled", "pulls", "runnings")
+    __slots__ = ("identity", "intents", "name", "pulled", "pulls", "runnings")
 
-    def __init__(self, identity: Identity):
+    def __init__(self, identity: Identity, name: str | None = None):
         self.identity = identity
+        self.name = name or identity.name  # another only after a collision (name_among)
         # series -> [pull, workload, not_allowed, cover, witnesses]
         self.pulls: dict[str, list[Any]] = {}
         self.runnings: dict[tuple[str, str, str], tuple[Running, str | None]] = {}
@@ -246,7 +248,7 @@ def build(
                 origin = origin._replace(
                     verified=v == VERIFIED, author=next(iter(sorted(authored or ())), None)
                 )
-            state = FindingState(identity, origin)
+            state = FindingState(identity, origin, name=record.name)
         minute = minute_of(pull.last_seen or pull.first_seen) or 0
         delta = state.observe_pull(pull, series, minute, verdict(pull, authored), None, now_stamp)
         state.witnesses |= bits
@@ -257,15 +259,18 @@ def build(
     for run, not_allowed in runs:
         if state is None:
             state = FindingState(
-                identity, Origin.of_running(run.image, run.node, run.workload, not_allowed)
+                identity,
+                Origin.of_running(run.image, run.node, run.workload, not_allowed),
+                name=record.name,
             )
-        state.observe_running(run, minute_of(run.started_at) or 0, PENDING)
+        state.observe_running(run, minute_of(run.started_at) or 0, PENDING, None, ran_image_of(run))
     people = list(actors.get((identity.namespace, identity.workload), ()))
     for intent, not_allowed in intents:
         if state is None:
             state = FindingState(
                 identity,
                 Origin.of_running(intent.image, None, intent.workload, not_allowed, source="audit"),
+                name=record.name,
             )
         state.observe_intent(intent)
         if intent.actor is not None and intent.actor.user:

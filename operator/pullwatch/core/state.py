@@ -57,9 +57,17 @@ class FindingState:
         "witnesses",
     )
 
-    def __init__(self, identity: Identity, origin: Origin, ledger: Ledger | None = None):
+    def __init__(
+        self,
+        identity: Identity,
+        origin: Origin,
+        ledger: Ledger | None = None,
+        name: str | None = None,
+    ):
         self.identity = identity
-        self.name = identity.name  # kept: names are asked for all the time, and cost a hash
+        # kept: names are asked for all the time, and cost a hash. Another one than the
+        # identity's own only after a collision (see findings.name_among).
+        self.name = name or identity.name
         self._ev: Evidence | None = Evidence(origin, ledger)
         self._packed: bytes | None = None  # set: cold
         self._count = 0
@@ -172,14 +180,20 @@ class FindingState:
         return delta
 
     def observe_running(
-        self, run: Running, minute: int, pull_event: str, now: float | None = None
+        self,
+        run: Running,
+        minute: int,
+        pull_event: str,
+        now: float | None = None,
+        ran_image: str | None = None,
     ) -> bool:
         """A container seen running (never a pull); whether it is new to this Finding.
-        ``pull_event``: SEEN when the slot already has a pull series, else PENDING or EXPIRED."""
+        ``pull_event``: SEEN when the slot already has a pull series, else PENDING or EXPIRED.
+        ``ran_image``: what the kubelet reports ran, when it is not the spec's repository."""
         ev = self.evidence()
         self._touch(minute, now)
         self.witnesses |= PODS
-        if pull_event == PENDING and ev.ledger.has_slot(run.pod, run.container):
+        if pull_event == PENDING and self._pulled_here(run.pod, run.container):
             pull_event = SEEN
         entry = [
             cut(run.pod, 253),
@@ -189,6 +203,7 @@ class FindingState:
             run.started_at if isinstance(run.started_at, str) else None,
             pull_event,
             run.at_startup,
+            cut(ran_image, 256),
         ]
         started = entry[4]
         if started is not None:
@@ -204,10 +219,15 @@ class FindingState:
         entry = ev.running.get(f"{pod}\0{container}")
         if entry is None or entry[5] != PENDING:
             return None
-        entry[5] = SEEN if elsewhere or ev.ledger.has_slot(pod, container) else MISSING
+        entry[5] = SEEN if elsewhere or self._pulled_here(pod, container) else MISSING
         if entry[5] == MISSING:
             ev.without_pull_event += 1
         return entry[5]
+
+    def _pulled_here(self, pod: str, container: str) -> bool:
+        """A pull of this container counted here: of this Finding's repository - except in an
+        overflow Finding, which counts pulls of any image (the caller knows which it named)."""
+        return not self.identity.is_overflow and self.evidence().ledger.has_slot(pod, container)
 
     def observe_intent(self, intent: Intent, now: float | None = None) -> bool:
         """A pod created with this image (audit): what was meant to run, and by whom."""

@@ -51,6 +51,13 @@ from .rules import RULES, SCANNER_RULE
 
 KIND = "Suppression"
 MAX_DAYS = 90
+# The CRD's bounds too (crds/suppressions.pullwatch.dev.yaml), held here as well for objects that
+# never passed through it (files for `pullwatch scan`, a CRD installed from an older release). An
+# exception a person writes and reviews names a few images and workloads; these leave room for
+# ten times that, and keep one object's compiled cost at about 0.34 MB (core/budgets.py).
+MAX_ITEMS = {"rules": 16, "images": 32, "workloads": 16, "namespaces": 32}
+MAX_IMAGE_LENGTH = 256  # an image pattern; globs of names are at most 253 (a DNS subdomain)
+MAX_GLOB_LENGTH = 253
 RULE_NAMES = {r.name for r in RULES} | {r.short for r in RULES}
 _BY_SHORT = {r.short: r.name for r in RULES}
 _ALL_RULES = frozenset(r.name for r in RULES)
@@ -71,6 +78,9 @@ class Suppression:
     _patterns: PatternSet | None = field(default=None, compare=False, repr=False)
     _workloads: Any = field(default=None, compare=False, repr=False)
     _namespaces: Any = field(default=None, compare=False, repr=False)
+    uid: str = field(default="", compare=False)  # metadata.uid and .generation: which version
+    generation: Any = field(default=None, compare=False)
+    over_budget: bool = False  # not compiled: over a budget of core/budgets.py
 
     @property
     def usable(self) -> bool:
@@ -118,23 +128,40 @@ def _globs(values: list[str]) -> Any:
     return re.compile("|".join(f"(?:{fnmatch.translate(v)})" for v in values))
 
 
-def _strings(
-    spec: Mapping[str, Any], key: str, problems: list[str], max_items: int = 256
-) -> list[str] | None:
+def _strings(spec: Mapping[str, Any], key: str, problems: list[str]) -> list[str] | None:
     value = spec.get(key)
     if value is None:
         return None
+    longest = MAX_IMAGE_LENGTH if key == "images" else MAX_GLOB_LENGTH
     if (
         not isinstance(value, list)
         or not value
-        or len(value) > max_items
-        or not all(isinstance(v, str) and v and len(v) <= 512 for v in value)
+        or len(value) > MAX_ITEMS[key]
+        or not all(isinstance(v, str) and v and len(v) <= longest for v in value)
     ):
         problems.append(
-            f"spec.{key} must be a non-empty list of non-empty strings (leave it out for any)"
+            f"spec.{key} must be a non-empty list of at most {MAX_ITEMS[key]} non-empty strings "
+            f"of at most {longest} characters (leave it out for any)"
         )
         return None
     return value
+
+
+def suppression_cost(obj: Any) -> int:
+    """What compiling the object would cost, in units of core/budgets.py: one, plus one per
+    pattern or glob written. Read from the lengths alone, so that an object over the budget is
+    never compiled (nor its lists looked into)."""
+    spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return 1
+    return 1 + sum(
+        len(v) for k in ("images", "workloads", "namespaces") if isinstance(v := spec.get(k), list)
+    )
+
+
+def refused_suppression(namespace: str, name: str, why: str) -> Suppression:
+    """The stand-in for an object that was not compiled (over a budget): covers nothing."""
+    return Suppression(namespace, name, "", frozenset(), None, (why,), over_budget=True)
 
 
 def parse_time(value: Any) -> float:
@@ -149,7 +176,7 @@ def _rules(
     spec: Mapping[str, Any], admin: bool, operator_namespace: str, problems: list[str]
 ) -> tuple[frozenset[str], tuple[str, ...]]:
     """The rules it covers, and how they were read narrower than written."""
-    raw = _strings(spec, "rules", problems, max_items=16)
+    raw = _strings(spec, "rules", problems)
     if raw is not None and "*" not in raw:
         unknown = [r for r in raw if r not in RULE_NAMES]
         if unknown:
@@ -233,7 +260,7 @@ def suppression_from_object(
         problems.append("spec.reason is required: say why these detections are accepted")
         reason = ""
     rules, notes = _rules(spec, admin, operator_namespace, problems)
-    images = _strings(spec, "images", problems, max_items=1000) or []
+    images = _strings(spec, "images", problems) or []
     patterns = None
     if images:
         compiled, bad = compile_patterns(images)
@@ -261,6 +288,8 @@ def suppression_from_object(
         patterns,
         _globs(workloads) if workloads else None,
         _globs(namespaces) if namespaces and admin else None,
+        uid=meta.get("uid") if isinstance(meta.get("uid"), str) else "",
+        generation=meta.get("generation"),
     )
 
 

@@ -17,7 +17,7 @@ import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import ijson
@@ -109,6 +109,7 @@ class Api:
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | bool | None = None
         self.requests = 0  # for the metrics and the benchmarks
+        self.largest_read = 0  # the most bytes read() held of one answer (tests, benchmarks)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -198,24 +199,60 @@ class Api:
         finally:
             rsp.release()
 
-    async def pages(
+    async def read(
         self,
         path: str,
-        limit: int = 500,
-        params: dict[str, str] | None = None,
+        params: dict[str, str],
+        *,
+        bound: int,
+        drain: bool = False,
         timeout: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """A list, one page at a time (``limit``/``continue``), so that no answer is huge."""
-        query = {**(params or {}), "limit": str(limit)}
-        while True:
-            page = await self.request(
-                "GET", path, params=query, timeout=timeout or max(self.timeout, 30)
-            )
-            yield page
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return
-            query = {**(params or {}), "limit": str(limit), "continue": token}
+    ) -> Body:
+        """A GET whose answer is held in at most ``bound`` bytes (paging.py), within ``timeout``
+        seconds all told. An answer over the bound has ``data`` None: with ``drain`` it is read
+        to its end all the same, keeping only the bytes around it (``head``, ``tail``), else the
+        connection is dropped at once."""
+        wait = timeout or self.timeout
+        self.requests += 1
+        try:
+            async with self.session().get(
+                self.endpoint.host + path,
+                params=params,
+                headers={**self.endpoint.headers(), "Accept": JSON},
+                timeout=aiohttp.ClientTimeout(total=wait),
+            ) as rsp:
+                if rsp.status >= 300:
+                    raw = b""
+                    async for chunk in rsp.content.iter_any():
+                        raw += chunk[: _ERROR_BODY - len(raw)]
+                        if len(raw) >= _ERROR_BODY:
+                            break
+                    raise _error(rsp.status, raw, "GET", path)
+                data: bytearray | None = bytearray()
+                head, tail, size = b"", b"", 0
+                async for chunk in rsp.content.iter_any():
+                    size += len(chunk)
+                    if len(head) < _EDGE:
+                        head += chunk[: _EDGE - len(head)]
+                    if data is not None and len(data) + len(chunk) <= bound:
+                        data += chunk
+                        self.largest_read = max(self.largest_read, len(data))
+                        continue
+                    if data is not None:  # over the bound: nothing more is held
+                        tail, data = bytes(data[-_EDGE:]), None
+                        if not drain:
+                            rsp.close()
+                            return Body(None, head, tail, size)
+                    tail = (tail + chunk)[-_EDGE:]
+                if data is not None:
+                    tail = bytes(data[-_EDGE:])
+                return Body(data, head, tail, size)
+        except ApiError:
+            raise
+        except TimeoutError:
+            raise ApiError(0, "Timeout", f"no answer within {wait:.0f}s", "GET", path) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc)[:200], "GET", path) from None
 
     async def items(
         self, path: str, listing: Listing, read_timeout: float | None = None
@@ -258,7 +295,9 @@ class Api:
 
 
 _EDGE = 4096
+_ERROR_BODY = 1 << 16  # of an error answer: its Status (reason, message) is at its start
 _VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+_CONTINUE = re.compile(rb'"continue":"([A-Za-z0-9_=+/-]*)"')
 
 
 def list_version(head: bytes, tail: bytes) -> str:
@@ -277,13 +316,38 @@ def list_version(head: bytes, tail: bytes) -> str:
     >>> list_version(b'{"items":[', b'"resourceVersion":"9"}}]}')
     ''
     """
+    return list_metadata(head, tail)[0]
+
+
+def list_metadata(head: bytes, tail: bytes) -> tuple[str, str]:
+    """A List's ``metadata.resourceVersion`` and ``metadata.continue`` ("" for the last page),
+    read from the bytes around its items as ``list_version`` does.
+
+    >>> list_metadata(b'{"kind":"PodList","metadata":{"resourceVersion":"7","continue":"eyJ2"'
+    ...               b',"remainingItemCount":3},"items":[{"metadata":{"continue":"x"', b'}]}')
+    ('7', 'eyJ2')
+    >>> list_metadata(b'{"apiVersion":"v1","items":[', b'}}],"kind":"SuppressionList",'
+    ...               b'"metadata":{"continue":"","resourceVersion":"40"}}')
+    ('40', '')
+    """
     before = head.split(b'"items":', 1)[0] if b'"items":' in head else b""
     after = tail.rsplit(b"]", 1)[1] if b"]" in tail else b""
     for part in (before, after):
         m = _VERSION.search(part)
         if m:
-            return m.group(1).decode()
-    return ""
+            token = _CONTINUE.search(part)
+            return m.group(1).decode(), token.group(1).decode() if token else ""
+    return "", ""
+
+
+class Body(NamedTuple):
+    """An answer read within a bound: its bytes (None: over the bound, not kept), the first and
+    last ``_EDGE`` of them, and how many there were."""
+
+    data: bytearray | None
+    head: bytes
+    tail: bytes
+    size: int
 
 
 class Listing:

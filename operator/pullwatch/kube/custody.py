@@ -201,8 +201,20 @@ class Custody:
         if kind == "DELETED":
             self._deleted(namespace, name, obj)
             return
-        self._note_labels(name, meta)
         state = self.detector.states.get(name)
+        if state is not None and state.namespace != namespace:
+            # Names are unique in pullwatch's set (a collision takes a salted name): an object
+            # of another namespace under this name is not the Finding pullwatch holds.
+            self.quiet.warning(
+                "name collision",
+                "Finding %s/%s has the name of pullwatch's Finding %s/%s: left alone",
+                namespace,
+                name,
+                state.namespace,
+                name,
+            )
+            return
+        self._note_labels(name, meta)
         if state is None:
             self._take(obj, at_start)  # adoption; or one not known yet: another replica's, missed
             return
@@ -236,7 +248,7 @@ class Custody:
             self.deleting.discard(name)  # pullwatch's own retention
             return
         state = self.detector.states.get(name)
-        if state is None or not state.has_evidence:
+        if state is None or not state.has_evidence or state.namespace != namespace:
             return
         self.recreated += 1
         log.warning(

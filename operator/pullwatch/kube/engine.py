@@ -326,7 +326,9 @@ class Engine:
         interface every witness hands the core its observations through; whether a rule fired
         on it. (What was received is counted during a stop too: the streams stop first.)"""
         now = time.time()
-        detections = self.detector.observe(obs, workload, minute=int(now) // 60, clock=now)
+        # Suppressions' expiry is judged at the operator's clock too, never at the Event's own
+        # time: that is the author's claim (an expired Suppression would cover a pull backdated).
+        detections = self.detector.observe(obs, workload, minute=int(now) // 60, now=now, clock=now)
         for det in detections:
             self._account(det)
         return bool(detections)
@@ -339,6 +341,15 @@ class Engine:
     def _account(self, det: Any) -> None:
         if det.delta or det.created or det.changed:
             self.writer.mark(det.state.name)
+        if det.created and det.state.name != det.state.identity.name:
+            self.quiet.warning(
+                "name collision",
+                "Finding %s/%s: its own name is another identity's (a forced collision of the "
+                "name's digest?), so it has a salted one (%d collisions met so far)",
+                det.state.namespace,
+                det.state.name,
+                self.detector.collisions,
+            )
         rule = RULES_BY_SHORT[det.state.identity.rule]
         if det.delta:
             # Every detected pull counts; the covered ones are counted apart as well, so that

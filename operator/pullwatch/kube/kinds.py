@@ -6,7 +6,11 @@
   built-in list (``replaceDefaults: true``), and digests that are scanners whatever the image is
   called. Status: the names and digests in force, Ready.
 * Suppression (namespaced): accepted detections. Status: what it covers, the pulls it has hidden
-  and the Findings it covers now, Ready (False once expired or malformed, saying which).
+  and the Findings it covers now, Ready (False once expired, malformed or over the budget of
+  core/budgets.py, saying which). Every version (uid and generation) its status does not record
+  yet - created or changed, while pullwatch runs or while none ran - is logged and counted
+  (``pullwatch_suppression_changes_total{scope,change}``); at start-up every one in force is
+  logged once.
 """
 
 from __future__ import annotations
@@ -18,20 +22,36 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.allowlist import Allowlist, Policy, policy_from_object
+from ..core.budgets import admit
 from ..core.detector import Detector
 from ..core.findings import cut
 from ..core.rules import ScannerList, scanner_digests, scanner_list_from_object, scanner_names
-from ..core.suppressions import Suppression, Suppressions, suppression_from_object
+from ..core.suppressions import (
+    Suppression,
+    Suppressions,
+    refused_suppression,
+    suppression_cost,
+    suppression_from_object,
+)
 from . import metrics
-from .config import SAMPLE, Kind, allowlist_gauges, condition
+from .config import SAMPLE, Kind
 
 log = logging.getLogger("pullwatch.config")
 
 
-def _spec_list(body: dict[str, Any], key: str) -> list[Any]:
-    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
-    value = spec.get(key)
-    return value if isinstance(value, list) else []
+def condition(ok: bool, reason: str, message: str, generation: Any) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:1000],
+        "observedGeneration": generation,
+    }
+
+
+def allowlist_gauges(policies: list[Any]) -> None:
+    metrics.ALLOWLIST_OBJECTS.set(len(policies))
+    metrics.REFUSED_PATTERNS.set(sum(len(p.problems) for p in policies))
 
 
 def allowed_images(detector: Detector) -> Kind:
@@ -59,7 +79,7 @@ def allowed_images(detector: Detector) -> Kind:
         return {
             "observedGeneration": generation,
             "patterns": len(policy.patterns),
-            "patternsWritten": len(_spec_list(body, "images")),
+            "patternsWritten": body.get("sizes", {}).get("images", 0),
             "normalizedPatterns": [cut(p.normalized, 256) for p in policy.patterns[:SAMPLE]],
             "problems": [cut(p, 300) for p in problems[:SAMPLE]],
             "problemCount": len(problems),
@@ -134,33 +154,52 @@ def suppressions(
     ``changed(namespaces)``: the namespaces whose Findings' cover may have changed (None: all)."""
     covering: Counter[tuple[str, str]] = Counter()  # per Suppression: Findings it covers now
 
-    known: set[str] | None = None  # None until the first list is in force
+    started = False  # the first install (at start-up) logs what is in force
+
+    def scope(s: Suppression) -> str:
+        return "cluster" if s.namespace == operator_namespace else "namespace"
+
+    def state(s: Suppression, now: float) -> str:
+        return "invalid" if s.problems else "expired" if s.expired(now) else "active"
 
     def install(items: list[Suppression]) -> None:
-        nonlocal known
+        nonlocal started
         before = set(detector.suppressions.items)
         detector.suppressions = Suppressions(items)
         moved = before ^ set(detector.suppressions.items)
         changed(None if any(s.cluster_wide for s in moved) else {s.namespace for s in moved})
         now = time.time()
         states: Counter[tuple[str, str]] = Counter()
+        over: Counter[str] = Counter()
         for s in items:
-            scope = "cluster" if s.namespace == operator_namespace else "namespace"
-            state = "invalid" if s.problems else "expired" if s.expired(now) else "active"
-            states[(scope, state)] += 1
-            if known is not None and s.key not in known:
-                metrics.SUPPRESSIONS_CREATED.labels(scope).inc()
-                log.warning(
-                    "Suppression %s created (%s): %s; reason: %s",
-                    s.key,
-                    state,
-                    s.describe(),
-                    s.reason or "none given",
-                )
-        for scope in ("cluster", "namespace"):
-            for state in ("active", "expired", "invalid"):
-                metrics.SUPPRESSIONS.labels(scope, state).set(states[(scope, state)])
-        known = {s.key for s in items}
+            states[(scope(s), state(s, now))] += 1
+            if s.over_budget:
+                over["cluster" if "cluster-wide" in s.problems[0] else "namespace"] += 1
+            elif not started and state(s, now) == "active":
+                log.info("Suppression %s in force at start-up: %s", s.key, s.describe())
+        started = True
+        for sc in ("cluster", "namespace"):
+            for st in ("active", "expired", "invalid"):
+                metrics.SUPPRESSIONS.labels(sc, st).set(states[(sc, st)])
+            metrics.SUPPRESSIONS_OVER_BUDGET.labels(sc).set(over[sc])
+
+    def noticed(s: Suppression, body: dict[str, Any]) -> None:
+        """A version its status does not record: new, or changed (since the last status any
+        pullwatch wrote - a change made while none ran is told at start-up). Those over the
+        budget are counted but not logged one by one (the budget's warning says how many)."""
+        recorded = (body.get("status") or {}).get("observedGeneration")
+        change = "created" if recorded is None else "changed"
+        metrics.SUPPRESSION_CHANGES.labels(scope(s), change).inc()
+        if not s.over_budget:
+            log.warning(
+                "Suppression %s %s (generation %s, %s): %s; reason: %s",
+                s.key,
+                change,
+                body["metadata"].get("generation"),
+                state(s, time.time()),
+                s.describe(),
+                s.reason or "none given",
+            )
 
     def prepare() -> None:
         """One pass over the Findings for every status of the pass (not one per Suppression:
@@ -202,4 +241,8 @@ def suppressions(
         install,
         status,
         prepare,
+        cost=suppression_cost,
+        budget=lambda claims: admit(claims, operator_namespace),
+        refused=lambda meta, why: refused_suppression(meta["namespace"], meta["name"], why),
+        noticed=noticed,
     )

@@ -118,16 +118,24 @@ FORGED_PULLS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
-SUPPRESSIONS_CREATED = Counter(
-    "pullwatch_suppressions_created_total",
-    "Suppression objects created since the operator started (cluster: in its own namespace).",
-    ["scope"],
+SUPPRESSION_CHANGES = Counter(
+    "pullwatch_suppression_changes_total",
+    "Suppression versions (uid and generation) pullwatch's status did not record yet: created, "
+    "or changed - while it ran, or while no operator ran (cluster: in its own namespace).",
+    ["scope", "change"],
     registry=REGISTRY,
 )
 SUPPRESSIONS = Gauge(
     "pullwatch_suppressions",
     "Suppression objects, by scope and state.",
     ["scope", "state"],
+    registry=REGISTRY,
+)
+SUPPRESSIONS_OVER_BUDGET = Gauge(
+    "pullwatch_suppressions_over_budget",
+    "Suppressions not compiled because they are over a budget (the namespace's or the "
+    "cluster's), covering nothing.",
+    ["budget"],
     registry=REGISTRY,
 )
 SCANNER_DEFAULTS_REPLACED = Gauge(
@@ -163,7 +171,8 @@ SILENCES = Counter(
 
 OVERSIZE = Counter(
     "pullwatch_stream_oversize_total",
-    "Watch lines over the line bound (4 MiB), skipped; the stream moves past them.",
+    "Watch lines over the line bound (4 MiB), and listed objects over the page bound (8 MiB) "
+    "alone, skipped; the stream or list moves past them.",
     ["stream"],
     registry=REGISTRY,
 )
@@ -207,7 +216,9 @@ def _zero_series() -> None:
     for reason in ("namespace", "author"):
         FORGED_PULLS.labels(reason)
     for scope in ("cluster", "namespace"):
-        SUPPRESSIONS_CREATED.labels(scope)
+        for change in ("created", "changed"):
+            SUPPRESSION_CHANGES.labels(scope, change)
+        SUPPRESSIONS_OVER_BUDGET.labels(scope)
     for outcome in AUDIT_OUTCOMES:
         AUDIT_REQUESTS.labels(outcome)
     for kind in AUDIT_KINDS:

@@ -17,7 +17,9 @@ from typing import Any
 from ..core.detector import Detector
 from ..core.names import is_label, segment
 from ..core.reports import API_VERSION, LABEL_MANAGED_BY, NAME, SOURCE, report_for
+from . import metrics
 from .api import Api, ApiError
+from .paging import pages
 from .quietlog import Quiet
 
 log = logging.getLogger("pullwatch.reports")
@@ -81,10 +83,12 @@ class ReportWriter:
         Findings."""
         while True:
             try:
-                async for page in self.api.pages(
-                    _path(), params={"labelSelector": f"{LABEL_MANAGED_BY}={SOURCE}"}
+                async for page in pages(
+                    self.api, _path(), params={"labelSelector": f"{LABEL_MANAGED_BY}={SOURCE}"}
                 ):
-                    for item in page.get("items") or []:
+                    if page.skipped is not None:  # none of ours is: someone else's, not adopted
+                        metrics.OVERSIZE.labels("reports").inc()
+                    for item in page.items:
                         meta = item.get("metadata") or {}
                         if meta.get("name") == NAME and is_label(meta.get("namespace")):
                             self.versions[meta["namespace"]] = meta.get("resourceVersion")

@@ -4,9 +4,11 @@ kopf serves lifecycle, login, peering, health and the AllowedImages index; but i
 machinery (a worker task and handler kwargs per object) costs more CPU per Event than the API
 server spends storing it, and 90 % of Events are not image pulls. This stream (for any kind):
 
-* lists in pages (or, with ``cached``, all at once from the API server's watch cache, streamed;
-  for the Findings, which adoption must read whole before any Event is counted) and then watches
-  from the list's resourceVersion, with bookmarks;
+* lists in pages, each held in a bounded buffer (paging.py: a page over the bound is asked
+  again smaller, an object over it alone is skipped and counted), or, with ``cached``, all at
+  once from the API server's watch cache, streamed (for the Findings, which adoption must read
+  whole before any Event is counted); then watches from the list's resourceVersion, with
+  bookmarks;
 * reads the watch in chunks and splits its lines itself (lines.py): any line the API server can
   send is read, and one over ``MAX_LINE`` is skipped and counted
   (``pullwatch_stream_oversize_total``), its resourceVersion read from its first bytes so that
@@ -52,6 +54,7 @@ from . import metrics
 from .api import Api, ApiError, Listing
 from .health import Health
 from .lines import MAX_LINE, Lines, Oversize, resource_version_of
+from .paging import MAX_PAGE, pages
 from .quietlog import Quiet
 
 log = logging.getLogger("pullwatch.stream")
@@ -78,6 +81,7 @@ class ListWatch:
         metric: str | None = None,
         cached: bool = False,
         max_line: int = MAX_LINE,
+        max_page: int = MAX_PAGE,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ):
         self.api, self.path, self.handle, self.name = api, path, handle, name
@@ -95,7 +99,7 @@ class ListWatch:
         self.synced = asyncio.Event()  # set once the first list is handed over
         self.metric = metric
         self.cached = cached
-        self.max_line = max_line
+        self.max_line, self.max_page = max_line, max_page
         self.sleep = sleep  # the backoff's (tests pass one that does not wait)
         self.rv: str | None = None  # where the stream got to; None: list first
         # For the Witness objects: when an item was last handed over (wall clock), and why the
@@ -205,13 +209,17 @@ class ListWatch:
 
     async def _list_paged(self) -> str:
         rv, n = "", 0
-        async for doc in self.api.pages(self.path, self.page):
+        async for page in pages(self.api, self.path, self.page, max_page=self.max_page):
             self._received = True
-            for item in doc.get("items") or []:
+            if page.skipped is not None:
+                self._oversize(page.skipped, listed=True)
+                n += 1
+            for item in page.items:
                 self._listed(item)
                 n += 1
             self._listing(n)
-            rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+            rv = page.resource_version
+            page = item = None  # not held while the next page is read
             await asyncio.sleep(0)  # let the writer and kopf run between pages
         self._furthest = 0
         return rv
@@ -294,10 +302,21 @@ class ListWatch:
         if isinstance(rv, str) and rv:
             self._progress(rv)  # after the handler: a line it fails on is read again
 
-    def _oversize(self, line: Oversize) -> None:
+    def _oversize(self, line: Oversize, listed: bool = False) -> None:
+        """A watch line over ``max_line``, or (``listed``) a listed object over ``max_page``."""
         self.oversize += 1
         if self.metric:
             metrics.OVERSIZE.labels(self.metric).inc()
+        if listed:
+            self.quiet.warning(
+                f"{self.name} oversize",
+                "%s: skipped a listed object of %d bytes (a page of it alone is over %d): no "
+                "object the API server stores is that long",
+                self.name,
+                line.size,
+                self.max_page,
+            )
+            return
         rv = resource_version_of(line.head)
         self.quiet.warning(
             f"{self.name} oversize",

@@ -20,9 +20,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from ..core.budget import trim_live_series
 from ..core.detector import Detector
 from ..core.findings import RULES_BY_SHORT
+from ..core.liveseries import trim_live_series
 from . import metrics
 
 COOL_AFTER = 10  # minutes without a pull after which a Finding is packed (FindingState.cool)
@@ -88,7 +88,7 @@ class Upkeep:
                 await self.custody.sweep()
 
     def trim(self) -> None:
-        """Hold the live series of all Findings within the memory budget (core/budget.py)."""
+        """Hold the live series of all Findings within the memory budget (core/liveseries.py)."""
         trimmed = trim_live_series(self.detector.states.values())
         if not trimmed:
             return

@@ -78,7 +78,7 @@ class Scanner:
         self.result.pulls += 1
         slot = involved_slot(obj)
         if slot is not None:
-            self.collector.note_pulled(head[0], *slot)
+            self.collector.note_pulled(head[0], *slot, head[1])
         return False
 
     def process(self, kind: str, obj: Any) -> None:

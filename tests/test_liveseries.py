@@ -1,11 +1,11 @@
-"""The memory budget for live Event series (core/budget.py), on Findings a Detector built from
+"""The memory budget for live Event series (core/liveseries.py), on Findings a Detector built from
 real pull Events: a namespace that floods with distinct Event names is cut, the others keep
 every series, and no pull is lost from a count."""
 
 from kubelet import image_event
 from pullwatch.core.allowlist import Allowlist
-from pullwatch.core.budget import trim_live_series
 from pullwatch.core.detector import Detector
+from pullwatch.core.liveseries import trim_live_series
 from pullwatch.core.pulls import decode_event
 
 
