@@ -276,3 +276,26 @@ def test_a_scanner_found_by_its_digest_had_its_tags_pull_event_all_the_same():
     d.settle(NOW + 3600)
     sample = finding(d, "scanner")["status"]["running"]["sample"][0]
     assert sample["pullEvent"] == "seen"
+
+
+def test_a_finding_made_by_a_controllers_pod_create_learns_who_changed_its_workload():
+    # The Deployment's creator is known first; its pod (created by the ReplicaSet controller:
+    # no person) makes the Finding, which names the Deployment's creator at once.
+    d = Detector(Allowlist())
+    d.observe(ActorChange("web", "shop", "Deployment", ALICE, "create deployments", None))
+    pod = "shop-7d9f8b6c5d-x7k2p"
+    d.observe(
+        Intent(
+            "web",
+            pod,
+            "shop",
+            MAIN,
+            HUNTER,
+            Workload("Deployment", "shop", "read"),
+            None,
+            "2026-11-18T10:00:00Z",
+            "audit-2",
+        ),
+        clock=NOW,
+    )
+    assert finding(d, "scanner")["spec"]["actor"]["user"] == "alice"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 from collections.abc import Sequence
 
 from . import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, __version__
+from .kube.options import add_run_parser, run_options
 
 SCAN_EXIT_CODES = """exit codes:
   0  every input was read in full (findings or not, unless --fail-on-findings)
@@ -76,203 +76,6 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no summary on stderr (problems are still reported)",
     )
-
-
-def duration(text: str) -> float:
-    """Seconds from ``30d``, ``12h``, ``15m``, ``45s`` or a plain number of seconds."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    try:
-        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (use e.g. 30d, 12h, 15m, 45s)"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
-    return value
-
-
-def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run the operator (kopf) against the current cluster",
-        description="Watch Events and AllowedImages; write Findings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS",
-        help="watch Events only in this namespace (repeatable); all namespaces when none is given",
-    )
-    p.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)"
-    )
-    p.add_argument(
-        "--standalone",
-        action="store_true",
-        help="no peering: do not coordinate with other replicas",
-    )
-    p.add_argument(
-        "--peering", default="pullwatch", metavar="NAME", help="peering object for leader election"
-    )
-    p.add_argument(
-        "--priority",
-        type=int,
-        default=None,
-        help="peering priority; the highest live replica is active (default: random)",
-    )
-    p.add_argument(
-        "--liveness",
-        default="http://0.0.0.0:8080/healthz",
-        metavar="URL",
-        help="liveness endpoint ('none' disables)",
-    )
-    p.add_argument(
-        "--metrics-address",
-        default="0.0.0.0:9090",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics ('none' disables)",
-    )
-    p.add_argument(
-        "--scanner",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another image name to treat as a scanner (ScannerImages objects add more)",
-    )
-    p.add_argument(
-        "--no-default-scanners", action="store_true", help="leave out the built-in scanner names"
-    )
-    p.add_argument(
-        "--operator-namespace",
-        default=os.environ.get("POD_NAMESPACE", "pullwatch-system"),
-        metavar="NS",
-        help="the operator's own namespace: Suppressions there may cover the scanner rule and "
-        "act cluster-wide (default: $POD_NAMESPACE, else pullwatch-system)",
-    )
-    p.add_argument(
-        "--watch-timeout",
-        type=int,
-        default=60,
-        metavar="SECONDS",
-        help="the longest the API server keeps a watch open before it is resumed (the Event "
-        "and Finding watches also end within two thirds of --read-timeout)",
-    )
-    p.add_argument(
-        "--read-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="a watch that delivers nothing for this long is dropped and resumed (half-open "
-        "connections)",
-    )
-    p.add_argument(
-        "--flush-interval",
-        type=float,
-        default=0.25,
-        metavar="SECONDS",
-        help="how soon a new Finding is written",
-    )
-    p.add_argument(
-        "--status-interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="how long count updates of one Finding are coalesced into one write",
-    )
-    p.add_argument(
-        "--max-findings",
-        type=int,
-        default=5000,
-        metavar="N",
-        help="Findings per rule in the whole cluster; past it, detections go to overflow Findings",
-    )
-    p.add_argument(
-        "--max-findings-per-namespace",
-        type=int,
-        default=250,
-        metavar="N",
-        help="Findings per rule in one namespace; past it, detections go to its overflow Finding",
-    )
-    p.add_argument(
-        "--retention",
-        type=duration,
-        default=duration("30d"),
-        metavar="DURATION",
-        help="Findings not seen for this long are deleted, unless labelled pullwatch.dev/keep=true "
-        "(seconds, or 30d / 12h / 15m)",
-    )
-    p.add_argument(
-        "--event-ttl",
-        type=duration,
-        default=duration("1h"),
-        metavar="DURATION",
-        help="the API server's --event-ttl: how long an Event can be delivered again after its "
-        "last update",
-    )
-    p.add_argument(
-        "--openreports",
-        action="store_true",
-        help="keep one openreports.io/v1alpha1 Report per namespace mirroring its Findings (for "
-        "Policy Reporter; needs the Report CRD: manifests/components/openreports)",
-    )
-    p.add_argument(
-        "--openreports-interval",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long changes to one namespace's Report are coalesced",
-    )
-    p.add_argument(
-        "--openreports-max-results",
-        type=int,
-        default=100,
-        metavar="N",
-        help="results per Report, the most severe and most recent first",
-    )
-    p.add_argument(
-        "--no-workload-reads",
-        action="store_true",
-        help="infer workloads from pod names only (no get on pods, replicasets, jobs)",
-    )
-    p.add_argument(
-        "--drain-seconds",
-        type=float,
-        default=20.0,
-        metavar="SECONDS",
-        help="at shutdown, how long to keep writing what was counted (keep it under the pod's "
-        "termination grace period)",
-    )
-    p.add_argument(
-        "--maintenance-interval",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how often expired ledger entries are closed and Suppressions' expiry is applied; "
-        "retention runs every tenth time",
-    )
-    p.add_argument(
-        "--census-interval",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="how often the Findings gauges and the Suppressions' counts are brought up to date",
-    )
-    p.add_argument(
-        "--pull-event-grace",
-        type=duration,
-        default=60.0,
-        metavar="DURATION",
-        help="how long a container seen running may wait for its pull Event before it is said to "
-        "have run with none (the evasion signal)",
-    )
-    p.add_argument("--no-pod-witness", action="store_true", help="never list or watch pods")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
 
 
 def _scanners(args: argparse.Namespace, lists: Sequence[object] = ()) -> frozenset[str]:
@@ -352,38 +155,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .core.rules import DEFAULT_SCANNER_IMAGES, validate_scanner_names
     from .kube.app import run_operator  # imported here: `scan` needs neither kopf nor kubernetes
-    from .kube.engine import Options
 
     try:
-        extra = validate_scanner_names(list(args.scanner))
+        options = run_options(args)
     except ValueError as exc:
         print(f"pullwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(
-        namespaces=list(args.namespace),
-        scanner_extra=extra,
-        scanner_defaults=frozenset() if args.no_default_scanners else DEFAULT_SCANNER_IMAGES,
-        operator_namespace=args.operator_namespace,
-        flush_interval=args.flush_interval,
-        status_interval=args.status_interval,
-        watch_timeout=args.watch_timeout,
-        read_timeout=args.read_timeout,
-        max_findings=args.max_findings,
-        max_findings_per_namespace=args.max_findings_per_namespace,
-        retention_seconds=args.retention,
-        event_ttl_seconds=args.event_ttl,
-        read_workloads=not args.no_workload_reads,
-        drain_seconds=args.drain_seconds,
-        maintenance_interval=args.maintenance_interval,
-        openreports=args.openreports,
-        openreports_interval=args.openreports_interval,
-        openreports_max_results=args.openreports_max_results,
-        census_interval=args.census_interval,
-        pull_event_grace=args.pull_event_grace,
-        pod_witness=not args.no_pod_witness,
-    )
     return run_operator(args, options)
 
 
@@ -407,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _scan_parser(sub)
     _merge_parser(sub)
-    _run_parser(sub)
+    add_run_parser(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from fakeapi import line, serving, until
 
 from kubelet import image_event
@@ -86,6 +87,53 @@ async def test_a_crashed_task_stops_the_engine_drained_before_a_new_one_starts(m
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
             await rt.stop_engine(grace=5)
+
+
+async def test_a_pull_seen_by_the_event_watch_and_the_audit_webhook_counts_once():
+    from kubelet import audit_entries
+    from pullwatch.kube.auditserver import AuditQueue
+
+    async with serving() as (fake, api):
+        ev = image_event("Pulling", "ns1", "web-7d9f8b6c5d-x7k2p", "evil/miner:1", node="node-1")
+        ev["metadata"]["resourceVersion"] = "600"
+        fake.script_watch(line("ADDED", ev), path="/api/v1/events")
+        queue = AuditQueue(1 << 20)
+        engine = Engine(
+            api, options(), Health(), Quiet(__import__("logging").getLogger("t")), queue
+        )
+        task = asyncio.create_task(engine.run())
+        try:
+            await until(lambda: written_pulls(fake) == 1)
+            (entry,) = audit_entries(ev, "a-1", stages=("ResponseComplete",), node="node-1")
+            queue.offer(
+                orjson.dumps(
+                    {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [entry]}
+                )
+            )
+
+            def verified() -> bool:
+                return any(
+                    (o.get("status") or {}).get("reporters", {}).get("verified") == 1
+                    for p, o in fake.objects.items()
+                    if p.startswith(FINDINGS)
+                )
+
+            await until(verified)
+
+            def spec_says_verified() -> bool:  # learned after it was made: written to its spec
+                return any(
+                    (o["spec"].get("reportedBy") or {}).get("verified") is True
+                    for p, o in fake.objects.items()
+                    if p.startswith(FINDINGS)
+                )
+
+            await until(spec_says_verified)
+            await until(lambda: not engine.writer.dirty)
+            assert written_pulls(fake) == 1 and engine.pulls == 1
+            assert engine.custody.restored == 0  # pullwatch's own change is not tampering
+        finally:
+            await engine.stop(grace=5)
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_suppressions_expiry_is_judged_at_the_operators_clock_not_the_events_own_time():

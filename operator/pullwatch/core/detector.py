@@ -259,6 +259,8 @@ class Detector(Judge, FindingSet):
             if state.identity.is_overflow:  # past a cap: still evidence, never dropped
                 folded = identity
                 state.fold(identity, intent.image, 0)
+            if created and folded is None:
+                self._note_actor_of(state)  # who changed its workload, known already
             changed = state.observe_intent(intent, clock)
             if intent.actor is not None and intent.actor.user:
                 changed |= state.note_actor(

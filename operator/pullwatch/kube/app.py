@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import random
+import ssl
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ import urllib3
 from .. import GROUP, VERSION
 from . import metrics
 from .api import Api, ApiError
+from .auditserver import AuditServer, server_context
 from .engine import Engine, Options
 from .health import Health
 from .peering import Peering
@@ -68,6 +70,14 @@ class Runtime:
         self.engine: Engine | None = None
         self.task: asyncio.Task | None = None  # the engine's run()
         self.supervisor: asyncio.Task | None = None
+        self.audit_server: AuditServer | None = None
+        if options.audit_webhook is not None:
+            self.audit_server = AuditServer(
+                options.audit_webhook,
+                self.quiet,
+                accepting=lambda: self.engine is not None,
+                ready=lambda: self.engine is not None and self.engine.started.is_set(),
+            )
 
     async def supervise(self) -> None:
         """Run the engine while this replica is the active one. An engine whose task ended (one
@@ -98,7 +108,13 @@ class Runtime:
                 await asyncio.sleep(min(60.0, CRASH_PAUSE * 2 ** (crashes - 1)))
                 continue
             if active and self.engine is None:
-                self.engine = Engine(self.api, self.options, self.health, self.quiet)
+                self.engine = Engine(
+                    self.api,
+                    self.options,
+                    self.health,
+                    self.quiet,
+                    self.audit_server.queue if self.audit_server is not None else None,
+                )
                 self.task = asyncio.create_task(self.engine.run(), name="engine")
             elif not active and self.engine is not None:
                 await self.stop_engine(grace=5.0)
@@ -151,11 +167,18 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 10
         settings.peering.lifetime = PEERING_LIFETIME
         rt.api = Api(kubernetes.client.Configuration.get_default_copy())
+        if rt.audit_server is not None:
+            try:
+                await rt.audit_server.start()
+            except OSError as exc:
+                raise kopf.PermanentError(f"cannot serve the audit webhook: {exc}") from exc
         rt.supervisor = asyncio.get_running_loop().create_task(rt.supervise(), name="supervisor")
 
     @kopf.on.cleanup(registry=registry, id="final-flush")
     async def final_flush(**_: Any) -> None:
         # SIGTERM: stop reading, count what was received, write it all within the grace period.
+        if rt.audit_server is not None:
+            await rt.audit_server.stop()  # the API server retries its batches elsewhere
         if rt.supervisor is not None:
             rt.supervisor.cancel()
             await asyncio.gather(rt.supervisor, return_exceptions=True)
@@ -258,7 +281,13 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
     )
     if not args.standalone:
         asyncio.run(_ensure_peering(args.peering))
-    rt = Runtime(options, args.standalone, args.peering, priority)
+    try:
+        rt = Runtime(options, args.standalone, args.peering, priority)
+        if options.audit_webhook is not None:
+            server_context(options.audit_webhook)  # unreadable certificates fail here, clearly
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        log.error("cannot serve the audit webhook: %s", exc)
+        return 2
     if args.metrics_address not in ("", "none"):
         try:
             metrics.serve(args.metrics_address)

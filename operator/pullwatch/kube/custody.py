@@ -35,6 +35,7 @@ from ..core.findings import LABEL_KEEP, build_spec, minute_of
 from ..core.names import is_label, is_subdomain
 from ..core.state import FindingState
 from .api import FIELD_MANAGER, Api, ApiError
+from .findingapi import spec_key
 from .quietlog import Quiet
 from .writer import FindingWriter, owned_labels, path_of
 
@@ -103,6 +104,8 @@ class Custody:
         self.writer.versions[name] = str(meta.get("resourceVersion"))
         self._note_labels(name, meta)
         self._check(state, obj, at_start)
+        # what is stored now (after the check: an edited spec is one, and is put back)
+        self.writer.findings.specs[name] = spec_key(obj.get("spec"))
         if name not in self.writer.dirty:
             state.cool()  # at rest until its next pull: a fraction of the memory (state.py)
         return state
@@ -155,7 +158,12 @@ class Custody:
         spec = build_spec(state.identity, state.evidence().origin)
         labels = labels_of(state.identity)
         stored_labels = owned_labels(_meta(stored).get("labels"))
-        if stored.get("spec") != spec or stored_labels != labels:
+        stale = stored.get("spec") != spec and self.writer.findings.stored_spec_is(
+            state.name, stored.get("spec")
+        )
+        if stale and stored_labels == labels:
+            self.writer.mark(state.name)  # pullwatch's own newer spec, on its way: no tampering
+        elif stored.get("spec") != spec or stored_labels != labels:
             part = "spec" if stored.get("spec") != spec else "metadata"
             who = ", ".join(editors(stored, part)) or "someone"
             self.restored += 1

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import GROUP, VERSION
@@ -28,19 +27,22 @@ from ..core.findings import RULES_BY_SHORT
 from ..core.ledger import MAX_LIVE
 from ..core.names import segment
 from ..core.pulls import CANDIDATE, IMAGE_REASONS, DecodeError, Pull, decode_event
-from ..core.rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE
+from ..core.rules import SCANNER_RULE
 from ..core.workload import Workload
 from . import metrics
 from .api import Api
+from .auditserver import AuditQueue
 from .config import Configs
 from .custody import Custody
 from .health import Health
 from .kinds import allowed_images, scanner_images, suppressions
+from .options import Options
 from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
 from .witnessboard import Report, WitnessBoard, stream_report
+from .witnesses.audit import AuditWitness, audit_report
 from .witnesses.pods import pod_witnesses
 from .workloads import WorkloadResolver
 from .writer import PLURAL, FindingWriter
@@ -49,33 +51,15 @@ log = logging.getLogger("pullwatch")
 COOL_AFTER = 10  # minutes without a pull after which a Finding is packed (FindingState.cool)
 
 
-@dataclass
-class Options:
-    namespaces: list[str] = field(default_factory=list)  # Event namespaces; empty: all
-    scanner_defaults: frozenset[str] = DEFAULT_SCANNER_IMAGES  # empty with --no-default-scanners
-    scanner_extra: frozenset[str] = frozenset()  # --scanner
-    operator_namespace: str = "pullwatch-system"  # its Suppressions may act cluster-wide
-    flush_interval: float = 0.25
-    status_interval: float = 2.0
-    watch_timeout: int = 60
-    read_timeout: float = 30.0
-    max_findings: int = 5000
-    max_findings_per_namespace: int = 250
-    retention_seconds: float = 30 * 86400
-    event_ttl_seconds: float = 3600
-    read_workloads: bool = True
-    drain_seconds: float = 20.0
-    openreports: bool = False
-    openreports_interval: float = 5.0
-    openreports_max_results: int = 100
-    maintenance_interval: float = 60.0
-    census_interval: float = 15.0
-    pull_event_grace: float = 60.0
-    pod_witness: bool = True  # --no-pod-witness: no list/watch of pods
-
-
 class Engine:
-    def __init__(self, api: Api, options: Options, health: Health, quiet: Quiet):
+    def __init__(
+        self,
+        api: Api,
+        options: Options,
+        health: Health,
+        quiet: Quiet,
+        audit_queue: AuditQueue | None = None,
+    ):
         self.api, self.options, self.health, self.quiet = api, options, health, quiet
         self.detector = Detector(
             Allowlist(),
@@ -169,6 +153,18 @@ class Engine:
         self.pod_witnesses = pod_witnesses(
             api, options, self.observe, self.resolver, health, quiet, self._judging
         )
+        self.audit = (
+            AuditWitness(
+                audit_queue,
+                self.observe,
+                lambda pull: self.take_pull(pull, stream=False),
+                health=health,
+                quiet=quiet,
+                pulls_seen=lambda: self.pulls,
+            )
+            if audit_queue is not None
+            else None
+        )
         self.upkeep.suppressions = self.configs["Suppression"]
         self.witness_board = WitnessBoard(api, self._witness_reports(), quiet=quiet)
         self.skips: dict[str, int] = {}
@@ -185,9 +181,7 @@ class Engine:
             "pods": lambda: stream_report(
                 [w.stream for w in self.pod_witnesses], "pod updates", time.time()
             ),
-            "audit": lambda: Report(
-                "Disabled", None, "the audit webhook is off (--audit-webhook-address is not set)"
-            ),
+            "audit": lambda: audit_report(self.audit),
         }
 
     # -- lifecycle
@@ -219,6 +213,9 @@ class Engine:
             for witness in self.pod_witnesses:
                 self.health.watch(witness.name, allowed=3 * self.options.read_timeout + 30)
                 start(witness.run(), witness.name)
+            if self.audit is not None:
+                self.health.watch(self.audit.name, allowed=60)
+                start(self.audit.run(), self.audit.name)
             start(self.upkeep.maintain(), "maintenance")
             start(self.upkeep.rechecks(), "suppression rechecks")
             start(self._settle(), "pull-event-grace")
@@ -242,7 +239,7 @@ class Engine:
         deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
         streams = {
             s.name for s in [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
-        }
+        } | ({self.audit.name} if self.audit is not None else set())
         for names in (streams, {"workloads"}, None):
             batch = [
                 t
@@ -252,6 +249,8 @@ class Engine:
             for t in batch:
                 t.cancel()
             await asyncio.gather(*batch, return_exceptions=True)
+            if names is streams and self.audit is not None:
+                self.audit.flush()  # what was answered 200 is counted (its reads wait below)
             if names == {"workloads"}:
                 flushed = self.resolver.flush()
                 if flushed:
@@ -283,11 +282,16 @@ class Engine:
         except DecodeError as exc:
             self._skip(str(exc), obj)
             return
-        if pull is None:
-            return
+        if pull is not None:
+            self.take_pull(pull)
+
+    def take_pull(self, pull: Pull, stream: bool = True) -> None:
+        """A pull from a witness (the Event watch, or the audit log: ``stream`` False, not
+        counted in ``pulls``), judged, and counted once its workload is known; one series seen
+        by both counts once."""
         fired = self.detector.rules_for(pull.namespace, pull.image)
         if not fired:
-            self.pulls += 1
+            self.pulls += stream
             self.detector.note_pull(pull)  # a container found by its digest had this pull Event
             return
         if (
@@ -298,14 +302,14 @@ class Engine:
             # No pod; or its series already has its Finding; or it goes to the overflow of a
             # namespace at its cap whatever its workload (a flood: its reads would only slow
             # everything else down): nothing to read.
-            self._count(pull, None)
+            self._count(pull, None, stream)
             return
         priority = 0 if any(rule is SCANNER_RULE for rule, _, _ in fired) else 1
         self.resolver.request(
             pull.namespace,
             pull.involved.name,
             priority,
-            lambda workload: self._count(pull, workload),
+            lambda workload: self._count(pull, workload, stream),
             lambda: not (self.detector.routed(pull) or self._at_cap(fired, pull.namespace)),
         )
 
@@ -313,8 +317,8 @@ class Engine:
         """Every rule that fires is at its cap in ``namespace`` (or cluster-wide)."""
         return all(self.detector.capped(rule.short, namespace) for rule, _, _ in fired)
 
-    def _count(self, pull: Pull, workload: Workload | None) -> None:
-        self.pulls += 1
+    def _count(self, pull: Pull, workload: Workload | None, stream: bool = True) -> None:
+        self.pulls += stream
         self.observe(pull, workload)
 
     def observe(self, obs: Any, workload: Workload | None = None) -> bool:

@@ -16,6 +16,8 @@ import logging
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from .. import GROUP, VERSION
 from ..core.detector import Detector
 from ..core.findings import LABEL_OVERFLOW, LABEL_RULE, LABEL_SEVERITY
@@ -53,6 +55,15 @@ class FindingApi:
         self.versions: dict[str, str] = {}  # Findings known to exist -> last resourceVersion seen
         self.writes: Counter[tuple[str, str]] = Counter()  # (verb, outcome)
         self._carried: dict[str, dict[str, str]] = {}  # people's labels for a re-created Finding
+        # Findings -> a hash of the spec stored as far as pullwatch knows (it wrote or read it):
+        # a spec pullwatch changed itself (who did it, who wrote the Event: learned after the
+        # Finding was made) is written by the next write, and custody tells such a stale spec
+        # from one someone edited.
+        self.specs: dict[str, int] = {}
+
+    def stored_spec_is(self, name: str, spec: Any) -> bool:
+        """Is ``spec`` the one pullwatch last wrote (or read) for ``name``?"""
+        return self.specs.get(name) == spec_key(spec)
 
     def carry_labels(self, name: str, labels: dict[str, Any]) -> None:
         """A Finding someone deleted: when it is created again, it gets back the labels people
@@ -80,6 +91,8 @@ class FindingApi:
                 rv, fresh = created
                 body = state.body()
                 restore_spec = restore_spec and not fresh  # a fresh one has pullwatch's spec
+            # pullwatch's own spec changed since it was stored: written over the version read
+            restore_spec = restore_spec or not self.stored_spec_is(name, body["spec"])
             if restore_spec:
                 restored = await self._restore(state, body)
                 if restored is None:
@@ -126,6 +139,7 @@ class FindingApi:
             return None if stored is None else (stored["metadata"]["resourceVersion"], False)
         self._wrote("create", "ok")
         self._carried.pop(state.name, None)
+        self.specs[state.name] = spec_key(new["spec"])
         rv = created["metadata"]["resourceVersion"]
         self.versions[state.name] = rv
         return rv, True
@@ -169,6 +183,7 @@ class FindingApi:
                 return None
             raise
         self._wrote("patch", "ok")
+        self.specs[state.name] = spec_key(body["spec"])
         rv = result["metadata"]["resourceVersion"]
         self.versions[state.name] = rv
         return rv
@@ -192,7 +207,16 @@ class FindingApi:
                 exc,
             )
         self.versions[state.name] = stored["metadata"]["resourceVersion"]
+        self.specs[state.name] = spec_key(stored.get("spec"))
         return stored
+
+
+def spec_key(spec: Any) -> int:
+    """A spec's identity, as compared (key order aside; a spec is small and JSON-clean)."""
+    try:
+        return hash(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+    except TypeError:
+        return hash(repr(spec))
 
 
 def _meta(obj: Any) -> dict[str, Any]:

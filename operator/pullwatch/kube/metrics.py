@@ -19,6 +19,10 @@ series per pod: an attacker could blow up the monitoring with them).
     pullwatch_stream_relists_total{stream}            lists after 410 Gone (events, findings)
     pullwatch_stream_silences_total{stream}           watches dropped as silent (half-open)
     pullwatch_stream_oversize_total{stream}           watch lines over the line bound, skipped
+    pullwatch_audit_requests_total{outcome}           audit webhook POSTs, by outcome
+    pullwatch_audit_entries_total{kind}               audit entries received, by what they are
+    pullwatch_audit_queue_bytes                       bytes waiting in the audit queue
+    pullwatch_audit_event_creates_missing             1 while no Event creation arrives by audit
 """
 
 from __future__ import annotations
@@ -174,6 +178,32 @@ OVERSIZE = Counter(
 )
 
 
+AUDIT_REQUESTS = Counter(
+    "pullwatch_audit_requests_total",
+    "Audit webhook POSTs, by outcome (ok, unauthenticated, too_large, bad, dropped, standby).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AUDIT_ENTRIES = Counter(
+    "pullwatch_audit_entries_total",
+    "Audit entries received, by what they are (events, pods, workloads, other, malformed).",
+    ["kind"],
+    registry=REGISTRY,
+)
+AUDIT_QUEUE_BYTES = Gauge(
+    "pullwatch_audit_queue_bytes",
+    "Bytes of audit webhook POSTs waiting to be processed.",
+    registry=REGISTRY,
+)
+AUDIT_EVENT_CREATES_MISSING = Gauge(
+    "pullwatch_audit_event_creates_missing",
+    "1 while audit entries arrive without any Event creation among them (the policy drops events).",
+    registry=REGISTRY,
+)
+AUDIT_OUTCOMES = ("ok", "unauthenticated", "too_large", "bad", "dropped", "standby")
+AUDIT_KINDS = ("events", "pods", "workloads", "other", "malformed")
+
+
 def _zero_series() -> None:
     """Every labelled counter an alert reads exists at 0 from the start: Prometheus'
     ``increase()`` sees a series only from its second sample, so one born at the first pull
@@ -189,6 +219,10 @@ def _zero_series() -> None:
         for change in ("created", "changed"):
             SUPPRESSION_CHANGES.labels(scope, change)
         SUPPRESSIONS_OVER_BUDGET.labels(scope)
+    for outcome in AUDIT_OUTCOMES:
+        AUDIT_REQUESTS.labels(outcome)
+    for kind in AUDIT_KINDS:
+        AUDIT_ENTRIES.labels(kind)
 
 
 _zero_series()
