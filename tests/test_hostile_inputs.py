@@ -195,7 +195,7 @@ def test_input_whose_records_were_all_skipped_is_not_a_clean_no_findings(tmp_pat
     r = scan(str(_write(tmp_path / "pods.json", json.dumps(pods, indent=4))))
     assert r.returncode == 3
     assert r.stdout != b"No findings.\n" and b"not read in full" in r.stdout
-    assert b"none of the 5 records examined is a Kubernetes Event" in r.stderr
+    assert b"none of the 5 records read is a Kubernetes Event" in r.stderr
 
 
 # -- crashes and damaged compression --------------------------------------------------------

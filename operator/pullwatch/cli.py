@@ -16,7 +16,7 @@ SCAN_EXIT_CODES = """exit codes:
   2  usage error, or an AllowedImages/scanner file that cannot be read
   3  an input could not be read in full: missing, unreadable, damaged or truncated
      (corrupt gzip, lines that are not JSON, a record cut short), or nothing in it was a
-     Kubernetes Event or audit entry. The Findings of everything that could be read are
+     Kubernetes Event, audit entry or Pod. The Findings of everything that could be read are
      still printed; 3 wins over 1, because the Findings may be incomplete.
   4  internal error (a bug in pullwatch: please report the one-line message)"""
 
@@ -29,7 +29,8 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
         help="detect scanner and unapproved image pulls in event dumps and audit logs",
         description="Run pullwatch's detection offline. Inputs: kubectl get events -o json/yaml "
         "(also with -w), watch streams and other JSON lines, events.k8s.io/v1 Events, "
-        "audit.k8s.io/v1 logs; gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
+        "audit.k8s.io/v1 logs, also as AKS, EKS and GKE export them; Pod lists (kubectl get pods "
+        "-o json/yaml); gzip, bzip2 and xz accepted; UTF-8, UTF-16 or UTF-32; "
         "'-' reads stdin. Findings go to stdout, a summary to stderr.",
         epilog=OBJECT_STORAGE_HELP + "\n\n" + SCAN_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,7 +144,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
         print(
-            f"pullwatch: none of the {s.unrecognized} records examined is a Kubernetes Event, "
+            f"pullwatch: none of the {s.unrecognized} records read is a Kubernetes Event, "
             "watch event, audit entry or Pod: is this the right input?",
             file=sys.stderr,
         )

@@ -99,10 +99,14 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NS",
-        help="watch Events only in this namespace (repeatable); all namespaces when none is given",
+        help="watch only this namespace (its Events, Pods and Findings; repeatable); all "
+        "namespaces when none is given",
     )
     p.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)"
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch all namespaces (as when no -n is given)",
     )
     p.add_argument(
         "--standalone",
@@ -116,7 +120,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         "--priority",
         type=int,
         default=None,
-        help="peering priority; the highest live replica is active (default: random)",
+        help="peering priority; the highest live replica is active (None: a random one)",
     )
     p.add_argument(
         "--liveness",
@@ -145,7 +149,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("POD_NAMESPACE", "pullwatch-system"),
         metavar="NS",
         help="the operator's own namespace: Suppressions there may cover the scanner rule and "
-        "act cluster-wide (default: $POD_NAMESPACE, else pullwatch-system)",
+        "act cluster-wide ($POD_NAMESPACE if set)",
     )
     p.add_argument(
         "--watch-timeout",
