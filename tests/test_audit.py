@@ -533,3 +533,13 @@ def test_the_pre_filter_drops_reads_and_other_resources():
         entry("update", "leases", "kcm", group="coordination.k8s.io"),
     ):
         assert not audit.wanted(json.dumps(e).encode()) and not observe(e)
+
+
+def test_a_dry_run_changes_nothing_and_is_no_observation():
+    """`?dryRun=All`: nothing is stored - no Event, no pod, no change - so a tenant cannot make
+    pulls, intents or actors out of requests that never happened."""
+    (_received, complete) = audit_entries(EV, "id-dry", node="worker-2")
+    complete["requestURI"] = "/api/v1/namespaces/default/events?dryRun=All&fieldManager=x"
+    assert audit_observations(complete, AuditDeduper()) == []
+    complete["requestURI"] = "/api/v1/namespaces/default/events"
+    assert audit_observations(complete, AuditDeduper())  # the same entry, not a dry run

@@ -299,3 +299,36 @@ def test_a_finding_made_by_a_controllers_pod_create_learns_who_changed_its_workl
         clock=NOW,
     )
     assert finding(d, "scanner")["spec"]["actor"]["user"] == "alice"
+
+
+def test_the_person_who_last_changed_the_workload_leads_and_a_new_create_forgets_the_old():
+    """Who patched the image before the pull is named, not whoever first made the name; and a
+    workload deleted and made again (a name reused, a namespace handed on) starts afresh."""
+    d = Detector(Allowlist(), scanners=[])
+    mallory = Actor("mallory", (), ("10.9.9.9",), "kubectl")
+    carol = Actor("carol", (), ("10.7.7.7",), "kubectl")
+    d.observe(ActorChange("web", "shop", "Deployment", ALICE, "create deployments", None))
+    d.observe(ActorChange("web", "shop", "Deployment", mallory, "patch deployments", None))
+    d.observe(
+        decode_event(image_event("Pulling", "web", "shop-7d9f8b6c5d-x7k2p", "evil/x:1")), clock=NOW
+    )
+    found = finding(d, "suspicious")
+    assert found["spec"]["actor"]["user"] == "mallory"
+    assert [a["user"] for a in found["status"]["actors"]] == ["mallory", "alice"]
+    d.observe(ActorChange("web", "api", "Deployment", ALICE, "create deployments", None))
+    d.observe(ActorChange("web", "api", "Deployment", carol, "create deployments", None))
+    assert [c.actor.user for c in d.actors.get("web", "api").recent] == ["carol"]
+
+
+def test_the_address_the_api_server_saw_is_kept_not_the_clients_claims():
+    from pullwatch.core.audit import actor_of
+
+    forged = [f"192.0.2.{i}" for i in range(12)]
+    actor = actor_of({"user": {"username": "bob"}, "sourceIPs": [*forged, "10.0.0.5"]})
+    assert actor.source_ips[-1] == "10.0.0.5" and len(actor.source_ips) == 4
+    d = Detector(Allowlist(), scanners=[])
+    d.observe(ActorChange("web", "shop", "Deployment", actor, "create deployments", None))
+    d.observe(
+        decode_event(image_event("Pulling", "web", "shop-7d9f8b6c5d-x7k2p", "evil/x:1")), clock=NOW
+    )
+    assert finding(d, "suspicious")["spec"]["message"].endswith("from ip 10.0.0.5 by user bob")

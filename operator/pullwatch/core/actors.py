@@ -223,7 +223,9 @@ class ActorMap:
         key = (self._string(namespace), workload)
         rec = Change(self._intern(actor), self._string(action), self._time(when))
         held = self._map.pop(key, None)
-        if held is None or held[0] <= now:
+        # A create starts the history again: the name may have been deleted and reused (by
+        # another team, in a namespace handed on), and its earlier people did not make this one.
+        if held is None or held[0] <= now or action.startswith("create "):
             self._map[key] = (now + self.ttl, rec, rec)
         else:
             others = tuple(r for r in held[2:] if r.actor.user != rec.actor.user)

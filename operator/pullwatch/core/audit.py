@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import re
 import sys
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -154,11 +155,13 @@ def actor_of(entry: Mapping[str, Any]) -> Actor:
     impersonated = entry.get("impersonatedUser")
     if isinstance(impersonated, _MAPPING) and _str(impersonated.get("username")):
         username = f"{username or 'unknown'} (as {impersonated['username']})"
+    # sourceIPs: the client's X-Forwarded-For / X-Real-Ip claims first, the address the API
+    # server saw last - so the last ones are kept, never the first (a client can send 16 claims).
     return Actor(
         user=username[:512] if username else None,
-        groups=_strings(user.get("groups"))[:64],
-        source_ips=_strings(entry.get("sourceIPs"))[:16],
-        user_agent=(_str(entry.get("userAgent")) or "")[:512] or None,
+        groups=_strings(user.get("groups"))[:16],
+        source_ips=tuple(ip[:64] for ip in _strings(entry.get("sourceIPs"))[-4:]),
+        user_agent=(_str(entry.get("userAgent")) or "")[:256] or None,
     )
 
 
@@ -200,6 +203,9 @@ def _request(entry: Any) -> tuple | None:
     code = status.get("code") if isinstance(status, _MAPPING) else None
     if code.__class__ is int and code >= 400:
         return None
+    uri = entry.get("requestURI")
+    if isinstance(uri, str) and "dryRun" in uri and _dry_run(uri):
+        return None  # nothing was stored: no pod, no Event, no change of anyone's
     verb = entry.get("verb")
     ref = entry.get("objectRef")
     if not isinstance(verb, str) or verb not in WRITE_VERBS or not isinstance(ref, _MAPPING):
@@ -209,6 +215,16 @@ def _request(entry: Any) -> tuple | None:
     if not (isinstance(group, str) and isinstance(resource, str) and isinstance(subresource, str)):
         return None  # not what the API server writes: no resource of ours
     return verb, group, resource, subresource, ref
+
+
+def _dry_run(uri: str) -> bool:
+    """Whether the request asked for a dry run (``?dryRun=All``): the API server's own record
+    of the URL.
+
+    >>> _dry_run("/api/v1/namespaces/a/pods?dryRun=All"), _dry_run("/api/v1/pods/dryRun-1")
+    (True, False)
+    """
+    return "dryRun" in urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)
 
 
 def _kind_of(group: str, resource: Any, subresource: str) -> str | None:

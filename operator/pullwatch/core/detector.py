@@ -307,10 +307,13 @@ class Detector(Judge, FindingSet):
         latest ones (later changes reach it through ``_actor``)."""
         known = self.actors.get(state.namespace, state.identity.workload)
         if known is not None:
-            for change in (known.first, *reversed(known.recent)):
+            # Oldest first, so that the newest - who last changed the workload before this
+            # Finding was made, e.g. who patched its image - leads as spec.actor.
+            changes = tuple(reversed(known.recent))
+            for i, change in enumerate(changes):
                 record = ActorRecord.from_dict(change.as_dict())
                 if record is not None:
-                    state.note_actor(record)
+                    state.note_actor(record, lead=i == len(changes) - 1)
 
     def _expired(self, run: Running, clock: float | None) -> bool:
         """A container found at start-up that started before its Events could still be there."""

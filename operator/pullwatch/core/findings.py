@@ -130,7 +130,7 @@ class ActorRecord(NamedTuple):
         return cls(
             cut(actor.user, 253),
             tuple(cut(g, 253) for g in actor.groups[:16]),
-            tuple(cut(ip, 64) for ip in actor.source_ips[:8]),
+            tuple(cut(ip, 64) for ip in actor.source_ips[-4:]),  # the last: see audit.actor_of
             cut(actor.user_agent, 256),
             cut(action, 128),
             time if isinstance(time, str) and len(time) <= 40 else None,
@@ -342,7 +342,8 @@ def message_of(rule: Rule, identity: Identity, origin: Origin) -> str:
     return rule.render(
         host=origin.node or "unknown",
         image=origin.image,
-        src_ip=",".join(actor.source_ips) if actor else None,
+        # the address the API server saw (the last); the ones before it are the client's claims
+        src_ip=actor.source_ips[-1] if actor and actor.source_ips else None,
         user=actor.user if actor else None,
     )
 

@@ -252,11 +252,11 @@ class FindingState:
         ev.intent = current
         return True
 
-    def note_actor(self, record: ActorRecord) -> bool:
-        """A person who changed the workload: the first becomes ``spec.actor``."""
+    def note_actor(self, record: ActorRecord, lead: bool = True) -> bool:
+        """A person who changed the workload: the first to ``lead`` becomes ``spec.actor``."""
         ev = self.evidence()
         changed = ev.note_actor(record)
-        if ev.origin.actor is None:
+        if lead and ev.origin.actor is None:
             ev.origin = ev.origin._replace(actor=record)
             changed = True
         return changed

@@ -6,13 +6,26 @@ results are joined by :func:`merge_results`, in any order and grouping (the merg
 commutative, associative and idempotent: ``core/collect.py``). Both take and return plain,
 picklable values, so that an engine ships them by reference and only small results travel.
 
-    >>> from pathlib import Path
-    >>> data = Path(__file__).parents[3] / "tests" / "data"
-    >>> a = scan_shard([str(data / "events-list.json")], [str(data / "allowed-images.yaml")])
-    >>> b = scan_shard([str(data / "watch.jsonl")], [str(data / "allowed-images.yaml")])
+    >>> import json, os, tempfile
+    >>> def pull(pod, image):
+    ...     return json.dumps({"kind": "Event", "apiVersion": "v1",
+    ...         "metadata": {"name": pod + ".1", "namespace": "shop"}, "reason": "Pulling",
+    ...         "involvedObject": {"kind": "Pod", "name": pod, "namespace": "shop"},
+    ...         "message": f'Pulling image "{image}"', "count": 1,
+    ...         "source": {"component": "kubelet", "host": "node-1"}})
+    >>> shards = []
+    >>> for i, image in enumerate(["aquasec/kube-hunter:0.6.8", "evil/miner:1"]):
+    ...     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+    ...         _ = f.write(pull(f"web-7d9f8b6c5d-x7k2{i}", image) + "\\n")
+    ...     shards.append(f.name)
+    >>> allowed = [("allowed.yaml", b"apiVersion: pullwatch.dev/v1alpha1\\nkind: AllowedImages\\n"
+    ...            b"metadata: {name: base}\\nspec: {images: ['nginx:*']}\\n")]
+    >>> a, b = (scan_shard([path], allowed) for path in shards)
     >>> both = merge_results(a, b)
-    >>> len(both.findings()) >= len(a.findings()), both.errors
-    (True, [])
+    >>> len(a.findings()), len(b.findings()), len(both.findings()), both.errors
+    (2, 1, 3, [])
+    >>> for path in shards:
+    ...     os.unlink(path)
 
 The result of a shard is that of ``pullwatch scan -o json`` over it: the Findings with their
 merge state, then a ``ScanContext`` document if there is one, and what could not be read
