@@ -122,6 +122,7 @@ def test_create_is_a_pull_and_an_authored():
         pull.actor,
         "create",
         EV["firstTimestamp"].replace("Z", ".000000Z"),
+        "worker-2",  # the node the created Event names: what its author is judged against
     )
 
 

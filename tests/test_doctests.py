@@ -46,6 +46,7 @@ DOCTESTED = [
     "core.collect",
     "core.reports",
     "core.liveseries",
+    "core.authorship",
     "scan.render",
     "scan.sources",
     "scan.records",

@@ -7,8 +7,11 @@ who did it, what ran with no pull Event.
 
 import itertools
 
-from kubelet import image_event
+import pytest
+
+from kubelet import audit_entries, image_event, with_count
 from pullwatch.core.allowlist import Allowlist, policy_from_object
+from pullwatch.core.audit import AuditDeduper, audit_observations
 from pullwatch.core.detector import Caps, Detector
 from pullwatch.core.ledger import MAX_SERIES, Ledger
 from pullwatch.core.observations import MAIN, ActorChange, Authored, Intent, Running
@@ -332,3 +335,92 @@ def test_the_address_the_api_server_saw_is_kept_not_the_clients_claims():
         decode_event(image_event("Pulling", "web", "shop-7d9f8b6c5d-x7k2p", "evil/x:1")), clock=NOW
     )
     assert finding(d, "suspicious")["spec"]["message"].endswith("from ip 10.0.0.5 by user bob")
+
+
+# -- who wrote a pull Event: its create decides ------------------------------------------------
+TENANT = "system:serviceaccount:ci:bot"
+
+
+def kubelet_create(ev, level="RequestResponse"):
+    """The audit entry of the kubelet's create of ``ev`` (Metadata level: no objects logged)."""
+    (entry,) = audit_entries(ev, "create-1", node="node-1", stages=("ResponseComplete",))
+    if level == "Metadata":
+        del entry["requestObject"], entry["responseObject"]
+    return entry
+
+
+def tenant_patch(ev, audit_id="patch-1"):
+    """A tenant's patch of ``ev`` (which it may send: patch on events in its namespace),
+    logged with the Event as it is after the patch."""
+    (entry,) = audit_entries(ev, audit_id, stages=("ResponseComplete",), verb="patch", code=200)
+    entry["user"] = {"username": TENANT, "groups": ["system:serviceaccounts"]}
+    entry["requestObject"] = {"source": ev["source"]}
+    return entry
+
+
+def feed(d, entry):
+    return [det for obs in audit_observations(entry, AuditDeduper()) for det in d.observe(obs)]
+
+
+@pytest.mark.parametrize("level", ["RequestResponse", "Metadata"])
+def test_a_tenant_who_patches_source_host_first_cannot_make_a_kubelet_pull_look_forged(level):
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    patched = {**ev, "source": {**ev["source"], "host": "x"}}
+    d = Detector(Allowlist())
+    d.observe(decode_event(ev), clock=NOW)  # the Event watch sees the kubelet's Event
+    dets = feed(d, tenant_patch(patched))  # then the tenant's patch, before the create's entry
+    dets += d.observe(decode_event(patched), clock=NOW)  # the watch sees the patched Event
+    dets += feed(d, kubelet_create(ev, level))  # the kubelet's create, judged on its own
+    dets += d.observe(decode_event(patched), clock=NOW)  # and the watch again, after it
+    body = finding(d, "scanner")
+    assert not any(det.forged for det in dets)
+    assert body["spec"]["reportedBy"]["verified"] is True
+    assert body["spec"]["reportedBy"]["user"] == "system:node:node-1"
+    assert "forgedBy" not in body["status"]
+    assert body["status"]["count"] == 1
+
+
+def test_a_later_patch_by_a_tenant_changes_neither_the_author_nor_the_verdict():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    d = Detector(Allowlist())
+    feed(d, kubelet_create(ev))  # the audit entry first this time
+    dets = feed(d, tenant_patch(ev))  # a patch that changes nothing
+    dets += d.observe(decode_event(with_count(ev, 2)), clock=NOW)  # the kubelet's repeat
+    assert not any(det.forged for det in dets)
+    body = finding(d, "scanner")
+    assert body["spec"]["reportedBy"]["verified"] is True
+    assert "forgedBy" not in body["status"]
+    assert body["status"]["count"] == 2
+
+
+def test_a_tenants_own_event_is_still_forged_whatever_it_patches_later():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    (create,) = audit_entries(ev, "c", stages=("ResponseComplete",))
+    create["user"] = {"username": TENANT, "groups": ["system:serviceaccounts"]}
+    d = Detector(Allowlist())
+    d.observe(decode_event(ev), clock=NOW)
+    feed(d, tenant_patch(ev))
+    dets = feed(d, create)
+    assert any(det.forged == "author" for det in dets)
+    assert finding(d, "scanner")["status"]["forgedBy"] == TENANT
+
+
+def test_a_pull_event_with_a_generated_name_is_counted_once_and_said_forged():
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    (create,) = audit_entries(ev, "gen-1", stages=("ResponseComplete",))
+    create["user"] = {"username": TENANT, "groups": ["system:serviceaccounts"]}
+    # Request level: the API server logs the request before the name is generated
+    del create["objectRef"]["name"], create["responseObject"]
+    meta = create["requestObject"]["metadata"]
+    meta.pop("name", None)
+    meta["generateName"] = "hunter."
+    d = Detector(Allowlist())
+    dets = feed(d, create)
+    assert dets and all(det.forged == "generated-name" and det.delta == 0 for det in dets)
+    body = finding(d, "scanner")
+    assert body["status"]["count"] == 0 and body["spec"]["reportedBy"]["verified"] is False
+    assert body["status"]["forgedBy"] == TENANT
+    named = {**ev, "metadata": {**ev["metadata"], "name": "hunter.x7k2p"}}
+    dets = d.observe(decode_event(named), clock=NOW)  # the watch: the same Event, named
+    assert dets and all(det.delta == 1 for det in dets)
+    assert finding(d, "scanner")["status"]["count"] == 1

@@ -5,10 +5,12 @@ made it (the authenticated user, which RBAC and the authenticators guarantee), f
 what was asked. ``audit_observations`` turns one entry into what it proves:
 
 * a create of an Event (core or ``events.k8s.io``), or a patch/update whose logged object is the
-  whole Event: a ``Pull`` when it is an image Event (its actor is the Event's real author) and
-  an ``Authored`` saying who wrote that Event; a patch or update logged without the whole Event
-  (``Request`` level: only the patch) is an ``Authored`` alone - the kubelet's recorder patches
-  an Event's count on every repeat, and who did matters as much as who created it;
+  whole Event: a ``Pull`` when it is an image Event (a create's actor is the Event's real
+  author; a patch's or update's Pull names none: see authorship.py) and an ``Authored`` saying
+  who wrote that Event; a patch or update logged without the whole Event (``Request`` level:
+  only the patch) is an ``Authored`` alone. A pull Event whose name was not logged (created
+  with ``generateName``, which the kubelet never uses) is a ``Pull`` of a ``NAMELESS`` series,
+  which the detector never counts (the Event watch counts it under its real name);
 * a pod create, and ``pods/ephemeralcontainers`` (``kubectl debug``): an ``Intent`` per
   container, with its actor when a person made the request; an update or patch of a pod: an
   ``Intent`` per container whose image it wrote (see podwrites.py);
@@ -56,6 +58,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .actors import is_person
+from .authorship import NAMELESS
 from .names import is_label, is_subdomain
 from .observations import EPHEMERAL, ActorChange, Authored, Intent, Observation
 from .pods import listed_containers, spec_containers, workload_of
@@ -299,13 +302,17 @@ def _event_write(entry, verb, namespace, ref, audit_id, when, pulls_only) -> lis
     if name is None and event is not None:  # a generated name is only in the response
         meta = event.get("metadata")
         name = _str(meta.get("name")) if isinstance(meta, _MAPPING) else None
+    node = None
+    # Only a create names the Event's author: a later writer is not one (authorship.py).
+    author = actor if verb == "create" else None
     if event is not None:
-        pull = decode_event(event, source="audit", actor=actor, namespace=namespace)
+        pull = decode_event(event, source="audit", actor=author, namespace=namespace)
         if pull is not None:
-            series = f"{namespace}/{name}" if name and is_subdomain(name) else f"audit:{audit_id}"
+            node = pull.node
+            named = name is not None and is_subdomain(name)
             found.append(
                 pull._replace(
-                    series=series,
+                    series=f"{namespace}/{name}" if named else f"{NAMELESS}{audit_id}",
                     first_seen=pull.first_seen or when,
                     last_seen=pull.last_seen or when,
                 )
@@ -315,7 +322,7 @@ def _event_write(entry, verb, namespace, ref, audit_id, when, pulls_only) -> lis
     if name is not None:
         if not is_subdomain(name):
             raise DecodeError("audit entry of an Event with an invalid name")
-        found.append(Authored(namespace, name, actor, verb, when))
+        found.append(Authored(namespace, name, actor, verb, when, node if author else None))
     return found
 
 

@@ -70,7 +70,8 @@ class Collector:
         elif kind is Intent:
             self._intent(obs)
         elif kind is Authored:
-            self._note_author(f"{obs.namespace}/{obs.name}", obs.actor.user)
+            if obs.verb == "create":  # a later writer is not the author (authorship.py)
+                self._note_author(f"{obs.namespace}/{obs.name}", obs.actor.user)
         elif kind is ActorChange:
             self._note_person(
                 (obs.namespace, obs.workload), ActorRecord.of(obs.actor, obs.action, obs.time)

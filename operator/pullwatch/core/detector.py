@@ -44,6 +44,7 @@ from typing import Any
 
 from .actors import ActorMap
 from .allowlist import Allowlist
+from .authorship import NAMELESS, Authorship, remember
 from .body import stamp
 from .evidence import EXPIRED, MISSING, PENDING
 from .findings import (
@@ -51,14 +52,14 @@ from .findings import (
     ActorRecord,
     Identity,
     Origin,
+    cut,
     instant,
     minute_of,
     repository_of,
-    verdict_of,
 )
 from .findingset import Caps, FindingSet, FindingsView, route
 from .judge import Judge, covered_expiry, pull_slot, series_of, workload_of
-from .ledger import FORGED, MAX_LIVE, UNKNOWN, VERIFIED, short_hash
+from .ledger import FORGED, MAX_LIVE, short_hash
 from .observations import ActorChange, Authored, Intent, Running
 from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, Rule
@@ -80,7 +81,7 @@ class Detection:
     folded: Identity | None = None
     suppressed: Suppression | None = None
     running: bool = False
-    forged: str = ""  # why a pull Event is newly known to be forged: "namespace" or "author"
+    forged: str = ""  # why a pull Event is newly known forged: namespace, author, generated-name
     missing: bool = False  # a container that ran it turned out to have had no pull Event
     changed: bool = False
 
@@ -109,10 +110,9 @@ class Detector(Judge, FindingSet):
         self.actors = ActorMap()  # who changed each workload (bounded, expiring)
         # (name, pod, container) -> (due, the pull slots that would cover it)
         self.pending: dict[tuple[str, str, str], tuple[float, tuple[int, ...]]] = {}
-        # Who wrote which Event (audit), and the node each pull not yet verified named: the two
-        # witnesses can arrive in either order. Bounded: an Event's author matters for minutes.
-        self.authors: dict[str, Any] = {}  # series -> Actor
-        self.unverified: dict[int, str | None] = {}  # series hash -> the node its Event named
+        # Who created which Event (audit), and the first node each series not yet judged
+        # named: the two witnesses can arrive in either order.
+        self.authorship = Authorship()
         self.pulled: dict[int, None] = {}  # pull_slot hashes of the pull Events seen
         self.event_ttl = 3600.0  # the API server's --event-ttl (the operator sets it)
         # How long a container seen running may wait for its pull Event before it is said to
@@ -161,15 +161,15 @@ class Detector(Judge, FindingSet):
             return []
         workload = workload or workload_of(pull)
         series = series_of(pull)
+        if series.startswith(NAMELESS):
+            return self._nameless(pull, fired, workload)
         series_key = short_hash(series, 48)
-        if pull.actor is None and series in self.authors:
-            pull = pull._replace(actor=self.authors[series])
+        verdict, pull = self.authorship.judge(pull, series, series_key)
         when = minute if minute is not None else (minute_of(pull.last_seen or pull.first_seen) or 0)
         if now is None:
             moment = instant(pull.last_seen or pull.first_seen or "")
             now = moment.timestamp() if moment is not None else 0.0
         now_stamp = stamp(clock) if clock is not None else None
-        verdict = {None: UNKNOWN, True: VERIFIED, False: FORGED}[verdict_of(pull)]
         out = []
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(pull.image)
@@ -203,8 +203,22 @@ class Detector(Judge, FindingSet):
             out.append(
                 Detection(state, delta, created, folded, covered, forged=forged, changed=grew)
             )
-        if verdict == UNKNOWN:
-            _remember(self.unverified, series_key, pull.node)
+        return out
+
+    def _nameless(self, pull: Pull, fired: list, workload: Workload) -> list[Detection]:
+        """A pull Event created with ``generateName`` (its name not logged): never a kubelet's,
+        and counted by the Event watch under its real name - here only said to be forged."""
+        out = []
+        for rule, ref, not_allowed in fired:
+            repository = ref.repository if ref else repository_of(pull.image)
+            identity = Identity(rule.short, pull.namespace, workload.name, repository)
+            origin = Origin.of(pull, workload, not_allowed)._replace(verified=False)
+            state, created = self._state_for(identity, origin)
+            if state.identity.is_overflow:
+                state.fold(identity, pull.image, 0)
+            if pull.actor is not None and pull.actor.user:
+                state.evidence().forged_by = cut(pull.actor.user, 253)
+            out.append(Detection(state, created=created, forged="generated-name", changed=True))
         return out
 
     def _running(self, run: Running, minute: int | None, clock: float | None) -> list[Detection]:
@@ -270,16 +284,16 @@ class Detector(Judge, FindingSet):
         return out
 
     def _authored(self, authored: Authored) -> list[Detection]:
-        """Who wrote an Event: the verdict of the pull series it is, in each Finding it counts
-        in (or, when the Event has not been seen yet, remembered for when it is)."""
-        series = f"{authored.namespace}/{authored.name}"
-        _remember(self.authors, series, authored.actor)
-        key = short_hash(series, 48)
-        if key not in self.unverified:
+        """Who created an Event: the verdict of the pull series it is, in each Finding it counts
+        in (or, when the Event has not been seen yet, remembered for when it is). A later write
+        (patch, update) changes no verdict, whoever made it: see authorship.py."""
+        if authored.verb != "create":
             return []
-        node = self.unverified.pop(key)
-        verified = node is not None and authored.actor.user == f"system:node:{node}"
-        verdict = VERIFIED if verified else FORGED
+        series = f"{authored.namespace}/{authored.name}"
+        key = short_hash(series, 48)
+        verdict = self.authorship.created(series, key, authored.actor, authored.node)
+        if verdict is None:
+            return []
         out = []
         for rule in RULES_BY_SHORT:
             name = self.routes.get(route(rule, key))
@@ -330,7 +344,7 @@ class Detector(Judge, FindingSet):
         in another Finding or none - if the Event names the repository the container ran."""
         inv = pull.involved
         slot = pull_slot(pull.namespace, inv.name, inv.container or "", pull.image)
-        _remember(self.pulled, slot, None)
+        remember(self.pulled, slot, None)
 
     def settle(self, now: float) -> list[Detection]:
         """Containers whose pull Event grace is over (due at or before ``now``): seen, or ran
@@ -391,17 +405,6 @@ class Detector(Judge, FindingSet):
                 if _cover(state, covered):
                     changed.append(state)
         return changed
-
-
-MAX_REMEMBERED = 50_000
-
-
-def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
-    """A bounded table: the oldest entry goes first (dicts keep insertion order)."""
-    table.pop(key, None)
-    table[key] = value
-    if len(table) > MAX_REMEMBERED:
-        del table[next(iter(table))]
 
 
 def _cover(state: FindingState, covered: Suppression | None) -> bool:

@@ -69,13 +69,15 @@ class Intent(NamedTuple):
 
 class Authored(NamedTuple):
     """Who really wrote an Event (audit): the authenticated user of a create, patch or update of
-    ``events``. A kubelet's own pull Events are written by ``system:node:<its node>``."""
+    ``events``. A kubelet's own pull Events are created by ``system:node:<its node>``; only the
+    create decides who wrote a pull Event (see authorship.py)."""
 
     namespace: str  # objectRef.namespace: where the Event is
     name: str  # the Event's name
     actor: Actor
     verb: str  # create | patch | update
     time: str | None
+    node: str | None = None  # a create's: the node its logged Event names (None: not logged)
 
 
 class ActorChange(NamedTuple):

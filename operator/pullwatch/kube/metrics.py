@@ -213,7 +213,7 @@ def _zero_series() -> None:
     for rule in RULES:
         for counter in (PULLS, SUPPRESSED_PULLS, CONTAINERS_RUNNING, RAN_WITHOUT_PULL_EVENT):
             counter.labels(rule.name, rule.severity)
-    for reason in ("namespace", "author"):
+    for reason in ("namespace", "author", "generated-name"):
         FORGED_PULLS.labels(reason)
     for scope in ("cluster", "namespace"):
         for change in ("created", "changed"):
