@@ -30,6 +30,16 @@ def op(cluster, tmp_path_factory):
         operator.kill() if operator.stop(timeout=30) is None else None
 
 
+def suppression_conditions(cluster, ns: str) -> dict[str, dict]:
+    """Each Suppression of ``ns`` that has a status: its first condition."""
+    items = json.loads(cluster.kubectl("get", "suppressions", "-n", ns, "-o", "json").stdout)
+    return {
+        s["metadata"]["name"]: s["status"]["conditions"][0]
+        for s in items["items"]
+        if (s.get("status") or {}).get("conditions")
+    }
+
+
 def scanner_findings(cluster, ns: str) -> dict[str, dict]:
     return {n: f for n, f in cluster.findings(ns).items() if f["spec"]["rule"] == SCANNER}
 
@@ -182,14 +192,7 @@ def test_a_tenant_suppression_does_not_silence_the_scanner_rule(cluster, op):
         assert status == 201, rsp
 
     def conditions() -> dict[str, dict]:
-        items = json.loads(
-            cluster.kubectl("get", "suppressions", "-n", tenant.ns, "-o", "json").stdout
-        )["items"]
-        return {
-            s["metadata"]["name"]: s["status"]["conditions"][0]
-            for s in items
-            if (s.get("status") or {}).get("conditions")
-        }
+        return suppression_conditions(cluster, tenant.ns)
 
     states = wait_for(lambda: len(conditions()) == 2 and conditions(), 60, what="their statuses")
     assert "every rule but" in states["all"]["message"]
@@ -297,14 +300,7 @@ def test_a_flood_of_maximal_suppressions_leaves_the_operator_bounded_and_watchin
         assert status == 201, (status, str(rsp)[:300])
 
     def conditions() -> dict[str, dict]:
-        items = json.loads(
-            cluster.kubectl("get", "suppressions", "-n", tenant.ns, "-o", "json").stdout
-        )["items"]
-        return {
-            s["metadata"]["name"]: s["status"]["conditions"][0]
-            for s in items
-            if (s.get("status") or {}).get("conditions")
-        }
+        return suppression_conditions(cluster, tenant.ns)
 
     states = wait_for(lambda: len(conditions()) == 30 and conditions(), 120, what="30 statuses")
     active = sorted(n for n, c in states.items() if c["reason"] == "Active")

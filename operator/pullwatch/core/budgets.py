@@ -70,31 +70,39 @@ def admit(
         by_namespace.setdefault(c.namespace, []).append(c)
     admitted: list[Claim] = []
     for namespace, group in by_namespace.items():
-        spent, full = 0, False
-        for c in sorted(group, key=_age):
-            full = full or spent + c.cost > namespace_budget
-            if full:
-                refused[c.key] = (
-                    f"over the budget of namespace {namespace} ({namespace_budget} compiled "
-                    "patterns, spent by older Suppressions there): not compiled, covers nothing; "
-                    "delete unused Suppressions or merge them"
-                )
-            else:
-                spent += c.cost
-                if namespace != exempt_namespace:
-                    admitted.append(c)
-    spent, full = 0, False
-    for c in sorted(admitted, key=lambda c: (c.created, c.namespace, c.name)):
-        full = full or spent + c.cost > cluster_budget
+        why = (
+            f"over the budget of namespace {namespace} ({namespace_budget} compiled patterns, "
+            "spent by older Suppressions there): not compiled, covers nothing; delete unused "
+            "Suppressions or merge them"
+        )
+        fitted = _fill(sorted(group, key=_age), namespace_budget, why, refused)
+        if namespace != exempt_namespace:
+            admitted.extend(fitted)
+    why = (
+        f"over the cluster-wide budget ({cluster_budget} compiled patterns across namespaces, "
+        "spent by older Suppressions): not compiled, covers nothing; ask a cluster administrator"
+    )
+    _fill(
+        sorted(admitted, key=lambda c: (c.created, c.namespace, c.name)),
+        cluster_budget,
+        why,
+        refused,
+    )
+    return refused
+
+
+def _fill(ordered: list[Claim], budget: int, why: str, refused: dict[str, str]) -> list[Claim]:
+    """Admit ``ordered`` (oldest first) while the budget lasts; from the first that does not
+    fit, every newer one is refused with ``why`` (so a flood refuses only itself)."""
+    fitted, spent, full = [], 0, False
+    for c in ordered:
+        full = full or spent + c.cost > budget
         if full:
-            refused[c.key] = (
-                f"over the cluster-wide budget ({cluster_budget} compiled patterns across "
-                "namespaces, spent by older Suppressions): not compiled, covers nothing; ask a "
-                "cluster administrator"
-            )
+            refused[c.key] = why
         else:
             spent += c.cost
-    return refused
+            fitted.append(c)
+    return fitted
 
 
 def _age(c: Claim) -> tuple[float, str]:
