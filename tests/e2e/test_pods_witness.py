@@ -40,7 +40,9 @@ def node(cluster):
         real.start()
     except Unavailable as e:
         pytest.skip(str(e))
-    real.allowed = real.push("library/allowed:1.0")
+    # Every image here has content of its own: a runtime reports a container under the first
+    # name it holds of the content, and pullwatch judges what the kubelet reports ran.
+    real.allowed, _ = push_distinct(real, "library/allowed:1.0", "allowed")
     # Content of its own: a runtime names a container by the first tag it holds of the
     # content, and pullwatch judges that name too (the spec's can be patched).
     real.hunter, _ = push_distinct(real, "aquasec/kube-hunter:0.6.8", "hunter")
@@ -224,7 +226,11 @@ def test_what_ran_is_judged_from_the_pods_and_counts_stay_the_kubelets(
     # while it runs: every pod is judged again (soon after the last list, at the next watch).
     assert p.finding(SCANNER, "netcheck") is None
     cluster.apply(node.config_objects[1])
-    f = wait_for(lambda: p.finding(SCANNER, "netcheck"), 150, what="the digest's scanner Finding")
+    f = wait_for(
+        lambda: (lambda f: f if f and "status" in f else None)(p.finding(SCANNER, "netcheck")),
+        150,
+        what="the digest's scanner Finding, its status written",
+    )
     assert f["spec"]["repository"] == f"{node.registry}/tools/netcheck"
     assert f["status"]["digests"] == [{"digest": node.netcheck_digest, "containers": 1}]
     assert sample(f)["digest"] == node.netcheck_digest and f["status"]["count"] == 0

@@ -44,7 +44,9 @@ def node(cluster):
         real.start()
     except Unavailable as e:
         pytest.skip(str(e))
-    real.allowed = real.push("library/allowed:1.0")
+    # Every image here has content of its own: a runtime reports a container under the first
+    # name it holds of the content, and pullwatch judges what the kubelet reports ran.
+    real.allowed, _ = push_distinct(real, "library/allowed:1.0", "allowed")
     real.unlisted = real.push("acme/unlisted:1.0")
     # Content of its own: a runtime names a container by the first tag it holds of the
     # content, and pullwatch judges that name too (the spec's can be patched).

