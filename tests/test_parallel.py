@@ -6,7 +6,7 @@ import json
 import pytest
 
 import pullwatch.scan.parallel as parallel
-from kubelet import image_event, other_event, with_count
+from kubelet import audit_entries, image_event, other_event, with_count
 from pullwatch.core.allowlist import Allowlist, policy_from_object
 from pullwatch.scan.pipeline import scan_paths
 
@@ -92,3 +92,39 @@ def test_not_used_for_small_gzip_or_non_json_lines(tmp_path, stream):
     yaml_file = tmp_path / "x.yaml"
     yaml_file.write_text("a: 1\n")
     assert not parallel.usable(str(yaml_file))
+
+
+def test_a_name_collision_is_resolved_in_file_order(tmp_path, monkeypatch):
+    """Records judged in a worker are created in the parent where the file first shows them:
+    after a name collision, the identity seen first keeps its name, as in a sequential scan,
+    even when it came from an Event and the other from an audit entry later in the range."""
+    from pullwatch.core import findings as findings_module
+    from pullwatch.core.findings import Identity
+
+    first = Identity("scanner", "b", "hunter", "docker.io/evil/b/kube-hunter")
+    later = Identity("scanner", "a", "hunter", "docker.io/evil/a/kube-hunter")
+    real = findings_module.finding_name
+    clash = real(*first)
+
+    def colliding(rule, namespace, workload, repository, salt=0):
+        if salt == 0 and (rule, namespace, workload, repository) in (tuple(first), tuple(later)):
+            return clash
+        return real(rule, namespace, workload, repository, salt)
+
+    monkeypatch.setattr(findings_module, "finding_name", colliding)
+    monkeypatch.setattr(parallel, "MIN_BYTES", 1)
+    event = image_event("Pulling", "b", "hunter", "evil/b/kube-hunter:1", seq=1)
+    audited = image_event("Pulling", "a", "hunter", "evil/a/kube-hunter:1", seq=2)
+    lines = [{"type": "ADDED", "object": event}, *audit_entries(audited, "id-1")]
+    lines += [
+        {"type": "ADDED", "object": other_event("Started", "c", f"p{i}", "Started", seq=i)}
+        for i in range(3, 3000)
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert parallel.usable(str(path))
+    seq = scan_paths([str(path)], ALLOW, parallel=False)
+    par = scan_paths([str(path)], ALLOW, parallel=True)
+    assert list(par.findings) == list(seq.findings)
+    names = {(f["metadata"]["namespace"], f["metadata"]["name"]) for f in par.findings}
+    assert ("b", clash) in names and ("a", clash) not in names

@@ -53,6 +53,8 @@ class Collector:
         self.detector = detector
         self.clock = clock  # the scan's own time: no Event time shown may be later
         self.records: dict[str, FindingRecord] = {}
+        # identity -> its record, whatever its name (its name is computed once, not per pull)
+        self._of_identity: dict[Identity, FindingRecord] = {}
         self.authors: dict[str, set[str]] = {}  # series -> who wrote its Event (audit)
         self.people: dict[tuple[str, str], list[ActorRecord]] = {}  # workload -> its people
         self.pulls = 0  # pull observations judged, whether a rule fired or not
@@ -77,7 +79,11 @@ class Collector:
                 (obs.namespace, obs.workload), ActorRecord.of(obs.actor, obs.action, obs.time)
             )
 
-    def _record(self, identity: Identity) -> FindingRecord:
+    def record_of(self, identity: Identity) -> FindingRecord:
+        """The record of ``identity``'s Finding, made the first time."""
+        record = self._of_identity.get(identity)
+        if record is not None:
+            return record
         record = self.records.get(identity.name)
         if record is None or record.identity != identity:
             # a name is one identity's only: after a collision, a salted one (name_among)
@@ -85,7 +91,18 @@ class Collector:
             record = self.records.get(name)
             if record is None:
                 record = self.records[name] = FindingRecord(identity, name)
+        self._of_identity[identity] = record
         return record
+
+    def merge_record(self, record: FindingRecord) -> None:
+        """Join what another scan (or another range of this one) kept for a Finding; ``record``
+        is this collector's afterwards."""
+        held = self.record_of(record.identity)
+        if held.pulls or held.runnings or held.intents:
+            held.merge(record)
+            return
+        record.name = held.name  # nothing kept here yet: the record itself, under our name
+        self.records[held.name] = self._of_identity[record.identity] = record
 
     def _holder(self, name: str) -> Identity | None:
         record = self.records.get(name)
@@ -102,11 +119,17 @@ class Collector:
         judged = self.detector.judge(pull.namespace, pull.image, workload)
         if not judged:
             return
-        moment = instant(pull.last_seen or pull.first_seen or "")
-        when = moment.timestamp() if moment is not None else 0.0
+        when = None
+        if self.detector.suppressions.could_cover(pull.namespace):
+            moment = instant(pull.last_seen or pull.first_seen or "")
+            when = moment.timestamp() if moment is not None else 0.0
         for identity, rule, not_allowed, image in judged:
-            cover = self.detector.covering(rule, pull.namespace, workload.name, image, when)
-            self._record(identity).add_pull(pull, workload, not_allowed, _cover_of(cover), series)
+            cover = None
+            if when is not None:
+                cover = _cover_of(
+                    self.detector.covering(rule, pull.namespace, workload.name, image, when)
+                )
+            self.record_of(identity).add_pull(pull, workload, not_allowed, cover, series)
         if pull.actor is not None and pull.actor.user:
             self._note_author(series, pull.actor.user)
 
@@ -119,14 +142,14 @@ class Collector:
         for rule, ref, not_allowed in fired:
             repository = ref.repository if ref else repository_of(run.image)
             identity = Identity(rule.short, run.namespace, run.workload.name, repository)
-            self._record(identity).add_running(run, not_allowed)
+            self.record_of(identity).add_running(run, not_allowed)
 
     def _intent(self, intent: Intent) -> None:
         assert self.detector is not None
         for identity, _, not_allowed, _ in self.detector.judge(
             intent.namespace, intent.image, intent.workload
         ):
-            self._record(identity).add_intent(intent, not_allowed)
+            self.record_of(identity).add_intent(intent, not_allowed)
 
     def _note_author(self, series: str, user: str | None) -> None:
         if not user:
@@ -276,12 +299,7 @@ def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> C
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
-        held = collector._record(identity)
-        if not (held.pulls or held.runnings or held.intents):
-            record.name = held.name
-            collector.records[held.name] = record
-        else:
-            held.merge(record)
+        collector.merge_record(record)
     collector.pulled |= collector._record_slots()
     return collector
 

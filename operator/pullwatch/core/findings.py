@@ -386,26 +386,35 @@ def minute_of(stamp: str | None) -> int | None:
     """Minutes since the epoch of an RFC 3339 stamp (the ledger's clock), or None."""
     if not stamp:
         return None
+    return _minute_of(stamp)
+
+
+@functools.lru_cache(maxsize=8192)  # a stream's stamps repeat: Events of one second, one minute
+def _minute_of(stamp: str) -> int | None:
     moment = instant(stamp)
     return None if moment is None else int(moment.timestamp()) // 60
 
 
 def earlier(a: str | None, b: str | None) -> str | None:
     """The earlier of two RFC 3339 stamps (formats differ: eventTime has microseconds)."""
-    return _pick(a, b, lambda x, y: x < y)
-
-
-def later(a: str | None, b: str | None) -> str | None:
-    return _pick(a, b, lambda x, y: x > y)
-
-
-def _pick(a: str | None, b: str | None, better) -> str | None:
     if a is None or b is None:
         return a or b
     if len(a) == len(b) and a[-1:] == b[-1:] == "Z":
         # Same layout, both UTC: RFC 3339 strings then sort like the instants they name.
-        return b if better(b, a) else a
+        return b if b < a else a
+    return _pick(a, b, True)
+
+
+def later(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    if len(a) == len(b) and a[-1:] == b[-1:] == "Z":
+        return b if b > a else a
+    return _pick(a, b, False)
+
+
+def _pick(a: str, b: str, earliest: bool) -> str:
     ta, tb = instant(a), instant(b)
     if ta is None or tb is None:
         return a if ta is not None else b
-    return b if better(tb, ta) else a
+    return b if (tb < ta if earliest else tb > ta) else a

@@ -263,6 +263,17 @@ def _parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
     raise DecodeError("image event with no quoted image in its message")
 
 
+def event_parts(obj: Any) -> Head | None:
+    """Everything :func:`event_head` looks at, for :func:`decode_event` to go on from.
+
+    >>> parts = event_parts({"reason": "Pulling", "message": 'Pulling image "nginx"',
+    ...                      "metadata": {"namespace": "web"}, "involvedObject": {"name": "p"}})
+    >>> parts[4], parts[2]
+    ('web', 'nginx')
+    """
+    return _head(obj, "default")
+
+
 def event_head(obj: Any, default_namespace: str = "default") -> tuple[str, str] | None:
     """``(namespace, image)`` of an image pull Event, ``None`` for any other Event.
 
@@ -273,7 +284,7 @@ def event_head(obj: Any, default_namespace: str = "default") -> tuple[str, str] 
     return None if head is None else (head[4], head[2])
 
 
-def _head(obj: Any, default_namespace: str):
+def _head(obj: Any, default_namespace: str) -> Head | None:
     if not isinstance(obj, dict):
         raise DecodeError("Event is not an object")
     api = obj.get("apiVersion")
@@ -295,6 +306,10 @@ def _head(obj: Any, default_namespace: str):
     return new_api, parsed[0], parsed[1], involved, namespace or default_namespace, metadata
 
 
+# What _head found: (events.k8s.io?, kind, image, involved object, namespace, metadata)
+Head = tuple[bool, str, str, dict[str, Any], str, dict[str, Any]]
+
+
 def decode_event(
     obj: Any,
     *,
@@ -302,15 +317,18 @@ def decode_event(
     actor: Actor | None = None,
     default_namespace: str = "default",
     namespace: str | None = None,
+    head: Head | None = None,
 ) -> Pull | None:
     """Decode one core/v1 or events.k8s.io/v1 Event. ``None``: not an image pull event.
 
     ``namespace``: where the Event is, when the caller knows it better than the object (an
     audit entry's ``objectRef.namespace``, which is the request's URL); else the Event's own
-    ``metadata.namespace``, and only for a hand-made file without one, what it names."""
-    head = _head(obj, default_namespace)
+    ``metadata.namespace``, and only for a hand-made file without one, what it names.
+    ``head``: what :func:`event_parts` said of this very object (scan looks before it decodes)."""
     if head is None:
-        return None
+        head = _head(obj, default_namespace)
+        if head is None:
+            return None
     new_api, kind, image, involved, found, metadata = head
     namespace = namespace or found
     if not is_label(namespace):

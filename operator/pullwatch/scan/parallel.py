@@ -1,11 +1,15 @@
 """One large JSON-lines file, scanned on every core, with results identical to one core's.
 
 The file is cut into line-aligned byte ranges; a forked worker per range does the expensive,
-order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``,
-the full decode of ``Scanner.decode``) and returns only the observations of the admitted
-records, usually a few percent. The parent then runs ``Scanner.take`` on them in file order,
-so series counting, audit de-duplication and Finding contents are exactly those of a sequential
-scan (``tests/test_parallel.py``).
+order-free part: find candidate lines, parse them, the cheap rules look of ``Scanner.admit``, the
+full decode of ``Scanner.decode`` and, for Events and Pods, the judging into Finding records
+(``Collector.add``: what a record keeps is a join, so a range's records merge into the whole's
+exactly). Audit entries go back as observations: a request logged at several stages counts once,
+at its first stage in file order, so the parent de-duplicates them (``Scanner.take``). Each range
+also says, in file order, where it first saw each Finding, so that the parent creates them in the
+order a sequential scan does (which Finding gets the salted name after a name collision depends
+on it). Series counting, audit de-duplication and Finding contents are exactly those of a
+sequential scan (``tests/test_parallel.py``).
 
 Only for regular files and objects (``cloud.py``: each worker reads its range with its own
 ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
@@ -13,14 +17,18 @@ ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from ..core.collect import Collector
+from ..core.replay import FindingRecord
 from . import cloud
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
@@ -35,6 +43,7 @@ _path: str = ""
 _collector: Collector | None = None
 MIN_FINDINGS = 400  # fewer are built faster than a pool starts
 BUILD_CHUNK = 64  # Findings per task: small, so that the cores finish together
+_GC_THRESHOLD = 50_000  # allocations between collections of the youngest objects (default 700)
 
 
 def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
@@ -91,36 +100,56 @@ def _open_range(start: int, end: int) -> Any:
     return _RangeReader(f, end)
 
 
-def _scan_range(
-    bounds: tuple[int, int],
-) -> tuple[ReadStats, int, list[tuple[str, list[Any]]], str | None, set[int]]:
+class RangeResult(NamedTuple):
+    """What a worker sends back for one range: small next to the range itself."""
+
+    stats: ReadStats
+    pulls: int
+    # In file order: (auditID, observations) of an audit entry, or (None, [identity]) where
+    # the range first made a record of that Finding.
+    kept: list[tuple[str | None, list[Any]]]
+    records: list[FindingRecord]  # judged from the range's Events and Pods
+    pulled: set[int]
+    error: str | None
+
+
+def _scan_range(bounds: tuple[int, int]) -> RangeResult:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
-    kept: list[tuple[str, list[Any]]] = []
+    kept: list[tuple[str | None, list[Any]]] = []
+    records = worker.collector.records
+    error = None
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
-        return stats, 0, kept, f"bytes {bounds[0]}-{bounds[1]} not read: {exc}", set()
+        return RangeResult(
+            stats, 0, kept, [], set(), f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
+        )
     try:
         for kind, obj in json_lines(reader, stats):
-            if worker.admit(kind, obj):
-                # Decoded here, de-duplicated and counted by the parent in file order: what
-                # travels back is a few small observations, not the parsed record.
-                decoded = worker.decode(kind, obj)
-                if decoded is not None and decoded[1]:
-                    kept.append(decoded)
+            if not worker.admit(kind, obj):
+                continue
+            decoded = worker.decode(kind, obj)
+            if decoded is None or not decoded[1]:
+                continue
+            if kind == "audit":
+                kept.append(decoded)  # de-duplicated and judged by the parent, in file order
+                continue
+            known = len(records)
+            worker.take(*decoded)
+            made = len(records) - known
+            if made:  # dicts keep insertion order: the new ones are last
+                new = itertools.islice(reversed(records.values()), made)
+                kept.extend((None, [r.identity]) for r in reversed(list(new)))
     except OSError as exc:  # the network, usually: what was read before it counts
-        return (
-            stats,
-            worker.result.pulls,
-            kept,
-            f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}",
-            worker.collector.pulled,
-        )
+        error = f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}"
     finally:
         reader.close()
-    return stats, worker.result.pulls, kept, None, worker.collector.pulled
+    result = worker.result
+    return RangeResult(
+        stats, result.pulls, kept, list(records.values()), worker.collector.pulled, error
+    )
 
 
 def usable(path: str) -> bool:
@@ -165,17 +194,51 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     _parent, _path = scanner, path
     total = scanner.result.stats
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for stats, pulls, kept, error, pulled in pool.imap(_scan_range, ranges, chunksize=1):
-                total.add(stats)  # ranges come back in file order
-                scanner.result.pulls += pulls
-                scanner.collector.pulled |= pulled
-                for audit_id, observations in kept:
-                    scanner.take(audit_id, observations)
-                if error:
-                    scanner.result.input_errors.append(f"{path}: {error}")
+        with _few_collections(), _pool(workers) as pool:
+            for part in pool.imap(_scan_range, ranges, chunksize=1):
+                total.add(part.stats)  # ranges come back in file order
+                scanner.result.pulls += part.pulls
+                collector = scanner.collector
+                collector.pulled |= part.pulled
+                for audit_id, observations in part.kept:
+                    if audit_id is None:
+                        collector.record_of(observations[0])  # created where a scan would
+                    else:
+                        scanner.take(audit_id, observations)
+                for record in part.records:
+                    collector.merge_record(record)
+                if part.error:
+                    scanner.result.input_errors.append(f"{path}: {part.error}")
+                gc.freeze()  # what is kept stays: no collection need walk it again
     finally:
         _parent, _path = None, ""
+
+
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """The parent keeps every Finding's records: Python's cyclic collector would walk all of
+    them again each time they grew by a quarter (measured: a third of the parent's time on a
+    Finding-heavy stream). What is kept is frozen instead (``gc.freeze`` after each range) and
+    young objects are collected less often. Frozen objects are still freed by reference
+    counting when the scan drops them; only cycles among them would wait, and records hold
+    none."""
+    threshold = gc.get_threshold()
+    gc.set_threshold(_GC_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+
+
+def _pool(workers: int) -> Any:
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start)
+
+
+def _worker_start() -> None:
+    """A worker lives for one scan and holds one range's records at a time: it never runs the
+    cyclic collector (which would walk what it inherited, copying every page that lies in, and
+    its records again and again); reference counting frees what it drops."""
+    gc.disable()
 
 
 def _forkable() -> bool:
@@ -206,7 +269,7 @@ def build_bodies(collector: Collector, workers: int | None = None) -> Iterator[d
     chunks = [names[i : i + BUILD_CHUNK] for i in range(0, len(names), BUILD_CHUNK)]
     _collector = collector
     try:
-        with multiprocessing.get_context("fork").Pool(workers or os.cpu_count() or 2) as pool:
+        with _pool(workers or os.cpu_count() or 2) as pool:
             for bodies in pool.imap(_build_chunk, chunks, chunksize=1):
                 yield from bodies
     finally:

@@ -18,7 +18,7 @@ from ..core.audit import AuditDeduper, entry_observations
 from ..core.collect import Collector
 from ..core.detector import Detector
 from ..core.pods import decode_pod
-from ..core.pulls import DecodeError, Pull, decode_event, event_head, involved_slot
+from ..core.pulls import DecodeError, Pull, decode_event, event_parts, involved_slot
 from ..core.rules import (
     SCANNER_IMAGES_KIND,
     ScannerList,
@@ -56,6 +56,7 @@ class Scanner:
         self.collector = Collector(detector, clock if clock is not None else time.time())
         self.result = ScanResult()
         self._audit = AuditDeduper()
+        self._admitted: tuple[Any, Any] = (None, None)  # the last Event admitted, and its look
 
     def admit(self, kind: str, obj: Any) -> bool:
         """The cheap first look: is this a pull that some rule fires on?
@@ -67,13 +68,15 @@ class Scanner:
         if kind in ("audit", "pod"):
             return True
         try:
-            head = event_head(obj)
+            parts = event_parts(obj)
         except DecodeError as exc:
             self.result.stats.skipped[str(exc)] += 1
             return False
-        if head is None:
+        if parts is None:
             return False
+        head = parts[4], parts[2]
         if self.detector.rules_for(*head):
+            self._admitted = obj, parts  # decode goes on from this look
             return True
         self.result.pulls += 1
         slot = involved_slot(obj)
@@ -95,7 +98,8 @@ class Scanner:
         be used (counted as skipped)."""
         try:
             if kind == "event":
-                pull = decode_event(obj)
+                obj_parts = self._admitted
+                pull = decode_event(obj, head=obj_parts[1] if obj_parts[0] is obj else None)
                 return "", [pull] if pull is not None else []
             if kind == "audit":
                 return entry_observations(obj)
