@@ -10,4 +10,7 @@ source hack/bootstrap.sh
 .venv/bin/ruff format --check --quiet .
 .venv/bin/ruff check --quiet .
 bash hack/build-kube.sh kube-apiserver kubelet >/dev/null
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist), each given whole files (a module's operator is shared by its tests):
+# the end-to-end tests mostly wait on an API server, and two sessions, each with its own API
+# server, overlap their waits. PULLWATCH_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${PULLWATCH_TEST_WORKERS:-2}" --dist loadfile "$@"
