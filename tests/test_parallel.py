@@ -95,9 +95,8 @@ def test_not_used_for_small_gzip_or_non_json_lines(tmp_path, stream):
 
 
 def test_a_name_collision_is_resolved_in_file_order(tmp_path, monkeypatch):
-    """Records judged in a worker are created in the parent where the file first shows them:
-    after a name collision, the identity seen first keeps its name, as in a sequential scan,
-    even when it came from an Event and the other from an audit entry later in the range."""
+    """After a name collision, the identity seen first in the file keeps its name, as in a
+    sequential scan, whichever witness (an Event, an audit entry) each came from."""
     from pullwatch.core import findings as findings_module
     from pullwatch.core.findings import Identity
 

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",  # a free loopback port: two clusters never clash
             ) as cluster,
             Client(cluster) as client,
         ):

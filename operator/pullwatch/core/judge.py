@@ -19,6 +19,7 @@ is judged by the new one, and no verdict of the old one outlives it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -178,6 +179,7 @@ def _with_digest(image: str, digest: str | None) -> str:
     return image if digest is None or "@" in image else f"{image}@{digest}"
 
 
+@functools.lru_cache(maxsize=16384)  # a pod's pulls come close together: one hash for them all
 def pull_slot(namespace: str, pod: str, container: str, image: str) -> int:
     """A container's pull Event, by the repository it pulled: an Event covers a container that
     ran (it was not "ran without a pull Event") only if it names what the container ran."""

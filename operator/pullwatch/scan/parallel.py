@@ -1,15 +1,12 @@
 """One large JSON-lines file, scanned on every core, with results identical to one core's.
 
 The file is cut into line-aligned byte ranges; a forked worker per range does the expensive,
-order-free part: find candidate lines, parse them, the cheap rules look of ``Scanner.admit``, the
-full decode of ``Scanner.decode`` and, for Events and Pods, the judging into Finding records
-(``Collector.add``: what a record keeps is a join, so a range's records merge into the whole's
-exactly). Audit entries go back as observations: a request logged at several stages counts once,
-at its first stage in file order, so the parent de-duplicates them (``Scanner.take``). Each range
-also says, in file order, where it first saw each Finding, so that the parent creates them in the
-order a sequential scan does (which Finding gets the salted name after a name collision depends
-on it). Series counting, audit de-duplication and Finding contents are exactly those of a
-sequential scan (``tests/test_parallel.py``).
+order-free part (find candidate lines, parse them, the cheap rules look of ``Scanner.admit``,
+the full decode of ``Scanner.decode``) and returns only the observations of the admitted
+records, usually a few percent. The parent then runs ``Scanner.take`` on them in file order,
+so series counting, audit de-duplication, the names Findings get after a collision and Finding
+contents are exactly those of a sequential scan (``tests/test_parallel.py``). Judging in the
+workers instead was measured slower: the records travel back larger than the observations.
 
 Only for regular files and objects (``cloud.py``: each worker reads its range with its own
 ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -28,7 +24,6 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..core.collect import Collector
-from ..core.replay import FindingRecord
 from . import cloud
 from .pipeline import Scanner
 from .records import ReadStats, json_lines
@@ -105,10 +100,7 @@ class RangeResult(NamedTuple):
 
     stats: ReadStats
     pulls: int
-    # In file order: (auditID, observations) of an audit entry, or (None, [identity]) where
-    # the range first made a record of that Finding.
-    kept: list[tuple[str | None, list[Any]]]
-    records: list[FindingRecord]  # judged from the range's Events and Pods
+    kept: list[tuple[str, list[Any]]]  # (auditID or "", observations) in file order
     pulled: set[int]
     error: str | None
 
@@ -117,39 +109,23 @@ def _scan_range(bounds: tuple[int, int]) -> RangeResult:
     assert _parent is not None
     worker = Scanner(_parent.detector)  # this process's copy: its counters are its own
     stats = worker.result.stats
-    kept: list[tuple[str | None, list[Any]]] = []
-    records = worker.collector.records
+    kept: list[tuple[str, list[Any]]] = []
     error = None
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
-        return RangeResult(
-            stats, 0, kept, [], set(), f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
-        )
+        return RangeResult(stats, 0, kept, set(), f"bytes {bounds[0]}-{bounds[1]} not read: {exc}")
     try:
         for kind, obj in json_lines(reader, stats):
-            if not worker.admit(kind, obj):
-                continue
-            decoded = worker.decode(kind, obj)
-            if decoded is None or not decoded[1]:
-                continue
-            if kind == "audit":
-                kept.append(decoded)  # de-duplicated and judged by the parent, in file order
-                continue
-            known = len(records)
-            worker.take(*decoded)
-            made = len(records) - known
-            if made:  # dicts keep insertion order: the new ones are last
-                new = itertools.islice(reversed(records.values()), made)
-                kept.extend((None, [r.identity]) for r in reversed(list(new)))
+            if worker.admit(kind, obj):
+                decoded = worker.decode(kind, obj)
+                if decoded is not None and decoded[1]:
+                    kept.append(decoded)
     except OSError as exc:  # the network, usually: what was read before it counts
         error = f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}"
     finally:
         reader.close()
-    result = worker.result
-    return RangeResult(
-        stats, result.pulls, kept, list(records.values()), worker.collector.pulled, error
-    )
+    return RangeResult(stats, worker.result.pulls, kept, worker.collector.pulled, error)
 
 
 def usable(path: str) -> bool:
@@ -198,15 +174,9 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
             for part in pool.imap(_scan_range, ranges, chunksize=1):
                 total.add(part.stats)  # ranges come back in file order
                 scanner.result.pulls += part.pulls
-                collector = scanner.collector
-                collector.pulled |= part.pulled
+                scanner.collector.pulled |= part.pulled
                 for audit_id, observations in part.kept:
-                    if audit_id is None:
-                        collector.record_of(observations[0])  # created where a scan would
-                    else:
-                        scanner.take(audit_id, observations)
-                for record in part.records:
-                    collector.merge_record(record)
+                    scanner.take(audit_id, observations)
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
                 gc.freeze()  # what is kept stays: no collection need walk it again
@@ -235,9 +205,9 @@ def _pool(workers: int) -> Any:
 
 
 def _worker_start() -> None:
-    """A worker lives for one scan and holds one range's records at a time: it never runs the
-    cyclic collector (which would walk what it inherited, copying every page that lies in, and
-    its records again and again); reference counting frees what it drops."""
+    """A worker lives for one scan and holds one range's observations at a time: it never runs
+    the cyclic collector (which would walk what it inherited, copying every page that lies in);
+    reference counting frees what it drops."""
     gc.disable()
 
 
