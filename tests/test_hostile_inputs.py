@@ -435,3 +435,25 @@ def test_help_is_plain_text_and_documents_the_exit_codes():
     assert "``" not in out + top
     for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
         assert f"\n  {code}" in out, code
+
+
+def test_the_hot_path_caches_keep_no_long_text():
+    """The caches of the hot path see names before they are validated (a pod name, a fieldPath,
+    a timestamp from an Event anyone wrote, up to a 16 MiB line): a long one is computed, never
+    kept, so that 30,000 of them cannot pin gigabytes."""
+    from pullwatch.core import findings, judge, ledger, pulls
+
+    long = "a" * 1_000_000
+    checks = [
+        (ledger._short_hash, lambda: ledger.short_hash(long, 48)),
+        (pulls._container_of, lambda: pulls.container_of("spec.containers{" + long + "}")),
+        (judge._pull_slot, lambda: judge.pull_slot("ns", long, "app", "nginx")),
+        (findings._minute_of, lambda: findings.minute_of("2026-11-18T00:00:00" + long)),
+    ]
+    for cache, call in checks:
+        before = cache.cache_info()
+        call()
+        after = cache.cache_info()
+        assert (after.currsize, after.misses) == (before.currsize, before.misses), cache
+    assert ledger.short_hash(long, 48) == ledger.short_hash(long, 48)  # the same, uncached
+    assert pulls.container_of("spec.ephemeralContainers{" + "b" * 253 + "}") == "b" * 253

@@ -386,6 +386,8 @@ def minute_of(stamp: str | None) -> int | None:
     """Minutes since the epoch of an RFC 3339 stamp (the ledger's clock), or None."""
     if not stamp:
         return None
+    if len(stamp) > 40:  # not a stamp the cache should keep (RFC 3339 with nanoseconds: 35)
+        return _minute_of.__wrapped__(stamp)
     return _minute_of(stamp)
 
 

@@ -74,10 +74,25 @@ _B64_VALUE = {c: i for i, c in enumerate(_B64)}
 _URLSAFE = bytes.maketrans(b"+/", b"-_")  # standard base64's last two digits -> _B64's
 
 
-# Cached: the same pods, nodes and series are hashed again and again while Findings are built
-# (a series is looked up, then counted; a node is in every pull of a Finding).
-@functools.lru_cache(maxsize=1 << 15)
 def short_hash(text: str, bits: int) -> int:
+    """The first ``bits`` bits of ``text``'s blake2b digest.
+
+    >>> short_hash("web/hunter.1", 48) == short_hash("web/hunter.1" + "", 48) < 2**48
+    True
+    """
+    if len(text) <= _CACHED_CHARS:
+        return _short_hash(text, bits)
+    return _short_hash.__wrapped__(text, bits)
+
+
+# Cached: the same pods, nodes and series are hashed again and again while Findings are built
+# (a series is looked up, then counted; a node is in every pull of a Finding). Some texts are
+# hashed before their names are validated: the cache keeps only short ones (at most ~20 MB).
+_CACHED_CHARS = 600
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _short_hash(text: str, bits: int) -> int:
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> (64 - bits)
 

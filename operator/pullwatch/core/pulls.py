@@ -217,8 +217,19 @@ def _count(value: Any) -> int | None:
     return value
 
 
-@functools.lru_cache(maxsize=4096)
 def container_of(field_path: str) -> str | None:
+    """The container a fieldPath names: ``spec.containers{app}`` -> ``app``.
+
+    >>> container_of("spec.initContainers{setup}"), container_of("spec.volumes")
+    ('setup', None)
+    """
+    if len(field_path) > 256:  # whatever the writer put there: not kept by the cache
+        return _container_of.__wrapped__(field_path)
+    return _container_of(field_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _container_of(field_path: str) -> str | None:
     m = _FIELD_PATH_CONTAINER.match(field_path)
     return m.group(1) if m else None
 
