@@ -448,6 +448,8 @@ def test_the_hot_path_caches_keep_no_long_text():
         (ledger._short_hash, lambda: ledger.short_hash(long, 48)),
         (pulls._container_of, lambda: pulls.container_of("spec.containers{" + long + "}")),
         (judge._pull_slot, lambda: judge.pull_slot("ns", long, "app", "nginx")),
+        (judge._pull_slot, lambda: judge.pull_slot(long, "pod", "app", "nginx")),
+        (pulls._parse_cached, lambda: pulls.parse_message(long, 'Pulling image "x"')),
         (findings._minute_of, lambda: findings.minute_of("2026-11-18T00:00:00" + long)),
     ]
     for cache, call in checks:
@@ -457,3 +459,54 @@ def test_the_hot_path_caches_keep_no_long_text():
         assert (after.currsize, after.misses) == (before.currsize, before.misses), cache
     assert ledger.short_hash(long, 48) == ledger.short_hash(long, 48)  # the same, uncached
     assert pulls.container_of("spec.ephemeralContainers{" + "b" * 253 + "}") == "b" * 253
+
+
+def test_an_allowed_pull_in_an_invalid_namespace_is_skipped_before_anything_keeps_it(tmp_path):
+    """The cheap look sees the namespace as written: one that is no namespace (here 200,000
+    characters) is counted as skipped, as the full decode says, before any cache or the
+    allowlist's per-namespace verdicts could keep it."""
+    from pullwatch.core import judge
+    from pullwatch.scan.pipeline import scan_paths
+
+    allow = Allowlist(
+        [
+            policy_from_object(
+                {
+                    "apiVersion": "pullwatch.dev/v1alpha1",
+                    "kind": "AllowedImages",
+                    "metadata": {"name": "a"},
+                    "spec": {"images": ["nginx:*"]},
+                }
+            )
+        ]
+    )
+    lines = []
+    for i in range(5):
+        ev = image_event("Pulling", "web", f"p{i}", "nginx:1", seq=i)
+        ev["metadata"]["namespace"] = ev["involvedObject"]["namespace"] = f"n{i}" + "x" * 200_000
+        lines.append(json.dumps({"type": "ADDED", "object": ev}))
+    path = tmp_path / "long-namespaces.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    before = judge._pull_slot.cache_info().currsize
+    result = scan_paths([str(path)], allow, parallel=False)
+    assert result.stats.skipped["image event in an invalid namespace"] == 5
+    assert result.pulls == 0 and not result.findings
+    assert judge._pull_slot.cache_info().currsize == before
+
+
+def test_records_nested_a_thousand_arrays_deep_are_skipped_not_a_crash(tmp_path):
+    """orjson parses 1,024 levels of arrays; a reader that followed each level with a
+    generator ended the whole scan with a RecursionError."""
+    hunter = json.dumps(image_event("Pulling", "ci", "hunter", "aquasec/kube-hunter:0.6.8", seq=1))
+    deep = "[" * 1000 + hunter + "]" * 1000
+    path = tmp_path / "deep.jsonl"
+    path.write_text(deep + "\n" + hunter + "\n")
+    r = subprocess.run(
+        [PULLWATCH, "scan", str(path), "-o", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "records nested deeper than 4 arrays or Lists" in r.stderr
+    counts = [f["status"]["count"] for f in finding_items(r.stdout)]
+    assert counts == [1, 1]  # the line after it: its scanner and suspicious Findings, once each

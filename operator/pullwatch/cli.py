@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections.abc import Sequence
 
@@ -124,14 +123,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             f"pullwatch: {safe(what)}: not a pullwatch configuration object; ignored",
             file=sys.stderr,
         )
-    # The scan builds no reference cycles (parsed JSON and our own records), so reference
-    # counting frees everything; the cyclic collector would only re-walk the growing Finding
-    # state over and over (a third of the scan time in bench/scan_throughput.py).
-    gc.disable()
-    try:
-        result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
-    finally:
-        gc.enable()
+    result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
     extra = [result.context] if result.context is not None else []
     FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete, extra=extra)
     sys.stdout.flush()

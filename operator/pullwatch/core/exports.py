@@ -105,7 +105,7 @@ def export_kind(obj: Any) -> str | None:
     return None
 
 
-def record_kind(obj: Any) -> str | None:
+def record_kind(obj: Any, depth: int = 0) -> str | None:
     """``audit`` (an audit entry), ``export`` (a cloud's export of them), ``pod`` or ``None``:
     what the first records of an input hold, for the readers to choose their byte pre-filters
     (a watch event and a List are looked into).
@@ -115,10 +115,12 @@ def record_kind(obj: Any) -> str | None:
     >>> record_kind({"records": []}), record_kind({"kind": "Event", "reason": "Pulled"})
     ('export', None)
     """
+    if depth > 4:  # as deep as the readers look for records (records.py)
+        return None
     if not isinstance(obj, Mapping):
         if isinstance(obj, list):
             for item in obj[:8]:
-                found = record_kind(item)
+                found = record_kind(item, depth + 1)
                 if found:
                     return found
         return None
@@ -134,7 +136,7 @@ def record_kind(obj: Any) -> str | None:
     if export_kind(obj) is not None:
         return "export"
     if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
-        return "pod" if kind == "PodList" else record_kind(obj["items"])
+        return "pod" if kind == "PodList" else record_kind(obj["items"], depth + 1)
     return None
 
 

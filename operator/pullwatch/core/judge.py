@@ -182,13 +182,13 @@ def _with_digest(image: str, digest: str | None) -> str:
 def pull_slot(namespace: str, pod: str, container: str, image: str) -> int:
     """A container's pull Event, by the repository it pulled: an Event covers a container that
     ran (it was not "ran without a pull Event") only if it names what the container ran."""
-    if len(pod) + len(image) <= _CACHED_SLOT_CHARS:  # the cache holds what it is given
+    if len(namespace) + len(pod) + len(container) + len(image) <= _CACHED_SLOT_CHARS:
         return _pull_slot(namespace, pod, container, image)
     return short_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
 
 
-# Names are validated after this look, not before it: what the cache keeps is bounded here
-# (16,384 keys of at most ~900 characters with the namespace and container: about 15 MB).
+# Some names are hashed before they are validated: the cache holds what it is given, so it
+# is bounded here (16,384 keys of at most 768 characters: about 13 MB).
 _CACHED_SLOT_CHARS = 768
 
 

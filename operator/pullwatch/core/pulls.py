@@ -234,12 +234,20 @@ def _container_of(field_path: str) -> str | None:
     return m.group(1) if m else None
 
 
+INVALID_NAMESPACE = "image event in an invalid namespace"
+
+
 def parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
     """(kind, image) for an image event's wording, ``None`` when it is not an image pull event.
 
     Raises :class:`DecodeError` for an image reason whose message cannot be read.
     """
-    if reason.__class__ is str and message.__class__ is str and len(message) <= 512:
+    if (
+        reason.__class__ is str
+        and message.__class__ is str
+        and len(message) <= 512
+        and len(reason) <= 64  # the image reasons are short: no cache keeps a long one
+    ):
         # A stream repeats a few wordings of a few images: each is matched once.
         return _parse_cached(reason, message)
     return _parse_message(reason, message)
@@ -343,7 +351,7 @@ def decode_event(
     new_api, kind, image, involved, found, metadata = head
     namespace = namespace or found
     if not is_label(namespace):
-        raise DecodeError("image event in an invalid namespace")
+        raise DecodeError(INVALID_NAMESPACE)
     inv_name = _str(involved.get("name"))
     if inv_name is None:
         raise DecodeError("image event without involvedObject.name")

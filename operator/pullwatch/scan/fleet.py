@@ -35,7 +35,6 @@ merge state, then a ``ScanContext`` document if there is one, and what could not
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 import time
@@ -107,14 +106,8 @@ def scan_shard(
         validate_scanner_names(list(scanners)),
         DEFAULT_SCANNER_IMAGES if default_scanners else frozenset(),
     )
-    enabled = gc.isenabled()
-    gc.disable()  # as `pullwatch scan` does: the scan builds no reference cycles
-    try:
-        result = scan_paths(paths, Allowlist(config.policies), names, parallel, config)
-        documents = list(result.findings)
-    finally:
-        if enabled:
-            gc.enable()
+    result = scan_paths(paths, Allowlist(config.policies), names, parallel, config)
+    documents = list(result.findings)
     if result.context is not None:
         documents.append(result.context)
     errors = list(result.input_errors)

@@ -14,7 +14,6 @@ ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import multiprocessing
 import os
@@ -38,7 +37,6 @@ _path: str = ""
 _collector: Collector | None = None
 MIN_FINDINGS = 400  # fewer are built faster than a pool starts
 BUILD_CHUNK = 64  # Findings per task: small, so that the cores finish together
-_GC_THRESHOLD = 50_000  # allocations between collections of the youngest objects (default 700)
 
 
 def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
@@ -170,7 +168,7 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     _parent, _path = scanner, path
     total = scanner.result.stats
     try:
-        with _few_collections(), _pool(workers) as pool:
+        with _pool(workers) as pool:
             for part in pool.imap(_scan_range, ranges, chunksize=1):
                 total.add(part.stats)  # ranges come back in file order
                 scanner.result.pulls += part.pulls
@@ -179,25 +177,8 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                     scanner.take(audit_id, observations)
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
-                gc.freeze()  # what is kept stays: no collection need walk it again
     finally:
         _parent, _path = None, ""
-
-
-@contextlib.contextmanager
-def _few_collections() -> Iterator[None]:
-    """The parent keeps every Finding's records: Python's cyclic collector would walk all of
-    them again each time they grew by a quarter (measured: a third of the parent's time on a
-    Finding-heavy stream). What is kept is frozen instead (``gc.freeze`` after each range) and
-    young objects are collected less often. Frozen objects are still freed by reference
-    counting when the scan drops them; only cycles among them would wait, and records hold
-    none."""
-    threshold = gc.get_threshold()
-    gc.set_threshold(_GC_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
 
 
 def _pool(workers: int) -> Any:
@@ -205,9 +186,9 @@ def _pool(workers: int) -> Any:
 
 
 def _worker_start() -> None:
-    """A worker lives for one scan and holds one range's observations at a time: it never runs
-    the cyclic collector (which would walk what it inherited, copying every page that lies in);
-    reference counting frees what it drops."""
+    """A worker lives for one scan: it never runs the cyclic collector (``scan_paths`` says why),
+    which would also walk everything it inherited from the parent, copying every page that lies
+    in; reference counting frees what it drops."""
     gc.disable()
 
 

@@ -327,14 +327,23 @@ def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[
         pos = line_end
 
 
+_MAX_NESTING_OF_RECORDS = 4  # a List in an array in a List: deeper is no dump anyone writes
+
+
 def _classify(
-    obj: Any, stats: ReadStats, api_version: str | None = None
+    obj: Any, stats: ReadStats, api_version: str | None = None, depth: int = 0
 ) -> Iterator[tuple[str, Any]]:
+    if depth > _MAX_NESTING_OF_RECORDS:
+        # orjson parses 1,024 levels of arrays: followed one generator per level, they would
+        # end the scan with a RecursionError.
+        stats.unrecognized += 1
+        stats.skipped["records nested deeper than 4 arrays or Lists"] += 1
+        return
     if isinstance(obj, list) and obj:
         # An array on one line (jq -c -s): its elements are records.
         stats.records += len(obj) - 1
         for item in obj:
-            yield from _classify(item, stats)
+            yield from _classify(item, stats, None, depth + 1)
         return
     if not isinstance(obj, dict):
         stats.unrecognized += 1
@@ -368,7 +377,7 @@ def _classify(
         # A List on one line (e.g. `kubectl get events -o json | jq -c .`): its items are records.
         stats.records += len(obj["items"]) - 1
         for item in obj["items"]:
-            yield from _classify(item, stats, api if isinstance(api, str) else None)
+            yield from _classify(item, stats, api if isinstance(api, str) else None, depth + 1)
     elif kind is None and exports.export_kind(obj) is not None:
         yield from _exported(obj, stats)
     elif kind == "Pod":
