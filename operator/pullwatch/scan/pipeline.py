@@ -174,9 +174,16 @@ class Built:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from . import parallel as par
 
-        if self.parallel and par.can_build(len(self)):
-            return par.build_bodies(self.collector)
-        return self.collector.bodies()
+        enabled = gc.isenabled()
+        gc.disable()  # as in scan_paths: receiving bodies would have it walk every record again
+        try:
+            if self.parallel and par.can_build(len(self)):
+                yield from par.build_bodies(self.collector)
+            else:
+                yield from self.collector.bodies()
+        finally:
+            if enabled:
+                gc.enable()
 
     def __bool__(self) -> bool:
         return bool(self.collector.records)
