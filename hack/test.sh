@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: venv and packages, etcd/kubectl, the cached builds of
-# kube-apiserver and kubelet (first run: ~9 minutes, one pass), then lint and format (fail fast,
-# in seconds), then pytest. The real-node tier (tests/e2e/test_realnode.py) sets up the rest
+# The whole test suite on a fresh machine: venv and packages, then lint and format (fail fast, in
+# seconds), then etcd/kubectl and the cached builds of kube-apiserver and kubelet (first run: ~9
+# minutes, one pass), then pytest. The real-node tier (tests/e2e/test_realnode.py) sets up the rest
 # itself (containerd, registry, images; seconds). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
