@@ -283,7 +283,10 @@ def _parse_message(reason: Any, message: Any) -> tuple[str, str] | None:
 
 
 def event_parts(obj: Any) -> Head | None:
-    """Everything :func:`event_head` looks at, for :func:`decode_event` to go on from.
+    """The cheap first look at an Event: enough (its namespace and image) to ask which rules fire,
+    so that the many pulls no rule fires on never pay for a full :func:`decode_event`, which goes
+    on from it. ``None`` for an Event that is no image pull; raises :class:`DecodeError` like
+    :func:`decode_event` does.
 
     >>> parts = event_parts({"reason": "Pulling", "message": 'Pulling image "nginx"',
     ...                      "metadata": {"namespace": "web"}, "involvedObject": {"name": "p"}})
@@ -291,16 +294,6 @@ def event_parts(obj: Any) -> Head | None:
     ('web', 'nginx')
     """
     return _head(obj, "default")
-
-
-def event_head(obj: Any, default_namespace: str = "default") -> tuple[str, str] | None:
-    """``(namespace, image)`` of an image pull Event, ``None`` for any other Event.
-
-    The cheap first look: enough to ask which rules fire, so that the (many) pulls no rule fires
-    on never pay for a full :func:`decode_event`. Raises :class:`DecodeError` like it does.
-    """
-    head = _head(obj, default_namespace)
-    return None if head is None else (head[4], head[2])
 
 
 def _head(obj: Any, default_namespace: str) -> Head | None:
