@@ -67,9 +67,19 @@ def operator(cluster, tmp_path_factory):
         op.kill() if op.stop(timeout=30) is None else None
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test, for fixtures that say more when a test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def start_operator(cluster, tmp_path):
-    """Start operators for one test; every one is killed when the test ends, however it ends."""
+def start_operator(cluster, tmp_path, request):
+    """Start operators for one test; every one is killed when the test ends, however it ends.
+    When the test failed, the end of each operator's log is printed (pytest reports it with the
+    failure: CI keeps no temporary directories)."""
     started: list[Operator] = []
 
     def start(*args: str, wait: bool = True, kubeconfig=None) -> Operator:
@@ -82,3 +92,7 @@ def start_operator(cluster, tmp_path):
     yield start
     for op in started:
         op.kill()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for op in started:
+            print(f"--- the end of {op.log_path.name} ---\n{op.logs()[-4000:]}")

@@ -7,7 +7,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from fakeapi import serving
+from fakeapi import line, serving, until
 
 from pullwatch.core.allowlist import Allowlist
 from pullwatch.core.budgets import NAMESPACE_BUDGET
@@ -15,6 +15,7 @@ from pullwatch.core.detector import Detector
 from pullwatch.kube import metrics
 from pullwatch.kube.config import _META, Configs, Kind
 from pullwatch.kube.kinds import suppressions
+from pullwatch.kube.stream import ListWatch
 
 PATH = "/apis/pullwatch.dev/v1alpha1/suppressions"
 
@@ -101,6 +102,54 @@ async def test_a_list_that_fails_is_retried_and_nothing_is_in_force_before_it_wo
         )
         await asyncio.wait_for(configs.load(), 10)
         assert installed == [["r"]]
+
+
+async def test_the_watch_outlives_a_404_and_a_relist_forgets_what_was_deleted_meanwhile():
+    """An API server that restarts answers 404 for a custom resource until it has loaded the
+    CRDs again: the watch resumes (it is not the end of the operator); its resourceVersion has
+    expired by then, and the list after the 410 no longer holds what was deleted meanwhile."""
+
+    async def no_wait(_: float) -> None:
+        await asyncio.sleep(0)
+
+    async with serving() as (fake, api):
+        installed: list[list[str]] = []
+        configs = Configs(api, kind(installed))
+        fake.lists.append(
+            {
+                "metadata": {"resourceVersion": "10"},
+                "items": [obj("s1", "u1", 8, reason="one"), obj("s2", "u2", 9, reason="two")],
+            }
+        )
+        rv = await configs.load()
+        assert rv == "10" and installed[-1] == ["one", "two"]
+        fake.script_watch(404)
+        fake.script_watch(line("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"}))
+        fake.lists.append(
+            {
+                "metadata": {"resourceVersion": "30"},
+                "items": [obj("s2", "u2", 9, reason="two"), obj("s3", "u3", 25, reason="three")],
+            }
+        )
+        watch = ListWatch(
+            api,
+            PATH,
+            configs.apply,
+            name="Suppression watch",
+            sleep=no_wait,
+            list_started=configs.list_started,
+            list_ended=configs.list_ended,
+        )
+        watch.rv = rv
+        task = asyncio.create_task(watch.run())
+        try:
+            await until(lambda: watch.relists == 1 and watch.rv == "30")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await configs.rebuild()
+        assert installed[-1] == ["two", "three"]  # in force in uid order: u2, u3
+        assert set(configs.objects) == {"u2", "u3"} and "u1" in configs.deleted
 
 
 # -- Suppressions: a budget, no whole bodies kept, every new or changed version told -------------

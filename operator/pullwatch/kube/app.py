@@ -1,8 +1,8 @@
 """``pullwatch run``: the operator. A thin kopf adapter over the detection engine.
 
-kopf runs the operator's life: login, signals and shutdown, peering between replicas, the
-liveness endpoint, and the AllowedImages watch whose changes it hands to the engine's allowlist.
-The engine (engine.py) runs while this replica is the active one.
+kopf runs the operator's life: login, signals and shutdown, peering between replicas and the
+liveness endpoint. The engine (engine.py) runs while this replica is the active one; it watches
+everything it reads itself, the configuration kinds too (stream.py).
 
 Production settings, and why:
 * kopf retries failed API requests forever, backing off to 5 s, instead of giving up after nine
@@ -29,7 +29,6 @@ import kopf
 import kubernetes
 import urllib3
 
-from .. import GROUP, VERSION
 from . import metrics
 from .api import Api, ApiError
 from .auditserver import AuditServer, server_context
@@ -203,27 +202,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             "pulls": engine.pulls,
         }
 
-    # The configuration kinds: kopf watches them and hands every change to the engine (async
-    # handlers: they run on the event loop, where the engine's state lives).
-    for plural, kind in (
-        ("allowedimages", "AllowedImages"),
-        ("scannerimages", "ScannerImages"),
-        ("suppressions", "Suppression"),
-    ):
-
-        async def handler(
-            event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any
-        ) -> None:
-            if rt.engine is not None:
-                rt.engine.configs[_kind].apply(event.get("type") or "MODIFIED", _plain(body))
-
-        kopf.on.event(GROUP, VERSION, plural, registry=registry, id=plural)(handler)
-
     return registry
-
-
-def _plain(body: Any) -> dict[str, Any]:
-    return {k: (_plain(v) if hasattr(v, "keys") else v) for k, v in dict(body).items()}
 
 
 def _load_config() -> None:

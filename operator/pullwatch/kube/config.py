@@ -6,9 +6,13 @@ One mechanism for the three kinds (``Kind`` says what differs):
   it), in a worker thread, by the pure core; what is in force is then assembled from the compiled
   objects, which is cheap. A change costs the compile of that one object, not of all of them, and
   nothing heavy runs on the event loop (whose stall fails the liveness probe).
-* Changes come from kopf (``apply``: every ADDED/MODIFIED/DELETED of the kind's watch); when an
-  active replica starts, ``load`` lists them all first, so that no pull is judged against half of
-  the configuration. A change is in force within ``DEBOUNCE`` seconds plus its compile time.
+* When an active replica starts, ``load`` lists them all first, so that no pull is judged against
+  half of the configuration; changes then come from the kind's watch (stream.py's ``ListWatch``,
+  from the list's resourceVersion: ``apply`` takes every ADDED/MODIFIED/DELETED). A watch that
+  fails - the API server restarting serves no custom resource for seconds (404) - is resumed, never
+  the end of the operator. After a 410 the watch lists again, and what that list no longer holds
+  was deleted while nobody watched (``list_started``/``list_ended``). A change is in force within
+  ``DEBOUNCE`` seconds plus its compile time.
 * The list and the watch race: a page of the list can be older than what the watch delivered.
   An older version never replaces a newer one, and a deleted object is remembered (a tombstone
   per uid: a uid is never reused, so nothing seen after its DELETED can bring it back) - else a
@@ -117,6 +121,7 @@ class Configs:
         self._specs: dict[str, dict[str, Any]] = {}  # uid -> whole body, until compiled
         self._stand_ins: dict[tuple[str, Any], str] = {}  # compiled key -> why (budget stand-ins)
         self._noticed: dict[str, Any] = {}  # uid -> generation told to kind.noticed
+        self._listing: set[str] | None = None  # uids a list in progress (a relist) has held
 
     def in_force(self) -> list[Any]:
         return [
@@ -131,6 +136,8 @@ class Configs:
         uid = meta.get("uid")
         if not isinstance(uid, str) or not self.kind.named(meta):
             return
+        if self._listing is not None:
+            self._listing.add(uid)
         if uid in self.deleted:
             return  # deleted: whatever comes after (a stale list page) is older than that
         if event == "DELETED":
@@ -154,6 +161,19 @@ class Configs:
             else:
                 self._specs.pop(uid, None)  # a status write: that generation is compiled
         self._changed.set()
+
+    def list_started(self) -> None:
+        """A relist begins (the watch's resourceVersion expired): note what it holds."""
+        self._listing = set()
+
+    def list_ended(self) -> None:
+        """A relist was read to its end: whatever it did not hold was deleted meanwhile. (The
+        watch does not run while its list is read, so nothing newer can be missing from it.)"""
+        listed, self._listing = self._listing, None
+        if listed is None:
+            return
+        for uid in [u for u in self.objects if u not in listed]:
+            self.apply("DELETED", {"metadata": self.objects[uid]["metadata"]})
 
     def _slim(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
@@ -184,13 +204,15 @@ class Configs:
         for uid in self.refused:
             self._specs.pop(uid, None)
 
-    async def load(self) -> None:
-        """List every object (retrying within seconds) and put them in force."""
+    async def load(self) -> str:
+        """List every object (retrying within seconds) and put them in force; the list's
+        resourceVersion (where the kind's watch starts)."""
         delay = 0.5
         while True:
             try:
-                listed = 0
+                listed, rv = 0, ""
                 async for page in pages(self.api, self.kind.path(), max_page=self.max_page):
+                    rv = page.resource_version
                     if page.skipped is not None:
                         self._oversize(page.skipped.size)
                     for item in page.items:
@@ -215,6 +237,7 @@ class Configs:
             f"listing {self.kind.name} works again",
         )
         await self.rebuild()
+        return rv
 
     def _oversize(self, size: int) -> None:
         """An object over the page bound alone (none the API server stores is): not in force,

@@ -166,6 +166,25 @@ class Engine:
             else None
         )
         self.upkeep.suppressions = self.configs["Suppression"]
+        # Their watches (from where load's list got to; run() sets it): our list + watch, not
+        # kopf's, whose watch ends the operator on the 404 an API server that restarts answers
+        # for a custom resource until it has loaded the CRDs again.
+        self.config_watches = {
+            name: ListWatch(
+                api,
+                c.kind.path(),
+                c.apply,
+                name=f"{name} watch",
+                health=health,
+                watch_timeout=options.watch_timeout,
+                read_timeout=options.read_timeout,
+                quiet=quiet,
+                metric=c.kind.plural,
+                list_started=c.list_started,
+                list_ended=c.list_ended,
+            )
+            for name, c in self.configs.items()
+        }
         self.witness_board = WitnessBoard(api, self._witness_reports(), quiet=quiet)
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()
@@ -204,9 +223,13 @@ class Engine:
                 await watch.synced.wait()  # every Finding adopted (its first list)
             log.info("adopted %d existing Findings", len(self.detector.states))
             # every AllowedImages, ScannerImages and Suppression compiled before a pull is judged
-            await asyncio.gather(*(c.load() for c in self.configs.values()))
-            for name, c in self.configs.items():
+            versions = await asyncio.gather(*(c.load() for c in self.configs.values()))
+            for (name, c), rv in zip(self.configs.items(), versions, strict=True):
                 start(c.run(), name)
+                watch = self.config_watches[name]
+                watch.rv = rv or None  # no resourceVersion (never from a real list): list again
+                self.health.watch(watch.name, allowed=3 * self.options.read_timeout + 30)
+                start(watch.run(), watch.name)
             for stream in self.event_streams:
                 self.health.watch(stream.name, allowed=3 * self.options.read_timeout + 30)
                 start(stream.run(), stream.name)
@@ -238,7 +261,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.options.drain_seconds if grace is None else grace)
         streams = {
-            s.name for s in [*self.event_streams, *self.findings_watches, *self.pod_witnesses]
+            s.name
+            for s in [
+                *self.event_streams,
+                *self.findings_watches,
+                *self.pod_witnesses,
+                *self.config_watches.values(),
+            ]
         } | ({self.audit.name} if self.audit is not None else set())
         for names in (streams, {"workloads"}, None):
             batch = [

@@ -83,6 +83,8 @@ class ListWatch:
         max_line: int = MAX_LINE,
         max_page: int = MAX_PAGE,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        list_started: Callable[[], None] | None = None,
+        list_ended: Callable[[], None] | None = None,
     ):
         self.api, self.path, self.handle, self.name = api, path, handle, name
         self.resource = path.rstrip("/").rsplit("/", 1)[-1]
@@ -101,6 +103,9 @@ class ListWatch:
         self.cached = cached
         self.max_line, self.max_page = max_line, max_page
         self.sleep = sleep  # the backoff's (tests pass one that does not wait)
+        # Told when a list begins and when one was read to its end (what a whole list no longer
+        # holds was deleted while no watch ran).
+        self.list_started, self.list_ended = list_started, list_ended
         self.rv: str | None = None  # where the stream got to; None: list first
         # For the Witness objects: when an item was last handed over (wall clock), and why the
         # API server refuses the stream (a 403's "verb resource"), while it does.
@@ -187,7 +192,11 @@ class ListWatch:
     async def _list(self) -> str:
         """List everything, handing each item over as ADDED; the resourceVersion to watch from."""
         self.relists += 1
+        if self.list_started is not None:
+            self.list_started()
         rv = await (self._list_cached() if self.cached else self._list_paged())
+        if self.list_ended is not None:
+            self.list_ended()
         self.quiet.recovered_all(
             (f"forbidden list {self.resource}", f"{self.name} failing"),
             "%s: listing works again",
