@@ -35,7 +35,7 @@ from .auditserver import AuditQueue
 from .config import Configs
 from .custody import Custody
 from .health import Health
-from .kinds import allowed_images, scanner_images, suppressions
+from .kinds import allowed_images, scanner_images, suppressions, watch_of
 from .options import Options
 from .quietlog import Quiet
 from .reports import ReportWriter
@@ -166,24 +166,9 @@ class Engine:
             else None
         )
         self.upkeep.suppressions = self.configs["Suppression"]
-        # Their watches (from where load's list got to; run() sets it): our list + watch, not
-        # kopf's, whose watch ends the operator on the 404 an API server that restarts answers
-        # for a custom resource until it has loaded the CRDs again.
+        # their watches (from where load's list got to: run() sets it); kinds.watch_of says why
         self.config_watches = {
-            name: ListWatch(
-                api,
-                c.kind.path(),
-                c.apply,
-                name=f"{name} watch",
-                health=health,
-                watch_timeout=options.watch_timeout,
-                read_timeout=options.read_timeout,
-                quiet=quiet,
-                metric=c.kind.plural,
-                list_started=c.list_started,
-                list_ended=c.list_ended,
-            )
-            for name, c in self.configs.items()
+            name: watch_of(api, c, options, health, quiet) for name, c in self.configs.items()
         }
         self.witness_board = WitnessBoard(api, self._witness_reports(), quiet=quiet)
         self.skips: dict[str, int] = {}

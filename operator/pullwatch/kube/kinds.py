@@ -34,7 +34,12 @@ from ..core.suppressions import (
     suppression_from_object,
 )
 from . import metrics
-from .config import SAMPLE, Kind
+from .api import Api
+from .config import SAMPLE, Configs, Kind
+from .health import Health
+from .options import Options
+from .quietlog import Quiet
+from .stream import ListWatch
 
 log = logging.getLogger("pullwatch.config")
 
@@ -245,4 +250,26 @@ def suppressions(
         budget=lambda claims: admit(claims, operator_namespace),
         refused=lambda meta, why: refused_suppression(meta["namespace"], meta["name"], why),
         noticed=noticed,
+    )
+
+
+def watch_of(
+    api: Api, configs: Configs, options: Options, health: Health, quiet: Quiet
+) -> ListWatch:
+    """The watch of one kind, for ``configs``: our list + watch, not kopf's, whose watcher ends
+    the operator on the 404 that an API server which restarts answers for a custom resource until
+    it has loaded the CRDs again. A relist (after 410) tells ``configs`` where it begins and ends,
+    so that what was deleted while nobody watched is dropped."""
+    return ListWatch(
+        api,
+        configs.kind.path(),
+        configs.apply,
+        name=f"{configs.kind.name} watch",
+        health=health,
+        watch_timeout=options.watch_timeout,
+        read_timeout=options.read_timeout,
+        quiet=quiet,
+        metric=configs.kind.plural,
+        list_started=configs.list_started,
+        list_ended=configs.list_ended,
     )
