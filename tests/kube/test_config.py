@@ -137,8 +137,7 @@ async def test_the_watch_outlives_a_404_and_a_relist_forgets_what_was_deleted_me
             configs.apply,
             name="Suppression watch",
             sleep=no_wait,
-            list_started=configs.list_started,
-            list_ended=configs.list_ended,
+            listed=configs.drop_unlisted,
         )
         watch.rv = rv
         task = asyncio.create_task(watch.run())

@@ -1,6 +1,6 @@
 """The operator's API client: every call has a deadline, and every failure is one exception type.
 
-kopf keeps its own client for what it does (peering, the AllowedImages index). Everything else
+kopf keeps its own client for what it does (login, peering). Everything else
 pullwatch asks of the API server goes through here, on aiohttp, so that nothing blocks the event
 loop and nothing waits forever: a frozen connection (a peer that stops answering, no RST) ends in
 ``ApiError(0, "Timeout")`` after ``timeout`` seconds and the connection is dropped, not reused.

@@ -10,10 +10,10 @@ One mechanism for the three kinds (``Kind`` says what differs):
   half of the configuration; changes then come from the kind's watch (stream.py's ``ListWatch``,
   from the list's resourceVersion: ``apply`` takes every ADDED/MODIFIED/DELETED). A watch that
   fails - the API server restarting serves no custom resource for seconds (404) - is resumed, never
-  the end of the operator. After a 410 the watch lists again, and what that list no longer holds
-  was deleted while nobody watched (``list_started``/``list_ended``). A change is in force within
+  the end of the operator. What a whole list (``load``'s, or the watch's after a 410) no longer
+  holds was deleted while nobody watched (``drop_unlisted``). A change is in force within
   ``DEBOUNCE`` seconds plus its compile time.
-* The list and the watch race: a page of the list can be older than what the watch delivered.
+* Versions can come out of order (a re-read or a list page older than what the watch delivered).
   An older version never replaces a newer one, and a deleted object is remembered (a tombstone
   per uid: a uid is never reused, so nothing seen after its DELETED can bring it back) - else a
   stale page would put a deleted Suppression back in force.
@@ -121,7 +121,6 @@ class Configs:
         self._specs: dict[str, dict[str, Any]] = {}  # uid -> whole body, until compiled
         self._stand_ins: dict[tuple[str, Any], str] = {}  # compiled key -> why (budget stand-ins)
         self._noticed: dict[str, Any] = {}  # uid -> generation told to kind.noticed
-        self._listing: set[str] | None = None  # uids a list in progress (a relist) has held
 
     def in_force(self) -> list[Any]:
         return [
@@ -136,8 +135,6 @@ class Configs:
         uid = meta.get("uid")
         if not isinstance(uid, str) or not self.kind.named(meta):
             return
-        if self._listing is not None:
-            self._listing.add(uid)
         if uid in self.deleted:
             return  # deleted: whatever comes after (a stale list page) is older than that
         if event == "DELETED":
@@ -151,7 +148,7 @@ class Configs:
         else:
             known = self.objects.get(uid)
             if known is not None and _rv(known) > _rv(body):
-                return  # an older version than one already in force (kopf and the list can race)
+                return  # an older version than one already in force (a status re-read and a page)
             kept = self._slim(body)
             self.objects[uid] = kept
             self._statuses.add(uid)
@@ -162,17 +159,10 @@ class Configs:
                 self._specs.pop(uid, None)  # a status write: that generation is compiled
         self._changed.set()
 
-    def list_started(self) -> None:
-        """A relist begins (the watch's resourceVersion expired): note what it holds."""
-        self._listing = set()
-
-    def list_ended(self) -> None:
-        """A relist was read to its end: whatever it did not hold was deleted meanwhile. (The
-        watch does not run while its list is read, so nothing newer can be missing from it.)"""
-        listed, self._listing = self._listing, None
-        if listed is None:
-            return
-        for uid in [u for u in self.objects if u not in listed]:
+    def drop_unlisted(self, held: set[str]) -> None:
+        """A whole list held the uids ``held``: whatever else is kept was deleted meanwhile. (No
+        watch runs while a list is read, so nothing newer can be missing from it.)"""
+        for uid in [u for u in self.objects if u not in held]:
             self.apply("DELETED", {"metadata": self.objects[uid]["metadata"]})
 
     def _slim(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,11 +201,15 @@ class Configs:
         while True:
             try:
                 listed, rv = 0, ""
+                held: set[str] | None = set()  # uids of this attempt's list
                 async for page in pages(self.api, self.kind.path(), max_page=self.max_page):
                     rv = page.resource_version
                     if page.skipped is not None:
                         self._oversize(page.skipped.size)
+                        held = None  # not a whole list: it cannot say what was deleted
                     for item in page.items:
+                        if held is not None:
+                            held.add(str((item.get("metadata") or {}).get("uid")))
                         self.apply("ADDED", item)
                         listed += 1
                         if listed % TRIM_EVERY == 0:
@@ -232,6 +226,8 @@ class Configs:
                 )
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
+        if held is not None:
+            self.drop_unlisted(held)  # what a failed attempt read and was deleted since
         self.quiet.recovered_all(
             (f"{self.kind.plural} list failing", f"forbidden list {self.kind.plural}"),
             f"listing {self.kind.name} works again",

@@ -258,7 +258,7 @@ def watch_of(
 ) -> ListWatch:
     """The watch of one kind, for ``configs``: our list + watch, not kopf's, whose watcher ends
     the operator on the 404 that an API server which restarts answers for a custom resource until
-    it has loaded the CRDs again. A relist (after 410) tells ``configs`` where it begins and ends,
+    it has loaded the CRDs again. A whole relist (after 410) tells ``configs`` the uids it held,
     so that what was deleted while nobody watched is dropped."""
     return ListWatch(
         api,
@@ -270,6 +270,5 @@ def watch_of(
         read_timeout=options.read_timeout,
         quiet=quiet,
         metric=configs.kind.plural,
-        list_started=configs.list_started,
-        list_ended=configs.list_ended,
+        listed=configs.drop_unlisted,
     )

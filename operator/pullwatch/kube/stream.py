@@ -1,6 +1,6 @@
 """A lean list + watch, for an operator that must keep up with event storms and never go blind.
 
-kopf serves lifecycle, login, peering, health and the AllowedImages index; but its per-object
+kopf serves lifecycle, login, peering and health; but its per-object
 machinery (a worker task and handler kwargs per object) costs more CPU per Event than the API
 server spends storing it, and 90 % of Events are not image pulls. This stream (for any kind):
 
@@ -83,8 +83,7 @@ class ListWatch:
         max_line: int = MAX_LINE,
         max_page: int = MAX_PAGE,
         sleep: Callable[[float], Any] = asyncio.sleep,
-        list_started: Callable[[], None] | None = None,
-        list_ended: Callable[[], None] | None = None,
+        listed: Callable[[set[str]], None] | None = None,
     ):
         self.api, self.path, self.handle, self.name = api, path, handle, name
         self.resource = path.rstrip("/").rsplit("/", 1)[-1]
@@ -103,9 +102,10 @@ class ListWatch:
         self.cached = cached
         self.max_line, self.max_page = max_line, max_page
         self.sleep = sleep  # the backoff's (tests pass one that does not wait)
-        # Told when a list begins and when one was read to its end (what a whole list no longer
-        # holds was deleted while no watch ran).
-        self.list_started, self.list_ended = list_started, list_ended
+        # Told the uids a list held, once it was read to its end with nothing skipped (what a
+        # whole list no longer holds was deleted while no watch ran).
+        self.listed = listed
+        self._held: set[str] | None = None
         self.rv: str | None = None  # where the stream got to; None: list first
         # For the Witness objects: when an item was last handed over (wall clock), and why the
         # API server refuses the stream (a 403's "verb resource"), while it does.
@@ -192,11 +192,11 @@ class ListWatch:
     async def _list(self) -> str:
         """List everything, handing each item over as ADDED; the resourceVersion to watch from."""
         self.relists += 1
-        if self.list_started is not None:
-            self.list_started()
+        self._held = set() if self.listed is not None else None
         rv = await (self._list_cached() if self.cached else self._list_paged())
-        if self.list_ended is not None:
-            self.list_ended()
+        held, self._held = self._held, None
+        if held is not None and self.listed is not None:
+            self.listed(held)
         self.quiet.recovered_all(
             (f"forbidden list {self.resource}", f"{self.name} failing"),
             "%s: listing works again",
@@ -205,6 +205,10 @@ class ListWatch:
         return rv
 
     def _listed(self, item: Any) -> None:
+        if self._held is not None and isinstance(item, dict):
+            uid = (item.get("metadata") or {}).get("uid")
+            if isinstance(uid, str):
+                self._held.add(uid)
         if isinstance(item, dict) and (self.keep_listed is None or self.keep_listed(item)):
             self.received_at = time.time()
             self.handle("ADDED", item)
@@ -221,6 +225,7 @@ class ListWatch:
         async for page in pages(self.api, self.path, self.page, max_page=self.max_page):
             self._received = True
             if page.skipped is not None:
+                self._held = None  # not a whole list: it cannot say what was deleted
                 self._oversize(page.skipped, listed=True)
                 n += 1
             for item in page.items:
