@@ -3,6 +3,7 @@
 import itertools
 import json
 
+import orjson
 import pytest
 
 import pullwatch.scan.parallel as parallel
@@ -76,6 +77,19 @@ def test_parallel_equals_sequential(stream, monkeypatch):
     )
     hunter = [f for f in par.findings if "kube-hunter" in f["metadata"]["name"]]
     assert hunter and all(f["status"]["count"] == 9 for f in hunter)
+
+
+def test_findings_built_on_every_core_are_the_sequential_ones_encoded(stream, monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "MIN_FINDINGS", 1)
+    monkeypatch.setattr(parallel, "BUILD_CHUNK", 2)  # several chunks: their order must hold
+    seq = scan_paths([stream], ALLOW, parallel=False)
+    par = scan_paths([stream], ALLOW, parallel=True)
+    assert len(seq.findings) > 4 and parallel.can_build(len(par.findings))
+    option = orjson.OPT_INDENT_2
+    expected = [orjson.dumps(f, option=option) for f in seq.findings]
+    assert list(par.findings.encoded(option)) == expected
+    assert list(seq.findings.encoded(option)) == expected  # one core: the same bytes
 
 
 def test_ranges_are_line_aligned_and_cover_the_file(stream):

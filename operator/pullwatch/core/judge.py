@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from .allowlist import Allowlist
 from .findings import Identity, repository_of
 from .imageref import ImageRef, InvalidImageReference, parse_image
-from .ledger import short_hash
+from .ledger import uncached_hash
 from .observations import Running
 from .pulls import Pull
 from .rules import DEFAULT_SCANNER_IMAGES, SCANNER_RULE, SUSPICIOUS_RULE, Rule
@@ -184,7 +184,7 @@ def pull_slot(namespace: str, pod: str, container: str, image: str) -> int:
     ran (it was not "ran without a pull Event") only if it names what the container ran."""
     if len(namespace) + len(pod) + len(container) + len(image) <= _CACHED_SLOT_CHARS:
         return _pull_slot(namespace, pod, container, image)
-    return short_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
+    return uncached_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
 
 
 # Some names are hashed before they are validated: the cache holds what it is given, so it
@@ -194,7 +194,7 @@ _CACHED_SLOT_CHARS = 768
 
 @functools.lru_cache(maxsize=16384)  # a pod's pulls come close together: one hash for them all
 def _pull_slot(namespace: str, pod: str, container: str, image: str) -> int:
-    return short_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
+    return uncached_hash(f"{namespace}\0{pod}\0{container}\0{repository_of(image)}", 48)
 
 
 def covered_expiry(s: Suppression) -> str:

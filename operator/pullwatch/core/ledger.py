@@ -82,7 +82,7 @@ def short_hash(text: str, bits: int) -> int:
     """
     if len(text) <= _CACHED_CHARS:
         return _short_hash(text, bits)
-    return _short_hash.__wrapped__(text, bits)
+    return uncached_hash(text, bits)
 
 
 # Cached: the same pods, nodes and series are hashed again and again while Findings are built
@@ -91,10 +91,13 @@ def short_hash(text: str, bits: int) -> int:
 _CACHED_CHARS = 600
 
 
-@functools.lru_cache(maxsize=1 << 15)
-def _short_hash(text: str, bits: int) -> int:
+def uncached_hash(text: str, bits: int) -> int:
+    """:func:`short_hash` without its cache, for a caller that caches larger keys itself."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> (64 - bits)
+
+
+_short_hash = functools.lru_cache(maxsize=1 << 15)(uncached_hash)
 
 
 def slot_key(pod: str, container: str) -> int:

@@ -127,9 +127,6 @@ def error_class(message: str) -> str:
     return "other"
 
 
-_FIELD_PATH_CONTAINER = re.compile(
-    r"^spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]{1,253})\}$"
-)
 MAX_NAME = 253
 
 
@@ -220,18 +217,27 @@ def _count(value: Any) -> int | None:
 def container_of(field_path: str) -> str | None:
     """The container a fieldPath names: ``spec.containers{app}`` -> ``app``.
 
+    String operations, not a regular expression and a cache: every pod names its own
+    containers, so a cache of fieldPaths misses on a day's stream, and this is on the path of
+    every image Event, most of which no rule fires on.
+
     >>> container_of("spec.initContainers{setup}"), container_of("spec.volumes")
     ('setup', None)
+    >>> container_of("spec.containers{a}b}"), container_of("spec.containers{}")
+    (None, None)
     """
-    if len(field_path) > 256:  # whatever the writer put there: not kept by the cache
-        return _container_of.__wrapped__(field_path)
-    return _container_of(field_path)
+    brace = field_path.find("{")
+    if brace == -1 or field_path[-1] != "}" or field_path[:brace] not in _CONTAINER_FIELDS:
+        return None
+    name = field_path[brace + 1 : -1]
+    if not 0 < len(name) <= MAX_NAME or "}" in name:
+        return None
+    return name
 
 
-@functools.lru_cache(maxsize=4096)
-def _container_of(field_path: str) -> str | None:
-    m = _FIELD_PATH_CONTAINER.match(field_path)
-    return m.group(1) if m else None
+_CONTAINER_FIELDS = frozenset(
+    ("spec.containers", "spec.initContainers", "spec.ephemeralContainers")
+)
 
 
 INVALID_NAMESPACE = "image event in an invalid namespace"
@@ -418,11 +424,9 @@ def decode_event(
     )
 
 
-def involved_slot(obj: Any) -> tuple[str, str] | None:
-    """(pod, container) an image Event names, cheaply (no validation: a key, never shown)."""
-    involved = obj.get("involvedObject") or obj.get("regarding")
-    if not isinstance(involved, dict):
-        return None
+def slot_of(involved: dict[str, Any]) -> tuple[str, str] | None:
+    """(pod, container) an image Event's involved object names, cheaply (no validation: a key,
+    never shown)."""
     name, field_path = involved.get("name"), involved.get("fieldPath")
     if not isinstance(name, str):
         return None

@@ -14,6 +14,7 @@ ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -207,21 +208,25 @@ def can_build(findings: int) -> bool:
     return findings >= MIN_FINDINGS and _forkable()
 
 
-def _build_chunk(names: list[str]) -> list[dict[str, Any]]:
+def _build_chunk(names: list[str], option: int) -> list[bytes]:
+    """Bodies built and encoded here: bytes travel back cheaper than dicts, and the parent
+    would only encode them anyway."""
     assert _collector is not None
-    return [_collector.body_of(name) for name in names]
+    return [orjson.dumps(_collector.body_of(name), option=option) for name in names]
 
 
-def build_bodies(collector: Collector, workers: int | None = None) -> Iterator[dict[str, Any]]:
-    """``collector.bodies()``, built by forked workers (each Finding is a function of the
-    records alone), in the same order; a chunk of bodies is held at a time per worker."""
+def build_encoded(collector: Collector, option: int, workers: int | None = None) -> Iterator[bytes]:
+    """``collector.bodies()`` encoded by ``orjson.dumps(body, option=option)``, built by forked
+    workers (each Finding is a function of the records alone), in the same order; a chunk of
+    Findings is held at a time per worker."""
     global _collector
     names = collector.names()
     chunks = [names[i : i + BUILD_CHUNK] for i in range(0, len(names), BUILD_CHUNK)]
     _collector = collector
     try:
         with _pool(workers or os.cpu_count() or 2) as pool:
-            for bodies in pool.imap(_build_chunk, chunks, chunksize=1):
-                yield from bodies
+            build = functools.partial(_build_chunk, option=option)
+            for encoded in pool.imap(build, chunks, chunksize=1):
+                yield from encoded
     finally:
         _collector = None

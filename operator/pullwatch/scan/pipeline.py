@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..core.allowlist import KIND as ALLOWED_IMAGES
 from ..core.allowlist import Allowlist, Policy, objects_from_documents, policy_from_object
 from ..core.audit import AuditDeduper, entry_observations
@@ -26,7 +28,7 @@ from ..core.pulls import (
     Pull,
     decode_event,
     event_parts,
-    involved_slot,
+    slot_of,
 )
 from ..core.rules import (
     SCANNER_IMAGES_KIND,
@@ -91,7 +93,7 @@ class Scanner:
             self._admitted = obj, parts  # decode goes on from this look
             return True
         self.result.pulls += 1
-        slot = involved_slot(obj)
+        slot = slot_of(parts[3])  # the object the look read: a dict
         if slot is not None:
             self.collector.note_pulled(head[0], *slot, head[1])
         return False
@@ -162,7 +164,7 @@ class Scanner:
 
 class Built:
     """The scan's Findings: a lazy sequence, each body built when it is read (20,000 Findings are
-    never held as bodies at once). ``parallel``: many Findings are built on every core."""
+    never held as bodies at once). ``parallel``: :meth:`encoded` builds many on every core."""
 
     def __init__(self, collector: Collector, parallel: bool = False):
         self.collector = collector
@@ -172,15 +174,26 @@ class Built:
         return len(self.collector.records)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        enabled = gc.isenabled()
+        gc.disable()  # as in scan_paths: building bodies would have it walk every record again
+        try:
+            yield from self.collector.bodies()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def encoded(self, option: int = 0) -> Iterator[bytes]:
+        """Each body as ``orjson.dumps(body, option=option)``, in the order of iteration; many
+        Findings are built and encoded on every core (what JSON output needs, cheapest)."""
         from . import parallel as par
 
+        if not (self.parallel and par.can_build(len(self))):
+            yield from (orjson.dumps(body, option=option) for body in self)
+            return
         enabled = gc.isenabled()
-        gc.disable()  # as in scan_paths: receiving bodies would have it walk every record again
+        gc.disable()
         try:
-            if self.parallel and par.can_build(len(self)):
-                yield from par.build_bodies(self.collector)
-            else:
-                yield from self.collector.bodies()
+            yield from par.build_encoded(self.collector, option)
         finally:
             if enabled:
                 gc.enable()

@@ -323,7 +323,19 @@ def _scan_range(buf: bytes, start: int, end: int, stats: ReadStats) -> Iterator[
         except orjson.JSONDecodeError:
             stats.damaged["not JSON"] += 1
         else:
-            yield from _classify(obj, stats)
+            # The line of a watch stream, a core/v1 Event, as _classify would take it: without
+            # a generator per line (this runs for every image Event of a large file).
+            inner = obj.get("object") if obj.__class__ is dict else None
+            if (
+                inner.__class__ is dict
+                and obj.get("type") in _WATCH_TYPES
+                and inner.get("kind") == "Event"
+                and inner.get("apiVersion") == "v1"
+            ):
+                stats.recognized += 1
+                yield "event", inner
+            else:
+                yield from _classify(obj, stats)
         pos = line_end
 
 

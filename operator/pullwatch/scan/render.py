@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 import orjson
@@ -115,8 +115,8 @@ def write_json(
 ) -> None:
     out.write(orjson.dumps(_LIST_HEAD)[:-1] + b',"items":[')
     sep = b"\n"
-    for f in itertools.chain(findings, extra):
-        out.write(sep + orjson.dumps(f, option=orjson.OPT_INDENT_2))
+    for encoded in _encoded(findings, extra, orjson.OPT_INDENT_2):
+        out.write(sep + encoded)
         sep = b",\n"
     out.write(b"\n]}\n")
 
@@ -127,8 +127,21 @@ def write_jsonl(
     complete: bool = True,
     extra: Iterable[dict[str, Any]] = (),
 ) -> None:
-    for f in itertools.chain(findings, extra):
-        out.write(orjson.dumps(f, option=orjson.OPT_APPEND_NEWLINE))
+    for encoded in _encoded(findings, extra, orjson.OPT_APPEND_NEWLINE):
+        out.write(encoded)
+
+
+def _encoded(
+    findings: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]], option: int
+) -> Iterator[bytes]:
+    """Each document as ``orjson.dumps(doc, option=option)``; a scan's Findings (``Built``)
+    encode themselves, on every core when there are many."""
+    encode = getattr(findings, "encoded", None)
+    if encode is not None:
+        yield from encode(option)
+    else:
+        yield from (orjson.dumps(f, option=option) for f in findings)
+    yield from (orjson.dumps(f, option=option) for f in extra)
 
 
 def write_yaml(
