@@ -43,6 +43,7 @@ CONTEXT_KIND = "ScanContext"
 MAX_PENDING = 100_000
 MAX_WORKLOADS = 200_000
 MAX_PEOPLE = 5
+MAX_TARGETS = 16384
 
 
 class Collector:
@@ -55,6 +56,10 @@ class Collector:
         self.records: dict[str, FindingRecord] = {}
         # identity -> its record, whatever its name (its name is computed once, not per pull)
         self._of_identity: dict[Identity, FindingRecord] = {}
+        # (namespace, image, workload) -> the records its pulls go to, with how they were judged:
+        # a workload's pods pull the same image again and again (judged once, as the operator's
+        # Judge caches its verdicts)
+        self._targets: dict[tuple[str, str, Any], list[tuple[FindingRecord, Any, Any, str]]] = {}
         self.authors: dict[str, set[str]] = {}  # series -> who wrote its Event (audit)
         self.people: dict[tuple[str, str], list[ActorRecord]] = {}  # workload -> its people
         self.pulls = 0  # pull observations judged, whether a rule fired or not
@@ -103,6 +108,7 @@ class Collector:
             return
         record.name = held.name  # nothing kept here yet: the record itself, under our name
         self.records[held.name] = self._of_identity[record.identity] = record
+        self._targets.clear()  # they may name the record this one replaced
 
     def _holder(self, name: str) -> Identity | None:
         record = self.records.get(name)
@@ -116,20 +122,27 @@ class Collector:
         )
         workload = workload_of(pull)
         series = series_of(pull)
-        judged = self.detector.judge(pull.namespace, pull.image, workload)
-        if not judged:
+        key = (pull.namespace, pull.image, workload)
+        targets = self._targets.get(key)
+        if targets is None:
+            judged = self.detector.judge(pull.namespace, pull.image, workload)
+            targets = [(self.record_of(i), rule, na, image) for i, rule, na, image in judged]
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()  # crude but bounded; judging again is exact
+            self._targets[key] = targets
+        if not targets:
             return
         when = None
         if self.detector.suppressions.could_cover(pull.namespace):
             moment = instant(pull.last_seen or pull.first_seen or "")
             when = moment.timestamp() if moment is not None else 0.0
-        for identity, rule, not_allowed, image in judged:
+        for record, rule, not_allowed, image in targets:
             cover = None
             if when is not None:
                 cover = _cover_of(
                     self.detector.covering(rule, pull.namespace, workload.name, image, when)
                 )
-            self.record_of(identity).add_pull(pull, workload, not_allowed, cover, series)
+            record.add_pull(pull, workload, not_allowed, cover, series)
         if pull.actor is not None and pull.actor.user:
             self._note_author(series, pull.actor.user)
 
@@ -259,11 +272,16 @@ def with_state(
 ) -> dict[str, Any]:
     """The body with what it kept, as the annotation that ``merge`` reads."""
     state = record.encode()
-    extra = pack(
-        {"v": STATE_VERSION, "authors": authors, "people": [_person_row(p) for p in people]}
+    extra = (
+        pack({"v": STATE_VERSION, "authors": authors, "people": [_person_row(p) for p in people]})
+        if authors or people
+        else _NOBODY  # what most Findings of an Event stream carry: packed once
     )
     body["metadata"]["annotations"] = {MERGE_STATE: f"{state} {extra}"}
     return body
+
+
+_NOBODY = pack({"v": STATE_VERSION, "authors": {}, "people": []})
 
 
 def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> Collector:
