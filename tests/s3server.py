@@ -8,6 +8,7 @@ or metadata service to fall back on, and a HOME without an fsspec configuration.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import urllib.request
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 KEY, SECRET = "AKIAPULLWATCHTEST000", "pullwatch-test-secret"
+_USERS = itertools.count()
 
 
 class LocalS3:
@@ -81,7 +83,7 @@ class LocalS3:
             aws_secret_access_key=SECRET,
             region_name="us-east-1",
         )
-        user = f"scanner-{os.getpid()}"
+        user = f"scanner-{os.getpid()}-{next(_USERS)}"  # one user per use: a test may use two
         iam.create_user(UserName=user)
         access = iam.create_access_key(UserName=user)["AccessKey"]
         policy = {

@@ -177,6 +177,39 @@ def test_an_object_overwritten_while_it_is_read_is_damage_not_a_mix(s3, monkeypa
     assert source.damage and source.damage[0].startswith("read error after")
 
 
+def test_pieces_come_by_signed_gets_and_from_s3fs_where_those_are_refused(s3, monkeypatch):
+    """The pieces of an S3 object are plain GETs on a URL s3fs signs (presigned.py); a server
+    that refuses them (moto checking credentials answers a presigned GET with an error) gets
+    s3fs's own GETs for the rest of the object, and the bytes are the same."""
+    import fsspec
+
+    import pullwatch.scan.cloud as cloud
+    from pullwatch.scan.presigned import SignedGets
+
+    monkeypatch.setattr(cloud, "PIECE", 8192)
+    data = bytes(range(256)) * 400  # 102,400 bytes: 13 pieces
+    url = s3.put("audit-archive", "signed/pieces.bin", data)
+
+    def read_all(env: dict[str, str]) -> tuple[bytes, SignedGets]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        reader = cloud.open_object(url, 100, len(data) - 7)
+        fetch = reader._fetch_piece
+        assert isinstance(fetch, SignedGets)
+        chunks = []
+        while chunk := reader.read(5000):
+            chunks.append(chunk)
+        reader.close()
+        return b"".join(chunks), fetch
+
+    signed, fetch = read_all(s3.env())
+    assert signed == data[100:-7] and fetch._proven and not fetch._refused
+    with s3.authenticating() as (key, secret):
+        refused, fetch = read_all(s3.env(key, secret))
+    assert refused == data[100:-7] and fetch._refused and not fetch._proven
+
+
 def _without(tmp_path: Path, package: str) -> dict[str, str]:
     """PYTHONPATH with a stand-in for ``package`` that cannot be imported, as on a machine where
     pullwatch was installed without its [cloud] extra."""
