@@ -248,3 +248,29 @@ def test_local_scans_load_no_object_storage_library():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_signed_url_never_reaches_a_message(caplog):
+    """The presigned URL is a credential: neither a damage message nor urllib3's retry warning
+    carries its query string."""
+    import logging
+
+    from pullwatch.scan.presigned import SignedGets
+
+    class Unsigning:
+        def sign(self, path: str, expiration: int) -> str:
+            return "http://127.0.0.1:9/bucket/key?X-Amz-Signature=SECRET"  # port 9: refused
+
+    def fallback(start: int, stop: int) -> bytes:
+        raise AssertionError("only before a signed GET worked")
+
+    fetch = SignedGets(Unsigning(), "bucket/key", None, fallback, Unsigning().sign("", 0))
+    fetch._proven = True  # as after a first GET: a failure is now the read's
+    with (
+        caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"),
+        pytest.raises(OSError) as raised,
+    ):
+        fetch(0, 10)
+    assert "GET of bytes 0-10 failed" in str(raised.value)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "Retrying" in logged and "SECRET" not in logged + str(raised.value)

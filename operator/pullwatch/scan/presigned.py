@@ -21,6 +21,8 @@ read them), nor for ``gs://`` or ``az://``, which keep their libraries' own read
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -75,6 +77,10 @@ class SignedGets:
             maxsize=4, timeout=urllib3.Timeout(connect=10, read=60), retries=retry
         )
         self._errors = urllib3.exceptions.HTTPError
+        # urllib3 logs each retry with the URL it retries (WARNING: printed by default)
+        retries_log = logging.getLogger("urllib3.connectionpool")
+        if not any(isinstance(f, _Unsigned) for f in retries_log.filters):
+            retries_log.addFilter(_Unsigned())
 
     def _current_url(self) -> str:
         with self._lock:
@@ -111,7 +117,8 @@ class SignedGets:
         except self._errors as exc:
             if not self._proven:
                 return self._give_up(start, stop)
-            raise OSError(f"GET of bytes {start}-{stop} failed: {exc}") from None
+            reason = getattr(exc, "reason", None) or exc
+            raise OSError(f"GET of bytes {start}-{stop} failed: {_unsigned(reason)}") from None
         if data is not None:
             self._proven = True
             return data
@@ -124,3 +131,22 @@ class SignedGets:
     def _give_up(self, start: int, stop: int) -> bytes:
         self._refused = True
         return self._fallback(start, stop)
+
+
+def _unsigned(error: object) -> str:
+    """An error's text without any query string: the signed URL is a credential (valid for
+    ``SIGNED_FOR`` seconds) and must not reach a log or a damage message.
+
+    >>> _unsigned("Max retries exceeded with url: /b/k?X-Amz-Signature=abc (Caused by x)")
+    'Max retries exceeded with url: /b/k?… (Caused by x)'
+    """
+    return _QUERY.sub("?…", " ".join(str(error).split()))[:300]
+
+
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
+class _Unsigned(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _unsigned(record.getMessage()), None
+        return True
