@@ -89,6 +89,7 @@ def test_findings_built_on_every_core_are_the_sequential_ones_encoded(stream, mo
     option = orjson.OPT_INDENT_2
     expected = [orjson.dumps(f, option=option) for f in seq.findings]
     assert list(par.findings.encoded(option)) == expected
+    assert [orjson.dumps(f, option=option) for f in par.findings] == expected  # table, YAML
     assert list(seq.findings.encoded(option)) == expected  # one core: the same bytes
 
 

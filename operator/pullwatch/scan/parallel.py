@@ -208,6 +208,17 @@ def can_build(findings: int) -> bool:
     return findings >= MIN_FINDINGS and _forkable()
 
 
+def _build_bodies(names: list[str]) -> list[dict[str, Any]]:
+    assert _collector is not None
+    return [_collector.body_of(name) for name in names]
+
+
+def build_bodies(collector: Collector, workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """``collector.bodies()``, built by forked workers, in the same order (what the table and
+    YAML outputs read; JSON takes :func:`build_encoded`)."""
+    yield from _built(collector, _build_bodies, workers)
+
+
 def _build_chunk(names: list[str], option: int) -> list[bytes]:
     """Bodies built and encoded here: bytes travel back cheaper than dicts, and the parent
     would only encode them anyway."""
@@ -219,14 +230,19 @@ def build_encoded(collector: Collector, option: int, workers: int | None = None)
     """``collector.bodies()`` encoded by ``orjson.dumps(body, option=option)``, built by forked
     workers (each Finding is a function of the records alone), in the same order; a chunk of
     Findings is held at a time per worker."""
+    yield from _built(collector, functools.partial(_build_chunk, option=option), workers)
+
+
+def _built(
+    collector: Collector, build: Callable[[list[str]], list[Any]], workers: int | None
+) -> Iterator[Any]:
     global _collector
     names = collector.names()
     chunks = [names[i : i + BUILD_CHUNK] for i in range(0, len(names), BUILD_CHUNK)]
     _collector = collector
     try:
         with _pool(workers or os.cpu_count() or 2) as pool:
-            build = functools.partial(_build_chunk, option=option)
-            for encoded in pool.imap(build, chunks, chunksize=1):
-                yield from encoded
+            for built in pool.imap(build, chunks, chunksize=1):
+                yield from built
     finally:
         _collector = None

@@ -164,7 +164,7 @@ class Scanner:
 
 class Built:
     """The scan's Findings: a lazy sequence, each body built when it is read (20,000 Findings are
-    never held as bodies at once). ``parallel``: :meth:`encoded` builds many on every core."""
+    never held as bodies at once). ``parallel``: many are built on every core."""
 
     def __init__(self, collector: Collector, parallel: bool = False):
         self.collector = collector
@@ -174,10 +174,15 @@ class Built:
         return len(self.collector.records)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from . import parallel as par
+
         enabled = gc.isenabled()
         gc.disable()  # as in scan_paths: building bodies would have it walk every record again
         try:
-            yield from self.collector.bodies()
+            if self.parallel and par.can_build(len(self)):
+                yield from par.build_bodies(self.collector)
+            else:
+                yield from self.collector.bodies()
         finally:
             if enabled:
                 gc.enable()
