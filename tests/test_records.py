@@ -84,6 +84,20 @@ def test_audit_and_watch_classification():
     assert [k for k, _ in objs] == ["audit"] and stats.skipped["watch event of type BOOKMARK"] == 1
 
 
+def test_a_watch_event_whose_type_is_not_text_is_skipped_not_a_crash():
+    """``type`` is the writer's: a list or an object there cannot be looked up in a set."""
+    event = {
+        "kind": "Event",
+        "apiVersion": "v1",
+        "reason": "Pulling",
+        "message": 'Pulling image "x"',
+    }
+    lines = [json.dumps({"type": t, "object": event}) for t in ([1], {"a": 1}, None, "ADDED")]
+    objs, stats = read(("\n".join(lines) + "\n").encode())
+    assert [k for k, _ in objs] == ["event"]  # only the ADDED one
+    assert sum(n for r, n in stats.skipped.items() if r.startswith("watch event of type")) == 3
+
+
 def test_one_line_list():
     objs, stats = read(
         (json.dumps({"kind": "EventList", "items": [EV, EV, OTHER]}) + "\n").encode()

@@ -45,7 +45,7 @@ from .yamltext import yaml_values
 
 CHUNK = 4 << 20
 MAX_LINE = 16 << 20  # a longer "line" is not a record we can trust: counted as damage, skipped
-_WATCH_TYPES = {"ADDED", "MODIFIED", "DELETED"}
+_WATCH_TYPES = ("ADDED", "MODIFIED", "DELETED")  # a tuple: `in` never hashes what it is given
 
 
 @dataclass
