@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,19 +185,21 @@ def test_pieces_come_by_signed_gets_and_from_s3fs_where_those_are_refused(s3, mo
     import fsspec
 
     import pullwatch.scan.cloud as cloud
+    import pullwatch.scan.presigned as presigned
     from pullwatch.scan.presigned import SignedGets
 
     monkeypatch.setattr(cloud, "PIECE", 8192)
+    monkeypatch.setattr(presigned, "_REFUSED_ENDPOINTS", set())  # this test's refusals only
     data = bytes(range(256)) * 400  # 102,400 bytes: 13 pieces
     url = s3.put("audit-archive", "signed/pieces.bin", data)
 
-    def read_all(env: dict[str, str]) -> tuple[bytes, SignedGets]:
+    def read_all(env: dict[str, str], signed: bool = True) -> tuple[bytes, Any]:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         fsspec.get_filesystem_class("s3").clear_instance_cache()
         reader = cloud.open_object(url, 100, len(data) - 7)
         fetch = reader._fetch_piece
-        assert isinstance(fetch, SignedGets)
+        assert isinstance(fetch, SignedGets) == signed
         chunks = []
         while chunk := reader.read(5000):
             chunks.append(chunk)
@@ -207,7 +210,12 @@ def test_pieces_come_by_signed_gets_and_from_s3fs_where_those_are_refused(s3, mo
     assert signed == data[100:-7] and fetch._proven and not fetch._refused
     with s3.authenticating() as (key, secret):
         refused, fetch = read_all(s3.env(key, secret))
-    assert refused == data[100:-7] and fetch._refused and not fetch._proven
+        assert refused == data[100:-7] and fetch._refused and not fetch._proven
+        again, _ = read_all(s3.env(key, secret), signed=False)  # the endpoint is remembered
+        assert again == data[100:-7]
+    presigned._REFUSED_ENDPOINTS.clear()
+    monkeypatch.setenv("PULLWATCH_S3_PRESIGNED", "0")
+    assert read_all(s3.env(), signed=False)[0] == data[100:-7]  # turned off
 
 
 def _without(tmp_path: Path, package: str) -> dict[str, str]:
