@@ -6,7 +6,7 @@ An object is streamed like a local file (``sources.Source`` sniffs its compressi
 from its bytes): ranged GETs of ``PIECE`` bytes, ``AHEAD`` of them in flight while the reader
 parses, so network waits overlap the work; on S3 every GET is pinned to the ETag read when the
 object was opened (an object overwritten mid-scan is damage, not a mix of two versions), and made
-as plain HTTP on a URL s3fs signs (presigned.py: a third of the CPU).
+as plain HTTP on a URL s3fs signs (presigned.py: less than half the CPU).
 
 Which objects a URL names is decided here:
 
@@ -30,7 +30,8 @@ from typing import Any
 from .sources import InputError
 
 # One ranged GET: the reader's own chunk (records.CHUNK), so that pieces are handed on whole,
-# never sliced; a GET costs ~2 ms of CPU in botocore and aiohttp, so smaller pieces cost more.
+# never sliced; each GET has a cost of its own (a request, a response: milliseconds of CPU), so
+# smaller pieces cost more.
 PIECE = 4 << 20
 AHEAD = 3  # GETs in flight per reader
 MAX_OBJECTS = 100_000  # a prefix or glob naming more is refused (narrow it)
