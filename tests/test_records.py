@@ -92,10 +92,13 @@ def test_a_watch_event_whose_type_is_not_text_is_skipped_not_a_crash():
         "reason": "Pulling",
         "message": 'Pulling image "x"',
     }
-    lines = [json.dumps({"type": t, "object": event}) for t in ([1], {"a": 1}, None, "ADDED")]
-    objs, stats = read(("\n".join(lines) + "\n").encode())
+    types = ([1], {"a": 1}, None, "ADDED")
+    lines = [json.dumps({"type": t, "object": event}) for t in types]
+    deep = '{"type": ' + "[" * 1000 + "]" * 1000 + ', "object": ' + json.dumps(event) + "}"
+    objs, stats = read(("\n".join([*lines, deep]) + "\n").encode())
     assert [k for k, _ in objs] == ["event"]  # only the ADDED one
-    assert sum(n for r, n in stats.skipped.items() if r.startswith("watch event of type")) == 3
+    assert sum(n for r, n in stats.skipped.items() if r.startswith("watch event of type")) == 4
+    assert stats.skipped["watch event of type list"] == 2  # named, never printed out
 
 
 def test_one_line_list():

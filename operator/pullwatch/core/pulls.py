@@ -225,6 +225,7 @@ def container_of(field_path: str) -> str | None:
     ('setup', None)
     >>> container_of("spec.containers{a}b}"), container_of("spec.containers{}")
     (None, None)
+    >>> container_of("spec.containers{app}\\n")  # no container the kubelet names
     """
     brace = field_path.find("{")
     if brace == -1 or field_path[-1] != "}" or field_path[:brace] not in _CONTAINER_FIELDS:

@@ -98,6 +98,7 @@ class SignedGets:
             status_forcelist=(500, 502, 503, 504),
             allowed_methods=frozenset(("GET",)),
             raise_on_status=False,
+            redirect=False,  # a 3xx is an answer (s3fs's then), never a URL to follow
         )
         self._http = urllib3.PoolManager(
             maxsize=4,
@@ -130,7 +131,12 @@ class SignedGets:
         retries = self._retry if self._proven else False
         try:
             response = self._http.request(
-                "GET", self._current_url(), headers=headers, preload_content=False, retries=retries
+                "GET",
+                self._current_url(),
+                headers=headers,
+                preload_content=False,
+                retries=retries,
+                redirect=False,
             )
             try:
                 status = response.status

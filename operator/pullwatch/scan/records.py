@@ -362,9 +362,13 @@ def _classify(
         stats.skipped["not an object"] += 1
         return
     if _is_watch_event(obj):
-        if obj.get("type") not in _WATCH_TYPES:
-            stats.recognized += obj.get("type") in ("BOOKMARK", "ERROR")
-            stats.skipped[f"watch event of type {str(obj.get('type'))[:20]}"] += 1
+        kind = obj.get("type")
+        if kind not in _WATCH_TYPES:
+            stats.recognized += kind in ("BOOKMARK", "ERROR")
+            # the writer's text, or the name of what it put there (str() of 1,000 nested lists
+            # would recurse too deep)
+            shown = kind[:20] if kind.__class__ is str else type(kind).__name__
+            stats.skipped[f"watch event of type {shown}"] += 1
             return
         obj = obj["object"]
         if not isinstance(obj, dict):
