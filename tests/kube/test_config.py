@@ -104,6 +104,24 @@ async def test_a_list_that_fails_is_retried_and_nothing_is_in_force_before_it_wo
         assert installed == [["r"]]
 
 
+async def test_what_a_failed_list_read_is_dropped_when_the_list_that_worked_no_longer_has_it():
+    """A list fails after its first page (u1 applied); by the retry u1 was deleted: the list
+    that works does not hold it, so it is not in force."""
+    async with serving() as (fake, api):
+        installed: list[list[str]] = []
+        configs = Configs(api, kind(installed))
+        first = {"metadata": {"resourceVersion": "5", "continue": "page2"}}
+        fake.lists.extend(
+            [
+                {**first, "items": [obj("a", "u1", 5, reason="gone")]},
+                500,
+                {"metadata": {"resourceVersion": "6"}, "items": [obj("b", "u2", 6, reason="kept")]},
+            ]
+        )
+        assert await asyncio.wait_for(configs.load(), 10) == "6"
+        assert installed[-1] == ["kept"] and set(configs.objects) == {"u2"}
+
+
 async def test_the_watch_outlives_a_404_and_a_relist_forgets_what_was_deleted_meanwhile():
     """An API server that restarts answers 404 for a custom resource until it has loaded the
     CRDs again: the watch resumes (it is not the end of the operator); its resourceVersion has
