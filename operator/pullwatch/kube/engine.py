@@ -15,6 +15,7 @@ and the Finding is marked for the writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -117,35 +118,34 @@ class Engine:
         }
         # The Findings of the namespaces watched, no others: another pullwatch may own those (their
         # retention, their tamper checks).
+        # Every list + watch of the engine, with its deadlines, health and log
+        stream = functools.partial(
+            ListWatch,
+            api,
+            health=health,
+            watch_timeout=options.watch_timeout,
+            read_timeout=options.read_timeout,
+            quiet=quiet,
+        )
         self.findings_watches = [
-            ListWatch(
-                api,
+            stream(
                 f"/apis/{GROUP}/{VERSION}/namespaces/{segment(ns)}/{PLURAL}"
                 if ns
                 else f"/apis/{GROUP}/{VERSION}/{PLURAL}",
                 self._finding_event,
                 name=f"Findings watch ({ns or 'all namespaces'})",
-                health=health,
-                watch_timeout=options.watch_timeout,
-                read_timeout=options.read_timeout,
-                quiet=quiet,
                 metric="findings",
                 cached=True,
             )
             for ns in (options.namespaces or [None])
         ]
         self.event_streams = [
-            ListWatch(
-                api,
+            stream(
                 f"/api/v1/namespaces/{segment(ns)}/events" if ns else "/api/v1/events",
                 self.handle_event,
                 name=f"Event stream ({ns or 'all namespaces'})",
-                health=health,
                 candidate=CANDIDATE,
                 keep_listed=_image_reason,
-                watch_timeout=options.watch_timeout,
-                read_timeout=options.read_timeout,
-                quiet=quiet,
                 metric="events",
             )
             for ns in (options.namespaces or [None])
@@ -167,9 +167,7 @@ class Engine:
         )
         self.upkeep.suppressions = self.configs["Suppression"]
         # their watches (from where load's list got to: run() sets it); kinds.watch_of says why
-        self.config_watches = {
-            name: watch_of(api, c, options, health, quiet) for name, c in self.configs.items()
-        }
+        self.config_watches = {name: watch_of(stream, c) for name, c in self.configs.items()}
         self.witness_board = WitnessBoard(api, self._witness_reports(), quiet=quiet)
         self.skips: dict[str, int] = {}
         self.capped: set[tuple[str, str]] = set()

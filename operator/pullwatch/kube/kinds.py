@@ -34,11 +34,7 @@ from ..core.suppressions import (
     suppression_from_object,
 )
 from . import metrics
-from .api import Api
 from .config import SAMPLE, Configs, Kind
-from .health import Health
-from .options import Options
-from .quietlog import Quiet
 from .stream import ListWatch
 
 log = logging.getLogger("pullwatch.config")
@@ -253,22 +249,16 @@ def suppressions(
     )
 
 
-def watch_of(
-    api: Api, configs: Configs, options: Options, health: Health, quiet: Quiet
-) -> ListWatch:
-    """The watch of one kind, for ``configs``: our list + watch, not kopf's, whose watcher ends
-    the operator on the 404 that an API server which restarts answers for a custom resource until
-    it has loaded the CRDs again. A whole relist (after 410) tells ``configs`` the uids it held,
-    so that what was deleted while nobody watched is dropped."""
-    return ListWatch(
-        api,
+def watch_of(stream: Callable[..., ListWatch], configs: Configs) -> ListWatch:
+    """The watch of one kind, for ``configs`` (``stream``: the engine's ListWatch, with its
+    deadlines, health and log): our list + watch, not kopf's, whose watcher ends the operator on
+    the 404 that an API server which restarts answers for a custom resource until it has loaded
+    the CRDs again. A whole relist (after 410) tells ``configs`` the uids it held, so that what
+    was deleted while nobody watched is dropped."""
+    return stream(
         configs.kind.path(),
         configs.apply,
         name=f"{configs.kind.name} watch",
-        health=health,
-        watch_timeout=options.watch_timeout,
-        read_timeout=options.read_timeout,
-        quiet=quiet,
         metric=configs.kind.plural,
         listed=configs.drop_unlisted,
     )
