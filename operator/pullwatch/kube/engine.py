@@ -116,8 +116,6 @@ class Engine:
                 quiet,
             ),
         }
-        # The Findings of the namespaces watched, no others: another pullwatch may own those (their
-        # retention, their tamper checks).
         # Every list + watch of the engine, with its deadlines, health and log
         stream = functools.partial(
             ListWatch,
@@ -127,6 +125,8 @@ class Engine:
             read_timeout=options.read_timeout,
             quiet=quiet,
         )
+        # The Findings of the namespaces watched, no others: another pullwatch may own those (their
+        # retention, their tamper checks).
         self.findings_watches = [
             stream(
                 f"/apis/{GROUP}/{VERSION}/namespaces/{segment(ns)}/{PLURAL}"
