@@ -187,9 +187,9 @@ def _pool(workers: int) -> Any:
 
 
 def _worker_start() -> None:
-    """A worker lives for one scan: it never runs the cyclic collector (``scan_paths`` says why),
-    which would also walk everything it inherited from the parent, copying every page that lies
-    in; reference counting frees what it drops."""
+    """A worker lives for one scan: it never runs the cyclic collector (``collector_off`` in
+    pipeline.py says why), which would also walk everything it inherited from the parent,
+    copying every page that lies in; reference counting frees what it drops."""
     gc.disable()
 
 

@@ -7,6 +7,7 @@ read on its own: one that cannot be opened, or is damaged part-way, is reported 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Iterable, Iterator
@@ -176,16 +177,11 @@ class Built:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from . import parallel as par
 
-        enabled = gc.isenabled()
-        gc.disable()  # as in scan_paths: building bodies would have it walk every record again
-        try:
+        with collector_off():  # building bodies would have it walk every record again
             if self.parallel and par.can_build(len(self)):
                 yield from par.build_bodies(self.collector)
             else:
                 yield from self.collector.bodies()
-        finally:
-            if enabled:
-                gc.enable()
 
     def encoded(self, option: int = 0) -> Iterator[bytes]:
         """Each body as ``orjson.dumps(body, option=option)``, in the order of iteration; many
@@ -195,13 +191,8 @@ class Built:
         if not (self.parallel and par.can_build(len(self))):
             yield from (orjson.dumps(body, option=option) for body in self)
             return
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_off():
             yield from par.build_encoded(self.collector, option)
-        finally:
-            if enabled:
-                gc.enable()
 
     def __bool__(self) -> bool:
         return bool(self.collector.records)
@@ -274,20 +265,28 @@ def scan_paths(
         detector.suppressions = Suppressions(config.suppressions)
         detector.scanner_digests = scanner_digests(config.scanner_lists)
     scanner = Scanner(detector)
-    # The scan builds no reference cycles (parsed JSON and its own records), so reference counting
-    # frees everything; the cyclic collector would only walk the growing records again and again
-    # (measured: a third of the parent's time on the Finding-heavy stream of
-    # bench/scan_throughput.py). Building the Findings afterwards runs in workers that never
-    # collect either (parallel.py).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_off():
         for path in expand_inputs(paths, scanner.result.input_errors):
             if parallel and par.usable(path):
                 par.feed_parallel(scanner, path)
             else:
                 scanner.feed_path(path)
+    return scanner.finish(parallel)
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """The cyclic garbage collector off while a scan reads or builds its Findings.
+
+    The scan builds no reference cycles (parsed JSON and its own records), so reference counting
+    frees everything; the cyclic collector would only walk the growing records again and again
+    (measured: a third of the parent's time on the Finding-heavy stream of
+    bench/scan_throughput.py). The workers that build Findings never collect either
+    (parallel.py)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if enabled:
             gc.enable()
-    return scanner.finish(parallel)
