@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from .findings import ActorRecord, Origin, cut, later
-from .ledger import Ledger, b64, short_hash, unb64
+from .ledger import Ledger, b64_each, short_hash, unb64
 
 MAX_IMAGES = 10
 MAX_PODS = 10
@@ -332,7 +332,7 @@ def note(seen: set[int], text: str) -> int:
 
 
 def hashes_text(seen: set[int]) -> str:
-    return "".join(b64(h, 6) for h in sorted(seen))
+    return "".join(b64_each(sorted(seen), 6))
 
 
 def parse_hashes(text: Any) -> set[int]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 PULLING, PULLED, PRESENT, FAILED, BACKOFF = KINDS = (
@@ -106,17 +107,28 @@ def slot_key(pod: str, container: str) -> int:
 
 
 def b64(n: int, width: int) -> str:
-    """The low ``6 * width`` bits of ``n`` as ``width`` digits of _B64 (URL-safe base64),
-    most significant first: through the C encoder, padded to whole 3-byte groups.
+    """The low ``6 * width`` bits of ``n`` (``width`` at most 8) as ``width`` digits of _B64
+    (URL-safe base64), most significant first.
 
     >>> b64(1, 6), b64(2**48 - 1, 8), b64(0x123456789, 6) == "".join(
     ...     _B64[(0x123456789 >> (6 * (5 - i))) & 63] for i in range(6))
     ('AAAAAB', '________', True)
     """
-    groups = (width + 3) // 4  # 4 digits = 3 bytes
-    value = (n & ((1 << (6 * width)) - 1)) << (6 * (4 * groups - width))
-    digits = binascii.b2a_base64(value.to_bytes(3 * groups, "big"), newline=False)
-    return digits[:width].translate(_URLSAFE).decode()
+    return b64_each([n], width)[0]
+
+
+def b64_each(values: Iterable[int], width: int) -> list[str]:
+    """:func:`b64` of each value, through one call of the C encoder for all of them (a Finding's
+    series and hashes are encoded by the hundred): each value is padded to 48 bits, six bytes,
+    which base64 turns into eight whole digits, of which the first ``width`` are its own.
+
+    >>> b64_each([1, 2**36 - 1], 6), b64_each([], 8)
+    (['AAAAAB', '______'], [])
+    """
+    mask, shift = (1 << (6 * width)) - 1, 48 - 6 * width
+    raw = b"".join(((v & mask) << shift).to_bytes(6, "big") for v in values)
+    digits = binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+    return [digits[i : i + width] for i in range(0, len(digits), 8)]
 
 
 def unb64(text: str) -> int:
@@ -172,10 +184,25 @@ class Ledger:
     ) -> int:
         """Take one observation of a series (its cumulative ``count``); return the pulls it adds.
         ``legacy_id``: the Event's uid, under which a v1 ledger may hold this series."""
+        return self.take(series_id, slot, kind, count, minute, verdict, legacy_id)[1]
+
+    def take(
+        self,
+        series_id: str,
+        slot: tuple[str, str],
+        kind: str,
+        count: int,
+        minute: int,
+        verdict: int = UNKNOWN,
+        legacy_id: str | None = None,
+    ) -> tuple[bool, int]:
+        """:meth:`observe`, also saying whether the series was new to the ledger (what
+        :meth:`knows` said before: the series is hashed once)."""
         key = short_hash(series_id, 48)
         k = _INDEX[kind]
         old = self.series.get(key)
-        if old is None and self.legacy and legacy_id:
+        new = old is None
+        if new and self.legacy and legacy_id:
             old = self.series.pop(short_hash(legacy_id, 48), None)
             if old is not None:
                 self.series[key] = old
@@ -190,12 +217,13 @@ class Ledger:
         tally = self.slots.get(slot_k)
         if tally is None:
             tally = self.slots[slot_k] = [0, 0, 0, 0, 0, minute]
-        before = contribution(tally)
+        before = max(tally[0], tally[1] + tally[3]) + tally[2]  # contribution(tally), inline
         tally[k] += added
-        tally[5] = max(tally[5], minute)
-        delta = contribution(tally) - before
+        if minute > tally[5]:
+            tally[5] = minute
+        delta = max(tally[0], tally[1] + tally[3]) + tally[2] - before
         self.count += delta
-        return delta
+        return new, delta
 
     def set_verdict(self, series_id: str, verdict: int) -> bool:
         """Record who wrote a series' Event (learned after it was counted); whether it changed."""
@@ -286,14 +314,17 @@ class Ledger:
                 else:
                     written[k] = v
         base = min((v[3] for v in written.values()), default=0)
+        rows = sorted(written.items())
         out: dict[str, Any] = {
             "v": VERSION,
             "closed": closed,
             "verdicts": verdicts,
             "base": base,
             "series": [
-                f"{b64(h, 8)}{b64(v[0], 6)}{_CODES[v[1]]}{_VERDICT_CODES[v[4]]}{v[2]}.{v[3] - base}"
-                for h, v in sorted(written.items())
+                f"{h}{slot}{_CODES[v[1]]}{_VERDICT_CODES[v[4]]}{v[2]}.{v[3] - base}"
+                for h, slot, (_, v) in zip(
+                    b64_each([h for h, _ in rows], 8), b64_each([v[0] for _, v in rows], 6), rows
+                )
             ],
         }
         if any(folded):

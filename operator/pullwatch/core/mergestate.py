@@ -31,7 +31,9 @@ STATE_VERSION = 2
 
 
 def pack(doc: Any) -> str:
-    return f"v{STATE_VERSION}:" + base64.b64encode(zlib.compress(orjson.dumps(doc), 6)).decode()
+    # Level 1: every Finding of a scan packs one (measured on bench/scan_throughput.py's
+    # Finding-heavy stream: half the time of level 6, for 9 % more bytes).
+    return f"v{STATE_VERSION}:" + base64.b64encode(zlib.compress(orjson.dumps(doc), 1)).decode()
 
 
 def unpack(text: Any) -> Any:

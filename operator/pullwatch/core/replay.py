@@ -202,6 +202,8 @@ def verdict(pull: Pull, authors: frozenset[str] | set[str] | None) -> int:
     the kubelet of the node it names, or if the Event names another namespace than its own."""
     if pull.claimed_namespace is not None:
         return FORGED
+    if not authors and (pull.actor is None or not pull.actor.user):
+        return UNKNOWN  # what most series of an Event stream are: no set built
     users = set(authors or ())
     if pull.actor is not None and pull.actor.user:
         users.add(pull.actor.user)
@@ -241,21 +243,23 @@ def build(
     state: FindingState | None = None
     for series, (pull, workload, not_allowed, cover, bits) in pulls:
         authored = authors.get(series)
+        v = verdict(pull, authored)
         if state is None:
             origin = Origin.of(pull, workload, not_allowed)
-            v = verdict(pull, authored)
             if v != UNKNOWN and origin.verified is None:
                 origin = origin._replace(
                     verified=v == VERIFIED, author=next(iter(sorted(authored or ())), None)
                 )
             state = FindingState(identity, origin, name=record.name)
         minute = minute_of(pull.last_seen or pull.first_seen) or 0
-        delta = state.observe_pull(pull, series, minute, verdict(pull, authored), None, now_stamp)
+        delta = state.observe_pull(pull, series, minute, v, None, now_stamp)
         state.witnesses |= bits
-        state.last_image = _normalized(pull.image)
-        state.suppression = cover.as_dict() if cover is not None else None
         if cover is not None:
             state.suppressed_pulls += delta
+    if pulls:  # what the latest pull says (observe_pull reads neither)
+        latest, cover = pulls[-1][1][0], pulls[-1][1][3]
+        state.last_image = _normalized(latest.image)  # type: ignore[union-attr]
+        state.suppression = cover.as_dict() if cover is not None else None  # type: ignore[union-attr]
     for run, not_allowed in runs:
         if state is None:
             state = FindingState(

@@ -150,11 +150,12 @@ class FindingState:
     ) -> int:
         """Count one observation of a pull Event; return the pulls it adds (0 for a repeat).
         ``now_stamp``: the observer's clock as RFC 3339 - a later Event time is clamped to it."""
-        ev = self.evidence()
-        new = not ev.ledger.knows(series)
+        ev = self._ev if self._packed is None else self.evidence()
+        assert ev is not None
         self.witnesses |= AUDIT if pull.source == "audit" else EVENTS
-        pod, container = pull.involved.name, pull.involved.container or ""
-        delta = ev.ledger.observe(
+        involved = pull.involved
+        pod, container = involved.name, involved.container or ""
+        new, delta = ev.ledger.take(
             series, (pod, container), pull.kind, pull.count, minute, verdict, pull.uid
         )
         # Only what is new is a new observation: an Event delivered again (a relist, a
