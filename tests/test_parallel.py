@@ -1,6 +1,7 @@
 """The multi-core scan gives exactly the sequential scan's Findings and counters."""
 
 import itertools
+import pickle
 import json
 
 import orjson
@@ -142,3 +143,21 @@ def test_a_name_collision_is_resolved_in_file_order(tmp_path, monkeypatch):
     assert list(par.findings) == list(seq.findings)
     names = {(f["metadata"]["namespace"], f["metadata"]["name"]) for f in par.findings}
     assert ("b", clash) in names and ("a", clash) not in names
+
+
+def test_what_a_range_kept_travels_back_unchanged():
+    from pullwatch.core.audit import entry_observations
+    from pullwatch.core.pulls import decode_event
+
+    pulls = [
+        decode_event(image_event("Pulling", "web", "hunter", "aquasec/kube-hunter", seq=i))
+        for i in range(3)
+    ]
+    pulled = decode_event(image_event("Pulled", "web", "x-1", "evil/x:1", count=4, with_uid=False))
+    event = image_event("Pulling", "ci", "scan", "aquasec/kube-bench", seq=9)
+    audited = [entry_observations(e) for e in audit_entries(event, "id-7")]
+    assert any(obs and any(o.actor for o in obs) for _, obs in audited)  # pulls with an author
+    kept = [("", [pulls[0]]), ("", [pulled]), ("", [pulls[1], pulls[2]]), *audited, ("", [])]
+    rows = parallel._portable(kept)
+    assert sum(len(r) > 2 for r in rows) == 2  # the plain Event pulls went flat
+    assert list(parallel._restored(pickle.loads(pickle.dumps(rows)))) == kept
