@@ -1,8 +1,8 @@
 """The multi-core scan gives exactly the sequential scan's Findings and counters."""
 
 import itertools
-import pickle
 import json
+import pickle
 
 import orjson
 import pytest
@@ -161,3 +161,41 @@ def test_what_a_range_kept_travels_back_unchanged():
     rows = parallel._portable(kept)
     assert sum(len(r) > 2 for r in rows) == 2  # the plain Event pulls went flat
     assert list(parallel._restored(pickle.loads(pickle.dumps(rows)))) == kept
+
+
+KILLED_WORKER = """
+import os, signal, sys
+import pullwatch.scan.parallel as parallel
+from pullwatch.core.allowlist import Allowlist
+from pullwatch.scan.pipeline import scan_paths
+parallel.MIN_BYTES = parallel.MIN_FINDINGS = 1
+parallel.BUILD_CHUNK = 1
+parent = os.getpid()
+phase = sys.argv[2]
+real = getattr(parallel, phase)
+def dies(*args, **kwargs):
+    if os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer does
+    return real(*args, **kwargs)
+setattr(parallel, phase, dies)
+try:
+    list(scan_paths([sys.argv[1]], Allowlist(), parallel=True).findings.encoded())
+except parallel.WorkerDied as exc:
+    print("died:", exc)
+"""
+
+
+@pytest.mark.parametrize("phase", ["_scan_range", "_build_chunk"])
+def test_a_killed_worker_fails_the_scan_instead_of_hanging_it(stream, phase):
+    import subprocess
+    import sys
+
+    # The deadline only guards the suite against the hang this test is about.
+    r = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, stream, phase],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("died: a worker process of the multi-core scan"), r.stdout
