@@ -338,3 +338,22 @@ def test_undamaged_inputs_of_every_format_are_read_whole(fmt, n):
     assert _pods_read(text) == {pod for _, pod in spans}
     assert _pods_read(_gzip.compress(text)) == {pod for _, pod in spans}
     assert _pods_read(text, chunk=5) == {pod for _, pod in spans}
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 19), st.sampled_from(list("0123456789:-TZ+ .x\u0663\u00b2"))),
+        max_size=3,
+    )
+)
+def test_minute_of_a_stamp_is_that_of_parsing_it(edits):
+    """minute_of caches a minute of RFC 3339 stamps under one key: whatever a stamp's writer
+    put in it, the minute is the one parsing the whole stamp gives (or None for both)."""
+    from pullwatch.core import findings
+
+    stamp = list("2026-11-18T10:23:45Z")
+    for at, char in edits:
+        stamp[at] = char
+    text = "".join(stamp)
+    assert findings.minute_of(text) == findings._minute_of.__wrapped__(text)

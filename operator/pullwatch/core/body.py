@@ -13,6 +13,7 @@ identity gives), and shows but never trusts the rest.
 
 from __future__ import annotations
 
+import functools
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,7 @@ def labels_of(identity: Identity) -> dict[str, str]:
     return labels
 
 
+@functools.lru_cache(maxsize=4)  # a scan builds every Finding at its one clock
 def stamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -386,6 +386,16 @@ def minute_of(stamp: str | None) -> int | None:
     """Minutes since the epoch of an RFC 3339 stamp (the ledger's clock), or None."""
     if not stamp:
         return None
+    if (
+        len(stamp) == 20
+        and stamp[16] == ":"
+        and stamp[19] == "Z"
+        and stamp[17] in "012345"
+        and stamp[18] in "0123456789"
+    ):
+        # What Events carry (2026-11-18T10:23:45Z): valid seconds do not change its minute, so
+        # one cache entry serves a minute of stamps, not one second of them.
+        return _minute_of(stamp[:17] + "00Z")
     if len(stamp) > 40:  # not a stamp the cache should keep (RFC 3339 with nanoseconds: 35)
         return _minute_of.__wrapped__(stamp)
     return _minute_of(stamp)

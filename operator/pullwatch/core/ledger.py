@@ -51,7 +51,7 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 PULLING, PULLED, PRESENT, FAILED, BACKOFF = KINDS = (
@@ -117,7 +117,7 @@ def b64(n: int, width: int) -> str:
     return b64_each([n], width)[0]
 
 
-def b64_each(values: Iterable[int], width: int) -> list[str]:
+def b64_each(values: Sequence[int], width: int) -> list[str]:
     """:func:`b64` of each value, through one call of the C encoder for all of them (a Finding's
     series and hashes are encoded by the hundred): each value is padded to 48 bits, six bytes,
     which base64 turns into eight whole digits, of which the first ``width`` are its own.
@@ -125,6 +125,8 @@ def b64_each(values: Iterable[int], width: int) -> list[str]:
     >>> b64_each([1, 2**36 - 1], 6), b64_each([], 8)
     (['AAAAAB', '______'], [])
     """
+    if not values:
+        return []  # most of a Finding's sets of hashes are empty
     mask, shift = (1 << (6 * width)) - 1, 48 - 6 * width
     raw = b"".join(((v & mask) << shift).to_bytes(6, "big") for v in values)
     digits = binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
