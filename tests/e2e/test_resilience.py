@@ -209,6 +209,10 @@ def test_sigterm_in_the_middle_of_a_flush_writes_everything_counted(cluster, sta
         "1000",
         "--flush-interval",
         "2",
+        # The property is "everything counted is written", not a write rate: a slow or loaded
+        # API server (33-85 writes/s measured here under load) must not turn it into a timing.
+        "--drain-seconds",
+        "150",
     )
     for n in (1, 2, 3):
         kubelet.pull_all([f"app-p{i}" for i in range(400) if 1 + i % 3 == n], count=n)
@@ -230,7 +234,7 @@ def test_sigterm_in_the_middle_of_a_flush_writes_everything_counted(cluster, sta
     )
     created = op.metric("pullwatch_api_writes_total", verb="create", outcome="ok")
     stopped = time.monotonic()
-    code = op.stop(timeout=40)
+    code = op.stop(timeout=180)
     took = time.monotonic() - stopped
     assert code == 0, op.logs()[-2000:]
     assert kubelet.exact(), f"{len(kubelet.observed())} of {len(kubelet.expected())} Findings right"
