@@ -166,8 +166,6 @@ def test_what_a_range_kept_travels_back_unchanged():
 KILLED_WORKER = """
 import os, signal, sys
 import pullwatch.scan.parallel as parallel
-from pullwatch.core.allowlist import Allowlist
-from pullwatch.scan.pipeline import scan_paths
 parallel.MIN_BYTES = parallel.MIN_FINDINGS = 1
 parallel.BUILD_CHUNK = 1
 parent = os.getpid()
@@ -178,10 +176,8 @@ def dies(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer does
     return real(*args, **kwargs)
 setattr(parallel, phase, dies)
-try:
-    list(scan_paths([sys.argv[1]], Allowlist(), parallel=True).findings.encoded())
-except parallel.WorkerDied as exc:
-    print("died:", exc)
+from pullwatch.cli import main
+sys.exit(main(["scan", sys.argv[1], "-o", "json", "--quiet"]))
 """
 
 
@@ -197,5 +193,5 @@ def test_a_killed_worker_fails_the_scan_instead_of_hanging_it(stream, phase):
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("died: a worker process of the multi-core scan"), r.stdout
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.startswith("pullwatch: a worker process of the multi-core scan"), r.stderr

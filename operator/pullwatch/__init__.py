@@ -17,3 +17,5 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 # Exit codes of the command line (documented in `pullwatch scan --help`).
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
+# Not a bug, so not EXIT_INTERNAL: the kernel killed a worker (out of memory).
+EXIT_WORKER_DIED = 5

@@ -6,7 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, __version__
+from . import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WORKER_DIED,
+    __version__,
+)
 from .kube.options import add_run_parser, run_options
 
 SCAN_EXIT_CODES = """exit codes:
@@ -17,7 +25,9 @@ SCAN_EXIT_CODES = """exit codes:
      (corrupt gzip, lines that are not JSON, a record cut short), or nothing in it was a
      Kubernetes Event, audit entry or Pod. The Findings of everything that could be read are
      still printed; 3 wins over 1, because the Findings may be incomplete.
-  4  internal error (a bug in pullwatch: please report the one-line message)"""
+  4  internal error (a bug in pullwatch: please report the one-line message)
+  5  a worker process of the multi-core scan was killed (out of memory?): the scan is
+     incomplete and what it printed must not be used; scan again with more memory"""
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
@@ -123,9 +133,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
             f"pullwatch: {safe(what)}: not a pullwatch configuration object; ignored",
             file=sys.stderr,
         )
-    result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
-    extra = [result.context] if result.context is not None else []
-    FORMATS[args.output](result.findings, sys.stdout.buffer, complete=result.complete, extra=extra)
+    from .scan.parallel import WorkerDied
+
+    try:
+        result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
+        extra = [result.context] if result.context is not None else []
+        out = sys.stdout.buffer
+        FORMATS[args.output](result.findings, out, complete=result.complete, extra=extra)
+    except WorkerDied as exc:
+        # Findings are built while they are written: part of the output may be out already.
+        sys.stdout.flush()
+        print(f"pullwatch: {exc}", file=sys.stderr)
+        return EXIT_WORKER_DIED
     sys.stdout.flush()
     s = result.stats
     if not args.quiet:
