@@ -195,3 +195,44 @@ def test_a_killed_worker_fails_the_scan_instead_of_hanging_it(stream, phase):
     )
     assert r.returncode == 5, r.stderr
     assert r.stderr.startswith("pullwatch: a worker process of the multi-core scan"), r.stderr
+
+
+HELPER_DIES_AHEAD = """
+import concurrent.futures, os, signal, sys
+import pullwatch.scan.parallel as parallel
+parallel.BUILD_CHUNK = 1
+pools = []
+class Recorded(concurrent.futures.ProcessPoolExecutor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        pools.append(self)
+concurrent.futures.ProcessPoolExecutor = Recorded
+parent = os.getpid()
+class Names:
+    def names(self):
+        return [str(i) for i in range(20)]
+def build(chunk):
+    if os.getpid() != parent and chunk == ["13"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # a chunk queued ahead of the one waited for
+    if os.getpid() == parent and chunk == ["10"]:
+        while not pools[-1]._broken:  # the parent is busy while the helper dies
+            pass
+    return chunk
+try:
+    list(parallel._built(Names(), build, 2))
+except parallel.WorkerDied as exc:
+    print("died:", exc)
+"""
+
+
+def test_a_helper_killed_ahead_of_the_parent_fails_the_scan_too():
+    """The helper dies on a chunk queued ahead while the parent builds its own: the next submit,
+    not a result, meets the broken pool. Before: BrokenProcessPool, an internal error (exit 4)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", HELPER_DIES_AHEAD], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("died: a worker process of the multi-core scan"), r.stdout

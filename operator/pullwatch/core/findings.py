@@ -392,6 +392,7 @@ def minute_of(stamp: str | None) -> int | None:
         and stamp[19] == "Z"
         and stamp[17] in "012345"
         and stamp[18] in "0123456789"
+        and stamp[11:13] != "24"  # newer Pythons take 24:00:00 as midnight; not 24:00:30
     ):
         # What Events carry (2026-11-18T10:23:45Z): valid seconds do not change its minute, so
         # one cache entry serves a minute of stamps, not one second of them.

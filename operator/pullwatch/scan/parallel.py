@@ -14,13 +14,14 @@ ranged GETs), uncompressed, in JSON-lines format, on a platform with ``fork``.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
 import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
@@ -199,7 +200,10 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
     total = scanner.result.stats
     try:
         with _workers(workers) as pool:
-            for part in _results([pool.submit(_scan_range, bounds) for bounds in ranges]):
+            futures = collections.deque(pool.submit(_scan_range, b) for b in ranges)
+            while futures:
+                # Popped, so that a range's result is let go once taken (no list holds them all).
+                part = futures.popleft().result()
                 total.add(part.stats)  # ranges come back in file order
                 scanner.result.pulls += part.pulls
                 scanner.collector.pulled |= part.pulled
@@ -225,19 +229,14 @@ def _workers(n: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     )
     try:
         yield pool
+    except BrokenProcessPool:
+        # From a result waited for, or from a submit once a worker is gone.
+        raise WorkerDied(
+            "a worker process of the multi-core scan ended without its result (killed? out "
+            "of memory?): the scan is incomplete"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _results(futures: Iterable[concurrent.futures.Future]) -> Iterator[Any]:
-    for future in futures:
-        try:
-            yield future.result()
-        except BrokenProcessPool:
-            raise WorkerDied(
-                "a worker process of the multi-core scan ended without its result (killed? out "
-                "of memory?): the scan is incomplete"
-            ) from None
 
 
 def _worker_start() -> None:
@@ -310,7 +309,7 @@ def _built(
                         ahead[queued] = pool.submit(build, chunks[queued])
                     queued += 1
                 if i % share:
-                    yield from next(_results([ahead.pop(i)]))
+                    yield from ahead.pop(i).result()
                 else:
                     yield from build(chunk)
     finally:
