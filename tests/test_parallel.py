@@ -198,7 +198,7 @@ def test_a_killed_worker_fails_the_scan_instead_of_hanging_it(stream, phase):
 
 
 HELPER_DIES_AHEAD = """
-import concurrent.futures, os, signal, sys
+import concurrent.futures, os, signal, sys, time
 import pullwatch.scan.parallel as parallel
 parallel.BUILD_CHUNK = 1
 pools = []
@@ -216,7 +216,7 @@ def build(chunk):
         os.kill(os.getpid(), signal.SIGKILL)  # a chunk queued ahead of the one waited for
     if os.getpid() == parent and chunk == ["10"]:
         while not pools[-1]._broken:  # the parent is busy while the helper dies
-            pass
+            time.sleep(0.01)
     return chunk
 try:
     list(parallel._built(Names(), build, 2))
