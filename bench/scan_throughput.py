@@ -243,23 +243,21 @@ def bench(path: Path, events: int, jq: bool, rounds: int = 1) -> dict[str, float
     }
     if jq and shutil.which("jq"):
         commands["jq (seed filter)"] = ["jq", "-c", JQ_FILTER, str(path)]
-    runs: dict[str, tuple[float, float, float]] = {}
-    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    rounds_of: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
     for turn in range(rounds):
         for name, cmd in commands.items():
             t, rss, err, cpu = measure(cmd)
-            seconds[name].append(t)
-            if name not in runs or t < runs[name][0]:
-                # the best time with its CPU; the highest peak RSS of any round (the target)
-                runs[name] = (t, max(rss, runs[name][1]) if name in runs else rss, cpu)
-            else:
-                runs[name] = (*runs[name][:1], max(rss, runs[name][1]), runs[name][2])
+            rounds_of[name].append((t, rss, cpu))
             if name == "pullwatch scan" and turn == 0:
                 print("  pullwatch summary: " + err.decode().splitlines()[0])
     if rounds > 1:
         print(f"  best of {rounds} rounds; every round's seconds:")
-        for name, ts in seconds.items():
-            print(f"    {name:24}" + " ".join(f"{t:6.2f}" for t in ts))
+        for name, measured in rounds_of.items():
+            print(f"    {name:24}" + " ".join(f"{t:6.2f}" for t, _, _ in measured))
+    runs = {}  # the best time with its CPU, and the highest peak RSS of any round (the target)
+    for name, measured in rounds_of.items():
+        t, _, cpu = min(measured)
+        runs[name] = (t, max(rss for _, rss, _ in measured), cpu)
     print(f"{'':26}{'seconds':>9}{'MB/s':>9}{'events/s':>12}{'peak RSS MB':>13}{'CPU s':>8}")
     for name, (t, rss, cpu) in runs.items():
         print(f"{name:26}{t:9.2f}{size_mb / t:9.0f}{events / t:12,.0f}{rss:13.0f}{cpu:8.1f}")
