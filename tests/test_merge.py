@@ -121,7 +121,7 @@ IMAGES = ["evil/x:1", "evil/x:2", "aquasec/kube-hunter:0.6.8"]
 def observations(draw):
     """Pulls (Events and audit creates of the same Events), containers seen running and people
     changing workloads, with repeats and rising counts: what shards would share or split."""
-    out = []
+    out, names = [], []
     for i in range(draw(st.integers(1, 14))):
         pod, image = draw(st.sampled_from(PODS)), draw(st.sampled_from(IMAGES))
         kind = draw(st.sampled_from(["Pulling", "Pulled", "Present"]))
@@ -135,6 +135,10 @@ def observations(draw):
             seq=draw(st.integers(0, 5)),
             t=draw(st.integers(0, 600)),
         )
+        if names and draw(st.integers(0, 5)) == 0:
+            # an earlier Event rewritten by its writer to name this pod or image: one series
+            ev["metadata"]["name"] = draw(st.sampled_from(names))
+        names.append(ev["metadata"]["name"])
         if draw(st.booleans()):
             out.append(decode_event(ev))
         else:
@@ -207,3 +211,38 @@ def test_merge_of_shards_is_the_scan_of_all(obs, where, rng):
     assert bodies(merge(again, clock=1.9e9)) == expected  # twice: nothing more
     rng.shuffle(obs)
     assert bodies(scanned(obs)) == expected  # and scan itself ignores the order of its input
+
+
+def test_a_series_rewritten_to_name_another_pod_leaves_the_context_exact():
+    """An Event series whose later version names another pod (a tenant rewriting its own Event):
+    the Finding keeps the later pull, so the scan context must carry the first pod's pull slot -
+    the one no Finding holds - and not the kept one's. Scanning both versions at once and
+    merging the two scanned apart must agree."""
+    first = image_event("Pulling", "ns", PODS[0], IMAGES[0], count=1)
+    later = image_event("Pulling", "ns", PODS[1], IMAGES[0], count=2)
+    later["metadata"]["name"] = first["metadata"]["name"]  # the same series
+    obs = [decode_event(first), decode_event(later)]
+    expected = bodies(scanned(obs))
+    shards = docs(scanned(obs[:1])) + docs(scanned(obs[1:]))
+    assert bodies(merge(shards, clock=1.9e9)) == expected
+    assert expected[-1] is not None  # the first pod's slot: held by no Finding
+
+
+def test_a_rewritten_series_gives_the_same_findings_in_every_order():
+    """One series seen naming pod A, then pod B, then pod A again with rising counts: whichever
+    order the three come in, and however they are split between two scans, the Findings (their
+    merge states included) and the scan context are the same."""
+    import itertools
+
+    name = image_event("Pulling", "ns", PODS[0], IMAGES[0])["metadata"]["name"]
+    versions = []
+    for count, pod in ((1, PODS[0]), (2, PODS[1]), (3, PODS[0])):
+        ev = image_event("Pulling", "ns", pod, IMAGES[0], count=count)
+        ev["metadata"]["name"] = name
+        versions.append(decode_event(ev))
+    expected = bodies(scanned(versions))
+    for order in itertools.permutations(versions):
+        assert bodies(scanned(list(order))) == expected
+        for cut in (1, 2):
+            shards = docs(scanned(list(order[:cut]))) + docs(scanned(list(order[cut:])))
+            assert bodies(merge(shards, clock=1.9e9)) == expected

@@ -117,7 +117,7 @@ class Collector:
     def _pull(self, pull: Pull) -> None:
         self.pulls += 1
         assert self.detector is not None
-        self.note_pulled(
+        slot = self.note_pulled(
             pull.namespace, pull.involved.name, pull.involved.container or "", pull.image
         )
         workload = workload_of(pull)
@@ -142,12 +142,14 @@ class Collector:
                 cover = _cover_of(
                     self.detector.covering(rule, pull.namespace, workload.name, image, when)
                 )
-            record.add_pull(pull, workload, not_allowed, cover, series)
+            record.add_pull(pull, workload, not_allowed, cover, series, slot)
         if pull.actor is not None and pull.actor.user:
             self._note_author(series, pull.actor.user)
 
-    def note_pulled(self, namespace: str, pod: str, container: str, image: str) -> None:
-        self.pulled.add(pull_slot(namespace, pod, container, image))
+    def note_pulled(self, namespace: str, pod: str, container: str, image: str) -> int:
+        slot = pull_slot(namespace, pod, container, image)
+        self.pulled.add(slot)
+        return slot
 
     def _running(self, run: Running) -> None:
         assert self.detector is not None
@@ -246,13 +248,7 @@ class Collector:
 
     def _record_slots(self) -> set[int]:
         """The (namespace, pod, container) slots the records' own pulls hold."""
-        return {
-            pull_slot(
-                r.identity.namespace, p[0].involved.name, p[0].involved.container or "", p[0].image
-            )
-            for r in self.records.values()
-            for p in r.pulls.values()
-        }
+        return set().union(*(r.slots() for r in self.records.values()))
 
 
 def keep_people(people: list[ActorRecord], more: Iterable[ActorRecord]) -> None:
@@ -319,6 +315,8 @@ def merge(documents: Iterable[tuple[str, Any]], clock: float | None = None) -> C
             raise ValueError(f"{where}: {exc}") from None
         collector.merge_record(record)
     collector.pulled |= collector._record_slots()
+    for record in collector.records.values():
+        collector.pulled |= record.superseded_slots()
     return collector
 
 

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from .findings import ActorRecord, Identity, Origin, minute_of
 from .imageref import InvalidImageReference, parse_image
-from .judge import ran_image_of
+from .judge import pull_slot, ran_image_of
 from .ledger import FORGED, UNKNOWN, VERIFIED
 from .mergestate import (
     STATE_VERSION,
@@ -101,17 +101,23 @@ class FindingRecord:
     """What one Finding kept: per series its highest pull, the containers seen running it and
     the pods created with it, each with how it was judged (never judged again)."""
 
-    __slots__ = ("identity", "intents", "name", "pulled", "pulls", "runnings")
+    __slots__ = ("identity", "intents", "name", "pulled", "pulls", "runnings", "superseded")
 
     def __init__(self, identity: Identity, name: str | None = None):
         self.identity = identity
         self.name = name or identity.name  # another only after a collision (name_among)
-        # series -> [pull, workload, not_allowed, cover, witnesses]
+        # series -> [pull, workload, not_allowed, cover, witnesses, slot]; the slot (judge.py's
+        # pull_slot of the pull, or None until asked) is the scan's to fill: hashed once when
+        # the pull is taken, not again for the scan context of every record
         self.pulls: dict[str, list[Any]] = {}
         self.runnings: dict[tuple[str, str, str], tuple[Running, str | None]] = {}
         self.intents: dict[tuple[str, str], tuple[Intent, str | None]] = {}
         # (pod, container) of its runnings whose pull Event went elsewhere (kept for a merge)
         self.pulled: set[tuple[str, str]] = set()
+        # Pull slots of a series' observations that another one of it outranked while naming
+        # another container (an Event rewritten by its writer): the pull Event was seen all the
+        # same, and a merge must know it although the record keeps only the highest pull
+        self.superseded: set[int] | None = None
 
     def add_pull(
         self,
@@ -120,16 +126,53 @@ class FindingRecord:
         not_allowed: str | None,
         cover: Cover | None,
         series: str | None = None,
+        slot: int | None = None,
     ) -> None:
         series = series or pull.series or ""
         bit = AUDIT if pull.source == "audit" else EVENTS
         held = self.pulls.get(series)
         if held is None:
-            self.pulls[series] = [pull, workload, not_allowed, cover, bit]
+            self.pulls[series] = [pull, workload, not_allowed, cover, bit, slot]
             return
         held[4] |= bit
-        if pull_rank(pull) > pull_rank(held[0]):
-            held[0], held[1], held[2], held[3] = pull, workload, not_allowed, cover
+        kept = held[0]
+        if pull_rank(pull) > pull_rank(kept):
+            lost, lost_slot = kept, held[5]
+            held[0], held[1], held[2], held[3], held[5] = pull, workload, not_allowed, cover, slot
+            kept, slot = pull, held[5]
+        else:
+            lost, lost_slot = pull, slot
+        if (lost.involved.name, lost.involved.container, lost.image) != (
+            kept.involved.name,
+            kept.involved.container,
+            kept.image,
+        ):  # (the kubelet's own series never do this: it counts up one container's pulls)
+            lost_slot = self._slot(lost, lost_slot)
+            if lost_slot != self._slot(kept, held[5]):
+                if self.superseded is None:
+                    self.superseded = set()
+                self.superseded.add(lost_slot)
+
+    def _slot(self, pull: Pull, slot: int | None) -> int:
+        if slot is not None:
+            return slot
+        inv = pull.involved
+        return pull_slot(self.identity.namespace, inv.name, inv.container or "", pull.image)
+
+    def slots(self) -> set[int]:
+        """The pull slots of the pulls it keeps (one per series)."""
+        out = set()
+        for held in self.pulls.values():
+            if held[5] is None:
+                held[5] = self._slot(held[0], None)
+            out.add(held[5])
+        return out
+
+    def superseded_slots(self) -> set[int]:
+        """The pull slots of outranked observations that none of its kept pulls holds: the same
+        whatever order the observations came in (a slot outranked in one order and kept in
+        another is a kept one)."""
+        return self.superseded - self.slots() if self.superseded else set()
 
     def add_running(self, run: Running, not_allowed: str | None) -> None:
         key = (run.pod, run.container, run.digest or "")
@@ -145,9 +188,11 @@ class FindingRecord:
             self.intents[key] = (intent, not_allowed)
 
     def merge(self, other: FindingRecord) -> None:
-        for series, (pull, workload, not_allowed, cover, bits) in other.pulls.items():
-            self.add_pull(pull, workload, not_allowed, cover, series)
+        for series, (pull, workload, not_allowed, cover, bits, slot) in other.pulls.items():
+            self.add_pull(pull, workload, not_allowed, cover, series, slot)
             self.pulls[series][4] |= bits
+        if other.superseded:
+            self.superseded = (self.superseded or set()) | other.superseded
         for run, not_allowed in other.runnings.values():
             self.add_running(run, not_allowed)
         for intent, not_allowed in other.intents.values():
@@ -160,7 +205,7 @@ class FindingRecord:
             "v": STATE_VERSION,
             "pulls": [
                 [s, *pull_row(p), list(w), na, list(c) if c else None, bits]
-                for s, (p, w, na, c, bits) in sorted(self.pulls.items())
+                for s, (p, w, na, c, bits, _) in sorted(self.pulls.items())
             ],
             "running": [
                 [*running_row(r), na]
@@ -171,6 +216,9 @@ class FindingRecord:
                 [*intent_row(i), na] for (i, na) in (self.intents[k] for k in sorted(self.intents))
             ],
         }
+        superseded = self.superseded_slots()
+        if superseded:  # written only when there are any: what most states never need
+            doc["superseded"] = sorted(superseded)
         return pack(doc)
 
     @classmethod
@@ -192,6 +240,11 @@ class FindingRecord:
             for row in doc["intents"]:
                 record.add_intent(intent_of(row[:-1], identity.namespace), row[-1])
             record.pulled = {(str(p), str(c)) for p, c in doc.get("pulled", [])}
+            superseded = doc.get("superseded", [])
+            if not all(h.__class__ is int and 0 <= h < 1 << 48 for h in superseded):
+                raise ValueError("superseded slots that are not pull slots")
+            if superseded:
+                record.superseded = set(superseded)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"damaged merge state ({type(exc).__name__}: {exc})") from None
         return record
@@ -241,7 +294,7 @@ def build(
         record.intents.values(), key=lambda i: (i[0].time or "", i[0].audit_id, i[0].container)
     )
     state: FindingState | None = None
-    for series, (pull, workload, not_allowed, cover, bits) in pulls:
+    for series, (pull, workload, not_allowed, cover, bits, _) in pulls:
         authored = authors.get(series)
         v = verdict(pull, authored)
         if state is None:
