@@ -218,6 +218,39 @@ def test_pieces_come_by_signed_gets_and_from_s3fs_where_those_are_refused(s3, mo
     assert read_all(s3.env(), signed=False)[0] == data[100:-7]  # turned off
 
 
+def test_refused_presigned_gets_are_told_once_and_nothing_is_lost(s3, monkeypatch):
+    """An endpoint that refuses presigned GETs costs twice the CPU (s3fs's own GETs): the scan
+    says so once, on one core and on several (each worker learns it on its own), and its
+    Findings are those of a scan where they worked."""
+    import fsspec
+
+    import pullwatch.scan.parallel as parallel
+    import pullwatch.scan.presigned as presigned
+    from pullwatch.core.allowlist import Allowlist
+    from pullwatch.scan.pipeline import load_config, scan_paths
+
+    data = (DATA / "watch.jsonl").read_bytes() * 20
+    url = s3.put("audit-archive", "told/watch.jsonl", data)
+    quiet = scan(s3.env(), url)
+    assert quiet.returncode == 0 and b"note:" not in quiet.stderr
+    monkeypatch.setattr(presigned, "_REFUSED_ENDPOINTS", set())
+    monkeypatch.setattr(parallel, "MIN_BYTES", 1)
+    allow = Allowlist(load_config([ALLOW]).policies)
+    with s3.authenticating() as (key, secret):
+        told = scan(s3.env(key, secret), url)
+        for name, value in s3.env(key, secret).items():
+            monkeypatch.setenv(name, value)
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        by_ranges = scan_paths([url], allow, parallel=True)
+    assert told.returncode == 0 and told.stdout == quiet.stdout
+    notes = [line for line in told.stderr.decode().splitlines() if "note:" in line]
+    # (moto answers a presigned GET it cannot check with HTTP 500)
+    assert len(notes) == 1 and "presigned URL answered HTTP " in notes[0], told.stderr
+    assert "PULLWATCH_S3_PRESIGNED=0" in notes[0] and "X-Amz" not in notes[0]
+    assert by_ranges.notices and set(by_ranges.notices) == {notes[0].split("note: ", 1)[1]}
+    assert list(by_ranges.findings) and not by_ranges.input_errors
+
+
 def _without(tmp_path: Path, package: str) -> dict[str, str]:
     """PYTHONPATH with a stand-in for ``package`` that cannot be imported, as on a machine where
     pullwatch was installed without its [cloud] extra."""

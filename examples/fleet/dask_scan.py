@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(result.documents, f)
     for problem in result.errors:
         print(f"pullwatch: {problem}", file=sys.stderr)
+    for text in result.notices:
+        print(f"pullwatch: note: {text}", file=sys.stderr)
     print(
         f"{len(shards)} shards: {result.records} records, {len(result.findings())} Findings",
         file=sys.stderr,

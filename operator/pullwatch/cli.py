@@ -155,6 +155,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         )
     for problem in result.input_errors:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
+    for text in dict.fromkeys(result.notices):  # each once, though every worker may tell it
+        print(f"pullwatch: note: {safe(text)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
         print(
             f"pullwatch: none of the {s.unrecognized} records read is a Kubernetes Event, "

@@ -35,6 +35,22 @@ from .sources import InputError
 PIECE = 4 << 20
 AHEAD = 3  # GETs in flight per reader
 MAX_OBJECTS = 100_000  # a prefix or glob naming more is refused (narrow it)
+# What the reads of this process found worth telling the user, though nothing was lost (an
+# endpoint that refused presigned GETs: its objects cost twice the CPU); each text once.
+_NOTICES: dict[str, None] = {}
+
+
+def notice(text: str) -> None:
+    _NOTICES.setdefault(text, None)
+
+
+def take_notices() -> list[str]:
+    """The notices given since the last call, in order, each once."""
+    out = list(_NOTICES)
+    _NOTICES.clear()
+    return out
+
+
 _PACKAGES = {
     "s3": "s3fs",
     "s3a": "s3fs",

@@ -57,6 +57,7 @@ class ShardResult:
     errors: list[str] = field(default_factory=list)
     records: int = 0  # records read, over the shards joined here
     pulls: int = 0
+    notices: list[str] = field(default_factory=list)  # nothing lost, worth telling (each once)
 
     def findings(self) -> list[dict[str, Any]]:
         """The Findings alone (without the ``ScanContext`` document)."""
@@ -113,7 +114,8 @@ def scan_shard(
     errors = list(result.input_errors)
     if result.stats.damaged and not errors:
         errors.append(f"{sum(result.stats.damaged.values())} damaged record(s) could not be read")
-    return ShardResult(documents, errors, result.stats.records, result.pulls)
+    notices = list(dict.fromkeys(result.notices))
+    return ShardResult(documents, errors, result.stats.records, result.pulls, notices)
 
 
 def merge_results(*results: ShardResult) -> ShardResult:
@@ -135,4 +137,5 @@ def merge_results(*results: ShardResult) -> ShardResult:
         [e for r in results for e in r.errors],
         sum(r.records for r in results),
         sum(r.pulls for r in results),
+        list(dict.fromkeys(n for r in results for n in r.notices)),
     )

@@ -128,6 +128,7 @@ class RangeResult(NamedTuple):
     kept: list[Any]  # (auditID or "", observations) in file order, _portable
     pulled: set[int]
     error: str | None
+    notices: list[str]  # cloud.take_notices() of the worker: told by the parent, once each
 
 
 def _portable(kept: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -163,7 +164,8 @@ def _scan_range(bounds: tuple[int, int]) -> RangeResult:
     try:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
-        return RangeResult(stats, 0, kept, set(), f"bytes {bounds[0]}-{bounds[1]} not read: {exc}")
+        error = f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
+        return RangeResult(stats, 0, kept, set(), error, cloud.take_notices())
     try:
         for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
@@ -174,7 +176,14 @@ def _scan_range(bounds: tuple[int, int]) -> RangeResult:
         error = f"read error in bytes {bounds[0]}-{bounds[1]}: {exc}"
     finally:
         reader.close()
-    return RangeResult(stats, worker.result.pulls, _portable(kept), worker.collector.pulled, error)
+    return RangeResult(
+        stats,
+        worker.result.pulls,
+        _portable(kept),
+        worker.collector.pulled,
+        error,
+        cloud.take_notices(),
+    )
 
 
 def usable(path: str) -> bool:
@@ -231,6 +240,7 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                     scanner.take(audit_id, observations)
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
+                scanner.result.notices.extend(part.notices)
     finally:
         _parent, _path = None, ""
 

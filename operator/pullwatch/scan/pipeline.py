@@ -54,6 +54,8 @@ class ScanResult:
     context: dict[str, Any] | None = None  # the ScanContext document, if there is one
     # "<input>: <what went wrong>" for every input that could not be read in full
     input_errors: list[str] = field(default_factory=list)
+    # what was worth telling though nothing was lost (cloud.notice); a text may repeat
+    notices: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -258,6 +260,7 @@ def scan_paths(
 ) -> ScanResult:
     """``config``: its Suppressions and its ScannerImages' digests apply (``scanners``: the
     scanner names in force, made from its ScannerImages and the command line)."""
+    from . import cloud
     from . import parallel as par  # here: parallel builds on this module
 
     detector = Detector(allowlist) if scanners is None else Detector(allowlist, scanners)
@@ -271,6 +274,7 @@ def scan_paths(
                 par.feed_parallel(scanner, path)
             else:
                 scanner.feed_path(path)
+            scanner.result.notices.extend(cloud.take_notices())
     return scanner.finish(parallel)
 
 

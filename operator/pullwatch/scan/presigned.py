@@ -152,9 +152,9 @@ class SignedGets:
             finally:
                 response.release_conn()
         except self._errors as exc:
-            if not self._proven:
-                return self._give_up(start, stop)
             reason = getattr(exc, "reason", None) or exc
+            if not self._proven:
+                return self._give_up(start, stop, f"failed ({_unsigned(reason)})")
             raise OSError(f"GET of bytes {start}-{stop} failed: {_unsigned(reason)}") from None
         if data is not None:
             self._proven = True
@@ -164,13 +164,28 @@ class SignedGets:
         if not self._proven or status in (400, 401, 403):
             # s3fs's own GET says what is wrong, if anything: it also renews credentials that
             # expired since the URL was signed
-            return self._give_up(start, stop)
+            answer = "the whole object" if status == 200 else f"HTTP {status}"
+            return self._give_up(start, stop, f"answered {answer}")
         raise OSError(f"GET of bytes {start}-{stop} answered HTTP {status}")
 
-    def _give_up(self, start: int, stop: int) -> bytes:
+    def _give_up(self, start: int, stop: int, why: str) -> bytes:
+        from .cloud import notice
+
         self._refused = True
         if not self._proven:
             _REFUSED_ENDPOINTS.add(self._endpoint)
+            # Nothing is lost, but the scan is slower than it could be: say so, once per
+            # endpoint (a fleet's objects all refuse alike), and how not to try.
+            notice(
+                f"{self._endpoint}: a ranged GET on a presigned URL {why}; its objects are read "
+                f"through s3fs's own GETs (about twice the CPU per GB; {OPT_OUT}=0 skips the "
+                "presigned GETs)"
+            )
+        else:
+            notice(
+                f"{self._endpoint}: a ranged GET on a presigned URL {why} after others had "
+                "worked; the rest of the object is read through s3fs's own GETs"
+            )
         return self._fallback(start, stop)
 
 
