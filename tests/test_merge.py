@@ -246,3 +246,28 @@ def test_a_rewritten_series_gives_the_same_findings_in_every_order():
         for cut in (1, 2):
             shards = docs(scanned(list(order[:cut]))) + docs(scanned(list(order[cut:])))
             assert bodies(merge(shards, clock=1.9e9)) == expected
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        {"name": PODS[1]},  # another pod
+        {"fieldPath": "spec.containers{sidecar}"},  # another container of the same pod
+        {"uid": "another-uid"},
+        {"namespace": "kube-system"},  # another claimed namespace: a forgery
+    ],
+)
+def test_a_series_rewritten_with_the_same_count_and_times_is_order_free(rewrite):
+    """`kubectl patch event` of only what an Event names keeps its count and times: the two
+    versions must still not tie, or whichever came first would be kept (found in review)."""
+    name = image_event("Pulling", "ns", PODS[0], IMAGES[0])["metadata"]["name"]
+    before = image_event("Pulling", "ns", PODS[0], IMAGES[0], count=2)
+    after = image_event("Pulling", "ns", PODS[0], IMAGES[0], count=2)
+    before["metadata"]["name"] = after["metadata"]["name"] = name
+    after["involvedObject"].update(rewrite)
+    a, b = decode_event(before), decode_event(after)
+    assert a != b
+    expected = bodies(scanned([a, b]))
+    assert bodies(scanned([b, a])) == expected
+    for x, y in ((a, b), (b, a)):
+        assert bodies(merge(docs(scanned([x])) + docs(scanned([y])), clock=1.9e9)) == expected

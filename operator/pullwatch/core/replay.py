@@ -87,6 +87,10 @@ def pull_rank(pull: Pull) -> tuple[Any, ...]:
         # a forged repeat): who wrote each breaks the tie.
         pull.source,
         repr(pull.actor),
+        # A writer may rewrite only what the Event names (kubectl patch of its involvedObject):
+        # the same count and times, so without these whichever came first would be kept.
+        pull.reason,
+        repr(pull.involved),
     )
 
 
@@ -139,7 +143,7 @@ class FindingRecord:
         if pull_rank(pull) > pull_rank(kept):
             lost, lost_slot = kept, held[5]
             held[0], held[1], held[2], held[3], held[5] = pull, workload, not_allowed, cover, slot
-            kept, slot = pull, held[5]
+            kept = pull
         else:
             lost, lost_slot = pull, slot
         if (lost.involved.name, lost.involved.container, lost.image) != (
@@ -148,7 +152,9 @@ class FindingRecord:
             kept.image,
         ):  # (the kubelet's own series never do this: it counts up one container's pulls)
             lost_slot = self._slot(lost, lost_slot)
-            if lost_slot != self._slot(kept, held[5]):
+            if held[5] is None:
+                held[5] = self._slot(kept, None)
+            if lost_slot != held[5]:
                 if self.superseded is None:
                     self.superseded = set()
                 self.superseded.add(lost_slot)
@@ -241,7 +247,9 @@ class FindingRecord:
                 record.add_intent(intent_of(row[:-1], identity.namespace), row[-1])
             record.pulled = {(str(p), str(c)) for p, c in doc.get("pulled", [])}
             superseded = doc.get("superseded", [])
-            if not all(h.__class__ is int and 0 <= h < 1 << 48 for h in superseded):
+            if not isinstance(superseded, list) or not all(
+                h.__class__ is int and 0 <= h < 1 << 48 for h in superseded
+            ):
                 raise ValueError("superseded slots that are not pull slots")
             if superseded:
                 record.superseded = set(superseded)

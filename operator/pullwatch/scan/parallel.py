@@ -63,10 +63,11 @@ def line_aligned_ranges(path: str, parts: int) -> list[tuple[int, int]]:
 
 
 def tapered(parts: int) -> list[float]:
-    """Where each of ``parts`` ranges ends, as a fraction of the file: the last quarter of them a
-    quarter of the others' size, the quarter before half. The parent takes each range's pulls in
-    order after the range is read, so it takes the last one while the cores are otherwise idle,
-    and the worker that finishes first waits for the other: both cost a last range's time.
+    """Where each of ``parts`` ranges ends, as a fraction of the file: the first half of the
+    ranges of one size, the next quarter half of it, the last quarter a quarter of it. Two
+    waits at the end of a read last as long as the last range does: the parent takes each
+    range's pulls only once the range is read, so it takes the last range's while the other
+    core idles; and the worker that finishes first idles until the other is done.
 
     >>> [round(end, 3) for end in tapered(8)]
     [0.182, 0.364, 0.545, 0.727, 0.818, 0.909, 0.955, 1.0]
