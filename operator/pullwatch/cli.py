@@ -99,7 +99,8 @@ def _scanners(args: argparse.Namespace, lists: Sequence[object] = ()) -> frozens
     )  # type: ignore[arg-type]
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
+def cmd_scan(args: argparse.Namespace, keep: list[object] | None = None) -> int:
+    """``keep``: where the scan's result is left for the caller to drop (see ``console``)."""
     from .core.allowlist import Allowlist
     from .scan.pipeline import load_config, scan_paths
     from .scan.render import FORMATS, safe, summary
@@ -139,6 +140,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     try:
         result = scan_paths(args.files, Allowlist(policies), scanners, config=config)
+        if keep is not None:
+            keep.append(result)
         extra = [result.context] if result.context is not None else []
         out = sys.stdout.buffer
         FORMATS[args.output](result.findings, out, complete=result.complete, extra=extra)
@@ -211,19 +214,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console() -> None:
     """The ``pullwatch`` command. A scan or a merge ends without tearing down what it built:
-    freeing a large scan's records object by object, then the modules, took 0.1-0.3 s of a
-    2-6 s run (bench/scan_throughput.py), and nothing is left to do - its worker pools are shut
-    down and its output is flushed here. The operator (``run``) exits the ordinary way.
+    freeing a large scan's records object by object took 0.15-0.25 s of a 4-7 s run on
+    bench/scan_throughput.py's Finding-heavy stream (then the modules, more), and nothing is
+    left to do - its worker pools are shut down and its output is flushed. So the command's
+    result is held here (``keep``), past the return of the function that made it, until
+    ``os._exit``. The operator (``run``) exits the ordinary way.
 
     For the same reason a scan or a merge runs without the cyclic garbage collector from start
     to end (``collector_off`` in scan/pipeline.py says why it is kept off while records are read
     and Findings built): turned back on in between, its first pass walked every record kept -
-    0.2 s each time on bench/scan_throughput.py's Finding-heavy stream, once after reading and
-    once after writing - to find nothing, as nothing the command builds is a cycle."""
+    0.13-0.21 s on the Finding-heavy stream after reading, to find nothing: what the command
+    builds (parsed records, Findings) holds no cycles."""
     args = build_parser().parse_args()
     if args.command in ("scan", "merge"):
         gc.disable()
-        leave_now(run_command(args))
+        held: list[object] = []
+        leave_now(run_command(args, held))
     sys.exit(run_command(args))
 
 
@@ -236,14 +242,14 @@ def leave_now(code: int) -> None:
     os._exit(code)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, keep: list[object] | None = None) -> int:
     try:
         if args.command == "scan":
-            return cmd_scan(args)
+            return cmd_scan(args, keep)
         if args.command == "merge":
             from .scan.merge import run
 
-            return run(args.files, args.output)
+            return run(args.files, args.output, keep)
         return cmd_run(args)
     except BrokenPipeError:
         return EXIT_OK  # `pullwatch scan … | head`: the reader left; not an error

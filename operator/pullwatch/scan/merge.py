@@ -69,12 +69,17 @@ def merge_paths(paths: list[str]) -> Collector:
     return merge(every(), clock=time.time())
 
 
-def run(paths: list[str], output: str) -> int:
+def run(paths: list[str], output: str, keep: list[object] | None = None) -> int:
+    """``keep``: where the merge's records are left for the caller to drop (cli.console)."""
     from .render import FORMATS, safe
 
     try:
         collector = merge_paths(paths)
+        if keep is not None:
+            keep.append(collector)
         bodies = list(collector.bodies())
+        if keep is not None:
+            keep.append(bodies)
         context = collector.context()
     except InputError as exc:
         print(f"pullwatch: {safe(exc)}", file=sys.stderr)
