@@ -251,6 +251,50 @@ def test_refused_presigned_gets_are_told_once_and_nothing_is_lost(s3, monkeypatc
     assert list(by_ranges.findings) and not by_ranges.input_errors
 
 
+def test_a_notice_names_the_endpoint_without_its_credentials_or_the_servers_words(monkeypatch):
+    """An endpoint URL may carry user:password@ (botocore keeps it in the URLs it signs), and
+    what a failing server says is its own choice (byte counts, text): the notice names host and
+    port and the kind of failure only, so every object of a fleet that fails alike gives one."""
+    import http.server
+    import threading
+
+    import pullwatch.scan.presigned as presigned
+    from pullwatch.scan import cloud
+
+    sent = iter(range(1, 9))
+
+    class CutsShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # the range's first bytes, then gone: a different count each time
+            head = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\n"
+            self.wfile.write(head + b"x" * next(sent))
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutsShort)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(presigned, "_REFUSED_ENDPOINTS", set())
+    url = f"http://scanner:hunter2@127.0.0.1:{server.server_port}/bkt/k?X-Amz-Signature=abc"
+
+    class Signs:
+        def sign(self, path, expiration):
+            return url
+
+    cloud.take_notices()
+    try:
+        for _ in range(3):  # three objects of one endpoint
+            gets = presigned.SignedGets(Signs(), "bkt/k", None, lambda a, b: b"x" * (b - a), url)
+            assert gets(0, 10) == b"x" * 10  # s3fs's own GET (here a stand-in) read it
+            presigned._REFUSED_ENDPOINTS.clear()
+    finally:
+        server.shutdown()
+    notices = cloud.take_notices()
+    assert len(notices) == 1, notices
+    assert notices[0].startswith(f"127.0.0.1:{server.server_port}: ")
+    assert "hunter2" not in notices[0] and "scanner" not in notices[0] and "?" not in notices[0]
+
+
 def _without(tmp_path: Path, package: str) -> dict[str, str]:
     """PYTHONPATH with a stand-in for ``package`` that cannot be imported, as on a machine where
     pullwatch was installed without its [cloud] extra."""

@@ -88,7 +88,10 @@ class SignedGets:
 
         self._fs, self._path, self._etag, self._fallback = fs, path, etag, fallback
         self._url, self._signed_at = url, time.monotonic()
-        self._endpoint = urllib.parse.urlsplit(url).netloc
+        parts = urllib.parse.urlsplit(url)
+        self._endpoint = parts.netloc
+        # What a notice names: an endpoint URL may carry user:password@ (botocore keeps it)
+        self._host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
         self._lock = threading.Lock()
         self._proven = False  # a signed GET has worked: later failures are the object's
         self._refused = False  # s3fs's GETs from now on
@@ -154,7 +157,9 @@ class SignedGets:
         except self._errors as exc:
             reason = getattr(exc, "reason", None) or exc
             if not self._proven:
-                return self._give_up(start, stop, f"failed ({_unsigned(reason)})")
+                # the error's kind, not its text: the server chooses that (byte counts...),
+                # and one notice per endpoint must stay one text, however many objects fail
+                return self._give_up(start, stop, f"failed ({type(reason).__name__})")
             raise OSError(f"GET of bytes {start}-{stop} failed: {_unsigned(reason)}") from None
         if data is not None:
             self._proven = True
@@ -177,13 +182,13 @@ class SignedGets:
             # Nothing is lost, but the scan is slower than it could be: say so, once per
             # endpoint (a fleet's objects all refuse alike), and how not to try.
             notice(
-                f"{self._endpoint}: a ranged GET on a presigned URL {why}; its objects are read "
+                f"{self._host}: a ranged GET on a presigned URL {why}; its objects are read "
                 f"through s3fs's own GETs (about twice the CPU per GB; {OPT_OUT}=0 skips the "
                 "presigned GETs)"
             )
         else:
             notice(
-                f"{self._endpoint}: a ranged GET on a presigned URL {why} after others had "
+                f"{self._host}: a ranged GET on a presigned URL {why} after others had "
                 "worked; the rest of the object is read through s3fs's own GETs"
             )
         return self._fallback(start, stop)
