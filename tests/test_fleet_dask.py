@@ -80,3 +80,18 @@ def test_dask_example_writes_what_scan_writes(client, tmp_path):
     assert code == 0
     expected, _ = scan(DATA / "events-list.json", DATA / "watch.jsonl", DATA / "audit.jsonl")
     assert json.loads(out.read_text())["items"] == expected
+
+
+def test_the_example_shows_what_inputs_and_servers_say_escaped(monkeypatch, capsys):
+    """An object key (whoever can write the bucket names it) and a server's answer reach the
+    example's stderr as text, never as terminal control sequences (review)."""
+    import contextlib
+
+    from pullwatch.scan.fleet import ShardResult
+
+    hostile = ShardResult([], ["s3://b/\x1b]0;owned\x07key: not read"], 0, 0, ["h: \x1b[2J"])
+    monkeypatch.setattr(dask_scan, "Client", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(dask_scan, "fleet_scan", lambda *a, **k: hostile)
+    assert dask_scan.main(["x", "--scheduler", "tcp://none", "-o", "/dev/null"]) == 3
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b]0;owned" in err and "note: h: \\x1b[2J" in err

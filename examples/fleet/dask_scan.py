@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dask.distributed import Client, LocalCluster
 
 from pullwatch.scan.fleet import ShardResult, merge_results, read_config, scan_shard
-from pullwatch.scan.render import write_json
+from pullwatch.scan.render import safe, write_json
 
 
 def fleet_scan(
@@ -107,10 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         with open(args.output, "wb") as f:
             write_json(result.documents, f)
-    for problem in result.errors:
-        print(f"pullwatch: {problem}", file=sys.stderr)
+    for problem in result.errors:  # object keys and servers' words: shown, never obeyed
+        print(f"pullwatch: {safe(problem)}", file=sys.stderr)
     for text in result.notices:
-        print(f"pullwatch: note: {text}", file=sys.stderr)
+        print(f"pullwatch: note: {safe(text)}", file=sys.stderr)
     print(
         f"{len(shards)} shards: {result.records} records, {len(result.findings())} Findings",
         file=sys.stderr,
