@@ -197,7 +197,8 @@ class Operator:
             [PULLWATCH, "run", *self.args],
             stdout=self.log,
             stderr=self.log,
-            env=self.cluster.local.env(self.kubeconfig),
+            # faulthandler: a SIGABRT writes every thread's stack into the log (see stop)
+            env={**self.cluster.local.env(self.kubeconfig), "PYTHONFAULTHANDLER": "1"},
         )
         if wait:
             try:
@@ -240,12 +241,21 @@ class Operator:
             kill(self.proc)
 
     def stop(self, timeout: float = 40) -> int | None:
-        """SIGTERM, as Kubernetes does; SIGKILL after ``timeout``. The exit code."""
+        """SIGTERM, as Kubernetes does; after ``timeout``, SIGABRT (the stacks of an operator
+        that does not stop are then in its log, written by faulthandler), then SIGKILL. The
+        exit code."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGABRT)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                print(f"\noperator still running {timeout:.0f} s after SIGTERM; its log's end:")
+                print(self.logs()[-12000:])
                 self.kill()
         return self.proc.returncode if self.proc is not None else None
 
