@@ -241,7 +241,9 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                     scanner.take(audit_id, observations)
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
-                scanner.result.notices.extend(part.notices)
+                scanner.result.notices.extend(  # each text once: every worker may tell it
+                    n for n in part.notices if n not in scanner.result.notices
+                )
     finally:
         _parent, _path = None, ""
 

@@ -274,7 +274,8 @@ def scan_paths(
                 par.feed_parallel(scanner, path)
             else:
                 scanner.feed_path(path)
-            scanner.result.notices.extend(cloud.take_notices())
+            known = scanner.result.notices
+            known.extend(n for n in cloud.take_notices() if n not in known)
     return scanner.finish(parallel)
 
 
