@@ -100,7 +100,7 @@ def _scanners(args: argparse.Namespace, lists: Sequence[object] = ()) -> frozens
 
 
 def cmd_scan(args: argparse.Namespace, keep: list[object] | None = None) -> int:
-    """``keep``: where the scan's result is left for the caller to drop (see ``console``)."""
+    """``keep``: where the scan's result is held until the process leaves (``console``)."""
     from .core.allowlist import Allowlist
     from .scan.pipeline import load_config, scan_paths
     from .scan.render import FORMATS, safe, summary
@@ -158,7 +158,7 @@ def cmd_scan(args: argparse.Namespace, keep: list[object] | None = None) -> int:
         )
     for problem in result.input_errors:
         print(f"pullwatch: {safe(problem)}", file=sys.stderr)
-    for text in dict.fromkeys(result.notices):  # each once, though every worker may tell it
+    for text in result.notices:
         print(f"pullwatch: note: {safe(text)}", file=sys.stderr)
     if s.unrecognized and not s.recognized:
         print(
@@ -214,11 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console() -> None:
     """The ``pullwatch`` command. A scan or a merge ends without tearing down what it built:
-    freeing a large scan's records object by object took 0.15-0.25 s of a 4-7 s run on
-    bench/scan_throughput.py's Finding-heavy stream (then the modules, more), and nothing is
-    left to do - its worker pools are shut down and its output is flushed. So the command's
-    result is held here (``keep``), past the return of the function that made it, until
-    ``os._exit``. The operator (``run``) exits the ordinary way.
+    freeing a large scan's records object by object, then the modules, costs time for nothing
+    (0.14 s for the records alone on bench/scan_throughput.py's Finding-heavy stream) - its
+    worker pools are shut down and its output is flushed. So the command's result is held here
+    (``held``), past the return of the function that made it, until ``os._exit``. The
+    operator (``run``) exits the ordinary way.
 
     For the same reason a scan or a merge runs without the cyclic garbage collector from start
     to end (``collector_off`` in scan/pipeline.py says why it is kept off while records are read

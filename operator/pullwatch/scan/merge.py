@@ -70,7 +70,7 @@ def merge_paths(paths: list[str]) -> Collector:
 
 
 def run(paths: list[str], output: str, keep: list[object] | None = None) -> int:
-    """``keep``: where the merge's records are left for the caller to drop (cli.console)."""
+    """``keep``: where the merge's records are held until the process leaves (cli.console)."""
     from .render import FORMATS, safe
 
     try:

@@ -129,7 +129,7 @@ class RangeResult(NamedTuple):
     kept: list[Any]  # (auditID or "", observations) in file order, _portable
     pulled: set[int]
     error: str | None
-    notices: list[str]  # cloud.take_notices() of the worker: told by the parent, once each
+    notices: list[str]  # cloud.take_notices() of the worker (ScanResult.note keeps them)
 
 
 def _portable(kept: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -241,9 +241,7 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                     scanner.take(audit_id, observations)
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
-                scanner.result.notices.extend(  # each text once: every worker may tell it
-                    n for n in part.notices if n not in scanner.result.notices
-                )
+                scanner.result.note(part.notices)
     finally:
         _parent, _path = None, ""
 

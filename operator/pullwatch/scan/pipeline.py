@@ -54,8 +54,12 @@ class ScanResult:
     context: dict[str, Any] | None = None  # the ScanContext document, if there is one
     # "<input>: <what went wrong>" for every input that could not be read in full
     input_errors: list[str] = field(default_factory=list)
-    # what was worth telling though nothing was lost (cloud.notice); a text may repeat
+    # what was worth telling though nothing was lost (cloud.notice), each text once
     notices: list[str] = field(default_factory=list)
+
+    def note(self, texts: Iterable[str]) -> None:
+        """Keep notices not kept yet: every worker of every object may tell the same one."""
+        self.notices.extend(t for t in texts if t not in self.notices)
 
     @property
     def complete(self) -> bool:
@@ -274,8 +278,7 @@ def scan_paths(
                 par.feed_parallel(scanner, path)
             else:
                 scanner.feed_path(path)
-            known = scanner.result.notices
-            known.extend(n for n in cloud.take_notices() if n not in known)
+            scanner.result.note(cloud.take_notices())
     return scanner.finish(parallel)
 
 
