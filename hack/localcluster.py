@@ -11,15 +11,19 @@ pullwatch's audit-log detection.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import fcntl
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Hashable, Iterable
@@ -91,10 +95,59 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+# Ports handed out by this process, each held by a lock file so that no other process (another
+# test worker, a second run on the machine) is given it too; a bounded number, oldest let go first.
+_RESERVED: collections.deque[int] = collections.deque()
+_RESERVATIONS_KEPT = 1024
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "pullwatch-ports"
+_next_port: list[int] = []  # where this process's walk goes on (it starts at a random place)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on and that no other caller is handed.
+
+    Not bind(0): that port comes from the kernel's ephemeral range, where every outgoing
+    connection on the machine takes its local port, so between our release and the server's bind
+    a client (the operator's own connection to the API server) could take it: "address already in
+    use". These come from below that range and are reserved with an flock'd file while this
+    process lives.
+    """
+    low, high = 10000, min(_ephemeral_low(), 65536)
+    if high - low < 1000:
+        with socket.socket() as s:  # no room below the ephemeral range: the old way
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    span = high - low
+    if not _next_port:
+        _next_port.append(random.randrange(span))
+    for _ in range(span):
+        port = low + _next_port[0] % span
+        _next_port[0] += 1
+        lock = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            continue  # another process holds it
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: skips TIME_WAIT ports too
+        except OSError:
+            os.close(lock)
+            continue
+        _RESERVED.append(lock)
+        while len(_RESERVED) > _RESERVATIONS_KEPT:
+            os.close(_RESERVED.popleft())
+        return port
+    raise RuntimeError(f"no free port in {low}-{high - 1} on 127.0.0.1")
 
 
 class LocalCluster:

@@ -442,3 +442,20 @@ def test_every_process_a_test_starts_is_stopped_even_when_start_up_fails(cluster
     assert free_port_nobody_listens_on and op.proc.poll() is not None, (
         "a failed start-up left its process running"
     )
+
+
+def test_a_liveness_port_already_taken_is_a_configuration_error_not_a_crash(cluster, tmp_path):
+    """kopf binds the probe after start-up; a taken port ended the operator as 'internal error'."""
+    import socket
+
+    from harness import Operator
+
+    op = Operator(cluster, tmp_path, "--standalone")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", op.health))
+        taken.listen()
+        with pytest.raises(AssertionError, match="operator exited with 2"):
+            op.start(timeout=60)
+    log = op.logs()
+    assert f"cannot serve the liveness probe on http://127.0.0.1:{op.health}/healthz" in log, log
+    assert "internal error" not in log and "Traceback" not in log, log

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -33,13 +34,14 @@ from . import metrics
 from .api import Api, ApiError
 from .auditserver import AuditServer, server_context
 from .engine import Engine, Options
-from .health import Health
+from .health import Health, check_listen
 from .peering import Peering
 from .quietlog import KopfRetryFilter, Quiet
 
 log = logging.getLogger("pullwatch")
 PEERING_LIFETIME = 15
 PEERING_CHECK = 2.0  # seconds between checks of who the active replica is
+_CANNOT_LISTEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 CRASH_PAUSE = 2.0  # before an engine whose task failed is started again (doubling, to 60 s)
 
 
@@ -274,12 +276,25 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
             log.error("cannot serve metrics on %s: %s", args.metrics_address, exc)
             return 2
     liveness = None if args.liveness in ("", "none") else args.liveness
-    kopf.run(
-        priority=priority,
-        registry=build_registry(rt),
-        standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
-        clusterwide=True,  # AllowedImages are cluster-scoped; --namespace limits the Event stream
-        liveness_endpoint=liveness,
-    )
+    try:
+        if liveness is not None:
+            check_listen(liveness)
+    except (OSError, ValueError) as exc:
+        log.error("cannot serve the liveness probe on %s: %s", liveness, exc)
+        return 2
+    try:
+        kopf.run(
+            priority=priority,
+            registry=build_registry(rt),
+            standalone=args.standalone,
+            peering_name=None if args.standalone else args.peering,
+            clusterwide=True,  # AllowedImages are cluster-scoped; --namespace limits Events
+            liveness_endpoint=liveness,
+        )
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LISTEN:
+            raise
+        # Taken between the check and kopf's own bind: the same configuration error.
+        log.error("cannot serve the liveness probe on %s: %s", liveness, exc)
+        return 2
     return 0

@@ -21,7 +21,9 @@ allowlist is compiled in a thread), so the probe itself always answers.
 
 from __future__ import annotations
 
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 
 
@@ -52,3 +54,24 @@ class Health:
             for name, allowed in sorted(self._allowed.items())
             if now - self._beats[name] > allowed
         ]
+
+
+def check_listen(url: str) -> None:
+    """Raise OSError (or ValueError) now if the probe's ``http://HOST:PORT/path`` cannot be served.
+
+    kopf binds it only after start-up, and its failure then ends the operator as if pullwatch
+    had a bug; a port already taken is the operator's configuration, and says so here.
+
+        >>> check_listen("http://127.0.0.1:0/healthz")
+        >>> check_listen("127.0.0.1:8080")
+        Traceback (most recent call last):
+        ...
+        ValueError: '127.0.0.1:8080' is not an http://HOST:PORT/PATH URL
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.port is None:
+        raise ValueError(f"{url!r} is not an http://HOST:PORT/PATH URL")
+    family = socket.AF_INET6 if parts.hostname and ":" in parts.hostname else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
+        s.bind((parts.hostname or "0.0.0.0", parts.port))
