@@ -60,6 +60,7 @@ DOCTESTED = [
     "kube.findingapi",
     "kube.quietlog",
     "kube.health",
+    "kube.taskdump",
     "kube.witnessboard",
 ]
 # What each layer may import from outside the standard library (top-level names).

@@ -8,6 +8,7 @@ never became healthy, an interrupted run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -241,14 +242,17 @@ class Operator:
             kill(self.proc)
 
     def stop(self, timeout: float = 40) -> int | None:
-        """SIGTERM, as Kubernetes does; after ``timeout``, SIGABRT (the stacks of an operator
-        that does not stop are then in its log, written by faulthandler), then SIGKILL. The
-        exit code."""
+        """SIGTERM, as Kubernetes does; after ``timeout``, SIGUSR1 and SIGABRT (where each
+        asyncio task and each thread of an operator that does not stop waits is then in its
+        log), then SIGKILL. The exit code."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGUSR1)  # where each asyncio task waits
+                with contextlib.suppress(AssertionError):  # a loop that is blocked cannot
+                    wait_for(lambda: "asyncio tasks (SIGUSR1)" in self.logs(), 10)
                 os.kill(self.proc.pid, signal.SIGABRT)
                 try:
                     self.proc.wait(timeout=10)

@@ -459,3 +459,23 @@ def test_a_liveness_port_already_taken_is_a_configuration_error_not_a_crash(clus
     log = op.logs()
     assert f"cannot serve the liveness probe on http://127.0.0.1:{op.health}/healthz" in log, log
     assert "internal error" not in log and "Traceback" not in log, log
+
+
+def test_sigusr1_logs_where_every_task_waits_and_the_operator_goes_on(cluster, start_operator):
+    """What an operator that does not stop waits for: faulthandler shows threads, not tasks."""
+    import os
+    import signal
+
+    kubelet = Kubelet(cluster, cluster.namespace("taskdump"))
+    op = start_operator("--standalone", "-n", kubelet.ns)
+    os.kill(op.proc.pid, signal.SIGUSR1)
+    dump = wait_for(
+        lambda: re.search(r"\d+ asyncio tasks \(SIGUSR1\):\n((?:  .*\n?)+)", op.logs()),
+        30,
+        what="the task dump",
+    )
+    tasks = dict(line.strip().split(": ", 1) for line in dump.group(1).splitlines())
+    assert {"engine", "writer", "supervisor"} <= tasks.keys(), tasks
+    assert "run at engine.py:" in tasks["engine"], tasks["engine"]
+    kubelet.pull("scan-d1", count=2)  # and it goes on detecting
+    kubelet.wait_exact(60)

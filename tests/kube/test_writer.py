@@ -121,3 +121,21 @@ async def test_a_change_during_its_write_keeps_it_dirty_and_the_drain_writes_eve
         assert left == 0 and not s.writer.dirty
         counts = {n: fake.get(s.path(n))["status"]["count"] for n in names}
         assert counts[names[0]] == 3 and all(counts[n] == 1 for n in names[1:])
+
+
+async def test_a_drain_that_takes_a_while_says_how_many_findings_are_left(monkeypatch, caplog):
+    from pullwatch.kube import writer
+
+    monkeypatch.setattr(writer, "DRAIN_REPORT", 0.05)
+    async with serving() as (fake, api):
+        s = Setup(api)
+        fake.delay("PUT", "/status$", 0.2)  # every write takes longer than a report interval
+        for i in range(6):
+            s.pull("ns1", f"app-{i}", f"evil/x{i}:1")
+        with caplog.at_level("INFO", logger="pullwatch.writer"):
+            left = await s.writer.drain(asyncio.get_running_loop().time() + 20)
+        assert left == 0
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping:")]
+        left_said = [int(m.split()[1]) for m in said]
+        assert said and all("Findings still to write" in m for m in said), said
+        assert 6 >= left_said[0] and left_said == sorted(left_said, reverse=True), said

@@ -30,7 +30,7 @@ import kopf
 import kubernetes
 import urllib3
 
-from . import metrics
+from . import metrics, taskdump
 from .api import Api, ApiError
 from .auditserver import AuditServer, server_context
 from .engine import Engine, Options
@@ -158,6 +158,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # No API calls here: a failed start-up handler is retried by kopf only after a minute.
+        taskdump.install(log)
         settings.posting.enabled = False
         settings.networking.error_backoffs = ForeverBackoff()
         settings.networking.request_timeout = 30

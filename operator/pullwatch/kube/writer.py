@@ -38,6 +38,7 @@ from .quietlog import Quiet
 
 __all__ = ["PLURAL", "FindingWriter", "owned_labels", "path_of"]
 BACKOFF_MAX, OUTAGE_BACKOFF_MAX = 300.0, 10.0
+DRAIN_REPORT = 10.0  # seconds between progress lines while a stop writes what is left
 _RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "informational": 4}
 log = logging.getLogger("pullwatch.writer")
 
@@ -193,6 +194,9 @@ class FindingWriter:
         time); return how many are left unwritten."""
         loop = asyncio.get_running_loop()
         self._draining = True
+        # A shutdown that takes a while says how far it got (the pod is stopping, and the one
+        # who waits for it wants to know whether it is writing or stuck).
+        said = loop.time()
         while self.dirty and loop.time() < deadline:
             for d in self.dirty.values():
                 d.not_before = min(d.not_before, self.clock())  # no backoff at the end
@@ -201,9 +205,17 @@ class FindingWriter:
                 break
             await asyncio.wait(
                 set(self._tasks),
-                timeout=max(0.0, deadline - loop.time()),
+                timeout=max(0.0, min(deadline, said + DRAIN_REPORT) - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if self.dirty and loop.time() >= said + DRAIN_REPORT:
+                said = loop.time()
+                log.info(
+                    "stopping: %d Findings still to write (%d writes in flight, %.0fs left)",
+                    len(self.dirty),
+                    len(self._tasks),
+                    max(0.0, deadline - said),
+                )
         return len(self.dirty)
 
     async def _write_one(self, name: str) -> None:
