@@ -61,6 +61,7 @@ DOCTESTED = [
     "kube.quietlog",
     "kube.health",
     "kube.taskdump",
+    "kube.waiting",
     "kube.witnessboard",
 ]
 # What each layer may import from outside the standard library (top-level names).

@@ -139,3 +139,17 @@ async def test_a_drain_that_takes_a_while_says_how_many_findings_are_left(monkey
         left_said = [int(m.split()[1]) for m in said]
         assert said and all("Findings still to write" in m for m in said), said
         assert left_said[0] <= 6 and left_said == sorted(left_said, reverse=True), said
+
+
+async def test_a_cancel_in_the_step_a_write_wakes_the_writer_still_stops_it():
+    """Python 3.11's wait_for lost that cancel: the writer ran on, and SIGTERM hung for good."""
+    async with serving() as (_, api):
+        s = Setup(api)
+        task = asyncio.create_task(s.writer.run())
+        for _ in range(3):
+            await asyncio.sleep(0)  # it waits for a wake-up
+        s.writer._wake.set()  # what every completed write does
+        task.cancel()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert task.cancelled(), "the writer's loop went on after its cancel"

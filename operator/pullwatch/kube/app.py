@@ -37,6 +37,7 @@ from .engine import Engine, Options
 from .health import Health, check_listen
 from .peering import Peering
 from .quietlog import KopfRetryFilter, Quiet
+from .waiting import cancel_and_wait
 
 log = logging.getLogger("pullwatch")
 PEERING_LIFETIME = 15
@@ -131,8 +132,7 @@ class Runtime:
             return 0
         left = await engine.stop(grace)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task], log)
         self.engine, self.task = None, None
         return left
 
@@ -182,8 +182,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         if rt.audit_server is not None:
             await rt.audit_server.stop()  # the API server retries its batches elsewhere
         if rt.supervisor is not None:
-            rt.supervisor.cancel()
-            await asyncio.gather(rt.supervisor, return_exceptions=True)
+            await cancel_and_wait([rt.supervisor], log)
         if rt.engine is not None:
             left = await rt.stop_engine()
             log.info("stopped; %d Findings left unwritten", left)

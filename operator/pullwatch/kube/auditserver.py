@@ -51,6 +51,7 @@ from ..core.audit import AUDIT_API_PREFIX
 from . import metrics
 from .options import AuditWebhook
 from .quietlog import Quiet
+from .waiting import wait_event
 
 log = logging.getLogger("pullwatch.audit")
 THREAD_DECODE = 256 << 10  # bodies at least this large are decoded off the event loop
@@ -94,10 +95,7 @@ class AuditQueue:
         if self._items:
             return
         self._ready.clear()
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_event(self._ready, timeout)
 
     def __len__(self) -> int:
         return len(self._items)

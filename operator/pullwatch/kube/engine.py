@@ -42,6 +42,7 @@ from .quietlog import Quiet
 from .reports import ReportWriter
 from .stream import ListWatch
 from .upkeep import Upkeep
+from .waiting import cancel_and_wait
 from .witnessboard import Report, WitnessBoard, stream_report
 from .witnesses.audit import AuditWitness, audit_report
 from .witnesses.pods import pod_witnesses
@@ -258,18 +259,14 @@ class Engine:
                 for t in self._tasks
                 if (names is None or t.get_name() in names) and t.get_name() != "writer"
             ]
-            for t in batch:
-                t.cancel()
-            await asyncio.gather(*batch, return_exceptions=True)
+            await cancel_and_wait(batch, log)
             if names is streams and self.audit is not None:
                 self.audit.flush()  # what was answered 200 is counted (its reads wait below)
             if names == {"workloads"}:
                 flushed = self.resolver.flush()
                 if flushed:
                     log.info("counted %d pulls whose workload read was cut short", flushed)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, log)
         for name in [*streams, "writer"]:
             self.health.unwatch(name)
         left = await self.writer.drain(deadline)

@@ -21,6 +21,7 @@ from . import metrics
 from .api import Api, ApiError
 from .paging import pages
 from .quietlog import Quiet
+from .waiting import wait_event
 
 log = logging.getLogger("pullwatch.reports")
 
@@ -59,10 +60,7 @@ class ReportWriter:
         await self._adopt()
         delay = self.interval
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
             self._wake.clear()
             await asyncio.sleep(self.interval)  # coalesce what comes in the meantime
             failed = False

@@ -35,6 +35,7 @@ from .api import Api, ApiError
 from .findingapi import PLURAL, FindingApi, owned_labels, path_of
 from .health import Health
 from .quietlog import Quiet
+from .waiting import wait_event
 
 __all__ = ["PLURAL", "FindingWriter", "owned_labels", "path_of"]
 BACKOFF_MAX, OUTAGE_BACKOFF_MAX = 300.0, 10.0
@@ -149,10 +150,7 @@ class FindingWriter:
             self.health.beat("writer")
             self.pump()
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.flush_interval)
 
     def pump(self) -> list[str]:
         """Start the writes that are due, as many as there are free slots (one kept for urgent
