@@ -220,7 +220,7 @@ def test_pieces_come_by_signed_gets_and_from_s3fs_where_those_are_refused(s3, mo
 
 def test_refused_presigned_gets_are_told_once_and_nothing_is_lost(s3, monkeypatch):
     """An endpoint that refuses presigned GETs costs twice the CPU (s3fs's own GETs): the scan
-    says so once, on one core and on several (each worker learns it on its own), and its
+    says so once, on one core and on several (the parent learns it from its workers), and its
     Findings are those of a scan where they worked."""
     import fsspec
 
@@ -249,6 +249,9 @@ def test_refused_presigned_gets_are_told_once_and_nothing_is_lost(s3, monkeypatc
     assert "PULLWATCH_S3_PRESIGNED=0" in notes[0] and "X-Amz" not in notes[0]
     assert by_ranges.notices and set(by_ranges.notices) == {notes[0].split("note: ", 1)[1]}
     assert list(by_ranges.findings) and not by_ranges.input_errors
+    # what the workers found, the parent knows: the next object's workers (forked from it) do
+    # not try that endpoint again
+    assert presigned._REFUSED_ENDPOINTS == {s3.endpoint.split("://", 1)[1]}
 
 
 def test_a_notice_names_the_endpoint_without_its_credentials_or_the_servers_words(monkeypatch):

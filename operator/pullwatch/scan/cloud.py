@@ -23,6 +23,7 @@ defaults set here.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,21 @@ def take_notices() -> list[str]:
     out = list(_NOTICES)
     _NOTICES.clear()
     return out
+
+
+def refused_endpoints() -> set[str]:
+    """The endpoints this process found refusing presigned GETs (none if it made none)."""
+    presigned = sys.modules.get(f"{__package__}.presigned")
+    return set(presigned._REFUSED_ENDPOINTS) if presigned is not None else set()
+
+
+def learn_refused(endpoints: set[str]) -> None:
+    """What a worker found: the objects read after it (each by a pool forked from this process)
+    go to s3fs's own GETs at once, instead of each worker trying each endpoint again."""
+    if endpoints:
+        from . import presigned
+
+        presigned._REFUSED_ENDPOINTS.update(endpoints)
 
 
 _PACKAGES = {

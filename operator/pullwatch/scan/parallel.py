@@ -130,6 +130,7 @@ class RangeResult(NamedTuple):
     pulled: set[int]
     error: str | None
     notices: list[str]  # cloud.take_notices() of the worker (ScanResult.note keeps them)
+    refused: set[str]  # endpoints that refused presigned GETs (the next objects' workers know)
 
 
 def _portable(kept: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -166,7 +167,9 @@ def _scan_range(bounds: tuple[int, int]) -> RangeResult:
         reader = _open_range(*bounds)
     except (InputError, OSError) as exc:
         error = f"bytes {bounds[0]}-{bounds[1]} not read: {exc}"
-        return RangeResult(stats, 0, kept, set(), error, cloud.take_notices())
+        return RangeResult(
+            stats, 0, kept, set(), error, cloud.take_notices(), cloud.refused_endpoints()
+        )
     try:
         for kind, obj in json_lines(reader, stats):
             if worker.admit(kind, obj):
@@ -184,6 +187,7 @@ def _scan_range(bounds: tuple[int, int]) -> RangeResult:
         worker.collector.pulled,
         error,
         cloud.take_notices(),
+        cloud.refused_endpoints(),
     )
 
 
@@ -242,6 +246,7 @@ def feed_parallel(scanner: Scanner, path: str, workers: int | None = None) -> No
                 if part.error:
                     scanner.result.input_errors.append(f"{path}: {part.error}")
                 scanner.result.note(part.notices)
+                cloud.learn_refused(part.refused)
     finally:
         _parent, _path = None, ""
 
