@@ -251,7 +251,8 @@ def test_refused_presigned_gets_are_told_once_and_nothing_is_lost(s3, monkeypatc
     assert list(by_ranges.findings) and not by_ranges.input_errors
     # what the workers found, the parent knows: the next object's workers (forked from it) do
     # not try that endpoint again
-    assert presigned._REFUSED_ENDPOINTS == {s3.endpoint.split("://", 1)[1]}
+    refused = presigned._REFUSED_ENDPOINTS
+    assert refused == {s3.endpoint.split("://", 1)[1]}, refused
 
 
 def test_a_notice_names_the_endpoint_without_its_credentials_or_the_servers_words(monkeypatch):
