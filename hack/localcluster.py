@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import fcntl
 import http.client
 import json
@@ -95,12 +96,14 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
-# Ports handed out by this process, each held by a lock file so that no other process (another
-# test worker, a second run on the machine) is given it too; a bounded number, oldest let go first.
-_RESERVED: collections.deque[int] = collections.deque()
-_RESERVATIONS_KEPT = 1024
-_PORT_LOCKS = Path(tempfile.gettempdir()) / "pullwatch-ports"
+# Ports handed out by this process, each held by an open, flock'd file so that no other process
+# (another test worker, a second run on the machine) is given it while its server starts: the
+# newest 128 (a fd each), which outlive any server's start by far.
+_HELD_LOCKS: collections.deque[int] = collections.deque()
+_LOCKS_KEPT = 128
+_PORT_LOCKS = Path(tempfile.gettempdir()) / f"pullwatch-ports-{os.getuid()}"
 _next_port: list[int] = []  # where this process's walk goes on (it starts at a random place)
+LOWEST_PORT = 10000
 
 
 def _ephemeral_low() -> int:
@@ -116,36 +119,40 @@ def free_port() -> int:
     Not bind(0): that port comes from the kernel's ephemeral range, where every outgoing
     connection on the machine takes its local port, so between our release and the server's bind
     a client (the operator's own connection to the API server) could take it: "address already in
-    use". These come from below that range and are reserved with an flock'd file while this
-    process lives.
+    use". These come from below that range and are reserved with a lock file while this process
+    lives (for its newest 128).
     """
-    low, high = 10000, min(_ephemeral_low(), 65536)
+    low, high = LOWEST_PORT, min(_ephemeral_low(), 65536)
     if high - low < 1000:
         with socket.socket() as s:  # no room below the ephemeral range: the old way
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
-    _PORT_LOCKS.mkdir(exist_ok=True)
+    _PORT_LOCKS.mkdir(mode=0o700, exist_ok=True)
     span = high - low
     if not _next_port:
         _next_port.append(random.randrange(span))
     for _ in range(span):
         port = low + _next_port[0] % span
         _next_port[0] += 1
-        lock = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            lock = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue  # not ours to use (a link, another user's file)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(lock)
-            continue  # another process holds it
-        try:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: skips TIME_WAIT ports too
-        except OSError:
+        except BlockingIOError:  # another process holds it
             os.close(lock)
             continue
-        _RESERVED.append(lock)
-        while len(_RESERVED) > _RESERVATIONS_KEPT:
-            os.close(_RESERVED.popleft())
+        except OSError as exc:
+            os.close(lock)
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue  # something listens there, or it is not ours to bind
+            raise  # out of file descriptors, say: not a port that is taken
+        _HELD_LOCKS.append(lock)
+        while len(_HELD_LOCKS) > _LOCKS_KEPT:
+            os.close(_HELD_LOCKS.popleft())
         return port
     raise RuntimeError(f"no free port in {low}-{high - 1} on 127.0.0.1")
 

@@ -476,6 +476,6 @@ def test_sigusr1_logs_where_every_task_waits_and_the_operator_goes_on(cluster, s
     )
     tasks = dict(line.strip().split(": ", 1) for line in dump.group(1).splitlines())
     assert {"engine", "writer", "supervisor"} <= tasks.keys(), tasks
-    assert "run at engine.py:" in tasks["engine"], tasks["engine"]
+    assert "run at kube/engine.py:" in tasks["engine"], tasks["engine"]
     kubelet.pull("scan-d1", count=2)  # and it goes on detecting
     kubelet.wait_exact(60)

@@ -173,3 +173,41 @@ async def test_a_suppressions_expiry_is_judged_at_the_operators_clock_not_the_ev
     assert engine.observe(decode_event(backdated))
     (state,) = engine.detector.states.values()
     assert state.suppression is None
+
+
+async def test_a_task_that_ignores_its_cancel_neither_hangs_the_stop_nor_starves_the_drain(
+    monkeypatch, caplog
+):
+    """Python 3.11's wait_for once made the writer ignore its cancel: SIGTERM then hung for good.
+    Whatever task does that now, the stop goes on, the drain writes everything, and the process
+    is ended (no second engine beside what is left of the first)."""
+    release = asyncio.Event()
+
+    async def deaf_census_loop(self) -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+
+    monkeypatch.setattr(Upkeep, "census_loop", deaf_census_loop)
+    left_with: list[int] = []
+    monkeypatch.setattr(app, "leave_stuck", left_with.append)  # not os._exit in the test run
+    async with serving() as (fake, api):
+        fake.script_watch(pulls(5), path="/api/v1/events")
+        rt = app.Runtime(options(), True, "p", 1)
+        rt.api = api
+        supervisor = asyncio.create_task(rt.supervise())
+        await until(lambda: rt.engine is not None and rt.engine.pulls >= 5)
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        engine, task = rt.engine, rt.task
+        with caplog.at_level("ERROR"):
+            async with asyncio.timeout(120):  # a regression fails here, instead of hanging
+                left = await rt.stop_engine(grace=2)
+        assert left == 0 and written_pulls(fake) == 5  # the drain had its time
+        assert [t.get_name() for t in engine.stuck] == ["census"]
+        assert left_with == [0], "the process was not ended"
+        assert "census did not stop when cancelled" in caplog.text
+        release.set()
+        await asyncio.gather(task, return_exceptions=True)

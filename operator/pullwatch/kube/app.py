@@ -30,6 +30,7 @@ import kopf
 import kubernetes
 import urllib3
 
+from .. import EXIT_INTERNAL
 from . import metrics, taskdump
 from .api import Api, ApiError
 from .auditserver import AuditServer, server_context
@@ -37,13 +38,14 @@ from .engine import Engine, Options
 from .health import Health, check_listen
 from .peering import Peering
 from .quietlog import KopfRetryFilter, Quiet
-from .waiting import cancel_and_wait
+from .waiting import STOP_GRACE, cancel_and_wait
 
 log = logging.getLogger("pullwatch")
 PEERING_LIFETIME = 15
 PEERING_CHECK = 2.0  # seconds between checks of who the active replica is
-_CANNOT_LISTEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 CRASH_PAUSE = 2.0  # before an engine whose task failed is started again (doubling, to 60 s)
+# A listening socket's bind errors: the operator's configuration, not a bug in pullwatch
+_CANNOT_LISTEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 class ForeverBackoff:
@@ -126,15 +128,33 @@ class Runtime:
 
     async def stop_engine(self, grace: float | None = None) -> int:
         """Stop the engine (its tasks first, then its drain) and wait until its task has ended;
-        the Findings left unwritten."""
+        the Findings left unwritten. An engine with a task that did not stop when cancelled (a
+        bug) ends the process once its drain is done: no second engine may run beside what is
+        left of it, and a stop must not wait for the kubelet's SIGKILL."""
         engine, task = self.engine, self.task
         if engine is None:
             return 0
         left = await engine.stop(grace)
-        if task is not None:
-            await cancel_and_wait([task], log)
+        stuck = bool(engine.stuck)
+        if task is not None and not stuck:
+            loop = asyncio.get_running_loop()
+            stuck = bool(await cancel_and_wait([task], log, loop.time() + STOP_GRACE))
+        if stuck:
+            leave_stuck(left)
         self.engine, self.task = None, None
         return left
+
+
+def leave_stuck(left: int) -> None:
+    """End the process now (exit 4, as for any bug): Kubernetes starts pullwatch again, which
+    adopts the Findings written and lists the Events again."""
+    log.critical(
+        "the detection engine did not stop (a bug in pullwatch: please report the task named "
+        "above); exiting, %d Findings left unwritten",
+        left,
+    )
+    logging.shutdown()  # every handler flushed: this line is the last one
+    os._exit(EXIT_INTERNAL)
 
 
 def _failure(task: asyncio.Task) -> str:
@@ -181,11 +201,14 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         # SIGTERM: stop reading, count what was received, write it all within the grace period.
         if rt.audit_server is not None:
             await rt.audit_server.stop()  # the API server retries its batches elsewhere
+        stuck: set[asyncio.Task] = set()
         if rt.supervisor is not None:
-            await cancel_and_wait([rt.supervisor], log)
-        if rt.engine is not None:
-            left = await rt.stop_engine()
-            log.info("stopped; %d Findings left unwritten", left)
+            loop = asyncio.get_running_loop()
+            stuck = await cancel_and_wait([rt.supervisor], log, loop.time() + STOP_GRACE)
+        left = await rt.stop_engine() if rt.engine is not None else 0
+        if stuck:
+            leave_stuck(left)  # kopf would wait for it without end
+        log.info("stopped; %d Findings left unwritten", left)
         if rt.api is not None:
             await rt.api.close()
 
@@ -228,6 +251,7 @@ async def _ensure_peering(name: str) -> None:
 
 
 def run_operator(args: argparse.Namespace, options: Options) -> int:
+    taskdump.install_fallback()
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
     if not (args.verbose or args.debug):
         # kopf logs every handler call at INFO: one line per AllowedImages change is noise.
@@ -283,7 +307,7 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
         log.error("cannot serve the liveness probe on %s: %s", liveness, exc)
         return 2
     try:
-        kopf.run(
+        kopf.run(  # while its loop runs, SIGUSR1 dumps the loop's tasks (configure)
             priority=priority,
             registry=build_registry(rt),
             standalone=args.standalone,
@@ -292,9 +316,12 @@ def run_operator(args: argparse.Namespace, options: Options) -> int:
             liveness_endpoint=liveness,
         )
     except OSError as exc:
-        if exc.errno not in _CANNOT_LISTEN:
+        # Taken between the check and kopf's own bind: the same configuration error. (aiohttp's
+        # words: any other OSError, a connect's EADDRNOTAVAIL say, is not this.)
+        if liveness is None or exc.errno not in _CANNOT_LISTEN or "bind" not in str(exc):
             raise
-        # Taken between the check and kopf's own bind: the same configuration error.
         log.error("cannot serve the liveness probe on %s: %s", liveness, exc)
         return 2
+    finally:
+        taskdump.install_fallback()  # the loop has gone, and its handler with it
     return 0

@@ -181,7 +181,11 @@ class AuditServer:
         app = web.Application(client_max_size=self.settings.max_body)
         app.router.add_post("/audit", self._audit)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # At a stop, a batch still being received has 2 s (aiohttp's default is 60, twice the
+        # pod's grace period): one not answered 200 is sent again by the API server.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         host, _, port = self.settings.address.rpartition(":")
         site = web.TCPSite(self._runner, host or "0.0.0.0", int(port), ssl_context=ctx)

@@ -59,19 +59,24 @@ class Health:
 def check_listen(url: str) -> None:
     """Raise OSError (or ValueError) now if the probe's ``http://HOST:PORT/path`` cannot be served.
 
-    kopf binds it only after start-up, and its failure then ends the operator as if pullwatch
-    had a bug; a port already taken is the operator's configuration, and says so here.
+    kopf binds it only after start-up, and its failure then ended the operator as if pullwatch
+    had a bug; a port already taken is the operator's configuration, and is said so here. The
+    URL is read as kopf reads it (probing.py): http only, the host "localhost" and the port 80
+    when left out.
 
         >>> check_listen("http://127.0.0.1:0/healthz")
-        >>> check_listen("127.0.0.1:8080")
+        >>> check_listen("https://127.0.0.1:8080/healthz")
         Traceback (most recent call last):
         ...
-        ValueError: '127.0.0.1:8080' is not an http://HOST:PORT/PATH URL
+        ValueError: 'https://127.0.0.1:8080/healthz' is not an http://HOST:PORT/PATH URL
     """
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.port is None:
+    if parts.scheme != "http":
         raise ValueError(f"{url!r} is not an http://HOST:PORT/PATH URL")
-    family = socket.AF_INET6 if parts.hostname and ":" in parts.hostname else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
-        s.bind((parts.hostname or "0.0.0.0", parts.port))
+    host, port = parts.hostname or "localhost", parts.port or 80
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
+            s.bind(address)

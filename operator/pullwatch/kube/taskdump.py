@@ -20,6 +20,7 @@ WARNING with each task's name and the chain of coroutines it is suspended in, in
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 from typing import Any
@@ -33,9 +34,14 @@ def await_chain(task: asyncio.Task) -> list[str]:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
         if code is None:
-            chain.append(f"{type(coro).__name__} at ?")  # a Future (FutureIter) or C awaitable
+            # a Future (FutureIter) or a C awaitable: what the task waits for says more
+            waiter = getattr(task, "_fut_waiter", None)
+            what = f" ({repr(waiter)[:160]})" if waiter is not None else ""
+            chain.append(f"{type(coro).__name__} at ?{what}")
             break
-        where = f"{code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno}" if frame else "done"
+        # two path components: kube/api.py is not kopf's clients/api.py
+        path = "/".join(code.co_filename.rsplit("/", 2)[-2:])
+        where = f"{path}:{frame.f_lineno}" if frame else "done"
         chain.append(f"{code.co_name} at {where}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return chain
@@ -47,6 +53,14 @@ def dump(loop: asyncio.AbstractEventLoop, logger: logging.Logger) -> None:
     for task in tasks:
         lines.append(f"  {task.get_name()}: " + " -> ".join(await_chain(task)))
     logger.warning("\n".join(lines))
+
+
+def install_fallback(signum: int = signal.SIGUSR1) -> None:
+    """Outside the event loop's life (before it starts, after it is closed): ``signum`` writes
+    every thread's stack to stderr, instead of its default action - ending the process, or
+    nothing at all for PID 1 in a container."""
+    faulthandler.unregister(signum)  # registered before: it would not install itself again
+    faulthandler.register(signum, all_threads=True)
 
 
 def install(logger: logging.Logger, signum: int = signal.SIGUSR1) -> None:

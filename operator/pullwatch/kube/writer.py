@@ -177,7 +177,7 @@ class FindingWriter:
         )
 
     async def settle(self) -> None:
-        """Wait for the writes in flight (tests, and the drain)."""
+        """Wait for the writes in flight (for the tests: the drain waits its own way)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
