@@ -116,9 +116,9 @@ def test_the_image_runs_as_the_deployment_does_and_sees_a_finding(cluster, tmp_p
         )  # read-only
         cluster.create_event(image_event("Pulling", ns, "hunter", "aquasec/kube-hunter:0.6.8"))
         found = wait_for(
-            lambda: cluster.by_workload(ns).get((SCANNER, "hunter")),
+            lambda: (f := cluster.by_workload(ns).get((SCANNER, "hunter"))) and "status" in f and f,
             60,
-            what="a Finding written from the image",
+            what="a Finding written from the image, with its status",
         )
         assert found["status"]["count"] == 1
         podman("stop", "-t", "30", name)  # SIGTERM, as Kubernetes does

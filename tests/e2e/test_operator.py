@@ -101,7 +101,14 @@ def test_findings_scores_counts_and_columns(cluster, operator):
             seq=4,
         )
     )
-    wait_for(lambda: len(cluster.findings(ns)) == 5, what="5 Findings")
+    wait_for(  # each created, then its status written (a second write)
+        lambda: (
+            (fs := cluster.findings(ns))
+            and len(fs) == 5
+            and all("status" in f for f in fs.values())
+        ),
+        what="5 Findings, each with its status",
+    )
     by = cluster.by_workload(ns)
     # hunter-1: a StatefulSet's pod by its name (no such pod exists here: inferred, and said so)
     assert set(by) == {

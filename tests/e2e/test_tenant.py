@@ -162,9 +162,13 @@ def test_a_deleted_scanner_finding_is_back_at_once(cluster, op):
     # a namespace admin's right: delete findings in the namespace (not the tenant's)
     deleted = time.monotonic()
     cluster.kubectl("delete", "finding", name, "-n", tenant.ns)
-    back = wait_for(
-        lambda: scanner_findings(cluster, tenant.ns).get(name), 30, what="the Finding back"
-    )
+
+    def back_with_its_count() -> dict | None:
+        # created, then its status written (a subresource: a second write), so wait for both
+        back = scanner_findings(cluster, tenant.ns).get(name)
+        return back if back and (back.get("status") or {}).get("count") else None
+
+    back = wait_for(back_with_its_count, 30, what="the Finding back, with its count")
     took = time.monotonic() - deleted
     assert back["status"]["count"] == 1
     assert "was deleted, not by pullwatch" in op.logs()

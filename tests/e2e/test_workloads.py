@@ -127,17 +127,14 @@ def test_a_cronjobs_runs_and_a_daemonsets_nodes_are_one_finding_each(cluster, st
     for n in range(5):
         pod = objs.pod("DaemonSet", ds, generated("agent-", n), "evil/agent:1")
         kubelet.pull(pod["metadata"]["name"], "evil/agent:1", node=f"node-{n}")
-    by = wait_for(
-        lambda: (
-            lambda b: (
-                b
-                if len(b) == 3 and all((f.get("status") or {}).get("count") for f in b.values())
-                else None
-            )
-        )(cluster.by_workload(ns)),
-        30,
-        what="three Findings",
-    )
+
+    def counted() -> dict | None:
+        # every pull in: a Finding's count reaches its end over more than one status write
+        b = cluster.by_workload(ns)
+        counts = {w: (f.get("status") or {}).get("count") for (_, w), f in b.items()}
+        return b if len(b) == 3 and counts.get("backup") == 3 and counts.get("agent") == 5 else None
+
+    by = wait_for(counted, 30, what=lambda: f"three Findings: {cluster.by_workload(ns)}")
     assert by[(SUSPICIOUS, "backup")]["spec"]["workload"] == {
         "kind": "CronJob",
         "name": "backup",
