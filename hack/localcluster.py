@@ -136,8 +136,10 @@ def free_port() -> int:
         _next_port[0] += 1
         try:
             lock = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError:
-            continue  # not ours to use (a link, another user's file)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM):
+                continue  # not ours to use (a link, another user's file)
+            raise  # out of file descriptors, say: not a port that is taken
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with socket.socket() as s:

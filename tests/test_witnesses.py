@@ -424,3 +424,38 @@ def test_a_pull_event_with_a_generated_name_is_counted_once_and_said_forged():
     dets = d.observe(decode_event(named), clock=NOW)  # the watch: the same Event, named
     assert dets and all(det.delta == 1 for det in dets)
     assert finding(d, "scanner")["status"]["count"] == 1
+
+
+@pytest.mark.parametrize("event_watch_first", [True, False])
+def test_a_finding_begun_by_a_pod_create_says_its_verified_kubelet_in_either_order(
+    event_watch_first,
+):
+    """A Finding the audit log began (a pod created with a scanner) and whose pull came through
+    the audit log before the Event watch: its status counted a verified pull, but its spec never
+    named the reporter (a clean-clone e2e run saw it), as it does in the other order."""
+    ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
+    (entry,) = audit_entries(ev, "create-1", node="node-1", stages=("ResponseComplete",))
+    d = Detector(Allowlist())
+    intent = Intent(
+        "ci",
+        "hunter",
+        "hunter",
+        MAIN,
+        HUNTER,
+        Workload("Pod", "hunter", "read"),
+        ALICE,
+        None,
+        "i-1",
+    )
+    d.observe(intent, clock=NOW)
+    witnesses = [lambda: d.observe(decode_event(ev), clock=NOW), lambda: feed(d, entry)]
+    changed = [
+        any(det.changed for det in see()) for see in witnesses[:: 1 if event_watch_first else -1]
+    ]
+    body = finding(d, "scanner")
+    assert body["status"]["reporters"]["verified"] == 1 and body["status"]["count"] == 1
+    reported = body["spec"]["reportedBy"]
+    assert reported["verified"] is True and reported["user"] == "system:node:node-1", reported
+    assert reported["component"] == "kubelet" and reported["kubelet"] is True, reported
+    # the audit entry after the Event adds no pull, but the verdict: it must be written
+    assert changed[0] and (changed[1] or not event_watch_first), changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -40,4 +41,7 @@ def test_sigusr1_before_and_after_the_event_loop_writes_stacks_and_does_not_end_
 def test_without_the_fallback_after_the_loop_sigusr1_ends_the_process():
     """What install_fallback after kopf.run is for."""
     r = run("")
-    assert r.returncode == -10 and "still running" not in r.stdout, (r.returncode, r.stderr)
+    assert r.returncode == -signal.SIGUSR1 and "still running" not in r.stdout, (
+        r.returncode,
+        r.stderr,
+    )

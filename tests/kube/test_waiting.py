@@ -36,7 +36,7 @@ async def test_a_task_that_swallows_its_cancel_is_named_returned_and_the_stop_go
     assert pending == {tasks[0]} and not tasks[0].done()
     assert tasks[1].cancelled() and isinstance(tasks[2].exception(), ValueError)
     assert [r.getMessage() for r in caplog.records] == [
-        "deaf did not stop when cancelled (a bug in pullwatch); going on without it"
+        "did not stop when cancelled (a bug in pullwatch), the stop goes on: deaf"
     ]
     release.set()
     await tasks[0]

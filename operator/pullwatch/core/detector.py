@@ -177,14 +177,17 @@ class Detector(Judge, FindingSet):
             state, created, folded = self._route(
                 rule.short, series_key, identity, pull, workload, not_allowed
             )
-            ledger = state.evidence().ledger
+            ev = state.evidence()
+            ledger, origin = ev.ledger, ev.origin
             before = ledger.series.get(series_key)
             new_series = before is None
             delta = state.observe_pull(pull, series, when, verdict, clock, now_stamp)
             # What the Finding shows changed whenever the series rose, even with no pull added
-            # (a Successfully-pulled that completes a counted Pulling changes its outcomes).
+            # (a Successfully-pulled that completes a counted Pulling changes its outcomes), or
+            # when a repeat brought its first verdict (spec.reportedBy).
             after = ledger.series.get(series_key)
-            grew = new_series or (after is not None and after[2] > before[2])
+            judged = state.evidence().origin is not origin  # its first verdict, from this one
+            grew = new_series or judged or (after is not None and after[2] > before[2])
             if state.identity.is_overflow:
                 folded = folded or identity
                 state.fold(folded, pull.image, delta)
@@ -198,7 +201,7 @@ class Detector(Judge, FindingSet):
             if covered is not None:
                 state.suppressed_pulls += delta
             forged = ""
-            if new_series and verdict == FORGED:
+            if (new_series or judged) and verdict == FORGED:
                 forged = "namespace" if pull.claimed_namespace is not None else "author"
             out.append(
                 Detection(state, delta, created, folded, covered, forged=forged, changed=grew)

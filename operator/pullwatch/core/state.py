@@ -171,6 +171,8 @@ class FindingState:
         self.last_seen = later(self.last_seen, when)
         if verdict == FORGED and pull.actor is not None and pull.actor.user:
             ev.forged_by = cut(pull.actor.user, 253)
+        if verdict != UNKNOWN and ev.origin.verified is None:
+            ev.origin = with_reporter(ev.origin, pull, verdict)
         if pull.kind == FAILED and pull.error is not None:
             previous = ev.last_error[2] if ev.last_error else None
             if later(previous, when) == when:
@@ -347,6 +349,24 @@ class FindingState:
             mine.origin = mine.origin._replace(actor=theirs.origin.actor)
         self.suppressed_pulls = max(self.suppressed_pulls, other.suppressed_pulls)
         self.last_image = self.last_image or other.last_image
+
+
+def with_reporter(origin: Origin, pull: Pull, verdict: int) -> Origin:
+    """The first verdict known stands for the origin, whichever witness brings it: the audit
+    entry of the Event's create after the Event (learn_author), or with the pull itself - when a
+    Finding begun by a pod or an intent (no reporter of its own) meets its first pull Event, or
+    when the entry came before the Event. Without this, such a Finding's status counted the
+    kubelet's verified pull while its spec.reportedBy never said so."""
+    author = pull.actor.user if pull.actor is not None else None
+    origin = origin._replace(
+        verified=verdict != FORGED, author=cut(author, 253) if author else origin.author
+    )
+    if origin.component is None:
+        claimed = pull.claimed_namespace
+        origin = origin._replace(
+            component=cut(pull.component), claimed_namespace=cut(claimed, 63) if claimed else None
+        )
+    return origin
 
 
 def ran(outcomes: dict[str, int], running: int = 0) -> str:

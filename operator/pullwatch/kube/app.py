@@ -127,10 +127,11 @@ class Runtime:
             await asyncio.sleep(PEERING_CHECK)
 
     async def stop_engine(self, grace: float | None = None) -> int:
-        """Stop the engine (its tasks first, then its drain) and wait until its task has ended;
-        the Findings left unwritten. An engine with a task that did not stop when cancelled (a
-        bug) ends the process once its drain is done: no second engine may run beside what is
-        left of it, and a stop must not wait for the kubelet's SIGKILL."""
+        """Stop the engine (its tasks first, then its drain) and wait until its task has ended
+        (at most STOP_GRACE); the Findings left unwritten. An engine with a task that did not
+        stop when cancelled (a bug) ends the process instead, once its drain is done: no second
+        engine may run beside what is left of it, and a stop must not wait for the kubelet's
+        SIGKILL."""
         engine, task = self.engine, self.task
         if engine is None:
             return 0

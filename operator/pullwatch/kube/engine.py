@@ -241,16 +241,18 @@ class Engine:
     async def stop(self, grace: float | None = None) -> int:
         """Stop reading, count what was received, then write what was counted within ``grace``
         seconds; how many Findings were left unwritten (0 but for an API server that does not
-        answer). In order: the streams (nothing new comes in), the workload reads (every pull
-        still waiting for one is counted now, with the workload its pod's name gives), the other
-        tasks, and last the writer, which writes everything that is left."""
+        answer, or a task that did not stop when cancelled: ``stuck``). In order: the streams
+        (nothing new comes in), the workload reads (every pull still waiting for one is counted
+        now, with the workload its pod's name gives), the other tasks, and last the writer,
+        which writes everything that is left."""
         self._stopping = True
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + (self.options.drain_seconds if grace is None else grace)
-        # Cancelled tasks end at once; one that does not (a bug) may hold up a quarter of the
-        # stop, all batches together, and the drain keeps the rest.
-        cancel_by = now + min(STOP_GRACE, (deadline - now) / 4)
+        # Cancelled tasks end within a few loop steps; one that does not (a bug) may hold up a
+        # quarter of the stop, all batches together, and the drain keeps the rest. Never less
+        # than half a second: a task with tasks of its own takes a few steps to end.
+        cancel_by = now + max(0.5, min(STOP_GRACE, (deadline - now) / 4))
         streams = {
             s.name
             for s in [

@@ -238,7 +238,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--drain-seconds",
-        type=float,
+        type=duration,  # positive: a stop of 0 s would write nothing and call every task stuck
         default=20.0,
         metavar="SECONDS",
         help="at shutdown, how long to keep writing what was counted (keep it under the pod's "

@@ -64,7 +64,7 @@ async def cancel_and_wait(
             task.exception()  # retrieved: no "exception was never retrieved" when it is freed
     if pending:
         logger.error(
-            "%s did not stop when cancelled (a bug in pullwatch); going on without it",
+            "did not stop when cancelled (a bug in pullwatch), the stop goes on: %s",
             ", ".join(sorted(t.get_name() for t in pending)),
         )
     return pending
