@@ -135,9 +135,9 @@ def test_an_allowlist_may_pin_a_digest():
     assert [det.state.identity.rule for det in d.observe(other, clock=NOW)] == ["suspicious"]
 
 
-def test_a_pod_created_with_a_scanner_is_recorded_before_any_pull():
-    d = Detector(Allowlist())
-    intent = Intent(
+def hunter_pod_created(time: str | None = "2026-11-18T10:00:00Z", audit_id="audit-1") -> Intent:
+    """The audit log's create of pod ``hunter`` (a scanner image) by alice."""
+    return Intent(
         "ci",
         "hunter",
         "hunter",
@@ -145,9 +145,14 @@ def test_a_pod_created_with_a_scanner_is_recorded_before_any_pull():
         HUNTER,
         Workload("Pod", "hunter", "read"),
         ALICE,
-        "2026-11-18T10:00:00Z",
-        "audit-1",
+        time,
+        audit_id,
     )
+
+
+def test_a_pod_created_with_a_scanner_is_recorded_before_any_pull():
+    d = Detector(Allowlist())
+    intent = hunter_pod_created()
     d.observe(intent, clock=NOW)
     body = finding(d, "scanner")
     assert body["status"]["count"] == 0 and body["status"]["intent"]["pods"] == 1
@@ -434,20 +439,9 @@ def test_a_finding_begun_by_a_pod_create_says_its_verified_kubelet_in_either_ord
     the audit log before the Event watch: its status counted a verified pull, but its spec never
     named the reporter (a clean-clone e2e run saw it), as it does in the other order."""
     ev = image_event("Pulling", "ci", "hunter", HUNTER, node="node-1")
-    (entry,) = audit_entries(ev, "create-1", node="node-1", stages=("ResponseComplete",))
+    entry = kubelet_create(ev)
     d = Detector(Allowlist())
-    intent = Intent(
-        "ci",
-        "hunter",
-        "hunter",
-        MAIN,
-        HUNTER,
-        Workload("Pod", "hunter", "read"),
-        ALICE,
-        None,
-        "i-1",
-    )
-    d.observe(intent, clock=NOW)
+    d.observe(hunter_pod_created(None, "i-1"), clock=NOW)
     witnesses = [lambda: d.observe(decode_event(ev), clock=NOW), lambda: feed(d, entry)]
     changed = [
         any(det.changed for det in see()) for see in witnesses[:: 1 if event_watch_first else -1]
